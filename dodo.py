@@ -1,0 +1,68 @@
+"""doit entry point: the image matrix as a task graph (see tasks/graph.py).
+
+    doit list                               every task
+    doit                                    build, test and publish the push tier
+    doit boottest:bookworm-nocloud-amd64    one cell, up to its boot test
+    doit tier=full storage=/srv/images      every cell, published elsewhere
+
+Options (name=value) are listed in tasks/plan.py.
+"""
+
+import signal
+import sys
+from pathlib import Path
+
+from doit import get_var
+
+from tasks import graph, plan
+from tasks.matrix import MatrixError
+
+
+def _stop_on_sigterm(signum, frame):
+    # A cancelled CI job sends SIGTERM. As a KeyboardInterrupt it stops the
+    # running stage cleanly and lets doit save the state of finished tasks.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+try:
+    PLAN = plan.from_options(Path(__file__).resolve().parent, get_var)
+except MatrixError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+PLAN.workdir.mkdir(parents=True, exist_ok=True)
+DOIT_CONFIG = {
+    # dbm falls back to the unsafe dbm.dumb on some hosts; sqlite3 is safe.
+    "backend": "sqlite3",
+    "dep_file": str(PLAN.workdir / ".doit.db"),
+    "default_tasks": ["publish"],
+    # Stages report progress themselves; let their output through.
+    "verbosity": 2,
+}
+
+
+def task_build():
+    """build raw images with fai-diskimage"""
+    yield from graph.build_tasks(PLAN)
+
+
+def task_compress():
+    """compress raw images (sparse tar.xz, qcow2)"""
+    yield from graph.compress_tasks(PLAN)
+
+
+def task_boottest():
+    """boot images in qemu and read the serial console"""
+    yield from graph.boottest_tasks(PLAN)
+
+
+def task_manifest():
+    """write each image's manifest.json"""
+    yield from graph.manifest_tasks(PLAN)
+
+
+def task_publish():
+    """publish artifacts and manifests to storage"""
+    yield from graph.publish_tasks(PLAN)

@@ -1,0 +1,72 @@
+"""The manifest: one JSON document describing a built and tested image.
+
+It names the image, says how and when it was built (FAI classes, FAI
+version, mirror), lists its artifacts under their public names with size and
+SHA-512, every installed package (name, version, architecture) and the boot
+test's result. Published beside the artifacts, it is what a user reads to
+know what an image holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import atomic
+from .checksum import sha512_file
+from .layout import CellFiles
+from .matrix import FORMATS, Cell
+
+SCHEMA_VERSION = 1
+
+
+def public_name(image_name: str, fmt: str) -> str:
+    """debian-12-nocloud-amd64-20261125-1532.tar.xz"""
+    return f"{image_name}.{fmt}"
+
+
+def read_packages(path: Path) -> list[dict[str, str]]:
+    packages = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split("\t")
+        if len(fields) != 3 or not all(fields):
+            raise ValueError(f"{path}:{number}: expected name<TAB>version<TAB>architecture, got {line!r}")
+        packages.append(dict(zip(("name", "version", "architecture"), fields)))
+    return packages
+
+
+def describe(cell: Cell, files: CellFiles) -> dict:
+    info = atomic.read_json(files.build_info)
+    boot = atomic.read_json(files.boot_result)
+    artifacts = []
+    for fmt in cell.vendor.formats:
+        path = files.artifact(fmt)
+        artifacts.append({
+            "name": public_name(info["image_name"], fmt),
+            "format": fmt,
+            "file": FORMATS[fmt],
+            "size": path.stat().st_size,
+            "sha512": sha512_file(path),
+        })
+    return {
+        "schema": SCHEMA_VERSION,
+        "name": info["image_name"],
+        "release": {"codename": cell.release.name, "version": cell.release.version},
+        "vendor": cell.vendor.name,
+        "arch": cell.arch.name,
+        "version": info["version"],
+        "build": {
+            "started": info["build_started"],
+            "seconds": info["build_seconds"],
+            "fai_classes": info["fai_classes"],
+            "disk_size": info["disk_size"],
+            "mirror": info["mirror"],
+            "builder": info["builder"],
+        },
+        "artifacts": artifacts,
+        "boot_test": {k: boot[k] for k in ("verdict", "passed", "accelerator", "seconds", "milestones", "until")},
+        "packages": read_packages(files.packages),
+    }
+
+
+def write(cell: Cell, files: CellFiles) -> None:
+    atomic.write_json(files.manifest, describe(cell, files))

@@ -1,0 +1,402 @@
+"""matrix.yaml: which images exist and how each is built.
+
+The file is read once into immutable objects. Every mistake in it is reported
+as one line naming the file, the key path and what was expected, e.g.::
+
+    matrix.yaml: vendors.nocloud.disk_size: expected a size such as 2G or 512M, got 'huge'
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+# Output formats a vendor can ask for, with the artifact file each produces.
+FORMATS = {
+    "tar.xz": "image.tar.xz",  # sparse GNU tar holding disk.raw, xz-compressed
+    "qcow2": "image.qcow2",  # compressed qcow2 (qemu-img convert -c)
+}
+# Architectures the boot test knows how to start (see tasks/qemu.py).
+ARCHITECTURES = ("amd64",)
+SIZE_PATTERN = re.compile(r"^[1-9][0-9]*[MG]$")
+CLASS_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+class MatrixError(Exception):
+    """A mistake in matrix.yaml, phrased for the person who made it."""
+
+    def __init__(self, file: Path | str, path: str, message: str):
+        super().__init__(f"{file}: {path}: {message}" if path else f"{file}: {message}")
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str  # codename: bookworm
+    version: str  # what image names carry: "12", or "sid"
+
+    @property
+    def fai_class(self) -> str:
+        return self.name.upper()
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    fai_classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Vendor:
+    name: str
+    fai_classes: tuple[str, ...]
+    disk_size: str
+    formats: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One image of the matrix: a release, a vendor and an architecture."""
+
+    release: Release
+    vendor: Vendor
+    arch: Architecture
+
+    @property
+    def name(self) -> str:
+        return f"{self.release.name}-{self.vendor.name}-{self.arch.name}"
+
+    @property
+    def fai_classes(self) -> tuple[str, ...]:
+        # Order matters to FAI: later classes win (disk_config, fcopy) and
+        # their scripts run later. LAST cleans up after everyone else.
+        return (
+            "DEBIAN",
+            self.release.fai_class,
+            *self.arch.fai_classes,
+            *self.vendor.fai_classes,
+            "LAST",
+        )
+
+    def image_name(self, version: str) -> str:
+        """The public name, as Debian's cloud images are named."""
+        return f"debian-{self.release.version}-{self.vendor.name}-{self.arch.name}-{version}"
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One entry of a tier: the product of its lists; a missing list means all."""
+
+    releases: tuple[str, ...] | None = None
+    vendors: tuple[str, ...] | None = None
+    architectures: tuple[str, ...] | None = None
+
+    def matches(self, cell: Cell) -> bool:
+        return all(
+            chosen is None or value in chosen
+            for chosen, value in (
+                (self.releases, cell.release.name),
+                (self.vendors, cell.vendor.name),
+                (self.architectures, cell.arch.name),
+            )
+        )
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    mirror: str = "http://deb.debian.org/debian"
+    security_mirror: str = "http://deb.debian.org/debian-security"
+    # What the finished image's apt sources point at.
+    image_mirror: str = "http://deb.debian.org/debian"
+    image_security_mirror: str = "http://deb.debian.org/debian-security"
+    hostname: str = "debian"
+
+
+@dataclass(frozen=True)
+class CompressSettings:
+    xz_level: int = 6
+    xz_threads: int = 0  # 0: one per core
+
+
+@dataclass(frozen=True)
+class BootTestSettings:
+    timeout: int = 300  # seconds
+    memory: int = 1024  # MiB
+    cpus: int = 2
+    accelerator: str = "auto"  # auto: KVM when it works, else TCG
+    until: str = "login"  # the milestone that passes: systemd or login
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    storage: str = "storage"  # a directory (relative to the matrix file) or file:// URL
+
+
+@dataclass(frozen=True)
+class Matrix:
+    path: Path
+    releases: dict[str, Release]
+    architectures: dict[str, Architecture]
+    vendors: dict[str, Vendor]
+    tiers: dict[str, tuple[Selector, ...]]
+    build: BuildSettings = field(default_factory=BuildSettings)
+    compress: CompressSettings = field(default_factory=CompressSettings)
+    boot_test: BootTestSettings = field(default_factory=BootTestSettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [
+            Cell(release, vendor, arch)
+            for release in self.releases.values()
+            for vendor in self.vendors.values()
+            for arch in self.architectures.values()
+        ]
+
+    def cell(self, name: str) -> Cell:
+        for cell in self.cells:
+            if cell.name == name:
+                return cell
+        raise KeyError(name)
+
+    def tier(self, name: str) -> list[Cell]:
+        if name not in self.tiers:
+            raise MatrixError(self.path, "tiers", f"no tier named {name!r} (expected one of: {', '.join(self.tiers)})")
+        selectors = self.tiers[name]
+        return [cell for cell in self.cells if any(s.matches(cell) for s in selectors)]
+
+    def select(self, pattern: str) -> list[Cell]:
+        """Cells whose name matches a shell-style wildcard (bookworm-*-amd64)."""
+        return [cell for cell in self.cells if fnmatch.fnmatchcase(cell.name, pattern)]
+
+
+# --------------------------------------------------------------------------
+# Reading and validation
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _Reader:
+    """Walks the parsed YAML, keeping the key path for error messages."""
+
+    def __init__(self, file: Path):
+        self.file = file
+
+    def fail(self, path: str, message: str) -> MatrixError:
+        return MatrixError(self.file, path, message)
+
+    def mapping(self, value: Any, path: str, allowed: Iterable[str], required: Iterable[str] = ()) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping, got {_describe(value)}")
+        allowed = list(allowed)
+        for key in value:
+            if key not in allowed:
+                raise self.fail(_join(path, key), f"unknown key (expected one of: {', '.join(allowed)})")
+        for key in required:
+            if key not in value:
+                raise self.fail(_join(path, key), "missing")
+        return value
+
+    def named_entries(self, value: Any, path: str, name_pattern: re.Pattern = NAME_PATTERN) -> dict:
+        if not isinstance(value, dict) or not value:
+            raise self.fail(path, f"expected a non-empty mapping of names, got {_describe(value)}")
+        for key in value:
+            if not isinstance(key, str) or not name_pattern.match(key):
+                raise self.fail(_join(path, str(key)), "expected a lower-case name such as bookworm")
+        return value
+
+    def string(self, value: Any, path: str, pattern: re.Pattern | None = None, expected: str = "a string") -> str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and pattern is None:
+            value = str(value)  # version: 12 reads as a number
+        if not isinstance(value, str) or not value or (pattern and not pattern.match(value)):
+            raise self.fail(path, f"expected {expected}, got {_describe(value)}")
+        return value
+
+    def integer(self, value: Any, path: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(path, f"expected a whole number from {low} to {high}, got {_describe(value)}")
+        return value
+
+    def choice(self, value: Any, path: str, choices: Iterable[str]) -> str:
+        choices = list(choices)
+        if value not in choices:
+            raise self.fail(path, f"expected one of: {', '.join(choices)}, got {_describe(value)}")
+        return value
+
+    def string_list(self, value: Any, path: str, item: Callable[[Any, str], str]) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(path, f"expected a non-empty list, got {_describe(value)}")
+        items = tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))
+        for i, v in enumerate(items):
+            if v in items[:i]:
+                raise self.fail(f"{path}[{i}]", f"{v!r} is listed twice")
+        return items
+
+    def fai_classes(self, value: Any, path: str) -> tuple[str, ...]:
+        return self.string_list(
+            value,
+            path,
+            lambda v, p: self.string(v, p, CLASS_PATTERN, "an upper-case FAI class name such as CLOUD"),
+        )
+
+    def settings(self, value: Any, path: str, cls: type, checks: dict[str, Callable[[Any, str], Any]]):
+        """A settings section: every key optional, defaults from the dataclass."""
+        if value is None:
+            return cls()
+        self.mapping(value, path, checks)
+        return cls(**{key: checks[key](v, _join(path, key)) for key, v in value.items()})
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    return repr(value)
+
+
+def load(path: Path | str) -> Matrix:
+    """Read and validate a matrix file; raise MatrixError on any mistake."""
+    path = Path(path)
+    display = str(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise MatrixError(display, "", f"cannot read: {error.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise MatrixError(display, where, f"invalid YAML: {problem}") from None
+    return parse(data, display, path)
+
+
+def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
+    r = _Reader(display)
+    top = r.mapping(
+        data,
+        "",
+        ["releases", "architectures", "vendors", "tiers", "build", "compress", "boot_test", "publish"],
+        ["releases", "architectures", "vendors", "tiers"],
+    )
+
+    releases = {}
+    for name, entry in r.named_entries(top["releases"], "releases").items():
+        p = f"releases.{name}"
+        entry = r.mapping(entry, p, ["version"], ["version"])
+        releases[name] = Release(name, r.string(entry["version"], f"{p}.version"))
+
+    architectures = {}
+    for name, entry in r.named_entries(top["architectures"], "architectures").items():
+        p = f"architectures.{name}"
+        if name not in ARCHITECTURES:
+            raise r.fail(p, f"unsupported architecture (expected one of: {', '.join(ARCHITECTURES)})")
+        entry = r.mapping(entry, p, ["fai_classes"], ["fai_classes"])
+        architectures[name] = Architecture(name, r.fai_classes(entry["fai_classes"], f"{p}.fai_classes"))
+
+    vendors = {}
+    for name, entry in r.named_entries(top["vendors"], "vendors").items():
+        p = f"vendors.{name}"
+        entry = r.mapping(entry, p, ["fai_classes", "disk_size", "formats"], ["fai_classes", "disk_size", "formats"])
+        vendors[name] = Vendor(
+            name,
+            r.fai_classes(entry["fai_classes"], f"{p}.fai_classes"),
+            r.string(entry["disk_size"], f"{p}.disk_size", SIZE_PATTERN, "a size such as 2G or 512M"),
+            r.string_list(entry["formats"], f"{p}.formats", lambda v, q: r.choice(v, q, FORMATS)),
+        )
+
+    tiers = {}
+    known = {"releases": releases, "vendors": vendors, "architectures": architectures}
+    for name, entries in r.named_entries(top["tiers"], "tiers").items():
+        p = f"tiers.{name}"
+        if not isinstance(entries, list) or not entries:
+            raise r.fail(p, f"expected a non-empty list of selections, got {_describe(entries)}")
+        selectors = []
+        for i, entry in enumerate(entries):
+            q = f"{p}[{i}]"
+            entry = r.mapping(entry or {}, q, known)
+            chosen = {}
+            for axis, names in entry.items():
+                chosen[axis] = r.string_list(
+                    names, f"{q}.{axis}", lambda v, s, axis=axis: _known_name(r, v, s, axis, known[axis])
+                )
+            selectors.append(Selector(**chosen))
+        tiers[name] = tuple(selectors)
+    if "push" not in tiers:
+        raise r.fail("tiers.push", "missing (the tier built by default)")
+
+    positive = lambda low, high: lambda v, p: r.integer(v, p, low, high)  # noqa: E731
+    text = lambda v, p: r.string(v, p)  # noqa: E731
+    url = lambda v, p: r.string(v, p, re.compile(r"^https?://\S+$"), "an http:// or https:// URL")  # noqa: E731
+    matrix = Matrix(
+        path=(path or Path(display)).resolve(),
+        releases=releases,
+        architectures=architectures,
+        vendors=vendors,
+        tiers=tiers,
+        build=r.settings(
+            top.get("build"),
+            "build",
+            BuildSettings,
+            {
+                "mirror": url,
+                "security_mirror": url,
+                "image_mirror": url,
+                "image_security_mirror": url,
+                "hostname": lambda v, p: r.string(v, p, re.compile(r"^[a-z0-9][a-z0-9-]*$"), "a host name"),
+            },
+        ),
+        compress=r.settings(
+            top.get("compress"), "compress", CompressSettings, {"xz_level": positive(0, 9), "xz_threads": positive(0, 1024)}
+        ),
+        boot_test=r.settings(
+            top.get("boot_test"),
+            "boot_test",
+            BootTestSettings,
+            {
+                "timeout": positive(10, 7200),
+                "memory": positive(256, 65536),
+                "cpus": positive(1, 64),
+                "accelerator": lambda v, p: r.choice(v, p, ["auto", "kvm", "tcg"]),
+                "until": lambda v, p: r.choice(v, p, ["systemd", "login"]),
+            },
+        ),
+        publish=r.settings(top.get("publish"), "publish", PublishSettings, {"storage": text}),
+    )
+    return matrix
+
+
+def _known_name(r: _Reader, value: Any, path: str, axis: str, known: dict) -> str:
+    singular = {"releases": "release", "vendors": "vendor", "architectures": "architecture"}[axis]
+    if value not in known:
+        raise r.fail(path, f"unknown {singular} {_describe(value)} (expected one of: {', '.join(known)})")
+    return value

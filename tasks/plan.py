@@ -1,0 +1,86 @@
+"""One run's plan: the matrix plus the options given on the doit command line.
+
+Options are doit variables (``doit name=value ...``):
+
+=========  ===============================================  =====================
+option     meaning                                          default
+=========  ===============================================  =====================
+matrix     the matrix file                                  matrix.yaml
+tier       which cells the stage groups and default run     push
+workdir    where images are built                           build
+storage    where images are published                       publish.storage
+version    the version published images get                 the run's UTC start,
+                                                            YYYYMMDD-HHMM
+xz_level   override compress.xz_level                       from the matrix
+=========  ===============================================  =====================
+
+Relative paths are relative to the directory holding dodo.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import matrix as matrix_module
+from .matrix import Cell, Matrix, MatrixError
+from .storage import LocalStorage
+
+OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level")
+_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
+
+
+@dataclass(frozen=True)
+class Plan:
+    matrix: Matrix
+    base: Path  # the directory of dodo.py
+    workdir: Path
+    config_space: Path
+    storage: LocalStorage
+    version: str
+    tier: str
+
+    @property
+    def tier_cells(self) -> list[Cell]:
+        return self.matrix.tier(self.tier)
+
+
+def from_options(base: Path, get: Callable[[str], str | None]) -> Plan:
+    """Build the plan from doit variables; raise MatrixError on a bad option."""
+    matrix_path = base / (get("matrix") or "matrix.yaml")
+    matrix = matrix_module.load(matrix_path)
+    tier = get("tier") or "push"
+    matrix.tier(tier)  # fails with the list of tiers when unknown
+
+    xz_level = get("xz_level")
+    if xz_level is not None:
+        if not xz_level.isdigit() or not 0 <= int(xz_level) <= 9:
+            raise MatrixError("command line", "xz_level", f"expected a whole number from 0 to 9, got {xz_level!r}")
+        matrix = dataclasses.replace(
+            matrix, compress=dataclasses.replace(matrix.compress, xz_level=int(xz_level))
+        )
+
+    version = get("version") or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+    if not _VERSION.match(version):
+        raise MatrixError("command line", "version", f"expected letters, digits and .+~- only, got {version!r}")
+
+    storage_option = get("storage")
+    try:
+        storage = LocalStorage.from_location(storage_option or matrix.publish.storage, base)
+    except ValueError as error:
+        where = ("command line", "storage") if storage_option else (matrix_path, "publish.storage")
+        raise MatrixError(*where, str(error)) from None
+
+    return Plan(
+        matrix=matrix,
+        base=base,
+        workdir=(base / (get("workdir") or "build")).resolve(),
+        config_space=base / "fai_config",
+        storage=storage,
+        version=version,
+        tier=tier,
+    )

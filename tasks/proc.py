@@ -1,0 +1,105 @@
+"""Child processes that never outlive the step that started them.
+
+Each child runs in a session of its own, so a Ctrl-C at the terminal reaches
+only our Python process, which then stops the child's whole process group in
+an orderly way (SIGTERM, a grace period, SIGKILL). If our process dies
+without that chance, the kernel kills the child (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:  # runs in the child, between fork and exec
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class CommandFailed(Exception):
+    def __init__(self, cmd: Sequence[str], returncode: int, output: str = ""):
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.output = output
+        detail = f": {output.strip().splitlines()[-1]}" if output.strip() else ""
+        super().__init__(f"{' '.join(self.cmd)} exited with {returncode}{detail}")
+
+
+def start(cmd: Sequence[str], **popen_args) -> subprocess.Popen:
+    return subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_die_with_parent, **popen_args)
+
+
+def stop(child: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a child and everything in its process group; wait until it is gone."""
+    if child.poll() is not None:
+        _kill_group(child.pid, signal.SIGKILL)  # stragglers it left in its group
+        return
+    _kill_group(child.pid, signal.SIGTERM)
+    try:
+        child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _kill_group(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def run(cmd: Sequence[str], **kwargs) -> str:
+    """Run a short command, return its standard output; raise CommandFailed."""
+    child = start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    try:
+        out, err = child.communicate()
+    finally:
+        stop(child)
+    if child.returncode != 0:
+        raise CommandFailed(cmd, child.returncode, err or out)
+    return out
+
+
+def run_logged(
+    cmd: Sequence[str],
+    log: Path,
+    on_line: Callable[[str], None] | None = None,
+    **kwargs,
+) -> int:
+    """Run a long command, appending its combined output to log line by line.
+
+    on_line sees every line (for progress). Returns the exit status; the child
+    is stopped on any exception, KeyboardInterrupt included.
+    """
+    with open(log, "ab") as sink:
+        child = start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)
+        try:
+            for raw in child.stdout:
+                sink.write(raw)
+                if on_line:
+                    on_line(raw.decode(errors="replace").rstrip("\n"))
+            sink.flush()
+            return child.wait()
+        finally:
+            child.stdout.close()
+            stop(child)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)

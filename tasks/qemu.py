@@ -1,0 +1,114 @@
+"""How to start qemu for an image: machine per architecture, and KVM or TCG.
+
+/dev/kvm can exist and still be unusable (nested virtualisation that
+rejects the host CPU model's MSRs: qemu aborts at once). Before trusting KVM
+the boot test runs a 512-byte boot sector under it, with the CPU model a
+real boot would use, and falls back to TCG if that does not print and exit
+within seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import proc
+
+PROBE_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Machine:
+    binary: str
+    machine: str
+    kvm_cpu: str
+    tcg_cpu: str
+    disk_interface: str = "virtio"
+
+
+MACHINES = {
+    "amd64": Machine("qemu-system-x86_64", "pc", kvm_cpu="host", tcg_cpu="max"),
+}
+
+# Real-mode boot sector: print "KVM-PROBE-OK" on COM1, then write 0x10 to an
+# isa-debug-exit port at 0xf4, which makes qemu exit with status 0x21.
+_PROBE_CODE = bytes.fromhex("31C08ED8FCBAF803BE1C7CAC84C07403EEEBF8BAF400B010EEF4EBFD") + b"KVM-PROBE-OK\r\n\0"
+_PROBE_SECTOR = _PROBE_CODE + bytes(510 - len(_PROBE_CODE)) + b"\x55\xaa"
+_PROBE_EXIT = (0x10 << 1) | 1
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str  # "kvm" or "tcg"
+    reason: str  # why this one was chosen
+
+
+@functools.cache
+def probe_kvm(arch: str) -> tuple[bool, str]:
+    """Can qemu run this architecture's guests under KVM here? (works, why)"""
+    machine = MACHINES[arch]
+    if arch != "amd64" or os.uname().machine != "x86_64":
+        return False, f"no KVM for {arch} guests on a {os.uname().machine} host"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is missing or not accessible"
+    with tempfile.NamedTemporaryFile(suffix=".img") as sector:
+        sector.write(_PROBE_SECTOR)
+        sector.flush()
+        cmd = [
+            machine.binary, "-accel", "kvm", "-cpu", machine.kvm_cpu, "-machine", machine.machine,
+            "-m", "64", "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-drive", f"file={sector.name},format=raw,if=ide",
+        ]
+        child = proc.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            out, _ = child.communicate(timeout=PROBE_SECONDS)
+        except subprocess.TimeoutExpired:
+            return False, f"a KVM test guest did not finish within {PROBE_SECONDS} s"
+        finally:
+            proc.stop(child)
+    text = out.decode(errors="replace")
+    if child.returncode == _PROBE_EXIT and "KVM-PROBE-OK" in text:
+        return True, "KVM works"
+    last = text.strip().splitlines()[-1] if text.strip() else f"exit status {child.returncode}"
+    return False, f"qemu under KVM failed: {last}"
+
+
+def choose_accelerator(arch: str, wanted: str) -> Accelerator:
+    """wanted: "auto", "kvm" or "tcg" (matrix.yaml boot_test.accelerator)."""
+    if wanted == "tcg":
+        return Accelerator("tcg", "asked for TCG")
+    works, why = probe_kvm(arch)
+    if works:
+        return Accelerator("kvm", why)
+    if wanted == "kvm":
+        raise RuntimeError(f"KVM asked for but unusable: {why}")
+    return Accelerator("tcg", f"fell back to TCG: {why}")
+
+
+def boot_command(arch: str, image: Path, accel: str, memory: int, cpus: int) -> list[str]:
+    """qemu booting image from its own boot loader, console on stdout.
+
+    snapshot=on sends every write to a temporary overlay: the image under
+    test is never modified.
+    """
+    machine = MACHINES[arch]
+    cpu = machine.kvm_cpu if accel == "kvm" else machine.tcg_cpu
+    return [
+        machine.binary,
+        "-accel", accel,
+        "-machine", machine.machine,
+        "-cpu", cpu,
+        "-smp", str(cpus),
+        "-m", str(memory),
+        "-nodefaults", "-display", "none", "-no-reboot",
+        "-chardev", "stdio,id=console,signal=off",
+        "-serial", "chardev:console",
+        "-drive", f"file={image},format=raw,if={machine.disk_interface},snapshot=on",
+        "-netdev", "user,id=net0",
+        "-device", "virtio-net-pci,netdev=net0",
+    ]

@@ -1,0 +1,136 @@
+"""Publishing: artifacts and manifest into storage, <release>/<version>/<file>.
+
+Every file is copied under a temporary name, checked against the manifest's
+SHA-512 and renamed into place; the version directory's SHA512SUMS is
+rewritten last, under a lock because several cells of one release publish
+into the same directory. A reader therefore never finds a SHA512SUMS that
+lists a missing or different file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+from . import atomic
+from .checksum import CHUNK, format_sums, parse_sums, sha512_file
+from .errors import StageFailed
+from .layout import CellFiles
+from .manifest import public_name
+from .matrix import Cell
+from .progress import StageProgress
+
+SUMS = "SHA512SUMS"
+
+
+class PublishFailed(StageFailed):
+    pass
+
+
+@dataclass(frozen=True)
+class LocalStorage:
+    root: Path
+
+    @classmethod
+    def from_location(cls, location: str, base: Path) -> "LocalStorage":
+        """A directory: a file:// URL, an absolute path, or a path relative to base."""
+        if "://" in location:
+            url = urlparse(location)
+            if url.scheme != "file" or url.netloc not in ("", "localhost"):
+                raise ValueError(f"expected a directory or a file:// URL, got {location!r}")
+            return cls(Path(url.path))
+        return cls((base / location).resolve())
+
+    @property
+    def url(self) -> str:
+        return self.root.as_uri()
+
+    def version_dir(self, release: str, version: str) -> Path:
+        return self.root / release / version
+
+    @contextlib.contextmanager
+    def _locked(self, directory: Path) -> Iterator[None]:
+        with open(directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def put(self, source: Path, directory: Path, name: str, sha512: str, label: str) -> bool:
+        """Copy source to directory/name unless an identical file is there. True if copied."""
+        target = directory / name
+        if target.is_file() and target.stat().st_size == source.stat().st_size:
+            if sha512_file(target) == sha512:
+                return False
+        with atomic.output(target) as partial, StageProgress(label, total=source.stat().st_size) as progress:
+            digest = hashlib.sha512()
+            with open(source, "rb") as src, open(partial, "wb") as dst:
+                while chunk := src.read(CHUNK):
+                    dst.write(chunk)
+                    digest.update(chunk)
+                    progress.update(advance=len(chunk))
+            if digest.hexdigest() != sha512:
+                raise PublishFailed(f"{source} changed since its manifest was written (SHA-512 differs)")
+            os.chmod(partial, 0o644)
+        return True
+
+    def update_sums(self, directory: Path, entries: dict[str, str]) -> None:
+        with self._locked(directory):
+            path = directory / SUMS
+            sums = parse_sums(path.read_text()) if path.exists() else {}
+            sums.update(entries)
+            atomic.write_text(path, format_sums(sums))
+            os.chmod(path, 0o644)
+
+    def missing(self, receipt: dict) -> list[str]:
+        """Files a publication receipt lists that storage no longer has."""
+        directory = self.root / receipt["directory"]
+        return [name for name, size in receipt["sizes"].items()
+                if not (directory / name).is_file() or (directory / name).stat().st_size != size]
+
+
+def publish(cell: Cell, files: CellFiles, storage: LocalStorage) -> dict:
+    """Publish one cell's artifacts and manifest; write and return the receipt."""
+    manifest = atomic.read_json(files.manifest)
+    release, version, image = cell.release.name, manifest["version"], manifest["name"]
+    directory = storage.version_dir(release, version)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    entries, sizes = {}, {}
+    for artifact in manifest["artifacts"]:
+        source = files.artifact(artifact["format"])
+        storage.put(source, directory, artifact["name"], artifact["sha512"], f"publish {artifact['name']}")
+        entries[artifact["name"]] = artifact["sha512"]
+        sizes[artifact["name"]] = artifact["size"]
+    manifest_name = public_name(image, "json")
+    manifest_sha = sha512_file(files.manifest)
+    storage.put(files.manifest, directory, manifest_name, manifest_sha, f"publish {manifest_name}")
+    entries[manifest_name] = manifest_sha
+    sizes[manifest_name] = files.manifest.stat().st_size
+    storage.update_sums(directory, entries)  # last: it vouches for the files above
+
+    receipt = {
+        "storage": storage.url,
+        "directory": f"{release}/{version}",
+        "files": entries,
+        "sizes": sizes,
+    }
+    atomic.write_json(files.published, receipt)
+    return receipt
+
+
+def still_published(receipt_path: str, storage_root: str) -> bool:
+    """doit up-to-date check: the last publication is still complete in storage."""
+    path = Path(receipt_path)
+    if not path.exists():
+        return False
+    receipt = atomic.read_json(path)
+    storage = LocalStorage(Path(storage_root))
+    return receipt.get("storage") == storage.url and not storage.missing(receipt)
