@@ -90,7 +90,7 @@ def _boot_once(arch: str, image: Path, log: Path, settings: BootTestSettings, ac
     console = bytearray()
     searched = 0
     started = time.monotonic()
-    with open(log, "wb") as sink, StageProgress(label, total=settings.timeout, unit="steps") as progress:
+    with open(log, "wb") as sink, StageProgress(label, total=settings.timeout, unit="seconds") as progress:
         child = proc.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             with selectors.DefaultSelector() as selector:

@@ -30,11 +30,21 @@ from .progress import StageProgress
 BUILDER_FORMAT = 1
 
 # Runs as PID 1 of the build's namespaces; "$@" is the fai-diskimage command.
+# /tmp becomes a private tmpfs (fai-diskimage mounts the image under it);
+# the builder's own directories that lie under /tmp (IMAGE_KEEP, one per
+# line) are bound back into it from the host's /tmp.
 _SANDBOX = r"""
 set -eu
 mkdir -p /run/fai /run/udev /var/log/fai
 mount -t tmpfs -o mode=0755 image-build-run /run/fai
+mkdir /run/fai/.host-tmp
+mount --bind /tmp /run/fai/.host-tmp
 mount -t tmpfs -o mode=1777 image-build-tmp /tmp
+printf '%s\n' "$IMAGE_KEEP" | while IFS= read -r keep; do
+    case $keep in
+        /tmp/*) mkdir -p "$keep"; mount --bind "/run/fai/.host-tmp/${keep#/tmp/}" "$keep" ;;
+    esac
+done
 mount --bind "$IMAGE_FAI_LOGS" /var/log/fai
 "$@"
 """
@@ -69,7 +79,7 @@ def build_config(cell: Cell, settings: BuildSettings) -> dict:
     }
 
 
-def fai_environment(cell: Cell, settings: BuildSettings, output_dir: Path, log_dir: Path) -> dict[str, str]:
+def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, config_space: Path) -> dict[str, str]:
     """The variables our config space reads (README.md lists them)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")}
     env.update(
@@ -82,8 +92,10 @@ def fai_environment(cell: Cell, settings: BuildSettings, output_dir: Path, log_d
         IMAGE_SECURITY_MIRROR=settings.security_mirror,
         IMAGE_APT_MIRROR=settings.image_mirror,
         IMAGE_APT_SECURITY_MIRROR=settings.image_security_mirror,
-        IMAGE_OUTPUT_DIR=str(output_dir),
-        IMAGE_FAI_LOGS=str(log_dir),
+        IMAGE_OUTPUT_DIR=str(staging / "output"),
+        # for the sandbox script
+        IMAGE_FAI_LOGS=str(staging / "fai-logs"),
+        IMAGE_KEEP="\n".join(str(p.resolve()) for p in (staging, config_space)),
     )
     return env
 
@@ -144,7 +156,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
                 if step and step.group(1) in FAI_STEPS:
                     progress.update(completed=FAI_STEPS.index(step.group(1)), status=f"FAI task {step.group(1)}")
 
-            env = fai_environment(cell, settings, output_dir, log_dir)
+            env = fai_environment(cell, settings, staging, config_space)
             returncode = proc.run_logged(sandbox + fai_command, log, on_line, env=env)
     except KeyboardInterrupt:
         # Keep what the log has, marked as cut short, for whoever investigates.

@@ -53,7 +53,7 @@ def build_tasks(plan: Plan) -> Iterator[dict]:
         yield {
             "name": cell.name,
             "doc": f"build {cell.name} with fai-diskimage",
-            "actions": [(run_stage, [fai.build, cell, files, settings, plan.config_space, plan.version])],
+            "actions": [(run_stage, [fai.build, cell, files, settings, plan.config_space, plan.build_version])],
             "file_dep": [str(p) for p in faiconfig.selected_files(plan.config_space, cell.fai_classes)],
             "targets": [str(files.raw), str(files.build_log), str(files.packages), str(files.build_info)],
             "uptodate": [config_changed(fai.build_config(cell, settings))],
@@ -100,10 +100,10 @@ def manifest_tasks(plan: Plan) -> Iterator[dict]:
         yield {
             "name": cell.name,
             "doc": f"describe {cell.name} in manifest.json",
-            "actions": [(run_stage, [manifest.write, cell, files])],
+            "actions": [(run_stage, [manifest.write, cell, files, plan.version])],
             "file_dep": [str(p) for p in (*files.artifacts, files.packages, files.build_info, files.boot_result)],
             "targets": [str(files.manifest)],
-            "uptodate": [config_changed({"schema": manifest.SCHEMA_VERSION})],
+            "uptodate": [config_changed({"schema": manifest.SCHEMA_VERSION, "version": plan.version})],
             "clean": True,
         }
     yield _group(plan, "manifest", "write the manifests")

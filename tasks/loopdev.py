@@ -1,39 +1,49 @@
 """Loop devices: find the ones backed by our files and detach them.
 
 Mounts made during a build live in a private mount namespace and vanish with
-it; loop devices are global, so the builder detaches, by backing file, every
-loop device its build attached, whatever way the build ended.
+it; loop devices are global, so the builder detaches every loop device its
+build attached, whatever way the build ended.
+
+A loop device is matched to a file by device and inode number, not by path:
+the kernel reports the path through the mount the file was opened from, and
+once that mount (a bind mount in the build's namespace) is gone the path
+reads as "/disk.raw".
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from . import proc
 
 
-def attached() -> dict[str, str]:
-    """Map each attached loop device to the path of its backing file."""
-    out = proc.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"])
+def attached() -> dict[str, tuple[str, int]]:
+    """Map each attached loop device to its backing file's ("major:minor", inode)."""
+    out = proc.run(["losetup", "--list", "--json", "--output", "NAME,BACK-MAJ:MIN,BACK-INO"])
     if not out.strip():
         return {}
-    return {d["name"]: (d.get("back-file") or "") for d in json.loads(out)["loopdevices"]}
+    return {
+        d["name"]: (str(d.get("back-maj:min") or "").strip(), int(d.get("back-ino") or 0))
+        for d in json.loads(out)["loopdevices"]
+    }
 
 
-def _backing_path(back_file: str) -> Path:
-    # The kernel appends " (deleted)" when the backing file was removed.
-    return Path(back_file.removesuffix(" (deleted)"))
+def _file_ids(directory: Path) -> set[tuple[str, int]]:
+    ids = set()
+    if directory.is_dir():
+        for path in directory.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                st = path.stat()
+                ids.add((f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino))
+    return ids
 
 
 def backed_by(directory: Path) -> list[str]:
-    """Loop devices whose backing file lies inside directory."""
-    directory = directory.resolve()
-    return [
-        dev
-        for dev, back in attached().items()
-        if back and _backing_path(back).is_relative_to(directory)
-    ]
+    """Loop devices whose backing file is one of the files inside directory."""
+    ids = _file_ids(directory)
+    return sorted(dev for dev, backing in attached().items() if backing in ids)
 
 
 def detach_all(directory: Path, timeout: float = 60.0) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import atomic
 from .checksum import sha512_file
+from .errors import StageFailed
 from .layout import CellFiles
 from .matrix import FORMATS, Cell
 
@@ -34,14 +35,20 @@ def read_packages(path: Path) -> list[dict[str, str]]:
     return packages
 
 
-def describe(cell: Cell, files: CellFiles) -> dict:
+def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
+    """The manifest; version, when given, overrides the one the build recorded."""
     info = atomic.read_json(files.build_info)
     boot = atomic.read_json(files.boot_result)
+    if not boot.get("passed"):
+        raise StageFailed(f"{cell.name}: no manifest for an image whose boot test did not pass "
+                          f"({boot.get('verdict')}; see {files.boot_log})")
+    version = version or info["version"]
+    image_name = cell.image_name(version)
     artifacts = []
     for fmt in cell.vendor.formats:
         path = files.artifact(fmt)
         artifacts.append({
-            "name": public_name(info["image_name"], fmt),
+            "name": public_name(image_name, fmt),
             "format": fmt,
             "file": FORMATS[fmt],
             "size": path.stat().st_size,
@@ -49,11 +56,11 @@ def describe(cell: Cell, files: CellFiles) -> dict:
         })
     return {
         "schema": SCHEMA_VERSION,
-        "name": info["image_name"],
+        "name": image_name,
         "release": {"codename": cell.release.name, "version": cell.release.version},
         "vendor": cell.vendor.name,
         "arch": cell.arch.name,
-        "version": info["version"],
+        "version": version,
         "build": {
             "started": info["build_started"],
             "seconds": info["build_seconds"],
@@ -68,5 +75,5 @@ def describe(cell: Cell, files: CellFiles) -> dict:
     }
 
 
-def write(cell: Cell, files: CellFiles) -> None:
-    atomic.write_json(files.manifest, describe(cell, files))
+def write(cell: Cell, files: CellFiles, version: str | None = None) -> None:
+    atomic.write_json(files.manifest, describe(cell, files, version))

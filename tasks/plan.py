@@ -9,7 +9,10 @@ matrix     the matrix file                                  matrix.yaml
 tier       which cells the stage groups and default run     push
 workdir    where images are built                           build
 storage    where images are published                       publish.storage
-version    the version published images get                 the run's UTC start,
+version    the version published images get                 the version recorded
+                                                            by the cell's build:
+                                                            the UTC start of the
+                                                            run that built it,
                                                             YYYYMMDD-HHMM
 xz_level   override compress.xz_level                       from the matrix
 =========  ===============================================  =====================
@@ -41,7 +44,8 @@ class Plan:
     workdir: Path
     config_space: Path
     storage: LocalStorage
-    version: str
+    build_version: str  # what a build records: version= or the run's start
+    version: str | None  # version= as given; it overrides what builds recorded
     tier: str
 
     @property
@@ -64,8 +68,8 @@ def from_options(base: Path, get: Callable[[str], str | None]) -> Plan:
             matrix, compress=dataclasses.replace(matrix.compress, xz_level=int(xz_level))
         )
 
-    version = get("version") or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
-    if not _VERSION.match(version):
+    version = get("version")
+    if version is not None and not _VERSION.match(version):
         raise MatrixError("command line", "version", f"expected letters, digits and .+~- only, got {version!r}")
 
     storage_option = get("storage")
@@ -81,6 +85,7 @@ def from_options(base: Path, get: Callable[[str], str | None]) -> Plan:
         workdir=(base / (get("workdir") or "build")).resolve(),
         config_space=base / "fai_config",
         storage=storage,
+        build_version=version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M"),
         version=version,
         tier=tier,
     )

@@ -38,7 +38,8 @@ def interactive() -> bool:
 class StageProgress:
     """Progress of one stage of one cell (use as a context manager).
 
-    unit "bytes" shows transferred/total bytes; "steps" shows n of m.
+    unit "bytes" shows transferred/total bytes, "steps" n of m, "seconds"
+    seconds of a time limit.
     """
 
     def __init__(self, label: str, total: float | None = None, unit: str = "bytes"):
@@ -92,6 +93,8 @@ class StageProgress:
         if self.total:
             if self.unit == "bytes":
                 amount = f" {self.completed / 2**20:.0f}/{self.total / 2**20:.0f} MiB"
+            elif self.unit == "seconds":
+                amount = f" {self.completed:.0f}/{self.total:.0f} s"
             else:
                 amount = f" {self.completed:.0f}/{self.total:.0f}"
         status = f" {self.status}" if self.status else ""
@@ -101,5 +104,5 @@ class StageProgress:
         if self._live:
             self._live.stop()
         else:
-            outcome = "interrupted" if exc[0] else "done"
+            outcome = "done" if exc[0] is None else "interrupted" if exc[0] is KeyboardInterrupt else "failed"
             print(f"[{self.label}] {outcome} after {time.monotonic() - self.started:.0f} s", file=sys.stderr, flush=True)

@@ -34,11 +34,22 @@ MACHINES = {
     "amd64": Machine("qemu-system-x86_64", "pc", kvm_cpu="host", tcg_cpu="max"),
 }
 
-# Real-mode boot sector: print "KVM-PROBE-OK" on COM1, then write 0x10 to an
-# isa-debug-exit port at 0xf4, which makes qemu exit with status 0x21.
-_PROBE_CODE = bytes.fromhex("31C08ED8FCBAF803BE1C7CAC84C07403EEEBF8BAF400B010EEF4EBFD") + b"KVM-PROBE-OK\r\n\0"
-_PROBE_SECTOR = _PROBE_CODE + bytes(510 - len(_PROBE_CODE)) + b"\x55\xaa"
-_PROBE_EXIT = (0x10 << 1) | 1
+# A real-mode boot sector: print a message on COM1, then either write 0x10
+# to an isa-debug-exit port at 0xf4 (qemu exits with status 0x21) or halt.
+_PRINT_THEN_EXIT = bytes.fromhex("31C08ED8FCBAF803BE1C7CAC84C07403EEEBF8BAF400B010EEF4EBFD")
+_EXIT_INSTRUCTION = 24  # offset of "out dx, al" to the exit port
+_EXIT_STATUS = (0x10 << 1) | 1
+
+
+def boot_sector(message: bytes, exit: bool = True) -> bytes:
+    """A 512-byte boot sector; the KVM probe and the boot test's tests use it."""
+    code = bytearray(_PRINT_THEN_EXIT)
+    if not exit:
+        code[_EXIT_INSTRUCTION] = 0x90  # nop: halt instead of exiting
+    body = bytes(code) + message + b"\0"
+    if len(body) > 510:
+        raise ValueError(f"message too long for a boot sector: {len(message)} bytes")
+    return body + bytes(510 - len(body)) + b"\x55\xaa"
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,7 @@ def probe_kvm(arch: str) -> tuple[bool, str]:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
     with tempfile.NamedTemporaryFile(suffix=".img") as sector:
-        sector.write(_PROBE_SECTOR)
+        sector.write(boot_sector(b"KVM-PROBE-OK\r\n"))
         sector.flush()
         cmd = [
             machine.binary, "-accel", "kvm", "-cpu", machine.kvm_cpu, "-machine", machine.machine,
@@ -72,7 +83,7 @@ def probe_kvm(arch: str) -> tuple[bool, str]:
         finally:
             proc.stop(child)
     text = out.decode(errors="replace")
-    if child.returncode == _PROBE_EXIT and "KVM-PROBE-OK" in text:
+    if child.returncode == _EXIT_STATUS and "KVM-PROBE-OK" in text:
         return True, "KVM works"
     last = text.strip().splitlines()[-1] if text.strip() else f"exit status {child.returncode}"
     return False, f"qemu under KVM failed: {last}"

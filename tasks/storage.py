@@ -55,8 +55,9 @@ class LocalStorage:
         return self.root / release / version
 
     @contextlib.contextmanager
-    def _locked(self, directory: Path) -> Iterator[None]:
-        with open(directory / ".lock", "a") as lock:
+    def _locked(self) -> Iterator[None]:
+        # One lock for the whole storage, kept out of the published directories.
+        with open(self.root / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -81,13 +82,18 @@ class LocalStorage:
             os.chmod(partial, 0o644)
         return True
 
-    def update_sums(self, directory: Path, entries: dict[str, str]) -> None:
-        with self._locked(directory):
-            path = directory / SUMS
-            sums = parse_sums(path.read_text()) if path.exists() else {}
-            sums.update(entries)
-            atomic.write_text(path, format_sums(sums))
-            os.chmod(path, 0o644)
+    def sums(self, directory: Path) -> dict[str, str]:
+        path = directory / SUMS
+        return parse_sums(path.read_text()) if path.exists() else {}
+
+    def update_sums(self, directory: Path, add: dict[str, str], remove: set[str] = frozenset()) -> None:
+        with self._locked():
+            sums = self.sums(directory)
+            for name in remove:
+                sums.pop(name, None)
+            sums.update(add)
+            atomic.write_text(directory / SUMS, format_sums(sums))
+            os.chmod(directory / SUMS, 0o644)
 
     def missing(self, receipt: dict) -> list[str]:
         """Files a publication receipt lists that storage no longer has."""
@@ -103,17 +109,20 @@ def publish(cell: Cell, files: CellFiles, storage: LocalStorage) -> dict:
     directory = storage.version_dir(release, version)
     directory.mkdir(parents=True, exist_ok=True)
 
-    entries, sizes = {}, {}
-    for artifact in manifest["artifacts"]:
-        source = files.artifact(artifact["format"])
-        storage.put(source, directory, artifact["name"], artifact["sha512"], f"publish {artifact['name']}")
-        entries[artifact["name"]] = artifact["sha512"]
-        sizes[artifact["name"]] = artifact["size"]
     manifest_name = public_name(image, "json")
-    manifest_sha = sha512_file(files.manifest)
-    storage.put(files.manifest, directory, manifest_name, manifest_sha, f"publish {manifest_name}")
-    entries[manifest_name] = manifest_sha
-    sizes[manifest_name] = files.manifest.stat().st_size
+    uploads = [(files.artifact(a["format"]), a["name"], a["sha512"]) for a in manifest["artifacts"]]
+    uploads.append((files.manifest, manifest_name, sha512_file(files.manifest)))
+    entries = {name: digest for _, name, digest in uploads}
+    sizes = {name: source.stat().st_size for source, name, _ in uploads}
+
+    # A file about to be replaced by different content leaves SHA512SUMS
+    # first, so that SHA512SUMS never vouches for a file that differs.
+    listed = storage.sums(directory)
+    replaced = {name for name, digest in entries.items() if listed.get(name, digest) != digest}
+    if replaced:
+        storage.update_sums(directory, {}, replaced)
+    for source, name, digest in uploads:
+        storage.put(source, directory, name, digest, f"publish {name}")
     storage.update_sums(directory, entries)  # last: it vouches for the files above
 
     receipt = {
