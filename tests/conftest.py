@@ -1,0 +1,37 @@
+"""Shared fixtures: the repository's matrix, and a cell's work files made small."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tasks import matrix
+from tasks.layout import CellFiles
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_matrix():
+    return matrix.load(REPO / "matrix.yaml")
+
+
+def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFiles:
+    """What build, compress and boot test leave for a cell, as small real files."""
+    files = CellFiles.of(workdir, cell)
+    files.dir.mkdir(parents=True)
+    for fmt in cell.vendor.formats:
+        files.artifact(fmt).write_bytes(os.urandom(3000) + fmt.encode())
+    files.packages.write_text("base-files\t12.4+deb12u8\tamd64\nbash\t5.2.15-2+b7\tamd64\n")
+    files.build_info.write_text(json.dumps({
+        "cell": cell.name, "version": version, "image_name": cell.image_name(version),
+        "fai_classes": list(cell.fai_classes), "disk_size": cell.vendor.disk_size,
+        "build_started": "2026-11-25T12:00:00+00:00", "build_seconds": 90.0,
+        "builder": {"fai": "6.0.3+deb12u1", "host_kernel": "6.1.0"}, "mirror": "http://deb.debian.org/debian",
+    }))
+    files.boot_result.write_text(json.dumps({
+        "cell": cell.name, "verdict": "passed", "passed": True, "accelerator": "tcg", "seconds": 34.0,
+        "milestones": {"kernel": 9.0, "systemd": 17.0, "login": 34.0}, "until": "login",
+    }))
+    return files

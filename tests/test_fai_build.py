@@ -1,0 +1,145 @@
+"""The build stage with the real fai-diskimage: failures and interruptions.
+
+These tests start real builds (loop devices, mounts, debootstrap from the
+mirror) and stop them within seconds, so they belong to the quick suite. They
+need root, like every image build.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks import fai, loopdev
+from tasks.layout import CellFiles
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")
+
+
+@pytest.fixture(autouse=True)
+def loops_before():
+    """Loop devices attached before the test: any other one is the test's."""
+    global _LOOPS_BEFORE
+    _LOOPS_BEFORE = set(loopdev.attached())
+
+
+def leftovers(workdir: Path) -> dict:
+    """Everything a build must not leave behind in or about workdir."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+              if str(workdir) in line.split()[1]]
+    processes = subprocess.run(["pgrep", "-af", str(workdir)], capture_output=True, text=True).stdout.splitlines()
+    partials = [str(p) for p in workdir.rglob("*") if ".partial" in p.name]
+    return {
+        "loop devices": sorted(set(loopdev.attached()) - _LOOPS_BEFORE),
+        "mounts": mounts,
+        "processes": [p for p in processes if "pytest" not in p],
+        "partial files": partials,
+        "staging": [str(p) for p in workdir.rglob(".build")],
+    }
+
+
+NOTHING = {"loop devices": [], "mounts": [], "processes": [], "partial files": [], "staging": []}
+
+
+def test_failed_build_names_its_log_and_cleans_up(tmp_path, repo_matrix):
+    space = tmp_path / "fai_config"
+    shutil.copytree(REPO / "fai_config", space, symlinks=True)
+    (space / "disk_config" / "AMD64").write_text("disk_config disk1 disklabel:floppy\nprimary / 1G- ext4 rw\n")
+    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+    files = CellFiles.of(tmp_path / "build", cell)
+
+    with pytest.raises(fai.BuildFailed) as caught:
+        fai.build(cell, files, repo_matrix.build, space, "1")
+    message = str(caught.value)
+    assert f"full log: {files.build_log}" in message
+    assert "Invalid disk label floppy" in message  # setup-storage's own words, among the relevant lines
+    assert "Invalid disk label floppy" in files.build_log.read_text()
+    assert not files.raw.exists() and not files.packages.exists() and not files.build_info.exists()
+    assert leftovers(tmp_path) == NOTHING
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_builds_left_running():
+    """A test that fails half-way must not leave its build running."""
+    yield
+    while _STARTED:
+        child = _STARTED.pop()
+        if child.poll() is None:
+            child.terminate()
+            child.communicate(timeout=120)
+
+
+def start_build(workdir: Path) -> subprocess.Popen:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "build:bookworm-nocloud-amd64",
+         f"workdir={workdir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "IMAGES_PROGRESS_INTERVAL": "1"},
+    )
+    _STARTED.append(child)
+    return child
+
+
+def wait_for(child: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
+    seen = []
+    deadline = time.monotonic() + timeout
+    for line in child.stdout:
+        seen.append(line)
+        if text in line:
+            return seen
+        if time.monotonic() > deadline:
+            break
+    child.kill()
+    pytest.fail(f"never saw {text!r}:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_build_leaves_nothing_attached_or_half_written(tmp_path, sig):
+    workdir = tmp_path / "build"
+    child = start_build(workdir)
+    wait_for(child, "FAI task extrbase")  # the disk is partitioned, formatted and mounted by now
+    cell_dir = workdir / "bookworm-nocloud-amd64"
+    assert loopdev.backed_by(cell_dir), "the build should hold a loop device at this point"
+    child.send_signal(sig)
+    output = child.communicate(timeout=120)[0]
+    assert child.returncode != 0, output
+    assert leftovers(tmp_path) == NOTHING
+    assert not (cell_dir / "disk.raw").exists()
+    assert (cell_dir / "build.log").read_text().rstrip().endswith("# build interrupted; this log is incomplete")
+
+
+def test_build_killed_outright_is_cleaned_up_by_the_next_run(tmp_path):
+    workdir = tmp_path / "build"
+    cell_dir = workdir / "bookworm-nocloud-amd64"
+    child = start_build(workdir)
+    wait_for(child, "FAI task extrbase")
+    child.kill()  # SIGKILL: no handler runs; the kernel kills the sandbox with it
+    child.wait()
+    # The namespaces die with the build, and every mount with them...
+    assert _eventually(lambda: not leftovers(tmp_path)["processes"]), leftovers(tmp_path)
+    assert not leftovers(tmp_path)["mounts"]
+    # ... but loop devices are global: this one outlives the killed build.
+    assert loopdev.backed_by(cell_dir)
+    # The next build of that cell releases it before it starts.
+    child = start_build(workdir)
+    wait_for(child, "FAI task partition")
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=120)
+    assert leftovers(tmp_path) == NOTHING
+
+
+def _eventually(predicate, timeout=30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False

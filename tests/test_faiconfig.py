@@ -1,0 +1,54 @@
+"""Which config-space files a build depends on, by class."""
+
+from pathlib import Path
+
+import pytest
+
+from tasks import faiconfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("path, owner", [
+    ("class/DEBIAN.var", "DEBIAN"),
+    ("class/50-host-classes", None),
+    ("package_config/CLOUD", "CLOUD"),
+    ("package_config/EC2.gpg", "EC2"),
+    ("disk_config/AMD64", "AMD64"),
+    ("debconf/GRUB_PC", "GRUB_PC"),
+    ("scripts/NOCLOUD/10-console", "NOCLOUD"),
+    ("tests/LAST/10-image-tree", "LAST"),
+    ("hooks/repository.DEBIAN", "DEBIAN"),
+    ("hooks/savelog.LAST.sh", "LAST"),
+    ("hooks/subroutines", None),
+    ("files/etc/default/grub.d/50-image.cfg/GRUB_PC", "GRUB_PC"),
+    ("files/etc/default/grub.d/50-image.cfg/postinst", None),
+    ("basefiles/BOOKWORM64.tar.zst", "BOOKWORM64"),
+    ("README", None),
+])
+def test_owning_class(path, owner):
+    assert faiconfig.owning_class(Path(path)) == owner
+
+
+def test_selection_follows_classes(repo_matrix):
+    space = REPO / "fai_config"
+    nocloud = {str(p.relative_to(space)) for p in
+               faiconfig.selected_files(space, repo_matrix.cell("bookworm-nocloud-amd64").fai_classes)}
+    cloud = {str(p.relative_to(space)) for p in
+             faiconfig.selected_files(space, repo_matrix.cell("bookworm-genericcloud-amd64").fai_classes)}
+    assert "scripts/NOCLOUD/10-console-and-network" in nocloud - cloud
+    assert "package_config/CLOUD" in cloud - nocloud
+    assert "class/TRIXIE.var" not in nocloud | cloud
+    shared = {"class/DEBIAN.var", "class/BOOKWORM.var", "scripts/LAST/90-clean", "disk_config/AMD64",
+              "scripts/GRUB_PC/10-install-grub", "tests/LAST/10-image-tree"}
+    assert shared <= nocloud & cloud
+
+
+def test_every_config_file_is_used_by_some_cell(repo_matrix):
+    """A file no cell selects is dead configuration (or a misspelt class)."""
+    space = REPO / "fai_config"
+    used = set()
+    for cell in repo_matrix.cells:
+        used.update(faiconfig.selected_files(space, cell.fai_classes))
+    unused = [str(p.relative_to(space)) for p in space.rglob("*") if p.is_file() and p not in used]
+    assert unused == []

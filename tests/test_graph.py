@@ -1,0 +1,131 @@
+"""The doit task graph: which tasks exist, their files, deps and up-to-date checks."""
+
+from pathlib import Path
+
+import pytest
+from doit.loader import generate_tasks
+
+from tasks import graph, plan
+from tasks.matrix import MatrixError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_plan(tmp_path, **options):
+    options.setdefault("workdir", str(tmp_path / "build"))
+    return plan.from_options(REPO, options.get)
+
+
+def load(p) -> dict:
+    tasks = {}
+    for stage in graph.STAGES:
+        for task in generate_tasks(stage, getattr(graph, f"{stage}_tasks")(p)):
+            tasks[task.name] = task
+    return tasks
+
+
+def config_of(task) -> dict:
+    """The configuration a config_changed up-to-date check compares."""
+    (check, _, _), *_ = task.uptodate
+    return check.config
+
+
+def test_every_cell_has_every_stage(tmp_path, repo_matrix):
+    tasks = load(make_plan(tmp_path))
+    for cell in repo_matrix.cells:
+        for stage in graph.STAGES:
+            assert f"{stage}:{cell.name}" in tasks
+
+
+@pytest.mark.parametrize("tier, expected", [
+    ("push", ["bookworm-nocloud-amd64", "bookworm-genericcloud-amd64"]),
+    ("full", None),
+])
+def test_stage_groups_cover_the_tier(tmp_path, repo_matrix, tier, expected):
+    tasks = load(make_plan(tmp_path, tier=tier))
+    expected = expected or [c.name for c in repo_matrix.cells]
+    for stage in graph.STAGES:
+        assert tasks[stage].task_dep == [f"{stage}:{name}" for name in expected]
+        assert tasks[stage].actions == []
+
+
+def test_files_chain_the_stages(tmp_path):
+    tasks = load(make_plan(tmp_path))
+    cell_dir = tmp_path / "build" / "bookworm-genericcloud-amd64"
+    f = lambda name: str(cell_dir / name)  # noqa: E731
+    build, comp, boot, man, pub = (tasks[f"{s}:bookworm-genericcloud-amd64"] for s in graph.STAGES)
+    assert build.targets == [f("disk.raw"), f("build.log"), f("packages.tsv"), f("build-info.json")]
+    assert comp.file_dep == {f("disk.raw")} and comp.targets == [f("image.tar.xz"), f("image.qcow2")]
+    assert boot.file_dep == {f("disk.raw")} and boot.targets == [f("boot.log"), f("boottest.json")]
+    assert man.file_dep == {f("image.tar.xz"), f("image.qcow2"), f("packages.tsv"), f("build-info.json"),
+                            f("boottest.json")}
+    assert man.targets == [f("manifest.json")]
+    assert pub.file_dep == {f("image.tar.xz"), f("image.qcow2"), f("manifest.json")}
+    assert pub.targets == [f("published.json")]
+
+
+def test_build_depends_on_its_classes_files_only(tmp_path):
+    tasks = load(make_plan(tmp_path))
+    nocloud = {Path(p).relative_to(REPO / "fai_config").as_posix()
+               for p in tasks["build:bookworm-nocloud-amd64"].file_dep}
+    cloud = {Path(p).relative_to(REPO / "fai_config").as_posix()
+             for p in tasks["build:bookworm-genericcloud-amd64"].file_dep}
+    assert "package_config/NOCLOUD" in nocloud and "package_config/NOCLOUD" not in cloud
+    assert "package_config/CLOUD" in cloud and "package_config/CLOUD" not in nocloud
+    assert "class/BOOKWORM.var" in nocloud and "class/TRIXIE.var" not in nocloud
+
+
+def test_up_to_date_configuration(tmp_path):
+    base = load(make_plan(tmp_path))
+    faster = load(make_plan(tmp_path, xz_level="1"))
+    name = "bookworm-nocloud-amd64"
+    assert config_of(base[f"build:{name}"]) == config_of(faster[f"build:{name}"])
+    assert config_of(base[f"compress:{name}"]) != config_of(faster[f"compress:{name}"])
+    assert config_of(base[f"build:{name}"]) != config_of(base["build:bookworm-genericcloud-amd64"])
+    assert config_of(base[f"build:{name}"])["fai_classes"][-1] == "LAST"
+
+
+def test_publish_checks_storage(tmp_path):
+    tasks = load(make_plan(tmp_path, storage=str(tmp_path / "public")))
+    task = tasks["publish:bookworm-nocloud-amd64"]
+    assert config_of(task) == {"storage": (tmp_path / "public").as_uri()}
+    check, args, _ = task.uptodate[1]
+    assert check.__name__ == "still_published"
+    assert args == [str(tmp_path / "build" / "bookworm-nocloud-amd64" / "published.json"), str(tmp_path / "public")]
+
+
+def test_actions_are_module_level_functions(tmp_path):
+    """Closures do not survive doit's process pool (spawn, forkserver)."""
+    import pickle
+
+    tasks = load(make_plan(tmp_path))
+    for name, task in tasks.items():
+        for action in task.actions:
+            pickle.dumps((action.py_callable, action.args))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"xz_level": "12"}, "command line: xz_level: expected a whole number from 0 to 9, got '12'"),
+    ({"version": "2026 11"}, "command line: version: expected letters, digits and .+~- only, got '2026 11'"),
+    ({"tier": "nightly"}, "tiers: no tier named 'nightly' (expected one of: push, full)"),
+    ({"storage": "s3://bucket"}, "command line: storage: expected a directory or a file:// URL, got 's3://bucket'"),
+])
+def test_bad_options(tmp_path, options, message):
+    with pytest.raises(MatrixError) as caught:
+        make_plan(tmp_path, **options)
+    assert str(caught.value).endswith(message)
+
+
+def test_version_defaults_to_the_run_start(tmp_path):
+    p = make_plan(tmp_path)
+    assert len(p.build_version) == len("20261125-1532") and p.build_version[8] == "-"
+    assert p.version is None
+    given = make_plan(tmp_path, version="7")
+    assert (given.build_version, given.version) == ("7", "7")
+
+
+def test_given_version_remakes_manifests_not_images(tmp_path):
+    base, given = load(make_plan(tmp_path)), load(make_plan(tmp_path, version="7"))
+    name = "bookworm-nocloud-amd64"
+    assert config_of(base[f"build:{name}"]) == config_of(given[f"build:{name}"])
+    assert config_of(base[f"manifest:{name}"]) != config_of(given[f"manifest:{name}"])

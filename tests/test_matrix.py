@@ -1,0 +1,132 @@
+"""matrix.yaml: loading, cell naming and one clear error per kind of mistake."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import matrix
+from tasks.matrix import MatrixError
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = yaml.safe_load((REPO / "matrix.yaml").read_text())
+
+
+def write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False) if not isinstance(data, str) else data)
+    return path
+
+
+def error_for(tmp_path: Path, mutate) -> str:
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    path = write(tmp_path, data)
+    with pytest.raises(MatrixError) as caught:
+        matrix.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: "), message
+    assert "\n" not in message
+    return message.removeprefix(f"{path}: ")
+
+
+def test_repository_matrix_loads():
+    m = matrix.load(REPO / "matrix.yaml")
+    assert set(m.releases) == {"bookworm", "trixie", "sid"}
+    assert {"nocloud", "genericcloud"} <= set(m.vendors)
+    assert [c.name for c in m.tier("push")] == ["bookworm-nocloud-amd64", "bookworm-genericcloud-amd64"]
+    assert len(m.tier("full")) == len(m.cells) == len(m.releases) * len(m.vendors) * len(m.architectures)
+
+
+def test_cell_name_classes_and_image_name():
+    m = matrix.load(REPO / "matrix.yaml")
+    cell = m.cell("bookworm-genericcloud-amd64")
+    assert (cell.release.name, cell.vendor.name, cell.arch.name) == ("bookworm", "genericcloud", "amd64")
+    assert cell.fai_classes == ("DEBIAN", "BOOKWORM", "AMD64", "GRUB_PC", "CLOUD", "GENERICCLOUD", "LINUX_CLOUD", "LAST")
+    assert cell.image_name("20261125-1532") == "debian-12-genericcloud-amd64-20261125-1532"
+    assert m.cell("sid-nocloud-amd64").image_name("1") == "debian-sid-nocloud-amd64-1"
+
+
+def test_cells_are_immutable():
+    cell = matrix.load(REPO / "matrix.yaml").cells[0]
+    with pytest.raises(AttributeError):
+        cell.vendor.disk_size = "9G"
+
+
+def test_wildcard_selection():
+    m = matrix.load(REPO / "matrix.yaml")
+    assert {c.name for c in m.select("*-nocloud-*")} == {f"{r}-nocloud-amd64" for r in m.releases}
+    assert m.select("bookworm-genericcloud-amd64") == [m.cell("bookworm-genericcloud-amd64")]
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d["vendors"]["nocloud"].update(colour="blue"),
+         "vendors.nocloud.colour: unknown key (expected one of: fai_classes, disk_size, formats)"),
+        (lambda d: d["vendors"]["nocloud"].pop("disk_size"), "vendors.nocloud.disk_size: missing"),
+        (lambda d: d["vendors"]["nocloud"].update(disk_size="huge"),
+         "vendors.nocloud.disk_size: expected a size such as 2G or 512M, got 'huge'"),
+        (lambda d: d["vendors"]["nocloud"].update(disk_size=2),
+         "vendors.nocloud.disk_size: expected a size such as 2G or 512M, got 2"),
+        (lambda d: d["vendors"]["nocloud"].update(formats=["zip"]),
+         "vendors.nocloud.formats[0]: expected one of: tar.xz, qcow2, got 'zip'"),
+        (lambda d: d["vendors"]["nocloud"].update(formats="qcow2"),
+         "vendors.nocloud.formats: expected a non-empty list, got 'qcow2'"),
+        (lambda d: d["vendors"]["nocloud"].update(fai_classes=["cloud"]),
+         "vendors.nocloud.fai_classes[0]: expected an upper-case FAI class name such as CLOUD, got 'cloud'"),
+        (lambda d: d["releases"]["bookworm"].update(version=None),
+         "releases.bookworm.version: expected a string, got nothing"),
+        (lambda d: d["architectures"].update(mips={"fai_classes": ["MIPS"]}),
+         "architectures.mips: unsupported architecture (expected one of: amd64)"),
+        (lambda d: d["tiers"]["push"][0].update(vendors=["nocluod"]),
+         "tiers.push[0].vendors[0]: unknown vendor 'nocluod' (expected one of: nocloud, genericcloud)"),
+        (lambda d: d["tiers"]["push"][0].update(releases=["buster"]),
+         "tiers.push[0].releases[0]: unknown release 'buster' (expected one of: bookworm, trixie, sid)"),
+        (lambda d: d["tiers"]["push"][0].update(architectures=["arm"]),
+         "tiers.push[0].architectures[0]: unknown architecture 'arm' (expected one of: amd64)"),
+        (lambda d: d["tiers"].pop("push"), "tiers.push: missing (the tier built by default)"),
+        (lambda d: d.pop("vendors"), "vendors: missing"),
+        (lambda d: d.update(extra=1),
+         "extra: unknown key (expected one of: releases, architectures, vendors, tiers, build, compress, "
+         "boot_test, publish)"),
+        (lambda d: d["compress"].update(xz_level=12),
+         "compress.xz_level: expected a whole number from 0 to 9, got 12"),
+        (lambda d: d["boot_test"].update(accelerator="hvf"),
+         "boot_test.accelerator: expected one of: auto, kvm, tcg, got 'hvf'"),
+        (lambda d: d["boot_test"].update(timeout="soon"),
+         "boot_test.timeout: expected a whole number from 10 to 7200, got 'soon'"),
+        (lambda d: d["build"].update(mirror="deb.debian.org"),
+         "build.mirror: expected an http:// or https:// URL, got 'deb.debian.org'"),
+        (lambda d: d["vendors"].update({"No Cloud": d["vendors"]["nocloud"]}),
+         "vendors.No Cloud: expected a lower-case name such as bookworm"),
+    ],
+)
+def test_bad_entries_name_file_key_and_expectation(tmp_path, mutate, expected):
+    assert error_for(tmp_path, mutate) == expected
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = write(tmp_path, "releases:\n  bookworm: [\n")
+    with pytest.raises(MatrixError) as caught:
+        matrix.load(path)
+    assert str(caught.value).startswith(f"{path}: line 3, column 1: invalid YAML")
+
+
+def test_duplicate_key_is_an_error(tmp_path):
+    text = (REPO / "matrix.yaml").read_text().replace("  trixie:\n", "  bookworm:\n", 1)
+    path = write(tmp_path, text)
+    with pytest.raises(MatrixError, match=r"invalid YAML: duplicate key 'bookworm'"):
+        matrix.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(MatrixError, match="cannot read: No such file or directory"):
+        matrix.load(tmp_path / "absent.yaml")
+
+
+def test_unknown_tier():
+    m = matrix.load(REPO / "matrix.yaml")
+    with pytest.raises(MatrixError, match=r"tiers: no tier named 'nightly' \(expected one of: push, full\)"):
+        m.tier("nightly")
