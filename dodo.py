@@ -24,7 +24,18 @@ def _stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _report_interruption(kind, value, traceback):
+    # doit saves the state of finished tasks, then lets the interruption
+    # through; one line says so instead of a traceback.
+    if issubclass(kind, KeyboardInterrupt):
+        cause = value.args[0] if value.args else "Ctrl-C"
+        print(f"interrupted ({cause}): finished tasks are recorded; run doit again to go on", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, value, traceback)
+
+
 signal.signal(signal.SIGTERM, _stop_on_sigterm)
+sys.excepthook = _report_interruption
 
 try:
     PLAN = plan.from_options(Path(__file__).resolve().parent, get_var)

@@ -1,0 +1,125 @@
+"""A cancelled run (SIGTERM, as from a cancelled CI job) through our dodo.py.
+
+It must stop the running stage's child processes, leave no partial output,
+and keep doit's record of the tasks that finished before it.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tasks import qemu
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def children_of(pid: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,ppid,comm"], capture_output=True, text=True).stdout.splitlines()[1:]
+    rows = [line.split(None, 2) for line in out]
+    found, frontier = [], {str(pid)}
+    while frontier:
+        nxt = {p for p, pp, _ in rows if pp in frontier}
+        found += [c for p, pp, c in rows if pp in frontier]
+        frontier = nxt
+    return found
+
+
+def test_sigterm_keeps_the_state_of_finished_tasks(tmp_path):
+    """dodo.py's SIGTERM handler and state backend, with doit's real runner.
+
+    A small graph of two tasks uses dodo.py's configuration; the second is
+    cancelled, and the first must stay done. Without the handler, SIGTERM
+    kills doit before it writes any state and the first task runs again.
+    """
+    (tmp_path / "small_dodo.py").write_text(f"""
+import sys, time
+sys.path.insert(0, {str(REPO)!r})
+import dodo as images  # installs the SIGTERM handler
+
+DOIT_CONFIG = {{**images.DOIT_CONFIG, "dep_file": {str(tmp_path / ".doit.db")!r}, "default_tasks": ["slow"]}}
+
+def task_quick():
+    return {{"actions": ["cp input.txt quick.out"], "file_dep": ["input.txt"], "targets": ["quick.out"]}}
+
+def wait(seconds):
+    time.sleep(seconds)
+
+def task_slow():
+    return {{"actions": [(wait, [120])], "file_dep": ["quick.out"]}}
+""")
+    (tmp_path / "input.txt").write_text("input")
+    command = [sys.executable, "-m", "doit", "-f", str(tmp_path / "small_dodo.py"), f"workdir={tmp_path / 'w'}"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "quick.out").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # quick is done; slow is sleeping
+    child.send_signal(signal.SIGTERM)
+    output = child.communicate(timeout=30)[0]
+    assert child.returncode != 0
+    assert ".  quick" in output and ".  slow" in output
+    assert "Traceback" not in output, "an interruption is reported in one line"
+    assert "interrupted" in output
+    again = subprocess.run([*command, "quick"], capture_output=True, text=True, cwd=tmp_path)
+    assert "-- quick" in again.stdout, again.stdout + again.stderr
+
+
+def test_sigterm_during_boot_test_stops_qemu(tmp_path):
+    image = tmp_path / "disk.raw"
+    image.write_bytes(qemu.boot_sector(b"Linux version 6.1\r\n", exit=False).ljust(1 << 20, b"\0"))
+    script = f"""
+import signal, sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from tasks import atomic, boottest
+from tasks.matrix import BootTestSettings
+def stop(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, stop)
+with atomic.output(Path({str(tmp_path / "boot.log")!r})) as partial:
+    boottest.boot("amd64", Path({str(image)!r}), partial, BootTestSettings(timeout=120, memory=64, cpus=1))
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while "qemu-system-x86" not in children_of(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "qemu-system-x86" in children_of(child.pid)
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=30)
+    assert child.returncode != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"], "no log, no partial file"
+    assert subprocess.run(["pgrep", "-f", str(image)], capture_output=True).returncode == 1
+
+
+def test_sigterm_during_compression_stops_tar_and_xz(tmp_path):
+    """The compress stage run as doit would: a SIGTERM handler raising KeyboardInterrupt."""
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as f:
+        for _ in range(96):
+            f.write(os.urandom(1 << 20))  # incompressible: xz -9 takes a while
+    output = tmp_path / "image.tar.xz"
+    script = f"""
+import signal, sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from tasks import atomic, compress
+def stop(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, stop)
+with atomic.output(Path({str(output)!r})) as partial:
+    compress.sparse_tar_xz(Path({str(raw)!r}), partial, 9, 1, "test")
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not {"xz", "tar"} <= set(children_of(child.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert {"xz", "tar"} <= set(children_of(child.pid))
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=30)
+    assert child.returncode != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"], "no artifact, no partial file"
+    assert subprocess.run(["pgrep", "-f", str(raw)], capture_output=True).returncode == 1
