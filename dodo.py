@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from doit import get_var
+from doit import doit_cmd, get_var
 
 from tasks import graph, plan
 from tasks.matrix import MatrixError
@@ -38,7 +38,10 @@ signal.signal(signal.SIGTERM, _stop_on_sigterm)
 sys.excepthook = _report_interruption
 
 try:
-    PLAN = plan.from_options(Path(__file__).resolve().parent, get_var)
+    # doit keeps the name=value pairs of the command line in a module global;
+    # reading their names lets a misspelt option fail instead of being ignored.
+    given = list(getattr(doit_cmd, "_CMDLINE_VARS", None) or {})
+    PLAN = plan.from_options(Path(__file__).resolve().parent, get_var, given)
 except MatrixError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
@@ -56,24 +59,24 @@ DOIT_CONFIG = {
 
 def task_build():
     """build raw images with fai-diskimage"""
-    yield from graph.build_tasks(PLAN)
+    yield from graph.stage_tasks(PLAN, "build")
 
 
 def task_compress():
     """compress raw images (sparse tar.xz, qcow2)"""
-    yield from graph.compress_tasks(PLAN)
+    yield from graph.stage_tasks(PLAN, "compress")
 
 
 def task_boottest():
     """boot images in qemu and read the serial console"""
-    yield from graph.boottest_tasks(PLAN)
+    yield from graph.stage_tasks(PLAN, "boottest")
 
 
 def task_manifest():
     """write each image's manifest.json"""
-    yield from graph.manifest_tasks(PLAN)
+    yield from graph.stage_tasks(PLAN, "manifest")
 
 
 def task_publish():
     """publish artifacts and manifests to storage"""
-    yield from graph.publish_tasks(PLAN)
+    yield from graph.stage_tasks(PLAN, "publish")

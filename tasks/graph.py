@@ -22,9 +22,8 @@ from doit.tools import config_changed
 from . import boottest, compress, fai, faiconfig, manifest, storage
 from .errors import StageFailed
 from .layout import CellFiles
+from .matrix import Cell
 from .plan import Plan
-
-STAGES = ("build", "compress", "boottest", "manifest", "publish")
 
 
 def run_stage(stage: Callable, *args) -> TaskFailed | None:
@@ -36,92 +35,86 @@ def run_stage(stage: Callable, *args) -> TaskFailed | None:
     return None
 
 
-def _group(plan: Plan, stage: str, doc: str) -> dict:
-    # Yielded after the sub-tasks, it replaces doit's default group (every
-    # cell) with the cells of the chosen tier.
+def _paths(*paths) -> list[str]:
+    return [str(p) for p in paths]
+
+
+def _build(plan: Plan, cell: Cell, files: CellFiles) -> dict:
+    settings = plan.matrix.build
     return {
-        "name": None,
-        "doc": f"{doc} (tier {plan.tier}: {len(plan.tier_cells)} cells)",
-        "task_dep": [f"{stage}:{cell.name}" for cell in plan.tier_cells],
+        "doc": f"build {cell.name} with fai-diskimage",
+        "actions": [(run_stage, [fai.build, cell, files, settings, plan.config_space, plan.build_version])],
+        "file_dep": _paths(*faiconfig.selected_files(plan.config_space, cell.fai_classes)),
+        "targets": _paths(files.raw, files.build_log, files.packages, files.build_info),
+        "uptodate": [config_changed(fai.build_config(cell, settings))],
     }
 
 
-def build_tasks(plan: Plan) -> Iterator[dict]:
-    settings = plan.matrix.build
-    for cell in plan.matrix.cells:
-        files = CellFiles.of(plan.workdir, cell)
-        yield {
-            "name": cell.name,
-            "doc": f"build {cell.name} with fai-diskimage",
-            "actions": [(run_stage, [fai.build, cell, files, settings, plan.config_space, plan.build_version])],
-            "file_dep": [str(p) for p in faiconfig.selected_files(plan.config_space, cell.fai_classes)],
-            "targets": [str(files.raw), str(files.build_log), str(files.packages), str(files.build_info)],
-            "uptodate": [config_changed(fai.build_config(cell, settings))],
-            "clean": True,
-        }
-    yield _group(plan, "build", "build the raw images")
-
-
-def compress_tasks(plan: Plan) -> Iterator[dict]:
+def _compress(plan: Plan, cell: Cell, files: CellFiles) -> dict:
     settings = plan.matrix.compress
-    for cell in plan.matrix.cells:
-        files = CellFiles.of(plan.workdir, cell)
-        yield {
-            "name": cell.name,
-            "doc": f"compress {cell.name}: {', '.join(cell.vendor.formats)}",
-            "actions": [(run_stage, [compress.compress, cell, files, settings])],
-            "file_dep": [str(files.raw)],
-            "targets": [str(p) for p in files.artifacts],
-            "uptodate": [config_changed(compress.compress_config(cell, settings))],
-            "clean": True,
-        }
-    yield _group(plan, "compress", "compress the images")
+    return {
+        "doc": f"compress {cell.name}: {', '.join(cell.vendor.formats)}",
+        "actions": [(run_stage, [compress.compress, cell, files, settings])],
+        "file_dep": _paths(files.raw),
+        "targets": _paths(*files.artifacts),
+        "uptodate": [config_changed(compress.compress_config(cell, settings))],
+    }
 
 
-def boottest_tasks(plan: Plan) -> Iterator[dict]:
+def _boottest(plan: Plan, cell: Cell, files: CellFiles) -> dict:
     settings = plan.matrix.boot_test
+    return {
+        "doc": f"boot {cell.name} in qemu until {settings.until}",
+        "actions": [(run_stage, [boottest.boot_test, cell, files, settings])],
+        "file_dep": _paths(files.raw),
+        "targets": _paths(files.boot_log, files.boot_result),
+        "uptodate": [config_changed(boottest.boot_config(settings))],
+    }
+
+
+def _manifest(plan: Plan, cell: Cell, files: CellFiles) -> dict:
+    return {
+        "doc": f"describe {cell.name} in manifest.json",
+        "actions": [(run_stage, [manifest.write, cell, files, plan.version])],
+        "file_dep": _paths(*files.artifacts, files.packages, files.build_info, files.boot_result),
+        "targets": _paths(files.manifest),
+        "uptodate": [config_changed({"schema": manifest.SCHEMA_VERSION, "version": plan.version})],
+    }
+
+
+def _publish(plan: Plan, cell: Cell, files: CellFiles) -> dict:
+    return {
+        "doc": f"publish {cell.name} to {plan.storage.url}",
+        "actions": [(run_stage, [storage.publish, cell, files, plan.storage])],
+        "file_dep": _paths(*files.artifacts, files.manifest),
+        "targets": _paths(files.published),
+        "uptodate": [
+            config_changed({"storage": plan.storage.url}),
+            (storage.still_published, [str(files.published), str(plan.storage.root)]),
+        ],
+    }
+
+
+# stage: (its sub-task for one cell, what its group task does)
+STAGES: dict[str, tuple[Callable[[Plan, Cell, CellFiles], dict], str]] = {
+    "build": (_build, "build the raw images"),
+    "compress": (_compress, "compress the images"),
+    "boottest": (_boottest, "boot-test the images"),
+    "manifest": (_manifest, "write the manifests"),
+    "publish": (_publish, "publish the images"),
+}
+
+
+def stage_tasks(plan: Plan, stage: str) -> Iterator[dict]:
+    """The sub-task of every cell for one stage, then the stage's group task."""
+    describe, group_doc = STAGES[stage]
     for cell in plan.matrix.cells:
-        files = CellFiles.of(plan.workdir, cell)
-        yield {
-            "name": cell.name,
-            "doc": f"boot {cell.name} in qemu until {settings.until}",
-            "actions": [(run_stage, [boottest.boot_test, cell, files, settings])],
-            "file_dep": [str(files.raw)],
-            "targets": [str(files.boot_log), str(files.boot_result)],
-            "uptodate": [config_changed(boottest.boot_config(settings))],
-            "clean": True,
-        }
-    yield _group(plan, "boottest", "boot-test the images")
-
-
-def manifest_tasks(plan: Plan) -> Iterator[dict]:
-    for cell in plan.matrix.cells:
-        files = CellFiles.of(plan.workdir, cell)
-        yield {
-            "name": cell.name,
-            "doc": f"describe {cell.name} in manifest.json",
-            "actions": [(run_stage, [manifest.write, cell, files, plan.version])],
-            "file_dep": [str(p) for p in (*files.artifacts, files.packages, files.build_info, files.boot_result)],
-            "targets": [str(files.manifest)],
-            "uptodate": [config_changed({"schema": manifest.SCHEMA_VERSION, "version": plan.version})],
-            "clean": True,
-        }
-    yield _group(plan, "manifest", "write the manifests")
-
-
-def publish_tasks(plan: Plan) -> Iterator[dict]:
-    for cell in plan.matrix.cells:
-        files = CellFiles.of(plan.workdir, cell)
-        yield {
-            "name": cell.name,
-            "doc": f"publish {cell.name} to {plan.storage.url}",
-            "actions": [(run_stage, [storage.publish, cell, files, plan.storage])],
-            "file_dep": [str(p) for p in (*files.artifacts, files.manifest)],
-            "targets": [str(files.published)],
-            "uptodate": [
-                config_changed({"storage": plan.storage.url}),
-                (storage.still_published, [str(files.published), str(plan.storage.root)]),
-            ],
-            "clean": True,
-        }
-    yield _group(plan, "publish", "publish the images")
+        yield {"name": cell.name, "clean": True, **describe(plan, cell, CellFiles.of(plan.workdir, cell))}
+    # Yielded after the sub-tasks, this replaces doit's default group (every
+    # cell) with the cells of the chosen tier.
+    tier = plan.tier_cells
+    yield {
+        "name": None,
+        "doc": f"{group_doc} (tier {plan.tier}: {len(tier)} cells)",
+        "task_dep": [f"{stage}:{cell.name}" for cell in tier],
+    }

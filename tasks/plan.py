@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from . import matrix as matrix_module
 from .matrix import Cell, Matrix, MatrixError
@@ -53,8 +53,14 @@ class Plan:
         return self.matrix.tier(self.tier)
 
 
-def from_options(base: Path, get: Callable[[str], str | None]) -> Plan:
-    """Build the plan from doit variables; raise MatrixError on a bad option."""
+def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[str] = ()) -> Plan:
+    """Build the plan from doit variables; raise MatrixError on a bad option.
+
+    given: the names of the options on the command line, to refuse unknown ones.
+    """
+    for name in given:
+        if name not in OPTIONS:
+            raise MatrixError("command line", name, f"unknown option (expected one of: {', '.join(OPTIONS)})")
     matrix_path = base / (get("matrix") or "matrix.yaml")
     matrix = matrix_module.load(matrix_path)
     tier = get("tier") or "push"

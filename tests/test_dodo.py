@@ -42,6 +42,14 @@ def test_bad_option_gives_one_line(tmp_path):
     assert result.stderr.strip().endswith("tiers: no tier named 'nightly' (expected one of: push, full)")
 
 
+def test_misspelt_option_is_refused(tmp_path):
+    result = doit("list", f"worddir={tmp_path}")
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "error: command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, version, "
+        "xz_level)"]
+
+
 def test_state_database_is_sqlite(tmp_path):
     result = doit("forget", "build:bookworm-nocloud-amd64", f"workdir={tmp_path}")
     assert result.returncode == 0, result.stderr

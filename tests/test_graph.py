@@ -13,13 +13,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 def make_plan(tmp_path, **options):
     options.setdefault("workdir", str(tmp_path / "build"))
-    return plan.from_options(REPO, options.get)
+    return plan.from_options(REPO, options.get, options)
 
 
 def load(p) -> dict:
     tasks = {}
     for stage in graph.STAGES:
-        for task in generate_tasks(stage, getattr(graph, f"{stage}_tasks")(p)):
+        for task in generate_tasks(stage, graph.stage_tasks(p, stage)):
             tasks[task.name] = task
     return tasks
 
@@ -109,6 +109,8 @@ def test_actions_are_module_level_functions(tmp_path):
     ({"version": "2026 11"}, "command line: version: expected letters, digits and .+~- only, got '2026 11'"),
     ({"tier": "nightly"}, "tiers: no tier named 'nightly' (expected one of: push, full)"),
     ({"storage": "s3://bucket"}, "command line: storage: expected a directory or a file:// URL, got 's3://bucket'"),
+    ({"worddir": "/x"}, "command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, "
+                        "version, xz_level)"),
 ])
 def test_bad_options(tmp_path, options, message):
     with pytest.raises(MatrixError) as caught:
