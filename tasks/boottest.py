@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import re
 import selectors
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import StageFailed
-from . import atomic, proc, qemu
+from . import atomic, cpu, proc, qemu
 from .layout import CellFiles
 from .matrix import BootTestSettings, Cell
 from .progress import StageProgress
@@ -51,6 +53,7 @@ class BootTestFailed(StageFailed):
 @dataclass
 class BootResult:
     verdict: str  # "passed" or the cause of failure
+    firmware: str  # bios or uefi
     accelerator: str
     accelerator_reason: str
     until: str
@@ -73,20 +76,32 @@ def boot_config(settings: BootTestSettings) -> dict:
     return {"until": settings.until, "timeout": settings.timeout, "memory": settings.memory, "cpus": settings.cpus}
 
 
-def boot(arch: str, image: Path, log: Path, settings: BootTestSettings, label: str = "boot") -> BootResult:
-    """Boot image, writing its console to log; return the verdict."""
+def boot(arch: str, image: Path, log: Path, settings: BootTestSettings, firmware: str = "bios",
+         label: str = "boot") -> BootResult:
+    """Boot image from firmware, writing its console to log; return the verdict."""
     accel = qemu.choose_accelerator(arch, settings.accelerator)
-    result = _boot_once(arch, image, log, settings, accel, label)
+    result = _boot_once(arch, firmware, image, log, settings, accel, label)
     if result.verdict == "kvm-silent":
         fallback = qemu.Accelerator("tcg", f"fell back to TCG: no console output under KVM for {KVM_SILENCE_SECONDS} s")
-        result = _boot_once(arch, image, log, settings, fallback, label)
+        result = _boot_once(arch, firmware, image, log, settings, fallback, label)
     return result
 
 
-def _boot_once(arch: str, image: Path, log: Path, settings: BootTestSettings, accel: qemu.Accelerator,
-               label: str) -> BootResult:
-    cmd = qemu.boot_command(arch, image, accel.name, settings.memory, settings.cpus)
-    result = BootResult("timeout", accel.name, accel.reason, settings.until, 0.0, command=cmd)
+def _boot_once(arch: str, firmware: str, image: Path, log: Path, settings: BootTestSettings,
+               accel: qemu.Accelerator, label: str) -> BootResult:
+    with tempfile.TemporaryDirectory(prefix="boottest.") as scratch:
+        template = qemu.uefi_vars_template(arch, firmware)
+        uefi_vars = None
+        if template:
+            uefi_vars = Path(scratch) / "uefi-vars.fd"
+            shutil.copyfile(template, uefi_vars)
+        cmd = qemu.boot_command(arch, firmware, image, accel.name, settings.memory, settings.cpus, uefi_vars)
+        return _watch(cmd, log, settings, BootResult("timeout", firmware, accel.name, accel.reason, settings.until,
+                                                     0.0, command=cmd), label)
+
+
+def _watch(cmd: list[str], log: Path, settings: BootTestSettings, result: BootResult, label: str) -> BootResult:
+    """Run qemu and read its console until a verdict; qemu is stopped on every path."""
     console = bytearray()
     searched = 0
     started = time.monotonic()
@@ -99,7 +114,7 @@ def _boot_once(arch: str, image: Path, log: Path, settings: BootTestSettings, ac
                     elapsed = time.monotonic() - started
                     if elapsed >= settings.timeout:
                         break
-                    if accel.name == "kvm" and not console and elapsed >= KVM_SILENCE_SECONDS:
+                    if result.accelerator == "kvm" and not console and elapsed >= KVM_SILENCE_SECONDS:
                         result.verdict = "kvm-silent"
                         break
                     progress.update(completed=elapsed, status=_status(result))
@@ -155,23 +170,39 @@ def explain(result: BootResult, log: Path) -> str:
         "root-device-not-found": "the initramfs could not find the root device",
         "emergency-mode": "systemd entered emergency mode",
     }
-    lines = [f"boot test failed: {reasons.get(result.verdict, result.verdict)} "
+    lines = [f"boot test failed through {result.firmware}: {reasons.get(result.verdict, result.verdict)} "
              f"({result.accelerator}, {result.seconds:.0f} s); console log: {log}",
              "last console lines:", *(f"  {line}" for line in console_tail(log))]
     return "\n".join(lines)
 
 
-def boot_test(cell: Cell, files: CellFiles, settings: BootTestSettings) -> BootResult:
-    """The doit action: boot.log and boottest.json; raise if the boot failed."""
-    atomic.remove_stale_partials(files.boot_log)
-    partial_log = atomic.partial_path(files.boot_log)
-    try:
-        result = boot(cell.arch.name, files.raw, partial_log, settings, label=f"boot {cell.name}")
-        # The log is complete whatever the verdict: it is the evidence.
-        atomic.commit(partial_log, files.boot_log)
-    finally:
-        atomic.remove(partial_log)
-    atomic.write_json(files.boot_result, {"cell": cell.name, **result.to_json()})
-    if not result.passed:
-        raise BootTestFailed(explain(result, files.boot_log))
-    return result
+def boot_test(cell: Cell, files: CellFiles, settings: BootTestSettings, cpu_slots: Path) -> list[BootResult]:
+    """The doit action: boot through each firmware the image supports.
+
+    Writes boot-<firmware>.log and boottest.json; raises if any boot failed.
+    """
+    results = []
+    with cpu.slots(cpu_slots, want=settings.cpus):
+        for firmware in cell.arch.firmware:
+            target = files.boot_log(firmware)
+            atomic.remove_stale_partials(target)
+            partial = atomic.partial_path(target)
+            try:
+                results.append(boot(cell.arch.name, files.raw, partial, settings, firmware,
+                                    label=f"boot {cell.name} ({firmware})"))
+                # The log is complete whatever the verdict: it is the evidence.
+                atomic.commit(partial, target)
+            finally:
+                atomic.remove(partial)
+            if not results[-1].passed:
+                break  # the next firmware's boot would not change the verdict
+    failed = next((r for r in results if not r.passed), None)
+    atomic.write_json(files.boot_result, {
+        "cell": cell.name,
+        "verdict": failed.verdict if failed else "passed",
+        "passed": failed is None,
+        "boots": [r.to_json() for r in results],
+    })
+    if failed:
+        raise BootTestFailed(explain(failed, files.boot_log(failed.firmware)))
+    return results

@@ -1,12 +1,14 @@
 """The build stage: fai-diskimage over our config space, inside a sandbox.
 
-fai-diskimage runs in private mount and PID namespaces (unshare). Inside,
-FAI's host-global state (/run/fai with its "installation in progress" stamp,
-/var/log/fai, /tmp where the image is mounted) is private to the build, so
-builds can run side by side. When the build ends, however it ends, the
-namespaces die: every process of the build is killed and every file system it
-mounted is released by the kernel. Loop devices are global, so they are
-detached afterwards by backing file (tasks/loopdev.py).
+fai-diskimage runs in private mount and PID namespaces (tasks/sandbox.py):
+FAI's host-global state is private to each build, so builds run side by
+side, and when a build ends, however it ends, every process and mount of it
+is gone. Loop devices are global; they are detached afterwards by backing
+file (tasks/loopdev.py).
+
+Each build starts from the shared base of its release and architecture
+(tasks/base.py) and shares a package cache with the other builds of that
+release and architecture, so a rebuild fetches nothing it fetched before.
 """
 
 from __future__ import annotations
@@ -16,38 +18,31 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import atomic, binfmt, cpu, loopdev, sandbox
 from .errors import StageFailed
-from . import atomic, loopdev, proc
 from .layout import CellFiles
 from .matrix import BuildSettings, Cell
 from .progress import StageProgress
 
 # Bump when a change to the builder (not to the config space or matrix.yaml)
 # must rebuild every image.
-BUILDER_FORMAT = 1
+BUILDER_FORMAT = 2
 
-# Runs as PID 1 of the build's namespaces; "$@" is the fai-diskimage command.
-# /tmp becomes a private tmpfs (fai-diskimage mounts the image under it);
-# the builder's own directories that lie under /tmp (IMAGE_KEEP, one per
-# line) are bound back into it from the host's /tmp.
-_SANDBOX = r"""
-set -eu
-mkdir -p /run/fai /run/udev /var/log/fai
-mount -t tmpfs -o mode=0755 image-build-run /run/fai
-mkdir /run/fai/.host-tmp
-mount --bind /tmp /run/fai/.host-tmp
-mount -t tmpfs -o mode=1777 image-build-tmp /tmp
-printf '%s\n' "$IMAGE_KEEP" | while IFS= read -r keep; do
-    case $keep in
-        /tmp/*) mkdir -p "$keep"; mount --bind "/run/fai/.host-tmp/${keep#/tmp/}" "$keep" ;;
-    esac
-done
-mount --bind "$IMAGE_FAI_LOGS" /var/log/fai
-"$@"
-"""
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a build reads besides its cell: the config space, base and package cache."""
+
+    config_space: Path
+    base: Path  # the base system tarball
+    apt_cache: Path
+    version: str
+    cpu_slots: Path  # a build keeps about one core busy (tasks/cpu.py)
+
 
 # FAI tasks of an installation, in order: the build's progress steps.
 FAI_STEPS = [
@@ -75,11 +70,12 @@ def build_config(cell: Cell, settings: BuildSettings) -> dict:
         "vendor": cell.vendor.name,
         "fai_classes": list(cell.fai_classes),
         "disk_size": cell.vendor.disk_size,
-        "build": vars(settings),
+        "build": {key: getattr(settings, key) for key in
+                  ("mirror", "security_mirror", "image_mirror", "image_security_mirror", "hostname")},
     }
 
 
-def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, config_space: Path) -> dict[str, str]:
+def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: BuildInputs) -> dict[str, str]:
     """The variables our config space reads (README.md lists them)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")}
     env.update(
@@ -93,9 +89,11 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, config_s
         IMAGE_APT_MIRROR=settings.image_mirror,
         IMAGE_APT_SECURITY_MIRROR=settings.image_security_mirror,
         IMAGE_OUTPUT_DIR=str(staging / "output"),
-        # for the sandbox script
-        IMAGE_FAI_LOGS=str(staging / "fai-logs"),
-        IMAGE_KEEP="\n".join(str(p.resolve()) for p in (staging, config_space)),
+        IMAGE_BASEFILE=str(inputs.base.resolve()),
+        IMAGE_APT_CACHE=str(inputs.apt_cache.resolve()),
+        # FAI looks for a base file in $NFSROOT/var/tmp, which without an
+        # NFS root would be the build host's own /var/tmp.
+        NFSROOT="/nonexistent-nfsroot",
     )
     return env
 
@@ -109,24 +107,26 @@ def check_host() -> None:
             raise BuildFailed(f"{tool} not found: install the Debian package {package} (README.md, set-up)")
 
 
-def build(cell: Cell, files: CellFiles, settings: BuildSettings, config_space: Path, version: str) -> None:
+def build(cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildInputs) -> None:
     """Build one image: disk.raw, build.log, packages.tsv and build-info.json."""
     check_host()
+    binfmt.ensure(cell.arch.name)
     files.dir.mkdir(parents=True, exist_ok=True)
+    inputs.apt_cache.mkdir(parents=True, exist_ok=True)
     # A build killed outright (SIGKILL) may have left its loop device behind.
     loopdev.detach_all(files.dir)
     staging = files.staging
     atomic.remove(staging)
     try:
-        _build_in(staging, cell, files, settings, config_space, version)
+        with cpu.slots(inputs.cpu_slots, want=1):
+            _build_in(staging, cell, files, settings, inputs)
     finally:
         # However the build ended, nothing of it may stay attached or mounted.
         loopdev.detach_all(staging)
         atomic.remove(staging)
 
 
-def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettings, config_space: Path,
-              version: str) -> None:
+def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildInputs) -> None:
     log_dir, output_dir, etc_dir = staging / "fai-logs", staging / "output", staging / "etc"
     for d in (log_dir, output_dir, etc_dir):
         d.mkdir(parents=True)
@@ -138,13 +138,11 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         "fai-diskimage", "--verbose",
         "--hostname", settings.hostname,
         "--size", cell.vendor.disk_size,
-        "--cspace", str(config_space.resolve()),
+        "--cspace", str(inputs.config_space.resolve()),
         "--cfdir", str(etc_dir),
         "--class", ",".join(cell.fai_classes),
         str(raw),
     ]
-    sandbox = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-               "--mount-proc", "bash", "-c", _SANDBOX, "image-build-sandbox"]
     log.write_text(f"# {cell.name}: {' '.join(fai_command)}\n")
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
@@ -156,8 +154,9 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
                 if step and step.group(1) in FAI_STEPS:
                     progress.update(completed=FAI_STEPS.index(step.group(1)), status=f"FAI task {step.group(1)}")
 
-            env = fai_environment(cell, settings, staging, config_space)
-            returncode = proc.run_logged(sandbox + fai_command, log, on_line, env=env)
+            env = fai_environment(cell, settings, staging, inputs)
+            keep = [staging, inputs.config_space, inputs.base.parent, inputs.apt_cache]
+            returncode = sandbox.run_logged(fai_command, log, env, keep, on_line, fai_logs=log_dir)
     except KeyboardInterrupt:
         # Keep what the log has, marked as cut short, for whoever investigates.
         with open(log, "a") as out:
@@ -177,8 +176,8 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         "release_version": cell.release.version,
         "vendor": cell.vendor.name,
         "arch": cell.arch.name,
-        "version": version,
-        "image_name": cell.image_name(version),
+        "version": inputs.version,
+        "image_name": cell.image_name(inputs.version),
         "fai_classes": list(cell.fai_classes),
         "disk_size": cell.vendor.disk_size,
         "build_started": started.isoformat(timespec="seconds"),
@@ -203,7 +202,8 @@ def _append_fai_logs(log: Path, fai_log_dir: Path) -> None:
 
 def _failure_report(cell: Cell, log: Path, returncode: int, tail: int = 15, matches: int = 25) -> str:
     lines = log.read_text(errors="replace").splitlines()
-    relevant = [line for line in lines if _RELEVANT.search(line)][-matches:]
+    # FAI's own logs, appended to the build log, repeat lines: show each once.
+    relevant = list(dict.fromkeys(line for line in lines if _RELEVANT.search(line)))[-matches:]
     what = f"exit status {returncode}" if returncode else "no package list written"
     parts = [f"{cell.name}: fai-diskimage failed ({what}); full log: {log}"]
     if relevant:

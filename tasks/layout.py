@@ -53,9 +53,13 @@ class CellFiles:
         return [self.artifact(fmt) for fmt in self.cell.vendor.formats]
 
     # boot test
+    def boot_log(self, firmware: str) -> Path:
+        """The serial console of the boot through firmware (bios, uefi)."""
+        return self.dir / f"boot-{firmware}.log"
+
     @property
-    def boot_log(self) -> Path:
-        return self.dir / "boot.log"
+    def boot_logs(self) -> list[Path]:
+        return [self.boot_log(firmware) for firmware in self.cell.arch.firmware]
 
     @property
     def boot_result(self) -> Path:

@@ -70,7 +70,12 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
             "builder": info["builder"],
         },
         "artifacts": artifacts,
-        "boot_test": {k: boot[k] for k in ("verdict", "passed", "accelerator", "seconds", "milestones", "until")},
+        "boot_test": {
+            "verdict": boot["verdict"],
+            "passed": boot["passed"],
+            "boots": [{k: b[k] for k in ("firmware", "verdict", "accelerator", "seconds", "milestones", "until")}
+                      for b in boot["boots"]],
+        },
         "packages": read_packages(files.packages),
     }
 

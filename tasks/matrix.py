@@ -20,9 +20,12 @@ import yaml
 FORMATS = {
     "tar.xz": "image.tar.xz",  # sparse GNU tar holding disk.raw, xz-compressed
     "qcow2": "image.qcow2",  # compressed qcow2 (qemu-img convert -c)
+    "vhd.tar.xz": "image.vhd.tar.xz",  # fixed-size VHD (Azure) as disk.vhd in a sparse tar, xz
+    "tar.gz": "image.tar.gz",  # disk.raw in an oldgnu tar, gzip (GCE image import)
 }
-# Architectures the boot test knows how to start (see tasks/qemu.py).
-ARCHITECTURES = ("amd64",)
+# Architectures the boot test can start, with the firmware each can boot from
+# (see tasks/qemu.py).
+ARCHITECTURES = {"amd64": ("bios", "uefi"), "arm64": ("uefi",)}
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]*[MG]$")
 CLASS_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*$")
@@ -49,6 +52,7 @@ class Release:
 class Architecture:
     name: str
     fai_classes: tuple[str, ...]
+    firmware: tuple[str, ...]  # what its images boot from; the boot test tries each
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,22 @@ class Cell:
         """The public name, as Debian's cloud images are named."""
         return f"debian-{self.release.version}-{self.vendor.name}-{self.arch.name}-{version}"
 
+    @property
+    def base_name(self) -> str:
+        """The shared base system every vendor of this release and arch starts from."""
+        return f"{self.release.name}-{self.arch.name}"
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    """Cells expected to fail (a shell-style pattern over cell names), and why."""
+
+    cells: str
+    reason: str
+
+    def matches(self, cell: Cell) -> bool:
+        return fnmatch.fnmatchcase(cell.name, self.cells)
+
 
 @dataclass(frozen=True)
 class Selector:
@@ -115,6 +135,7 @@ class BuildSettings:
     image_mirror: str = "http://deb.debian.org/debian"
     image_security_mirror: str = "http://deb.debian.org/debian-security"
     hostname: str = "debian"
+    base_max_age_days: int = 7  # the shared base system is made again after this
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,7 @@ class Matrix:
     architectures: dict[str, Architecture]
     vendors: dict[str, Vendor]
     tiers: dict[str, tuple[Selector, ...]]
+    known_failures: tuple[KnownFailure, ...] = ()
     build: BuildSettings = field(default_factory=BuildSettings)
     compress: CompressSettings = field(default_factory=CompressSettings)
     boot_test: BootTestSettings = field(default_factory=BootTestSettings)
@@ -169,6 +191,9 @@ class Matrix:
             raise MatrixError(self.path, "tiers", f"no tier named {name!r} (expected one of: {', '.join(self.tiers)})")
         selectors = self.tiers[name]
         return [cell for cell in self.cells if any(s.matches(cell) for s in selectors)]
+
+    def known_failure(self, cell: Cell) -> KnownFailure | None:
+        return next((k for k in self.known_failures if k.matches(cell)), None)
 
     def select(self, pattern: str) -> list[Cell]:
         """Cells whose name matches a shell-style wildcard (bookworm-*-amd64)."""
@@ -305,7 +330,8 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
     top = r.mapping(
         data,
         "",
-        ["releases", "architectures", "vendors", "tiers", "build", "compress", "boot_test", "publish"],
+        ["releases", "architectures", "vendors", "tiers", "known_failures", "build", "compress", "boot_test",
+         "publish"],
         ["releases", "architectures", "vendors", "tiers"],
     )
 
@@ -320,8 +346,12 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
         p = f"architectures.{name}"
         if name not in ARCHITECTURES:
             raise r.fail(p, f"unsupported architecture (expected one of: {', '.join(ARCHITECTURES)})")
-        entry = r.mapping(entry, p, ["fai_classes"], ["fai_classes"])
-        architectures[name] = Architecture(name, r.fai_classes(entry["fai_classes"], f"{p}.fai_classes"))
+        entry = r.mapping(entry, p, ["fai_classes", "firmware"], ["fai_classes", "firmware"])
+        architectures[name] = Architecture(
+            name,
+            r.fai_classes(entry["fai_classes"], f"{p}.fai_classes"),
+            r.string_list(entry["firmware"], f"{p}.firmware", lambda v, q: r.choice(v, q, ARCHITECTURES[name])),
+        )
 
     vendors = {}
     for name, entry in r.named_entries(top["vendors"], "vendors").items():
@@ -354,6 +384,19 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
     if "push" not in tiers:
         raise r.fail("tiers.push", "missing (the tier built by default)")
 
+    cell_names = [f"{rel}-{ven}-{arch}" for rel in releases for ven in vendors for arch in architectures]
+    known_failures = []
+    entries = top.get("known_failures") or []
+    if not isinstance(entries, list):
+        raise r.fail("known_failures", f"expected a list of {{cells, reason}}, got {_describe(entries)}")
+    for i, entry in enumerate(entries):
+        p = f"known_failures[{i}]"
+        entry = r.mapping(entry, p, ["cells", "reason"], ["cells", "reason"])
+        pattern = r.string(entry["cells"], f"{p}.cells")
+        if not fnmatch.filter(cell_names, pattern):
+            raise r.fail(f"{p}.cells", f"{pattern!r} matches no cell (cells are named like {cell_names[0]})")
+        known_failures.append(KnownFailure(pattern, r.string(entry["reason"], f"{p}.reason")))
+
     positive = lambda low, high: lambda v, p: r.integer(v, p, low, high)  # noqa: E731
     text = lambda v, p: r.string(v, p)  # noqa: E731
     url = lambda v, p: r.string(v, p, re.compile(r"^https?://\S+$"), "an http:// or https:// URL")  # noqa: E731
@@ -363,6 +406,7 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
         architectures=architectures,
         vendors=vendors,
         tiers=tiers,
+        known_failures=tuple(known_failures),
         build=r.settings(
             top.get("build"),
             "build",
@@ -373,6 +417,7 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
                 "image_mirror": url,
                 "image_security_mirror": url,
                 "hostname": lambda v, p: r.string(v, p, re.compile(r"^[a-z0-9][a-z0-9-]*$"), "a host name"),
+                "base_max_age_days": positive(1, 365),
             },
         ),
         compress=r.settings(

@@ -52,6 +52,11 @@ class Plan:
     def tier_cells(self) -> list[Cell]:
         return self.matrix.tier(self.tier)
 
+    @property
+    def cpu_slots(self) -> Path:
+        """Where stages running in parallel share out the cores (tasks/cpu.py)."""
+        return self.workdir / ".cpu"
+
 
 def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[str] = ()) -> Plan:
     """Build the plan from doit variables; raise MatrixError on a bad option.

@@ -24,6 +24,27 @@ def _die_with_parent() -> None:  # runs in the child, between fork and exec
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def forked_children_stop_with_parent() -> None:
+    """Every process forked from here on receives SIGTERM when its parent dies.
+
+    doit -n N forks its worker processes from its main process. Killed
+    outright, the main process would leave them running their stage (a build
+    holding a loop device and mounts) or waiting for work forever; with this,
+    they stop through the same SIGTERM handling as a cancelled run.
+    """
+    parent = {}
+
+    def before() -> None:
+        parent["pid"] = os.getpid()
+
+    def in_child() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent.get("pid"):  # it died before we asked
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    os.register_at_fork(before=before, after_in_child=in_child)
+
+
 class CommandFailed(Exception):
     def __init__(self, cmd: Sequence[str], returncode: int, output: str = ""):
         self.cmd = list(cmd)

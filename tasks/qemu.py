@@ -27,12 +27,23 @@ class Machine:
     machine: str
     kvm_cpu: str
     tcg_cpu: str
-    disk_interface: str = "virtio"
+    # UEFI firmware: read-only code and a template of the variable store
+    # (each boot writes to a copy of its own).
+    uefi_code: str = ""
+    uefi_vars: str = ""
 
 
+# (architecture, firmware) -> how qemu starts it
 MACHINES = {
-    "amd64": Machine("qemu-system-x86_64", "pc", kvm_cpu="host", tcg_cpu="max"),
+    ("amd64", "bios"): Machine("qemu-system-x86_64", "pc", kvm_cpu="host", tcg_cpu="max"),
+    ("amd64", "uefi"): Machine("qemu-system-x86_64", "q35", kvm_cpu="host", tcg_cpu="max",
+                               uefi_code="/usr/share/OVMF/OVMF_CODE_4M.fd",
+                               uefi_vars="/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("arm64", "uefi"): Machine("qemu-system-aarch64", "virt", kvm_cpu="host", tcg_cpu="max",
+                               uefi_code="/usr/share/AAVMF/AAVMF_CODE.fd",
+                               uefi_vars="/usr/share/AAVMF/AAVMF_VARS.fd"),
 }
+
 
 # A real-mode boot sector: print a message on COM1, then either write 0x10
 # to an isa-debug-exit port at 0xf4 (qemu exits with status 0x21) or halt.
@@ -61,8 +72,8 @@ class Accelerator:
 @functools.cache
 def probe_kvm(arch: str) -> tuple[bool, str]:
     """Can qemu run this architecture's guests under KVM here? (works, why)"""
-    machine = MACHINES[arch]
-    if arch != "amd64" or os.uname().machine != "x86_64":
+    machine = MACHINES[(arch, "bios")] if arch == "amd64" else None
+    if machine is None or os.uname().machine != "x86_64":
         return False, f"no KVM for {arch} guests on a {os.uname().machine} host"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
@@ -101,15 +112,17 @@ def choose_accelerator(arch: str, wanted: str) -> Accelerator:
     return Accelerator("tcg", f"fell back to TCG: {why}")
 
 
-def boot_command(arch: str, image: Path, accel: str, memory: int, cpus: int) -> list[str]:
+def boot_command(arch: str, firmware: str, image: Path, accel: str, memory: int, cpus: int,
+                 uefi_vars: Path | None = None) -> list[str]:
     """qemu booting image from its own boot loader, console on stdout.
 
     snapshot=on sends every write to a temporary overlay: the image under
-    test is never modified.
+    test is never modified. For UEFI, uefi_vars is this boot's own copy of
+    the firmware's variable store (see uefi_vars_template).
     """
-    machine = MACHINES[arch]
+    machine = MACHINES[(arch, firmware)]
     cpu = machine.kvm_cpu if accel == "kvm" else machine.tcg_cpu
-    return [
+    command = [
         machine.binary,
         "-accel", accel,
         "-machine", machine.machine,
@@ -119,7 +132,20 @@ def boot_command(arch: str, image: Path, accel: str, memory: int, cpus: int) -> 
         "-nodefaults", "-display", "none", "-no-reboot",
         "-chardev", "stdio,id=console,signal=off",
         "-serial", "chardev:console",
-        "-drive", f"file={image},format=raw,if={machine.disk_interface},snapshot=on",
+        "-drive", f"file={image},format=raw,if=virtio,snapshot=on",
         "-netdev", "user,id=net0",
         "-device", "virtio-net-pci,netdev=net0",
     ]
+    if firmware == "uefi":
+        if uefi_vars is None:
+            raise ValueError("a UEFI boot needs its own copy of the variable store")
+        command += [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={machine.uefi_code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={uefi_vars}",
+        ]
+    return command
+
+
+def uefi_vars_template(arch: str, firmware: str) -> Path | None:
+    machine = MACHINES[(arch, firmware)]
+    return Path(machine.uefi_vars) if machine.uefi_vars else None

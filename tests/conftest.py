@@ -31,7 +31,9 @@ def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFil
         "builder": {"fai": "6.0.3+deb12u1", "host_kernel": "6.1.0"}, "mirror": "http://deb.debian.org/debian",
     }))
     files.boot_result.write_text(json.dumps({
-        "cell": cell.name, "verdict": "passed", "passed": True, "accelerator": "tcg", "seconds": 34.0,
-        "milestones": {"kernel": 9.0, "systemd": 17.0, "login": 34.0}, "until": "login",
+        "cell": cell.name, "verdict": "passed", "passed": True,
+        "boots": [{"firmware": firmware, "verdict": "passed", "accelerator": "tcg", "seconds": 34.0,
+                   "milestones": {"kernel": 9.0, "systemd": 17.0, "login": 34.0}, "until": "login"}
+                  for firmware in cell.arch.firmware],
     }))
     return files

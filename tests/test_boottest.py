@@ -78,7 +78,7 @@ def test_silence_times_out(tmp_path):
 def test_qemu_that_exits_early_is_a_failure(tmp_path):
     image = tmp_path / "exit.img"
     image.write_bytes(qemu.boot_sector(b"Linux version 6.1\r\n", exit=True).ljust(1 << 20, b"\0"))
-    command = qemu.boot_command("amd64", image, "tcg", 64, 1) + [
+    command = qemu.boot_command("amd64", "bios", image, "tcg", 64, 1) + [
         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
     # boot() builds its own command; exercise the same loop with the exit device.
     original = qemu.boot_command

@@ -54,8 +54,9 @@ def test_failed_build_names_its_log_and_cleans_up(tmp_path, repo_matrix):
     cell = repo_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
 
+    inputs = fai.BuildInputs(space, tmp_path / "no-base.tar.zst", tmp_path / "apt", "1", tmp_path / "cpu")
     with pytest.raises(fai.BuildFailed) as caught:
-        fai.build(cell, files, repo_matrix.build, space, "1")
+        fai.build(cell, files, repo_matrix.build, inputs)
     message = str(caught.value)
     assert f"full log: {files.build_log}" in message
     assert "Invalid disk label floppy" in message  # setup-storage's own words, among the relevant lines
@@ -78,10 +79,13 @@ def stop_builds_left_running():
             child.communicate(timeout=120)
 
 
-def start_build(workdir: Path) -> subprocess.Popen:
+def start_build(workdir: Path, jobs: int = 2) -> subprocess.Popen:
+    # --single: without the base system (a minute of debootstrap); FAI then
+    # runs debootstrap itself, which the tests interrupt. With jobs > 0 the
+    # build runs in a doit worker process, with 0 in doit's main process.
     child = subprocess.Popen(
-        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "build:bookworm-nocloud-amd64",
-         f"workdir={workdir}"],
+        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "-n", str(jobs), "--single",
+         "build:bookworm-nocloud-amd64", f"workdir={workdir}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "IMAGES_PROGRESS_INTERVAL": "1"},
     )
     _STARTED.append(child)
@@ -116,10 +120,22 @@ def test_interrupted_build_leaves_nothing_attached_or_half_written(tmp_path, sig
     assert (cell_dir / "build.log").read_text().rstrip().endswith("# build interrupted; this log is incomplete")
 
 
+def test_worker_stops_its_build_when_doit_is_killed(tmp_path):
+    """doit's main process killed outright (SIGKILL): the worker running the build cleans up."""
+    workdir = tmp_path / "build"
+    child = start_build(workdir, jobs=2)
+    wait_for(child, "FAI task extrbase")
+    assert loopdev.backed_by(workdir / "bookworm-nocloud-amd64")
+    child.kill()
+    child.wait()
+    assert _eventually(lambda: leftovers(tmp_path) == NOTHING), leftovers(tmp_path)
+    assert not (workdir / "bookworm-nocloud-amd64" / "disk.raw").exists()
+
+
 def test_build_killed_outright_is_cleaned_up_by_the_next_run(tmp_path):
     workdir = tmp_path / "build"
     cell_dir = workdir / "bookworm-nocloud-amd64"
-    child = start_build(workdir)
+    child = start_build(workdir, jobs=0)  # no worker processes: the build runs in the process we kill
     wait_for(child, "FAI task extrbase")
     child.kill()  # SIGKILL: no handler runs; the kernel kills the sandbox with it
     child.wait()
@@ -129,7 +145,7 @@ def test_build_killed_outright_is_cleaned_up_by_the_next_run(tmp_path):
     # ... but loop devices are global: this one outlives the killed build.
     assert loopdev.backed_by(cell_dir)
     # The next build of that cell releases it before it starts.
-    child = start_build(workdir)
+    child = start_build(workdir, jobs=0)
     wait_for(child, "FAI task partition")
     child.send_signal(signal.SIGTERM)
     child.communicate(timeout=120)

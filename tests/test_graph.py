@@ -21,6 +21,10 @@ def load(p) -> dict:
     for stage in graph.STAGES:
         for task in generate_tasks(stage, graph.stage_tasks(p, stage)):
             tasks[task.name] = task
+    for task in generate_tasks("base", graph.base_tasks(p)):
+        tasks[task.name] = task
+    for task in generate_tasks("xfail", graph.xfail_tasks(p)):
+        tasks[task.name] = task
     return tasks
 
 
@@ -38,7 +42,7 @@ def test_every_cell_has_every_stage(tmp_path, repo_matrix):
 
 
 @pytest.mark.parametrize("tier, expected", [
-    ("push", ["bookworm-nocloud-amd64", "bookworm-genericcloud-amd64"]),
+    ("push", ["bookworm-genericcloud-amd64", "bookworm-nocloud-amd64"]),
     ("full", None),
 ])
 def test_stage_groups_cover_the_tier(tmp_path, repo_matrix, tier, expected):
@@ -55,8 +59,10 @@ def test_files_chain_the_stages(tmp_path):
     f = lambda name: str(cell_dir / name)  # noqa: E731
     build, comp, boot, man, pub = (tasks[f"{s}:bookworm-genericcloud-amd64"] for s in graph.STAGES)
     assert build.targets == [f("disk.raw"), f("build.log"), f("packages.tsv"), f("build-info.json")]
+    assert str(tmp_path / "build" / "base" / "bookworm-amd64.tar.zst") in build.file_dep
     assert comp.file_dep == {f("disk.raw")} and comp.targets == [f("image.tar.xz"), f("image.qcow2")]
-    assert boot.file_dep == {f("disk.raw")} and boot.targets == [f("boot.log"), f("boottest.json")]
+    assert boot.file_dep == {f("disk.raw")}
+    assert boot.targets == [f("boot-bios.log"), f("boot-uefi.log"), f("boottest.json")]
     assert man.file_dep == {f("image.tar.xz"), f("image.qcow2"), f("packages.tsv"), f("build-info.json"),
                             f("boottest.json")}
     assert man.targets == [f("manifest.json")]
@@ -66,10 +72,11 @@ def test_files_chain_the_stages(tmp_path):
 
 def test_build_depends_on_its_classes_files_only(tmp_path):
     tasks = load(make_plan(tmp_path))
-    nocloud = {Path(p).relative_to(REPO / "fai_config").as_posix()
-               for p in tasks["build:bookworm-nocloud-amd64"].file_dep}
-    cloud = {Path(p).relative_to(REPO / "fai_config").as_posix()
-             for p in tasks["build:bookworm-genericcloud-amd64"].file_dep}
+    space = REPO / "fai_config"
+    nocloud = {Path(p).relative_to(space).as_posix()
+               for p in tasks["build:bookworm-nocloud-amd64"].file_dep if Path(p).is_relative_to(space)}
+    cloud = {Path(p).relative_to(space).as_posix()
+             for p in tasks["build:bookworm-genericcloud-amd64"].file_dep if Path(p).is_relative_to(space)}
     assert "package_config/NOCLOUD" in nocloud and "package_config/NOCLOUD" not in cloud
     assert "package_config/CLOUD" in cloud and "package_config/CLOUD" not in nocloud
     assert "class/BOOKWORM.var" in nocloud and "class/TRIXIE.var" not in nocloud
@@ -92,6 +99,54 @@ def test_publish_checks_storage(tmp_path):
     check, args, _ = task.uptodate[1]
     assert check.__name__ == "still_published"
     assert args == [str(tmp_path / "build" / "bookworm-nocloud-amd64" / "published.json"), str(tmp_path / "public")]
+
+
+def test_vendors_and_architectures_select_their_own_files(tmp_path):
+    tasks = load(make_plan(tmp_path))
+    space = REPO / "fai_config"
+
+    def files(cell):
+        return {Path(p).relative_to(space).as_posix() for p in tasks[f"build:{cell}"].file_dep
+                if Path(p).is_relative_to(space)}
+
+    ec2, gce, arm = files("trixie-ec2-amd64"), files("trixie-gce-amd64"), files("trixie-ec2-arm64")
+    assert "package_config/EC2" in ec2 and "package_config/EC2" not in gce
+    assert "files/etc/cloud/cloud.cfg.d/01_image_datasource.cfg/GCE" in gce - ec2
+    assert "disk_config/ARM64" in arm and "disk_config/AMD64" not in arm
+    assert "scripts/GRUB_PC/10-install-grub" in ec2 and "scripts/GRUB_PC/10-install-grub" not in arm
+    assert "scripts/GRUB_EFI/10-install-shim-grub" in ec2 & arm
+    assert "lib/grub.sh" in ec2 & arm  # shared by every class
+
+
+def test_one_base_per_release_and_architecture(tmp_path, repo_matrix):
+    tasks = load(make_plan(tmp_path, tier="full"))
+    bases = sorted(name for name in tasks if name.startswith("base:"))
+    assert bases == sorted(f"base:{r}-{a}" for r in repo_matrix.releases for a in repo_matrix.architectures)
+    for cell in repo_matrix.cells:
+        tarball = str(tmp_path / "build" / "base" / f"{cell.base_name}.tar.zst")
+        assert tarball in tasks[f"build:{cell.name}"].file_dep
+        assert tasks[f"base:{cell.base_name}"].targets[0] == tarball
+    assert tasks["base"].task_dep == [f"base:{r}-{a}" for r in sorted(repo_matrix.releases)
+                                      for a in sorted(repo_matrix.architectures)]
+    assert load(make_plan(tmp_path))["base"].task_dep == ["base:bookworm-amd64"]
+
+
+def test_known_failures_join_the_groups_through_xfail_tasks(tmp_path):
+    import yaml
+
+    data = yaml.safe_load((REPO / "matrix.yaml").read_text())
+    data["known_failures"] = [{"cells": "bookworm-nocloud-*", "reason": "testing"}]
+    matrix_file = tmp_path / "matrix.yaml"
+    matrix_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    tasks = load(make_plan(tmp_path, matrix=str(matrix_file)))
+    assert tasks["boottest"].task_dep == ["boottest:bookworm-genericcloud-amd64",
+                                          "xfail-boottest:bookworm-nocloud-amd64"]
+    xfail = tasks["xfail-boottest:bookworm-nocloud-amd64"]
+    assert xfail.targets == [str(tmp_path / "build" / "bookworm-nocloud-amd64" / "xfail-boottest.json")]
+    assert xfail.file_dep == tasks["build:bookworm-nocloud-amd64"].file_dep
+    _, args = xfail.actions[0].py_callable, xfail.actions[0].args
+    assert [stage for stage, *_ in args[2]] == ["build", "compress", "boottest"]
+    assert "xfail-build:bookworm-genericcloud-amd64" not in tasks
 
 
 def test_actions_are_module_level_functions(tmp_path):

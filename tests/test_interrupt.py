@@ -81,7 +81,7 @@ def stop(signum, frame):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, stop)
 with atomic.output(Path({str(tmp_path / "boot.log")!r})) as partial:
-    boottest.boot("amd64", Path({str(image)!r}), partial, BootTestSettings(timeout=120, memory=64, cpus=1))
+    boottest.boot("amd64", Path({str(image)!r}), partial, BootTestSettings(timeout=120, memory=64, cpus=1), "bios")
 """
     child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
@@ -111,7 +111,7 @@ def stop(signum, frame):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, stop)
 with atomic.output(Path({str(output)!r})) as partial:
-    compress.sparse_tar_xz(Path({str(raw)!r}), partial, 9, 1, "test")
+    compress.sparse_tar(Path({str(raw)!r}), partial, compress.xz_command(9, 1), "test")
 """
     child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30

@@ -44,7 +44,9 @@ def test_manifest_describes_the_image(nocloud):
         {"name": "base-files", "version": "12.4+deb12u8", "architecture": "amd64"},
         {"name": "bash", "version": "5.2.15-2+b7", "architecture": "amd64"},
     ]
-    assert data["boot_test"]["passed"] is True and data["boot_test"]["milestones"]["systemd"] == 17.0
+    assert data["boot_test"]["passed"] is True
+    assert [b["firmware"] for b in data["boot_test"]["boots"]] == ["bios", "uefi"]
+    assert data["boot_test"]["boots"][0]["milestones"]["systemd"] == 17.0
 
 
 def test_given_version_names_the_image(nocloud):

@@ -34,16 +34,21 @@ def error_for(tmp_path: Path, mutate) -> str:
 def test_repository_matrix_loads():
     m = matrix.load(REPO / "matrix.yaml")
     assert set(m.releases) == {"bookworm", "trixie", "sid"}
-    assert {"nocloud", "genericcloud"} <= set(m.vendors)
-    assert [c.name for c in m.tier("push")] == ["bookworm-nocloud-amd64", "bookworm-genericcloud-amd64"]
-    assert len(m.tier("full")) == len(m.cells) == len(m.releases) * len(m.vendors) * len(m.architectures)
+    assert set(m.vendors) == {"generic", "genericcloud", "nocloud", "ec2", "azure", "gce"}
+    assert set(m.architectures) == {"amd64", "arm64"}
+    assert [c.name for c in m.tier("push")] == ["bookworm-genericcloud-amd64", "bookworm-nocloud-amd64"]
+    assert len(m.tier("full")) == len(m.cells) == 3 * 6 * 2
 
 
 def test_cell_name_classes_and_image_name():
     m = matrix.load(REPO / "matrix.yaml")
     cell = m.cell("bookworm-genericcloud-amd64")
     assert (cell.release.name, cell.vendor.name, cell.arch.name) == ("bookworm", "genericcloud", "amd64")
-    assert cell.fai_classes == ("DEBIAN", "BOOKWORM", "AMD64", "GRUB_PC", "CLOUD", "GENERICCLOUD", "LINUX_CLOUD", "LAST")
+    assert cell.fai_classes == ("DEBIAN", "BOOKWORM", "AMD64", "GRUB_PC", "GRUB_EFI", "CLOUD", "GENERICCLOUD",
+                                "LINUX_CLOUD", "LAST")
+    assert cell.base_name == "bookworm-amd64"
+    assert m.cell("sid-azure-arm64").arch.firmware == ("uefi",)
+    assert cell.arch.firmware == ("bios", "uefi")
     assert cell.image_name("20261125-1532") == "debian-12-genericcloud-amd64-20261125-1532"
     assert m.cell("sid-nocloud-amd64").image_name("1") == "debian-sid-nocloud-amd64-1"
 
@@ -56,7 +61,9 @@ def test_cells_are_immutable():
 
 def test_wildcard_selection():
     m = matrix.load(REPO / "matrix.yaml")
-    assert {c.name for c in m.select("*-nocloud-*")} == {f"{r}-nocloud-amd64" for r in m.releases}
+    assert {c.name for c in m.select("*-nocloud-*")} == {f"{r}-nocloud-{a}" for r in m.releases
+                                                          for a in m.architectures}
+    assert {c.name for c in m.select("trixie-*-arm64")} == {f"trixie-{v}-arm64" for v in m.vendors}
     assert m.select("bookworm-genericcloud-amd64") == [m.cell("bookworm-genericcloud-amd64")]
 
 
@@ -71,26 +78,34 @@ def test_wildcard_selection():
         (lambda d: d["vendors"]["nocloud"].update(disk_size=2),
          "vendors.nocloud.disk_size: expected a size such as 2G or 512M, got 2"),
         (lambda d: d["vendors"]["nocloud"].update(formats=["zip"]),
-         "vendors.nocloud.formats[0]: expected one of: tar.xz, qcow2, got 'zip'"),
+         "vendors.nocloud.formats[0]: expected one of: tar.xz, qcow2, vhd.tar.xz, tar.gz, got 'zip'"),
         (lambda d: d["vendors"]["nocloud"].update(formats="qcow2"),
          "vendors.nocloud.formats: expected a non-empty list, got 'qcow2'"),
         (lambda d: d["vendors"]["nocloud"].update(fai_classes=["cloud"]),
          "vendors.nocloud.fai_classes[0]: expected an upper-case FAI class name such as CLOUD, got 'cloud'"),
         (lambda d: d["releases"]["bookworm"].update(version=None),
          "releases.bookworm.version: expected a string, got nothing"),
-        (lambda d: d["architectures"].update(mips={"fai_classes": ["MIPS"]}),
-         "architectures.mips: unsupported architecture (expected one of: amd64)"),
+        (lambda d: d["architectures"].update(mips={"fai_classes": ["MIPS"], "firmware": ["uefi"]}),
+         "architectures.mips: unsupported architecture (expected one of: amd64, arm64)"),
+        (lambda d: d["architectures"]["arm64"].update(firmware=["bios"]),
+         "architectures.arm64.firmware[0]: expected one of: uefi, got 'bios'"),
+        (lambda d: d.update(known_failures=[{"cells": "potato-*", "reason": "too old"}]),
+         "known_failures[0].cells: 'potato-*' matches no cell (cells are named like bookworm-generic-amd64)"),
+        (lambda d: d.update(known_failures=[{"cells": "sid-*"}]), "known_failures[0].reason: missing"),
+        (lambda d: d.update(known_failures={"cells": "sid-*"}),
+         "known_failures: expected a list of {cells, reason}, got a mapping"),
         (lambda d: d["tiers"]["push"][0].update(vendors=["nocluod"]),
-         "tiers.push[0].vendors[0]: unknown vendor 'nocluod' (expected one of: nocloud, genericcloud)"),
+         "tiers.push[0].vendors[0]: unknown vendor 'nocluod' (expected one of: generic, genericcloud, nocloud, ec2, "
+         "azure, gce)"),
         (lambda d: d["tiers"]["push"][0].update(releases=["buster"]),
          "tiers.push[0].releases[0]: unknown release 'buster' (expected one of: bookworm, trixie, sid)"),
         (lambda d: d["tiers"]["push"][0].update(architectures=["arm"]),
-         "tiers.push[0].architectures[0]: unknown architecture 'arm' (expected one of: amd64)"),
+         "tiers.push[0].architectures[0]: unknown architecture 'arm' (expected one of: amd64, arm64)"),
         (lambda d: d["tiers"].pop("push"), "tiers.push: missing (the tier built by default)"),
         (lambda d: d.pop("vendors"), "vendors: missing"),
         (lambda d: d.update(extra=1),
-         "extra: unknown key (expected one of: releases, architectures, vendors, tiers, build, compress, "
-         "boot_test, publish)"),
+         "extra: unknown key (expected one of: releases, architectures, vendors, tiers, known_failures, build, "
+         "compress, boot_test, publish)"),
         (lambda d: d["compress"].update(xz_level=12),
          "compress.xz_level: expected a whole number from 0 to 9, got 12"),
         (lambda d: d["boot_test"].update(accelerator="hvf"),
@@ -124,6 +139,14 @@ def test_duplicate_key_is_an_error(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(MatrixError, match="cannot read: No such file or directory"):
         matrix.load(tmp_path / "absent.yaml")
+
+
+def test_known_failures(tmp_path):
+    data = copy.deepcopy(GOOD)
+    data["known_failures"] = [{"cells": "sid-*-arm64", "reason": "shim-signed is not in sid"}]
+    m = matrix.load(write(tmp_path, data))
+    assert m.known_failure(m.cell("sid-ec2-arm64")).reason == "shim-signed is not in sid"
+    assert m.known_failure(m.cell("sid-ec2-amd64")) is None
 
 
 def test_unknown_tier():

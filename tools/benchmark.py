@@ -1,20 +1,30 @@
 #!/usr/bin/env python3
-"""Measure one cell through the real graph, stage by stage, and print figures.
+"""Measure the real graph and print figures (nothing here is asserted).
 
-    .venv/bin/python tools/benchmark.py [--cell bookworm-nocloud-amd64] [--xz-level 3]
+    .venv/bin/python tools/benchmark.py [--cell bookworm-nocloud-amd64] [sections...]
 
-Each stage runs as its own `doit <stage>:<cell>` in a fresh work directory,
-so its figures are that stage's alone (plus doit's start-up): wall seconds,
-CPU seconds (user + system, all child processes included) and CPU/wall.
-Then: image bytes before and after compression, the boot test's milestones,
-and the time of a no-op run. Nothing here is asserted; these are numbers to
-read and to compare between changes.
+Sections (all by default):
+
+  stages       each stage of one cell as its own `doit <stage>:<cell>` in a
+               fresh work directory: wall seconds, CPU seconds (user + system,
+               every child process included) and CPU/wall; image bytes before
+               and after compression; the boot test's milestones; a no-op run
+               of that cell; the cell's build again from the cached base and
+               package cache.
+  compression  the cell's disk.raw through the configured compressor and
+               through `xz -9 -T1`: seconds, bytes, speed-up, size difference.
+  push         a cold run of the push tier (fresh work directory, one job per
+               core): wall, CPU, and how busy the cores were,
+               CPU / (wall x cores).
+  noop         a no-op run over the full matrix in --full-workdir (where the
+               full tier was built), and `doit list --all`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -24,7 +34,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tasks import compress as compression  # noqa: E402
+from tasks import matrix as matrix_module  # noqa: E402
+
 STAGES = ("build", "compress", "boottest", "manifest", "publish")
+CORES = len(os.sched_getaffinity(0))
 
 
 def children_cpu() -> float:
@@ -32,69 +48,141 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_doit(args: list[str]) -> tuple[float, float, str]:
+def timed(cmd: list[str], check: bool = True) -> tuple[float, float, str]:
     cpu, wall = children_cpu(), time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args],
-                            capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True)
     wall, cpu = time.monotonic() - wall, children_cpu() - cpu
-    if result.returncode != 0:
-        sys.exit(f"doit {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    if check and result.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return wall, cpu, result.stdout
 
 
-def mib(n: int) -> str:
+def doit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args]
+
+
+def executed(out: str) -> int:
+    return sum(line.startswith(".  ") for line in out.splitlines())
+
+
+def mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def row(name: str, wall: float, cpu: float) -> str:
+    return f"  {name:<26} {wall:>8.1f} {cpu:>8.1f} {cpu / wall if wall else 0:>9.2f}"
+
+
+def stages(cell: str, base: Path, options: list[str]) -> None:
+    print(f"\n== stages of {cell}")
+    print(f"  {'stage':<26} {'wall s':>8} {'CPU s':>8} {'CPU/wall':>9}")
+    rows = []
+    for stage in ("base", *STAGES):
+        target = f"base:{cell.split('-')[0]}-{cell.split('-')[-1]}" if stage == "base" else f"{stage}:{cell}"
+        wall, cpu, _ = timed(doit(target, *options))
+        rows.append((stage, wall, cpu))
+        print(row(stage, wall, cpu), flush=True)
+    print(row("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
+
+    cell_dir = base / "build" / cell
+    raw = cell_dir / "disk.raw"
+    allocated = raw.stat().st_blocks * 512
+    print("\n  image bytes")
+    print(f"    disk.raw apparent   {mib(raw.stat().st_size):>14}")
+    print(f"    disk.raw allocated  {mib(allocated):>14}  (data FAI wrote; free space was discarded)")
+    for path in sorted(cell_dir.glob("image.*")):
+        size = path.stat().st_size
+        print(f"    {path.name:<19} {mib(size):>14}  ({allocated / size:.2f}x smaller than the data)")
+
+    boot = json.loads((cell_dir / "boottest.json").read_text())
+    for b in boot["boots"]:
+        m = b["milestones"]
+        reached = ", ".join(f"{n} at {m[n]:.1f} s" for n in ("kernel", "systemd", "login") if n in m)
+        print(f"\n  boot test through {b['firmware']} ({b['accelerator']}): {reached}")
+
+    wall, cpu, out = timed(doit(f"publish:{cell}", *options))
+    print(f"\n  no-op run of publish:{cell}: {wall:.2f} s wall, {cpu:.2f} s CPU, {executed(out)} tasks executed")
+    timed(doit("forget", f"build:{cell}", *options))
+    wall, cpu, out = timed(doit(f"build:{cell}", *options))
+    print(f"  build again from the cached base and package cache: {wall:.1f} s wall, {cpu:.1f} s CPU "
+          f"({executed(out)} task executed)")
+
+
+def compress_figures(cell: str, base: Path, xz_level: int) -> None:
+    raw = base / "build" / cell / "disk.raw"
+    print(f"\n== compression of {cell}'s disk.raw ({mib(raw.stat().st_blocks * 512)} of data)")
+    print(f"  {'compressor':<26} {'wall s':>8} {'CPU s':>8} {'bytes':>14} {'speed-up':>9} {'size':>8}")
+    results = {}
+    candidates = [("xz -9 -T1 (baseline)", compression.xz_command(9, 1)),
+                  (f"xz -{xz_level} -T{CORES} (configured)", compression.xz_command(xz_level, CORES)),
+                  (f"xz -9 -T{CORES}", compression.xz_command(9, CORES)),
+                  (f"xz -8 -T{CORES}", compression.xz_command(8, CORES))]
+    with tempfile.TemporaryDirectory(dir=base) as scratch:
+        for name, command in candidates:
+            if name in results:
+                continue
+            out = Path(scratch) / "out.tar.xz"
+            cpu, wall = children_cpu(), time.monotonic()
+            compression.sparse_tar(raw, out, command, name)
+            wall, cpu = time.monotonic() - wall, children_cpu() - cpu
+            results[name] = (wall, cpu, out.stat().st_size)
+            base_wall, _, base_size = results["xz -9 -T1 (baseline)"]
+            print(f"  {name:<26} {wall:>8.1f} {cpu:>8.1f} {out.stat().st_size:>14,} "
+                  f"{base_wall / wall:>8.2f}x {100 * (out.stat().st_size / base_size - 1):>+7.1f}%", flush=True)
+
+
+def push(options: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="image-benchmark-push.", dir="/var/tmp") as scratch:
+        base = Path(scratch)
+        opts = [o for o in options if not o.startswith(("workdir=", "storage="))]
+        wall, cpu, out = timed(doit(*opts, f"workdir={base / 'build'}", f"storage={base / 'storage'}"))
+    print(f"\n== cold run of the push tier ({executed(out)} tasks, {CORES} jobs on {CORES} cores)")
+    print(f"  {wall:.1f} s wall, {cpu:.1f} s CPU: the cores were {100 * cpu / (wall * CORES):.0f} % busy")
+
+
+def noop(full_workdir: Path, options: list[str]) -> None:
+    opts = [o for o in options if not o.startswith("workdir=")] + [f"workdir={full_workdir}", "tier=full"]
+    status = subprocess.run(doit("list", "--all", "--status", *opts), capture_output=True, text=True).stdout
+    stale = [line.split()[1] for line in status.splitlines() if line.startswith("R ")]
+    wall, cpu, out = timed(doit(*opts), check=False)
+    list_wall, _, _ = timed(doit("list", "--all", *opts))
+    tasks = sum(1 for line in status.splitlines() if ":" in line.split()[1])
+    print(f"\n== the full matrix in {full_workdir} ({tasks} tasks)")
+    if stale:
+        print(f"  {len(stale)} tasks are not up to date (e.g. {', '.join(stale[:3])}); the run executed "
+              f"{executed(out)}: build the full tier there first for a no-op figure")
+    print(f"  doit tier=full: {wall:.2f} s wall, {cpu:.2f} s CPU, {executed(out)} tasks executed")
+    print(f"  doit list --all: {list_wall:.2f} s wall")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("sections", nargs="*", default=["stages", "compression", "push", "noop"])
     parser.add_argument("--cell", default="bookworm-nocloud-amd64")
     parser.add_argument("--xz-level", type=int, help="default: the matrix's compress.xz_level")
     parser.add_argument("--workdir", type=Path, help="default: a new directory under /var/tmp, removed afterwards")
+    parser.add_argument("--full-workdir", type=Path, default=REPO / "build",
+                        help="where the full tier was built (for the noop section)")
     args = parser.parse_args()
 
+    xz_level = args.xz_level if args.xz_level is not None else \
+        matrix_module.load(REPO / "matrix.yaml").compress.xz_level
     base = args.workdir or Path(tempfile.mkdtemp(prefix="image-benchmark.", dir="/var/tmp"))
-    options = [f"workdir={base / 'build'}", f"storage={base / 'storage'}", "version=benchmark"]
-    if args.xz_level is not None:
-        options.append(f"xz_level={args.xz_level}")
+    options = [f"workdir={base / 'build'}", f"storage={base / 'storage'}", "version=benchmark",
+               f"xz_level={xz_level}"]
+    print(f"benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {CORES} cores")
     try:
-        rows = []
-        for stage in STAGES:
-            print(f"running {stage}:{args.cell} ...", file=sys.stderr, flush=True)
-            wall, cpu, _ = timed_doit([f"{stage}:{args.cell}", *options])
-            rows.append((stage, wall, cpu))
-        noop_wall, noop_cpu, out = timed_doit([f"publish:{args.cell}", *options])
-        ran = [line for line in out.splitlines() if line.startswith(".  ")]
-        list_wall, _, _ = timed_doit(["list", "--all", *options])
-
-        cell_dir = base / "build" / args.cell
-        raw = cell_dir / "disk.raw"
-        boot = json.loads((cell_dir / "boottest.json").read_text())
-        info = json.loads((cell_dir / "build-info.json").read_text())
-
-        print(f"\nbenchmark of {args.cell} ({info['image_name']}), {time.strftime('%Y-%m-%d %H:%M %Z')}")
-        print(f"{'stage':<10} {'wall s':>8} {'CPU s':>8} {'CPU/wall':>9}")
-        for stage, wall, cpu in rows:
-            print(f"{stage:<10} {wall:>8.1f} {cpu:>8.1f} {cpu / wall:>9.2f}")
-        total_wall, total_cpu = sum(r[1] for r in rows), sum(r[2] for r in rows)
-        print(f"{'total':<10} {total_wall:>8.1f} {total_cpu:>8.1f} {total_cpu / total_wall:>9.2f}")
-
-        allocated = raw.stat().st_blocks * 512
-        print("\nimage bytes")
-        print(f"  disk.raw apparent   {mib(raw.stat().st_size):>14}")
-        print(f"  disk.raw allocated  {mib(allocated):>14}  (data FAI wrote; free space was discarded)")
-        for name in ("image.tar.xz", "image.qcow2"):
-            path = cell_dir / name
-            if path.exists():
-                size = path.stat().st_size
-                print(f"  {name:<19} {mib(size):>14}  ({allocated / size:.2f}x smaller than the data)")
-
-        m = boot["milestones"]
-        print(f"\nboot test ({boot['accelerator']}: {boot['accelerator_reason']})")
-        print("  " + ", ".join(f"{name} at {m[name]:.1f} s" for name in ("kernel", "systemd", "login") if name in m))
-        print(f"\nno-op run of publish:{args.cell}: {noop_wall:.2f} s wall, {noop_cpu:.2f} s CPU, "
-              f"{len(ran)} tasks executed")
-        print(f"doit list --all: {list_wall:.2f} s wall")
+        if "stages" in args.sections:
+            stages(args.cell, base, options)
+        if "compression" in args.sections:
+            if not (base / "build" / args.cell / "disk.raw").exists():
+                timed(doit(f"build:{args.cell}", *options))
+            compress_figures(args.cell, base, xz_level)
+        if "push" in args.sections:
+            push(options)
+        if "noop" in args.sections:
+            noop(args.full_workdir, options)
     finally:
         if not args.workdir:
             shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""The shared base: one debootstrapped system per release and architecture.
+
+Every vendor image of a release and architecture starts from the same
+minimal system, so debootstrap runs once for all of them instead of once per
+image; the config space's hook hooks/extrbase.DEBIAN unpacks it in place of
+FAI's own debootstrap. The base is made again when its settings change or
+after build.base_max_age_days (each build still dist-upgrades it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import atomic, binfmt, cpu, proc, sandbox
+from .errors import StageFailed
+from .matrix import BuildSettings, Release
+from .progress import StageProgress
+
+# Bump when the way the base is made changes.
+BASE_FORMAT = 1
+DEBOOTSTRAP_OPTIONS = ["--variant=minbase", "--components=main"]
+
+
+class BaseFailed(StageFailed):
+    pass
+
+
+@dataclass(frozen=True)
+class BaseFiles:
+    name: str  # bookworm-amd64
+    dir: Path
+
+    @classmethod
+    def of(cls, workdir: Path, name: str) -> "BaseFiles":
+        return cls(name, workdir / "base")
+
+    @property
+    def tarball(self) -> Path:
+        return self.dir / f"{self.name}.tar.zst"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+    @property
+    def staging(self) -> Path:
+        return self.dir / f".{self.name}.build"
+
+
+def apt_cache(workdir: Path, base_name: str) -> Path:
+    """Packages downloaded by builds of this release and architecture."""
+    return workdir / "cache" / "apt" / base_name
+
+
+def base_config(release: Release, arch: str, settings: BuildSettings) -> dict:
+    return {"format": BASE_FORMAT, "release": release.name, "arch": arch, "mirror": settings.mirror,
+            "debootstrap": DEBOOTSTRAP_OPTIONS}
+
+
+def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings, cache: Path,
+          cpu_slots: Path) -> None:
+    if os.geteuid() != 0:
+        raise BaseFailed("making a base system needs root (debootstrap)")
+    if not shutil.which("debootstrap"):
+        raise BaseFailed("debootstrap not found: install the Debian package debootstrap")
+    binfmt.ensure(arch)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    atomic.remove(files.staging)
+    root = files.staging / "root"
+    log = files.staging / "base.log"
+    files.staging.mkdir(parents=True)
+    cmd = ["debootstrap", *DEBOOTSTRAP_OPTIONS, f"--arch={arch}", release.name, str(root), settings.mirror]
+    log.write_text(f"# {' '.join(cmd)}\n")
+    try:
+        with StageProgress(f"base {files.name}", unit="steps") as progress:
+            def on_line(line: str) -> None:
+                # "I: Retrieving libc6 2.36-9", "I: Configuring apt...": the verb is the phase
+                if line.startswith("I: "):
+                    progress.update(status=line[3:].split(" ", 1)[0].rstrip("."))
+
+            with cpu.slots(cpu_slots, want=1):
+                status = sandbox.run_logged(cmd, log, dict(os.environ), keep=[files.staging], on_line=on_line)
+        if status != 0:
+            atomic.commit(log, files.log)
+            tail = "\n".join(f"  {line}" for line in files.log.read_text(errors="replace").splitlines()[-15:])
+            raise BaseFailed(f"debootstrap of {files.name} failed ({status}); full log: {files.log}\n{tail}")
+        # Downloaded packages and indexes are not part of the base.
+        for leftover in (root / "var/cache/apt/archives").glob("*.deb"):
+            leftover.unlink()
+        with atomic.output(files.tarball) as partial:
+            proc.run(["tar", "--create", "--zstd", "--xattrs", "--xattrs-include=*", "--numeric-owner",
+                      "--directory", str(root), "--file", str(partial), "."])
+        atomic.commit(log, files.log)
+        # A new base starts a new package cache: older packages would only pile up.
+        atomic.remove(cache)
+    finally:
+        atomic.remove(files.staging)  # the sandbox, and every mount in it, is gone

@@ -1,0 +1,95 @@
+"""The xxh3 file checker and the CPU slots that parallel stages share."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tasks import cpu
+from tasks.checksum import XXH3Checker, xxh3_file
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sparse(path, size, pieces):
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in pieces:
+            f.seek(offset)
+            f.write(data)
+
+
+def test_xxh3_sees_data_and_where_it_lies(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    sparse(a, 64 << 20, [(0, b"x" * 4096), (32 << 20, b"y" * 4096)])
+    sparse(b, 64 << 20, [(0, b"x" * 4096), (32 << 20, b"y" * 4096)])
+    sparse(c, 64 << 20, [(0, b"x" * 4096), (16 << 20, b"y" * 4096)])  # same bytes, elsewhere
+    assert xxh3_file(a) == xxh3_file(b) != xxh3_file(c)
+    with open(b, "r+b") as f:
+        f.seek(32 << 20)
+        f.write(b"z")
+    assert xxh3_file(a) != xxh3_file(b)
+
+
+def test_checker_hashes_a_file_once_per_run(tmp_path):
+    path = tmp_path / "disk.raw"
+    sparse(path, 8 << 20, [(0, os.urandom(4096))])
+    checker = XXH3Checker()
+    before = XXH3Checker.hash_count
+    state = checker.get_state(str(path), None)
+    for _ in range(3):  # compress and boottest both depend on disk.raw
+        assert checker.get_state(str(path), None) == state
+    assert XXH3Checker.hash_count == before + 1
+    # unchanged mtime: unchanged, without hashing
+    assert not checker.check_modified(str(path), os.stat(path), state)
+    # same size, new content and mtime: modified
+    time.sleep(0.01)
+    with open(path, "r+b") as f:
+        f.write(b"changed")
+    assert checker.check_modified(str(path), os.stat(path), state)
+    # touched, same content: not modified
+    sparse(path, 8 << 20, [(0, b"a")])
+    state = checker.get_state(str(path), None)
+    os.utime(path, (1, 1))
+    assert not checker.check_modified(str(path), os.stat(path), state)
+
+
+def test_slots_share_the_cores_between_processes(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(REPO)!r})
+from tasks import cpu
+with cpu.slots(__import__('pathlib').Path({str(tmp_path)!r}), want=3, total=4) as got:
+    print(got, flush=True)
+    time.sleep(30)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "3"
+        with cpu.slots(tmp_path, want=4, total=4) as got:
+            assert got == 1, "one core left for us"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder's slots were released by the kernel when it died
+    with cpu.slots(tmp_path, want=4, total=4) as got:
+        assert got == 4
+
+
+def test_slots_wait_for_a_free_core(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu, "POLL_SECONDS", 0.05)
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(REPO)!r})
+from tasks import cpu
+with cpu.slots(__import__('pathlib').Path({str(tmp_path)!r}), want=2, total=2) as got:
+    print(got, flush=True)
+    time.sleep(1)
+"""], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "2"
+    started = time.monotonic()
+    with cpu.slots(tmp_path, want=2, total=2) as got:
+        assert got >= 1
+    assert time.monotonic() - started > 0.5, "it waited for the holder to finish"
+    holder.wait()
