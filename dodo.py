@@ -99,3 +99,8 @@ def task_publish():
 def task_xfail():
     """run known-failing cells (xfail-<stage>:<cell>) without failing the run"""
     yield from graph.xfail_tasks(PLAN)
+
+
+def task_ci():
+    """write the GitLab CI child pipeline (source=..., cells=...)"""
+    return graph.ci_task(PLAN)

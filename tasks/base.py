@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, binfmt, cpu, proc, sandbox
+from . import aptcache, atomic, binfmt, cpu, proc, sandbox
 from .errors import StageFailed
 from .matrix import BuildSettings, Release
 from .progress import StageProgress
@@ -50,9 +50,9 @@ class BaseFiles:
         return self.dir / f".{self.name}.build"
 
 
-def apt_cache(workdir: Path, base_name: str) -> Path:
-    """Packages downloaded by builds of this release and architecture."""
-    return workdir / "cache" / "apt" / base_name
+def package_cache(workdir: Path) -> Path:
+    """Packages fetched by every build (tasks/aptcache.py)."""
+    return workdir / "cache" / "packages"
 
 
 def base_config(release: Release, arch: str, settings: BuildSettings) -> dict:
@@ -60,7 +60,7 @@ def base_config(release: Release, arch: str, settings: BuildSettings) -> dict:
             "debootstrap": DEBOOTSTRAP_OPTIONS}
 
 
-def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings, cache: Path,
+def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings, package_cache: Path,
           cpu_slots: Path) -> None:
     if os.geteuid() != 0:
         raise BaseFailed("making a base system needs root (debootstrap)")
@@ -81,8 +81,13 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
                 if line.startswith("I: "):
                     progress.update(status=line[3:].split(" ", 1)[0].rstrip("."))
 
-            with cpu.slots(cpu_slots, want=1):
-                status = sandbox.run_logged(cmd, log, dict(os.environ), keep=[files.staging], on_line=on_line)
+            env = dict(os.environ)
+            with cpu.slots(cpu_slots, want=1), aptcache.PackageCache(package_cache) as cache:
+                if settings.mirror.startswith("http://"):
+                    env["http_proxy"] = cache.url  # debootstrap fetches with wget
+                status = sandbox.run_logged(cmd, log, env, keep=[files.staging], on_line=on_line)
+            with open(log, "a") as out:
+                out.write(f"# {cache.stats.summary()}\n")
         if status != 0:
             atomic.commit(log, files.log)
             tail = "\n".join(f"  {line}" for line in files.log.read_text(errors="replace").splitlines()[-15:])
@@ -94,7 +99,5 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
             proc.run(["tar", "--create", "--zstd", "--xattrs", "--xattrs-include=*", "--numeric-owner",
                       "--directory", str(root), "--file", str(partial), "."])
         atomic.commit(log, files.log)
-        # A new base starts a new package cache: older packages would only pile up.
-        atomic.remove(cache)
     finally:
         atomic.remove(files.staging)  # the sandbox, and every mount in it, is gone

@@ -7,18 +7,25 @@
 
 GNU tar --sparse stores only the blocks the image uses (FAI's last step
 discarded the free ones), so reading a 2 GiB disk holding 700 MB costs
-seconds; the compressor's threads are where the time goes. They are sized
-to the CPU slots the stage gets (tasks/cpu.py). The tar stream passes
-through this process on its way to the compressor only to count bytes for
-progress.
+seconds; compression is where the time goes. The tar stream is cut into
+segments, each compressed by its own single-threaded xz (or gzip) holding
+one CPU slot (tasks/cpu.py), and the compressed streams are written one
+after the other: xz and gzip both read concatenated streams as one, and
+this is how xz's own threads split their work too (independent blocks of
+three dictionaries). Segments start as slots free up, so a compression
+that begins while boot tests occupy the cores takes them over as those
+tests end, and never runs more processes than there are free cores.
 """
 
 from __future__ import annotations
 
+import collections
 import re
-import shutil
 import subprocess
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import atomic, cpu, proc
@@ -27,8 +34,11 @@ from .layout import CellFiles
 from .matrix import Cell, CompressSettings
 from .progress import StageProgress
 
-CHUNK = 1 << 20
 MIB = 1 << 20
+# xz's dictionary size per preset (xz(1)); a segment is three of them, as
+# xz's own --block-size default for threaded compression.
+XZ_DICTIONARY_MIB = {0: 0.25, 1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 16, 8: 32, 9: 64}
+MIN_SEGMENT = 32 * MIB
 _QEMU_IMG_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -36,67 +46,125 @@ class CompressFailed(StageFailed):
     pass
 
 
+@dataclass(frozen=True)
+class Squeezer:
+    """A compressor whose outputs concatenate: one single-threaded process per segment."""
+
+    command: tuple[str, ...]  # reads stdin, writes stdout
+    segment: int  # bytes of input per process
+
+
+def xz(level: int) -> Squeezer:
+    segment = max(int(3 * XZ_DICTIONARY_MIB[level] * MIB), MIN_SEGMENT)
+    return Squeezer(("xz", f"-{level}", "--threads=1", "--stdout", "-"), segment)
+
+
+def gzip() -> Squeezer:
+    return Squeezer(("gzip", "-6", "--no-name", "--stdout"), MIN_SEGMENT)
+
+
 def compress_config(cell: Cell, settings: CompressSettings) -> dict:
     return {"formats": list(cell.vendor.formats), "xz_level": settings.xz_level}
 
 
 def compress(cell: Cell, files: CellFiles, settings: CompressSettings, cpu_slots: Path) -> None:
-    with cpu.slots(cpu_slots, want=settings.xz_threads or cpu.cores()) as threads:
-        if settings.xz_threads:
-            threads = settings.xz_threads
-        for fmt in cell.vendor.formats:
-            with atomic.output(files.artifact(fmt), keep_suffix=True) as partial:
-                label = f"{fmt} {cell.name}"
-                if fmt == "tar.xz":
-                    sparse_tar(files.raw, partial, xz_command(settings.xz_level, threads), label)
-                elif fmt == "qcow2":
-                    qcow2(files.raw, partial, threads, label)
-                elif fmt == "vhd.tar.xz":
-                    vhd_tar_xz(files.raw, partial, xz_command(settings.xz_level, threads), label)
-                elif fmt == "tar.gz":
-                    sparse_tar(files.raw, partial, gzip_command(threads), label, tar_format="oldgnu")
-                else:  # matrix.py admits only the formats above
-                    raise CompressFailed(f"{cell.name}: no compressor for format {fmt!r}")
-
-
-def xz_command(level: int, threads: int) -> list[str]:
-    return ["xz", f"-{level}", f"--threads={threads}", "--stdout", "-"]
-
-
-def gzip_command(threads: int) -> list[str]:
-    # pigz writes the same gzip format on every core; gzip is the fallback.
-    if shutil.which("pigz"):
-        return ["pigz", "-6", "--processes", str(threads), "--stdout"]
-    return ["gzip", "-6", "--stdout"]
+    # xz_threads 0: as many segments at once as there are free CPU slots.
+    fixed = settings.xz_threads or None
+    for fmt in cell.vendor.formats:
+        with atomic.output(files.artifact(fmt), keep_suffix=True) as partial:
+            label = f"{fmt} {cell.name}"
+            if fmt == "tar.xz":
+                sparse_tar(files.raw, partial, xz(settings.xz_level), label, cpu_slots, fixed)
+            elif fmt == "qcow2":
+                with cpu.slots(cpu_slots, want=fixed or cpu.cores()) as got:
+                    qcow2(files.raw, partial, fixed or got, label)
+            elif fmt == "vhd.tar.xz":
+                vhd_tar_xz(files.raw, partial, xz(settings.xz_level), label, cpu_slots, fixed)
+            elif fmt == "tar.gz":
+                sparse_tar(files.raw, partial, gzip(), label, cpu_slots, fixed, tar_format="oldgnu")
+            else:  # matrix.py admits only the formats above
+                raise CompressFailed(f"{cell.name}: no compressor for format {fmt!r}")
 
 
 def allocated_bytes(path: Path) -> int:
     return path.stat().st_blocks * 512
 
 
-def sparse_tar(disk: Path, output: Path, compressor: list[str], label: str, tar_format: str = "gnu") -> None:
-    """tar --sparse of disk (stored under its own name), piped into compressor."""
+class _Segments:
+    """Compresses segments in worker threads, each in a process of its own."""
+
+    def __init__(self, squeezer: Squeezer, cpu_slots: Path | None, fixed: int | None):
+        self.squeezer = squeezer
+        self.cpu_slots = cpu_slots
+        self.workers = fixed or cpu.cores()
+        self.fixed = fixed
+        self.running: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def compress(self, data: bytes) -> bytes:
+        if self.fixed or self.cpu_slots is None:
+            return self._run(data)
+        with cpu.slots(self.cpu_slots, want=1):
+            return self._run(data)
+
+    def _run(self, data: bytes) -> bytes:
+        with self.lock:
+            if self.stopping:
+                raise CompressFailed("stopped")
+            child = proc.start(self.squeezer.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+            self.running.add(child)
+        try:
+            out, err = child.communicate(data)
+        finally:
+            with self.lock:
+                self.running.discard(child)
+            proc.stop(child)
+        if child.returncode != 0:
+            raise CompressFailed(f"{self.squeezer.command[0]} failed ({child.returncode}): {err.decode().strip()}")
+        return out
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            children = list(self.running)
+        for child in children:
+            proc.stop(child)
+
+
+def sparse_tar(disk: Path, output: Path, squeezer: Squeezer, label: str, cpu_slots: Path | None = None,
+               fixed: int | None = None, tar_format: str = "gnu") -> None:
+    """tar --sparse of disk (stored under its own name), compressed segment by segment.
+
+    fixed: compress that many segments at once; None: one per free CPU slot.
+    """
     tar_cmd = ["tar", "--create", "--sparse", f"--format={tar_format}", "--numeric-owner", "--owner=0",
                "--group=0", "--directory", str(disk.parent), "--file", "-", disk.name]
-    with open(output, "wb") as sink, StageProgress(label, total=allocated_bytes(disk)) as progress:
-        squeezer = proc.start(compressor, stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.PIPE)
-        tar = proc.start(tar_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            while chunk := tar.stdout.read(CHUNK):
-                squeezer.stdin.write(chunk)
-                progress.update(advance=len(chunk))
-            squeezer.stdin.close()
-            tar_status, squeezer_status = tar.wait(), squeezer.wait()
-            if tar_status != 0:
-                raise CompressFailed(f"tar of {disk} failed ({tar_status}): {tar.stderr.read().decode().strip()}")
-            if squeezer_status != 0:
-                raise CompressFailed(f"{compressor[0]} failed ({squeezer_status}): "
-                                     f"{squeezer.stderr.read().decode().strip()}")
-        except BrokenPipeError:
-            raise CompressFailed(f"{compressor[0]} stopped early: {squeezer.stderr.read().decode().strip()}") from None
-        finally:
-            proc.stop(tar)
-            proc.stop(squeezer)
+    segments = _Segments(squeezer, cpu_slots, fixed)
+    pending: collections.deque[Future] = collections.deque()
+    tar = proc.start(tar_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with open(output, "wb") as sink, StageProgress(label, total=allocated_bytes(disk)) as progress, \
+                ThreadPoolExecutor(segments.workers, thread_name_prefix="compress") as pool:
+            while True:
+                data = tar.stdout.read(squeezer.segment)
+                if not data:
+                    break
+                # At most one segment waiting per worker: memory stays bounded.
+                while len(pending) > segments.workers:
+                    sink.write(pending.popleft().result())
+                pending.append(pool.submit(segments.compress, data))
+                progress.update(advance=len(data))
+            while pending:
+                sink.write(pending.popleft().result())
+        if tar.wait() != 0:
+            raise CompressFailed(f"tar of {disk} failed ({tar.returncode}): {tar.stderr.read().decode().strip()}")
+    finally:
+        segments.stop()
+        for future in pending:
+            future.cancel()
+        proc.stop(tar)
 
 
 def qemu_img_convert(args: list[str], label: str) -> None:
@@ -123,7 +191,8 @@ def qcow2(raw: Path, output: Path, threads: int, label: str) -> None:
                       str(raw), str(output)], label)
 
 
-def vhd_tar_xz(raw: Path, output: Path, compressor: list[str], label: str) -> None:
+def vhd_tar_xz(raw: Path, output: Path, squeezer: Squeezer, label: str, cpu_slots: Path | None = None,
+               fixed: int | None = None) -> None:
     """Azure's format: a fixed VHD whose size is a whole number of MiB, in a sparse tar."""
     size = raw.stat().st_size
     if size % MIB:
@@ -134,4 +203,4 @@ def vhd_tar_xz(raw: Path, output: Path, compressor: list[str], label: str) -> No
                           str(raw), str(vhd)], f"{label} (vhd)")
         if vhd.stat().st_size != size + 512:  # a fixed VHD is the disk plus a 512-byte footer
             raise CompressFailed(f"{vhd} is {vhd.stat().st_size} bytes, expected {size + 512}")
-        sparse_tar(vhd, output, compressor, label)
+        sparse_tar(vhd, output, squeezer, label, cpu_slots, fixed)

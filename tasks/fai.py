@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import atomic, binfmt, cpu, loopdev, sandbox
+from . import aptcache, atomic, binfmt, cpu, loopdev, sandbox
 from .errors import StageFailed
 from .layout import CellFiles
 from .matrix import BuildSettings, Cell
@@ -39,7 +39,7 @@ class BuildInputs:
 
     config_space: Path
     base: Path  # the base system tarball
-    apt_cache: Path
+    package_cache: Path  # shared by every build (tasks/aptcache.py)
     version: str
     cpu_slots: Path  # a build keeps about one core busy (tasks/cpu.py)
 
@@ -90,7 +90,6 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         IMAGE_APT_SECURITY_MIRROR=settings.image_security_mirror,
         IMAGE_OUTPUT_DIR=str(staging / "output"),
         IMAGE_BASEFILE=str(inputs.base.resolve()),
-        IMAGE_APT_CACHE=str(inputs.apt_cache.resolve()),
         # FAI looks for a base file in $NFSROOT/var/tmp, which without an
         # NFS root would be the build host's own /var/tmp.
         NFSROOT="/nonexistent-nfsroot",
@@ -112,7 +111,6 @@ def build(cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildIn
     check_host()
     binfmt.ensure(cell.arch.name)
     files.dir.mkdir(parents=True, exist_ok=True)
-    inputs.apt_cache.mkdir(parents=True, exist_ok=True)
     # A build killed outright (SIGKILL) may have left its loop device behind.
     loopdev.detach_all(files.dir)
     staging = files.staging
@@ -155,8 +153,13 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
                     progress.update(completed=FAI_STEPS.index(step.group(1)), status=f"FAI task {step.group(1)}")
 
             env = fai_environment(cell, settings, staging, inputs)
-            keep = [staging, inputs.config_space, inputs.base.parent, inputs.apt_cache]
-            returncode = sandbox.run_logged(fai_command, log, env, keep, on_line, fai_logs=log_dir)
+            keep = [staging, inputs.config_space, inputs.base.parent]
+            with aptcache.PackageCache(inputs.package_cache) as cache:
+                if settings.mirror.startswith("http://"):
+                    env["IMAGE_APT_PROXY"] = cache.url
+                returncode = sandbox.run_logged(fai_command, log, env, keep, on_line, fai_logs=log_dir)
+            with open(log, "a") as out:
+                out.write(f"\n# {cache.stats.summary()}\n")
     except KeyboardInterrupt:
         # Keep what the log has, marked as cut short, for whoever investigates.
         with open(log, "a") as out:

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed, timeout
 
-from . import atomic, base, boottest, compress, fai, faiconfig, manifest, storage
+from . import atomic, base, boottest, ci, compress, fai, faiconfig, manifest, storage
 from .errors import StageFailed
 from .layout import CellFiles
 from .matrix import Cell, KnownFailure
@@ -76,7 +76,7 @@ def _paths(*paths) -> list[str]:
 def _build(plan: Plan, cell: Cell, files: CellFiles) -> Step:
     settings = plan.matrix.build
     base_files = base.BaseFiles.of(plan.workdir, cell.base_name)
-    inputs = fai.BuildInputs(plan.config_space, base_files.tarball, base.apt_cache(plan.workdir, cell.base_name),
+    inputs = fai.BuildInputs(plan.config_space, base_files.tarball, base.package_cache(plan.workdir),
                              plan.build_version, plan.cpu_slots)
     return Step(
         call=(fai.build, [cell, files, settings, inputs]),
@@ -165,7 +165,7 @@ def base_tasks(plan: Plan) -> Iterator[dict]:
             "name": name,
             "doc": f"debootstrap {cell.release.name} for {cell.arch.name}: the base of its images",
             "actions": [(run_stage, [base.build, cell.release, cell.arch.name, files, settings,
-                                     base.apt_cache(plan.workdir, name), plan.cpu_slots])],
+                                     base.package_cache(plan.workdir), plan.cpu_slots])],
             "targets": _paths(files.tarball, files.log),
             "uptodate": [config_changed(base.base_config(cell.release, cell.arch.name, settings)),
                          timeout(timedelta(days=settings.base_max_age_days))],
@@ -230,3 +230,14 @@ def _xfail_stage(plan: Plan, stage: str) -> Iterator[dict]:
             "uptodate": [config_changed({"stages": [c for _, s in steps for c in s.configs],
                                          "reason": known.reason})],
         }
+
+
+def ci_task(plan: Plan) -> dict:
+    """`doit ci`: the GitLab CI child pipeline for source= and cells= (tasks/ci.py)."""
+    target = plan.workdir / "ci" / "pipeline.yml"
+    return {
+        "actions": [(run_stage, [ci.write, plan, target])],
+        "targets": [str(target)],
+        "doc": "write the GitLab CI child pipeline (source=push|schedule|web|api..., cells=patterns)",
+        "clean": True,
+    }

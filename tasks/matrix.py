@@ -154,6 +154,18 @@ class BootTestSettings:
 
 
 @dataclass(frozen=True)
+class CiSettings:
+    """The GitLab CI pipeline (tasks/ci.py)."""
+
+    image: str = "debian:bookworm"
+    tags: tuple[str, ...] = ()  # runners for jobs that do not build images
+    build_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per architecture
+    expire_images: str = "7 days"  # image data; records are kept for ever
+    push_tier: str = "push"
+    schedule_tier: str = "full"
+
+
+@dataclass(frozen=True)
 class PublishSettings:
     storage: str = "storage"  # a directory (relative to the matrix file) or file:// URL
 
@@ -170,6 +182,7 @@ class Matrix:
     compress: CompressSettings = field(default_factory=CompressSettings)
     boot_test: BootTestSettings = field(default_factory=BootTestSettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
+    ci: CiSettings = field(default_factory=CiSettings)
 
     @property
     def cells(self) -> list[Cell]:
@@ -331,7 +344,7 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
         data,
         "",
         ["releases", "architectures", "vendors", "tiers", "known_failures", "build", "compress", "boot_test",
-         "publish"],
+         "publish", "ci"],
         ["releases", "architectures", "vendors", "tiers"],
     )
 
@@ -436,8 +449,41 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
             },
         ),
         publish=r.settings(top.get("publish"), "publish", PublishSettings, {"storage": text}),
+        ci=_ci_settings(r, top.get("ci"), architectures, tiers),
     )
     return matrix
+
+
+TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:/-][A-Za-z0-9 _.:/-]*$")
+# GitLab's artifacts:expire_in: "never", or amounts with units ("7 days", "1 week 2 days").
+DURATION_PATTERN = re.compile(
+    r"^(never|(\d+\s*(s|sec|secs?|seconds?|m|min|mins?|minutes?|h|hrs?|hours?|d|days?|w|wks?|weeks?|"
+    r"mo|months?|y|yrs?|years?)\s*)+)$")
+
+
+def _ci_settings(r: _Reader, value: Any, architectures: dict, tiers: dict) -> CiSettings:
+    if value is None:
+        value = {}
+    entry = r.mapping(value, "ci", ["image", "tags", "build_tags", "expire_images", "tiers"],
+                      ["tags", "build_tags"])
+    tag_list = lambda v, p: r.string_list(  # noqa: E731
+        v, p, lambda t, q: r.string(t, q, TAG_PATTERN, "a runner tag (letters, digits, ' _.:/-')"))
+    build_tags = r.mapping(entry["build_tags"], "ci.build_tags", architectures, architectures)
+    chosen = r.mapping(entry.get("tiers") or {}, "ci.tiers", ["push", "schedule"])
+    for source, tier in chosen.items():
+        if tier not in tiers:
+            raise r.fail(f"ci.tiers.{source}", f"no tier named {_describe(tier)} (expected one of: {', '.join(tiers)})")
+    defaults = CiSettings()
+    return CiSettings(
+        image=r.string(entry["image"], "ci.image") if "image" in entry else defaults.image,
+        tags=tag_list(entry["tags"], "ci.tags"),
+        build_tags={arch: tag_list(tags, f"ci.build_tags.{arch}") for arch, tags in build_tags.items()},
+        expire_images=(r.string(entry["expire_images"], "ci.expire_images", DURATION_PATTERN,
+                                "a GitLab duration such as '7 days' or 'never'")
+                       if "expire_images" in entry else defaults.expire_images),
+        push_tier=chosen.get("push", defaults.push_tier),
+        schedule_tier=chosen.get("schedule", defaults.schedule_tier),
+    )
 
 
 def _known_name(r: _Reader, value: Any, path: str, axis: str, known: dict) -> str:

@@ -15,6 +15,10 @@ version    the version published images get                 the version recorded
                                                             run that built it,
                                                             YYYYMMDD-HHMM
 xz_level   override compress.xz_level                       from the matrix
+source     for `doit ci`: the pipeline's source (push,      push
+           schedule, web, api, trigger, ...)
+cells      for `doit ci`: cell patterns to build instead    the source's tier
+           of a tier ("trixie-*-arm64 sid-ec2-*")
 =========  ===============================================  =====================
 
 Relative paths are relative to the directory holding dodo.py.
@@ -33,7 +37,7 @@ from . import matrix as matrix_module
 from .matrix import Cell, Matrix, MatrixError
 from .storage import LocalStorage
 
-OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level")
+OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level", "source", "cells")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 
 
@@ -47,6 +51,8 @@ class Plan:
     build_version: str  # what a build records: version= or the run's start
     version: str | None  # version= as given; it overrides what builds recorded
     tier: str
+    source: str = "push"  # for `doit ci`
+    cells: str | None = None  # for `doit ci`
 
     @property
     def tier_cells(self) -> list[Cell]:
@@ -99,4 +105,6 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
         build_version=version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M"),
         version=version,
         tier=tier,
+        source=get("source") or "push",
+        cells=get("cells") or None,
     )

@@ -33,7 +33,7 @@ def extract(archive, tmp_path) -> Path:
 
 def test_sparse_tar_xz_round_trip(sparse_disk, tmp_path):
     output = tmp_path / "image.tar.xz"
-    compress.sparse_tar(sparse_disk, output, compress.xz_command(1, 2), label="test")
+    compress.sparse_tar(sparse_disk, output, compress.xz(1), label="test", fixed=2)
     assert output.stat().st_size < 4 << 20
     listing = subprocess.run(["tar", "--list", "--verbose", "--file", str(output)],
                              capture_output=True, text=True, check=True).stdout
@@ -45,7 +45,7 @@ def test_sparse_tar_xz_round_trip(sparse_disk, tmp_path):
 
 def test_gce_tar_gz_is_oldgnu_with_disk_raw(sparse_disk, tmp_path):
     output = tmp_path / "image.tar.gz"
-    compress.sparse_tar(sparse_disk, output, compress.gzip_command(2), label="test", tar_format="oldgnu")
+    compress.sparse_tar(sparse_disk, output, compress.gzip(), label="test", fixed=2, tar_format="oldgnu")
     assert subprocess.run(["gzip", "--test", str(output)]).returncode == 0
     header = subprocess.run(["gzip", "-dc", str(output)], capture_output=True, check=True).stdout[:512]
     assert header[:8] == b"disk.raw"
@@ -55,7 +55,7 @@ def test_gce_tar_gz_is_oldgnu_with_disk_raw(sparse_disk, tmp_path):
 
 def test_azure_vhd_is_fixed_with_the_raw_size(sparse_disk, tmp_path):
     output = tmp_path / "image.vhd.tar.xz"
-    compress.vhd_tar_xz(sparse_disk, output, compress.xz_command(1, 2), label="test")
+    compress.vhd_tar_xz(sparse_disk, output, compress.xz(1), label="test", fixed=2)
     vhd = extract(output, tmp_path) / "disk.vhd"
     assert vhd.stat().st_size == sparse_disk.stat().st_size + 512
     assert vhd.read_bytes()[-512:][:8] == b"conectix", "VHD footer cookie"
@@ -70,7 +70,19 @@ def test_azure_refuses_a_size_that_is_not_whole_mib(tmp_path):
     raw = tmp_path / "disk.raw"
     raw.write_bytes(b"x" * 5000)
     with pytest.raises(compress.CompressFailed, match="whole number of MiB"):
-        compress.vhd_tar_xz(raw, tmp_path / "out.vhd.tar.xz", compress.xz_command(1, 1), label="test")
+        compress.vhd_tar_xz(raw, tmp_path / "out.vhd.tar.xz", compress.xz(1), label="test")
+
+
+def test_segments_make_one_valid_stream_of_streams(sparse_disk, tmp_path):
+    """Small segments, CPU slots: several xz streams that read back as one tar."""
+    output = tmp_path / "image.tar.xz"
+    squeezer = compress.Squeezer(compress.xz(1).command, segment=1 << 20)
+    compress.sparse_tar(sparse_disk, output, squeezer, label="test", cpu_slots=tmp_path / "cpu")
+    listing = subprocess.run(["xz", "--robot", "--list", str(output)], capture_output=True, text=True,
+                             check=True).stdout
+    streams = int(next(line for line in listing.splitlines() if line.startswith("totals")).split()[1])
+    assert streams >= 3
+    assert (extract(output, tmp_path) / "disk.raw").read_bytes() == sparse_disk.read_bytes()
 
 
 def test_qcow2_matches_raw(sparse_disk, tmp_path):

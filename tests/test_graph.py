@@ -165,7 +165,7 @@ def test_actions_are_module_level_functions(tmp_path):
     ({"tier": "nightly"}, "tiers: no tier named 'nightly' (expected one of: push, full)"),
     ({"storage": "s3://bucket"}, "command line: storage: expected a directory or a file:// URL, got 's3://bucket'"),
     ({"worddir": "/x"}, "command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, "
-                        "version, xz_level)"),
+                        "version, xz_level, source, cells)"),
 ])
 def test_bad_options(tmp_path, options, message):
     with pytest.raises(MatrixError) as caught:

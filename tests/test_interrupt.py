@@ -111,7 +111,7 @@ def stop(signum, frame):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, stop)
 with atomic.output(Path({str(output)!r})) as partial:
-    compress.sparse_tar(Path({str(raw)!r}), partial, compress.xz_command(9, 1), "test")
+    compress.sparse_tar(Path({str(raw)!r}), partial, compress.Squeezer(compress.xz(9).command, 16 << 20), "test")
 """
     child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30

@@ -105,7 +105,7 @@ def test_wildcard_selection():
         (lambda d: d.pop("vendors"), "vendors: missing"),
         (lambda d: d.update(extra=1),
          "extra: unknown key (expected one of: releases, architectures, vendors, tiers, known_failures, build, "
-         "compress, boot_test, publish)"),
+         "compress, boot_test, publish, ci)"),
         (lambda d: d["compress"].update(xz_level=12),
          "compress.xz_level: expected a whole number from 0 to 9, got 12"),
         (lambda d: d["boot_test"].update(accelerator="hvf"),

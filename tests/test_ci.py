@@ -1,0 +1,251 @@
+"""The generated GitLab CI pipeline: its jobs, rules, artifacts and validity."""
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import ci, plan
+from tasks.matrix import MatrixError
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = yaml.safe_load((REPO / "matrix.yaml").read_text())
+
+
+def make_plan(tmp_path, data=None, **options):
+    matrix_file = tmp_path / "matrix.yaml"
+    matrix_file.write_text(yaml.safe_dump(data or GOOD, sort_keys=False))
+    options = {"matrix": str(matrix_file), "workdir": str(tmp_path / "build"), **options}
+    return plan.from_options(REPO, options.get, options)
+
+
+def jobs(document, prefix=""):
+    return sorted(name for name, job in document.items() if isinstance(job, dict) and "stage" in job
+                  and name.startswith(prefix))
+
+
+def test_push_builds_the_push_tier(tmp_path):
+    doc = ci.pipeline(make_plan(tmp_path), "push")
+    assert jobs(doc) == ["base:bookworm-amd64",
+                         "image:bookworm-genericcloud-amd64", "image:bookworm-nocloud-amd64",
+                         "keep:bookworm-genericcloud-amd64", "keep:bookworm-nocloud-amd64",
+                         "release:bookworm"]
+
+
+def test_schedule_builds_everything_and_uploads(tmp_path, repo_matrix):
+    doc = ci.pipeline(make_plan(tmp_path), "schedule")
+    assert jobs(doc, "image:") == sorted(f"image:{c.name}" for c in repo_matrix.cells)
+    assert len(jobs(doc, "base:")) == 6
+    assert jobs(doc, "upload:") == ["upload:bookworm", "upload:sid", "upload:trixie"]
+    assert jobs(doc, "release:") == ["release:bookworm", "release:sid", "release:trixie"]
+    assert len(doc["upload:trixie"]["needs"]) == 12
+
+
+def test_cells_chosen_by_hand(tmp_path):
+    doc = ci.pipeline(make_plan(tmp_path), "web", "trixie-*-arm64, sid-ec2-amd64")
+    assert jobs(doc, "image:") == sorted([f"image:trixie-{v}-arm64" for v in GOOD["vendors"]]
+                                         + ["image:sid-ec2-amd64"])
+    assert jobs(doc, "base:") == ["base:sid-amd64", "base:trixie-arm64"]
+    assert jobs(doc, "upload:") == ["upload:trixie", "upload:sid"][::-1] or True
+    assert set(jobs(doc, "upload:")) == {"upload:trixie", "upload:sid"}
+
+
+def test_image_job_runs_the_cells_doit_targets(tmp_path):
+    doc = ci.pipeline(make_plan(tmp_path), "push")
+    job = doc["image:bookworm-nocloud-amd64"]
+    assert job["needs"] == [{"job": "base:bookworm-amd64", "artifacts": True}]
+    script = "\n".join(job["script"])
+    for stage in ("build", "compress", "boottest", "manifest"):
+        assert f'.venv/bin/doit --single {stage}:bookworm-nocloud-amd64 "version=$IMAGES_VERSION"' in script
+    assert job["tags"] == ["image-builder"]
+    assert ".ci/prepare-job" in job["script"]
+
+
+def test_artifacts_follow_the_storage_policy(tmp_path):
+    data = copy.deepcopy(GOOD)
+    data["ci"]["expire_images"] = "3 days"
+    doc = ci.pipeline(make_plan(tmp_path, data), "push")
+    image, keep = doc["image:bookworm-nocloud-amd64"], doc["keep:bookworm-nocloud-amd64"]
+    assert image["artifacts"]["expire_in"] == "3 days"
+    assert "build/bookworm-nocloud-amd64/disk.raw" in image["artifacts"]["exclude"]
+    assert keep["artifacts"]["expire_in"] == "never"
+    kept = keep["artifacts"]["paths"]
+    for record in ("build.log", "boot-*.log", "boottest.json", "manifest.json", "packages.tsv", "SHA512SUMS"):
+        assert f"build/bookworm-nocloud-amd64/{record}" in kept
+    assert not any("image." in path for path in kept), "image data is not kept for ever"
+    assert keep["needs"] == [{"job": "image:bookworm-nocloud-amd64", "artifacts": True}]
+    assert keep["when"] == "always"
+
+
+def test_release_is_manual(tmp_path):
+    doc = ci.pipeline(make_plan(tmp_path), "schedule")
+    release = doc["release:bookworm"]
+    assert release["when"] == "manual" and release["stage"] == "release"
+    assert all(need["job"].startswith("image:bookworm-") for need in release["needs"])
+
+
+def test_known_failures_are_allowed_to_fail(tmp_path):
+    data = copy.deepcopy(GOOD)
+    data["known_failures"] = [{"cells": "sid-azure-*", "reason": "waagent is not installable"}]
+    p = make_plan(tmp_path, data)
+    doc = ci.pipeline(p, "schedule")
+    for job in ("image:sid-azure-amd64", "keep:sid-azure-arm64"):
+        assert doc[job]["allow_failure"] is True
+        assert doc[job]["variables"] == {"KNOWN_FAILURE": "waagent is not installable"}
+    assert "allow_failure" not in doc["image:sid-ec2-amd64"]
+    needs = {n["job"]: n for n in doc["upload:sid"]["needs"]}
+    assert needs["image:sid-azure-amd64"]["optional"] is True
+    assert "optional" not in needs["image:sid-ec2-amd64"]
+    target = tmp_path / "pipeline.yml"
+    ci.write(p, target)
+    assert "#   sid-azure-amd64: waagent is not installable" in target.read_text()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["ci"]["tiers"].update(schedule="nightly"),
+     "ci.tiers.schedule: no tier named 'nightly' (expected one of: push, full)"),
+    (lambda d: d["ci"]["build_tags"].pop("arm64"), "ci.build_tags.arm64: missing"),
+    (lambda d: d["ci"]["build_tags"].update(riscv64=["x"]),
+     "ci.build_tags.riscv64: unknown key (expected one of: amd64, arm64)"),
+    (lambda d: d["ci"].update(tags=["ok", "bad;tag"]),
+     "ci.tags[1]: expected a runner tag (letters, digits, ' _.:/-'), got 'bad;tag'"),
+    (lambda d: d["ci"].update(tags=[]), "ci.tags: expected a non-empty list, got a list"),
+    (lambda d: d["ci"].update(expire_images="a week"),
+     "ci.expire_images: expected a GitLab duration such as '7 days' or 'never', got 'a week'"),
+    (lambda d: d["ci"].update(runner="x"),
+     "ci.runner: unknown key (expected one of: image, tags, build_tags, expire_images, tiers)"),
+])
+def test_bad_ci_settings_are_refused_before_any_yaml(tmp_path, mutate, message):
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(MatrixError) as caught:
+        make_plan(tmp_path, data)
+    assert str(caught.value).endswith(message)
+    result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "ci", f"matrix={bad}",
+                             f"workdir={tmp_path / 'w'}"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().endswith(message)
+    assert not (tmp_path / "w" / "ci" / "pipeline.yml").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"source": "cron"}, "source: expected one of: push, schedule, web, api"),
+    ({"source": "web", "cells": "potato-*"}, "cells='potato-*' matches no cell"),
+])
+def test_bad_source_or_cells_fail_without_writing(tmp_path, options, message):
+    args = [f"{k}={v}" for k, v in options.items()]
+    result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "ci", *args,
+                             f"workdir={tmp_path}"], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "ci" / "pipeline.yml").exists()
+
+
+# --------------------------------------------------------------------------
+# gitlab-ci-local: GitLab's schema, and how it reads the jobs
+
+needs_gitlab_ci_local = pytest.mark.skipif(shutil.which("gitlab-ci-local") is None,
+                                           reason="gitlab-ci-local is installed by tools/setup-host")
+
+
+def gitlab_ci_local(directory: Path, *args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(["gitlab-ci-local", *args], cwd=directory, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "FORCE_COLOR": "0"})
+
+
+def project_with(tmp_path: Path, pipeline_text: str) -> Path:
+    """A git checkout of this project whose .gitlab-ci.yml is the given pipeline."""
+    project = tmp_path / "project"
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(project)], check=True)
+    for tracked in subprocess.run(["git", "ls-files", "--modified", "--others", "--exclude-standard"], cwd=REPO,
+                                  capture_output=True, text=True, check=True).stdout.split():
+        # the working tree as it is, not as committed
+        if (REPO / tracked).is_file():
+            (project / tracked).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / tracked, project / tracked)
+    (project / ".gitlab-ci.yml").write_text(pipeline_text)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"],
+                   cwd=project, check=True)
+    return project
+
+
+def listed_jobs(result) -> list[str]:
+    names = []
+    for line in result.stdout.splitlines()[1:]:
+        if line.strip():
+            names.append(line.split()[0])
+    return names
+
+
+@needs_gitlab_ci_local
+@pytest.mark.parametrize("source", ["push", "schedule"])
+def test_generated_pipeline_passes_gitlab_schema(tmp_path, source):
+    target = tmp_path / "pipeline.yml"
+    ci.write(make_plan(tmp_path, source=source, version="20261125-1"), target)
+    project = project_with(tmp_path, target.read_text())
+    result = gitlab_ci_local(project, "--list")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "json schema validated" in result.stdout + result.stderr
+    listed = listed_jobs(result)
+    assert "image:bookworm-nocloud-amd64" in listed
+    assert ("upload:bookworm" in listed) == (source == "schedule")
+
+
+@needs_gitlab_ci_local
+def test_project_pipeline_passes_gitlab_schema(tmp_path):
+    project = project_with(tmp_path, (REPO / ".gitlab-ci.yml").read_text())
+    result = gitlab_ci_local(project, "--list", "--variable", "CI_PIPELINE_SOURCE=push")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "json schema validated" in result.stdout + result.stderr
+    assert {"quick-tests", "generate"} <= set(listed_jobs(result))
+
+
+@needs_gitlab_ci_local
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")
+def test_generated_pipeline_runs_for_real(tmp_path):
+    """gitlab-ci-local's shell executor runs a generated push pipeline: real doit jobs,
+    artifacts handed from job to job, and the manual release only when asked."""
+    data = copy.deepcopy(GOOD)
+    data["tiers"]["push"] = [{"releases": ["bookworm"], "vendors": ["nocloud"], "architectures": ["amd64"]}]
+    data["compress"]["xz_level"] = 0
+    target = tmp_path / "pipeline.yml"
+    ci.write(make_plan(tmp_path, data, source="push", version="ci-test-1"), target)
+    project = project_with(tmp_path, target.read_text())
+    (project / "matrix.yaml").write_text(yaml.safe_dump(data, sort_keys=False))  # the jobs' doit reads it
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "test matrix"],
+                   cwd=project, check=True)
+    common = ["--shell-isolation", "--variable", f"IMAGES_VENV={REPO / '.venv'}"]
+
+    run = gitlab_ci_local(project, *common, timeout=3600)
+    print(run.stdout[-20000:], run.stderr[-5000:])
+    assert run.returncode == 0
+    for job in ("base:bookworm-amd64", "image:bookworm-nocloud-amd64", "keep:bookworm-nocloud-amd64"):
+        assert f"PASS  {job}" in run.stdout
+    assert "release:bookworm" not in [line.split()[-1] for line in run.stdout.splitlines() if "PASS" in line]
+    assert "release:bookworm  $" not in run.stdout, "the manual job did not run"
+
+    artifacts = project / ".gitlab-ci-local" / "artifacts"
+    image = artifacts / "image:bookworm-nocloud-amd64" / "build" / "bookworm-nocloud-amd64"
+    assert (image / "image.tar.xz").is_file() and (image / "manifest.json").is_file()
+    assert not (image / "disk.raw").exists(), "the raw disk is not an artifact"
+    kept = artifacts / "keep:bookworm-nocloud-amd64" / "build" / "bookworm-nocloud-amd64"
+    assert {p.name for p in kept.iterdir()} >= {"build.log", "manifest.json", "boottest.json", "SHA512SUMS"}
+    assert not (kept / "image.tar.xz").exists()
+    check = subprocess.run(["sha512sum", "--check", str(kept / "SHA512SUMS")], cwd=image, capture_output=True,
+                           text=True)
+    assert check.returncode == 0, "keep checksummed the image job's artifacts: " + check.stdout + check.stderr
+
+    release = gitlab_ci_local(project, *common, "release:bookworm", timeout=600)
+    print(release.stdout[-5000:], release.stderr[-2000:])
+    assert release.returncode == 0 and "PASS  release:bookworm" in release.stdout
+    published = artifacts / "release:bookworm" / "release" / "bookworm" / "ci-test-1"
+    assert (published / "debian-12-nocloud-amd64-ci-test-1.tar.xz").is_file()
+    assert (published / "SHA512SUMS").is_file()
