@@ -171,7 +171,9 @@ def project_with(tmp_path: Path, pipeline_text: str) -> Path:
             shutil.copy2(REPO / tracked, project / tracked)
     (project / ".gitlab-ci.yml").write_text(pipeline_text)
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"],
+    # --allow-empty: the project's own .gitlab-ci.yml, in a clean checkout, changes nothing.
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm",
+                    "pipeline"],
                    cwd=project, check=True)
     return project
 
@@ -222,7 +224,7 @@ def test_generated_pipeline_runs_for_real(tmp_path):
     (project / "matrix.yaml").write_text(yaml.safe_dump(data, sort_keys=False))  # the jobs' doit reads it
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "test matrix"],
                    cwd=project, check=True)
-    common = ["--shell-isolation", "--variable", f"IMAGES_VENV={REPO / '.venv'}"]
+    common = ["--force-shell-executor", "--shell-isolation", "--variable", f"IMAGES_VENV={REPO / '.venv'}"]
 
     run = gitlab_ci_local(project, *common, timeout=3600)
     print(run.stdout[-20000:], run.stderr[-5000:])
@@ -232,11 +234,13 @@ def test_generated_pipeline_runs_for_real(tmp_path):
     assert "release:bookworm" not in [line.split()[-1] for line in run.stdout.splitlines() if "PASS" in line]
     assert "release:bookworm  $" not in run.stdout, "the manual job did not run"
 
-    artifacts = project / ".gitlab-ci-local" / "artifacts"
-    image = artifacts / "image:bookworm-nocloud-amd64" / "build" / "bookworm-nocloud-amd64"
+    def artifacts(job):  # gitlab-ci-local keeps each job's artifacts in a directory named after it
+        return project / ".gitlab-ci-local" / "artifacts" / job.replace(":", "Og")
+
+    image = artifacts("image:bookworm-nocloud-amd64") / "build" / "bookworm-nocloud-amd64"
     assert (image / "image.tar.xz").is_file() and (image / "manifest.json").is_file()
     assert not (image / "disk.raw").exists(), "the raw disk is not an artifact"
-    kept = artifacts / "keep:bookworm-nocloud-amd64" / "build" / "bookworm-nocloud-amd64"
+    kept = artifacts("keep:bookworm-nocloud-amd64") / "build" / "bookworm-nocloud-amd64"
     assert {p.name for p in kept.iterdir()} >= {"build.log", "manifest.json", "boottest.json", "SHA512SUMS"}
     assert not (kept / "image.tar.xz").exists()
     check = subprocess.run(["sha512sum", "--check", str(kept / "SHA512SUMS")], cwd=image, capture_output=True,
@@ -246,6 +250,6 @@ def test_generated_pipeline_runs_for_real(tmp_path):
     release = gitlab_ci_local(project, *common, "release:bookworm", timeout=600)
     print(release.stdout[-5000:], release.stderr[-2000:])
     assert release.returncode == 0 and "PASS  release:bookworm" in release.stdout
-    published = artifacts / "release:bookworm" / "release" / "bookworm" / "ci-test-1"
+    published = artifacts("release:bookworm") / "release" / "bookworm" / "ci-test-1"
     assert (published / "debian-12-nocloud-amd64-ci-test-1.tar.xz").is_file()
     assert (published / "SHA512SUMS").is_file()
