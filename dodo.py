@@ -4,6 +4,7 @@
     doit                                    build, test and publish the push tier
     doit boottest:bookworm-nocloud-amd64    one cell, up to its boot test
     doit tier=full storage=/srv/images      every cell, published elsewhere
+    doit release:<cell> confirm=yes         the manual release of one cell
 
 Options (name=value) are listed in tasks/plan.py.
 """
@@ -104,3 +105,8 @@ def task_xfail():
 def task_ci():
     """write the GitLab CI child pipeline (source=..., cells=...)"""
     return graph.ci_task(PLAN)
+
+
+def task_release():
+    """release a cell: instance test, platform upload, publish, notify (confirm=yes)"""
+    yield from graph.release_tasks(PLAN)

@@ -10,8 +10,9 @@ pipeline mirrors the doit graph:
                             (artifacts: image data, kept ci.expire_images)
     keep:<cell>             logs, manifest, boot results, package list,
                             checksums (artifacts kept for ever)
-    upload:<release>        publish the release's cells (scheduled pipelines)
-    release:<release>       manual: the release step
+    upload:<release>        publish the release's cells as dailies (scheduled pipelines)
+    release:<release>       manual: the release step of each cell (instance test, platform
+                            upload, publication, notification) into $IMAGES_RELEASE_STORAGE
 
 Each job runs `doit --single <task>` on the artifacts of the jobs it needs:
 a CI job starts without doit's state, and --single runs the named task
@@ -144,15 +145,25 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
                 "script": [*setup, 'if [ -z "$STORAGE" ]; then STORAGE=storage; fi', *publish],
                 "artifacts": {"paths": ["storage/"], "expire_in": ci.expire_images, "when": "always"},
             }
+        release_cells = [f"if [ -f {WORKDIR}/{c.name}/manifest.json ]; then "
+                         f"{_doit('--single', f'release:{c.name}', *options, 'storage=$STORAGE', 'confirm=yes')}; fi"
+                         for c in cells_of]
         jobs[f"release:{release}"] = {
             "stage": "release",
-            "tags": list(ci.tags),
+            # The instance test boots images: the job needs a build runner.
+            "tags": list(ci.build_tags[cells_of[0].arch.name]),
             "needs": needs,
             "when": "manual",
             "allow_failure": True,  # a release not made does not fail the pipeline
             "variables": {"STORAGE": "${IMAGES_RELEASE_STORAGE}"},
-            "script": [*setup, 'if [ -z "$STORAGE" ]; then STORAGE=release; fi', *publish],
-            "artifacts": {"paths": ["release/"], "expire_in": ci.expire_images, "when": "always"},
+            # A release goes where users find it, never into expiring artifacts.
+            "script": [*prepare, 'if [ -z "$STORAGE" ]; then echo "release: set the CI/CD variable '
+                                 'IMAGES_RELEASE_STORAGE to the storage URL releases go to" >&2; exit 1; fi',
+                       *release_cells],
+            # What the release did (instance test, platform images, publication) is kept for ever.
+            "artifacts": {"paths": [f"{WORKDIR}/*/release.json", f"{WORKDIR}/*/release-progress.json",
+                                    f"{WORKDIR}/*/instance-test.json", f"{WORKDIR}/*/instance-test-console.log"],
+                          "expire_in": "never", "when": "always"},
         }
 
     return {

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed, timeout
 
-from . import atomic, base, boottest, ci, compress, fai, faiconfig, manifest, storage
+from . import atomic, base, boottest, ci, compress, fai, faiconfig, manifest, release, storage
 from .errors import StageFailed
 from .layout import CellFiles
 from .matrix import Cell, KnownFailure
@@ -121,12 +121,12 @@ def _manifest(plan: Plan, cell: Cell, files: CellFiles) -> Step:
 
 def _publish(plan: Plan, cell: Cell, files: CellFiles) -> Step:
     return Step(
-        call=(storage.publish, [cell, files, plan.storage]),
+        call=(storage.publish, [cell, files, plan.storage, plan.matrix.publish, plan.locks]),
         doc=f"publish {cell.name} to {plan.storage.url}",
         file_dep=_paths(*files.artifacts, files.manifest),
         targets=_paths(files.published),
-        configs=[{"storage": plan.storage.url}],
-        checks=[(storage.still_published, [str(files.published), str(plan.storage.root)])],
+        configs=[{"storage": plan.storage.url, "keep_dailies": plan.matrix.publish.keep_dailies}],
+        checks=[(storage.still_published, [str(files.published), plan.storage.url])],
     )
 
 
@@ -241,3 +241,29 @@ def ci_task(plan: Plan) -> dict:
         "doc": "write the GitLab CI child pipeline (source=push|schedule|web|api..., cells=patterns)",
         "clean": True,
     }
+
+
+def refuse_release(cell_name: str) -> TaskFailed:
+    return TaskFailed(f"a release is made on purpose only: doit release:{cell_name} confirm=yes")
+
+
+def release_tasks(plan: Plan) -> Iterator[dict]:
+    """release:<cell>, manual only: in no group and no default run (tasks/release.py)."""
+    for cell in plan.matrix.cells:
+        files = CellFiles.of(plan.workdir, cell)
+        doc = f"release {cell.name}: instance test, platform upload, publish, notify (confirm=yes)"
+        if not plan.confirmed:
+            # Refused before anything is built for it.
+            yield {"name": cell.name, "doc": doc, "actions": [(refuse_release, [cell.name])], "uptodate": [False]}
+            continue
+        yield {
+            "name": cell.name,
+            "doc": doc,
+            "actions": [(run_stage, [release.release, cell, files, plan.confirmed, plan.storage, plan.matrix.publish,
+                                     plan.matrix.release, plan.matrix.boot_test, plan.locks])],
+            "file_dep": _paths(*files.artifacts, files.manifest),
+            "targets": _paths(files.release_record),
+            "uptodate": [config_changed({"storage": plan.storage.url, "version": plan.version,
+                                         "platforms": plan.matrix.release.platforms.get(cell.vendor.name)})],
+        }
+    yield {"name": None, "doc": "release cells by name only (confirm=yes)", "task_dep": []}

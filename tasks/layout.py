@@ -74,3 +74,8 @@ class CellFiles:
     def published(self) -> Path:
         """Receipt of the last publication: where, what, which checksums."""
         return self.dir / "published.json"
+
+    @property
+    def release_record(self) -> Path:
+        """What the release step did: instance test, platform uploads, publication, notices."""
+        return self.dir / "release.json"

@@ -41,7 +41,7 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
     boot = atomic.read_json(files.boot_result)
     if not boot.get("passed"):
         raise StageFailed(f"{cell.name}: no manifest for an image whose boot test did not pass "
-                          f"({boot.get('verdict')}; see {files.boot_log})")
+                          f"({boot.get('verdict')}; see {', '.join(str(log) for log in files.boot_logs)})")
     version = version or info["version"]
     image_name = cell.image_name(version)
     artifacts = []

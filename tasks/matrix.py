@@ -154,6 +154,24 @@ class BootTestSettings:
 
 
 @dataclass(frozen=True)
+class ReleaseSettings:
+    """The manual release step (tasks/release.py)."""
+
+    instance_test: tuple[str, ...] = ("generic", "genericcloud")  # vendors whose cloud-init reads NoCloud
+    instance_test_timeout: int = 600  # seconds for SSH to answer
+    platforms: dict[str, dict] = field(default_factory=dict)  # vendor -> its platform's settings
+    notify: dict = field(default_factory=dict)  # to, from, smtp_host, smtp_port, webhook
+
+
+# Each platform's settings: (required, optional) keys.
+PLATFORM_KEYS = {
+    "ec2": ({"region", "bucket"}, {"prefix", "public", "import_timeout"}),
+    "azure": ({"subscription", "resource_group", "location", "container_url"}, {"api_endpoint"}),
+    "gce": ({"project", "bucket"}, {"family", "api_endpoint", "storage_endpoint", "timeout", "poll_seconds"}),
+}
+
+
+@dataclass(frozen=True)
 class CiSettings:
     """The GitLab CI pipeline (tasks/ci.py)."""
 
@@ -167,7 +185,11 @@ class CiSettings:
 
 @dataclass(frozen=True)
 class PublishSettings:
-    storage: str = "storage"  # a directory (relative to the matrix file) or file:// URL
+    # A directory (relative to dodo.py), or a file://, http(s):// (WebDAV) or s3:// URL.
+    storage: str = "storage"
+    keep_dailies: int = 14  # daily versions kept per release; older ones are deleted
+    retries: int = 5  # attempts at each transfer
+    retry_delay: float = 1.0  # seconds before the second attempt, doubled each time
 
 
 @dataclass(frozen=True)
@@ -182,6 +204,7 @@ class Matrix:
     compress: CompressSettings = field(default_factory=CompressSettings)
     boot_test: BootTestSettings = field(default_factory=BootTestSettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
     ci: CiSettings = field(default_factory=CiSettings)
 
     @property
@@ -278,6 +301,11 @@ class _Reader:
             raise self.fail(path, f"expected a whole number from {low} to {high}, got {_describe(value)}")
         return value
 
+    def number(self, value: Any, path: str, low: float, high: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise self.fail(path, f"expected a number from {low:g} to {high:g}, got {_describe(value)}")
+        return float(value)
+
     def choice(self, value: Any, path: str, choices: Iterable[str]) -> str:
         choices = list(choices)
         if value not in choices:
@@ -344,7 +372,7 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
         data,
         "",
         ["releases", "architectures", "vendors", "tiers", "known_failures", "build", "compress", "boot_test",
-         "publish", "ci"],
+         "publish", "release", "ci"],
         ["releases", "architectures", "vendors", "tiers"],
     )
 
@@ -448,10 +476,72 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
                 "until": lambda v, p: r.choice(v, p, ["systemd", "login"]),
             },
         ),
-        publish=r.settings(top.get("publish"), "publish", PublishSettings, {"storage": text}),
+        publish=r.settings(top.get("publish"), "publish", PublishSettings, {
+            "storage": text,
+            "keep_dailies": positive(1, 10000),
+            "retries": positive(1, 100),
+            "retry_delay": lambda v, p: r.number(v, p, 0, 600),
+        }),
+        release=_release_settings(r, top.get("release"), vendors),
         ci=_ci_settings(r, top.get("ci"), architectures, tiers),
     )
     return matrix
+
+
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+def _url_without_credentials(r: _Reader, value: Any, path: str, hint: str = "") -> str:
+    if isinstance(value, str) and "@" in value:
+        # Not echoed: what stands before the @ is a secret.
+        raise r.fail(path, "credentials do not belong in matrix.yaml: give them through the environment" + hint)
+    return r.string(value, path, re.compile(r"^https?://\S+$"), "an http(s) URL")
+
+
+def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
+    entry = r.mapping(value or {}, "release", ["instance_test", "instance_test_timeout", "platforms", "notify"])
+    defaults = ReleaseSettings()
+    vendor_name = lambda v, p: _known_name(r, v, p, "vendors", vendors)  # noqa: E731
+    instance_test = (r.string_list(entry["instance_test"], "release.instance_test", vendor_name)
+                     if entry.get("instance_test") else tuple(v for v in defaults.instance_test if v in vendors))
+    platforms = {}
+    for name, settings in r.mapping(entry.get("platforms") or {}, "release.platforms", PLATFORM_KEYS).items():
+        p = f"release.platforms.{name}"
+        if name not in vendors:
+            raise r.fail(p, f"no vendor named {name!r} in this matrix")
+        required, optional = PLATFORM_KEYS[name]
+        settings = r.mapping(settings, p, sorted(required | optional), sorted(required))
+        for key, item in settings.items():
+            if key == "public":
+                if not isinstance(item, bool):
+                    raise r.fail(f"{p}.{key}", f"expected true or false, got {_describe(item)}")
+            elif key in ("import_timeout", "timeout", "poll_seconds"):
+                r.number(item, f"{p}.{key}", 0, 86400)
+            elif key.endswith(("url", "endpoint")):
+                _url_without_credentials(r, item, f"{p}.{key}")
+            else:
+                r.string(item, f"{p}.{key}")
+        platforms[name] = dict(settings)
+    notify = r.mapping(entry.get("notify") or {}, "release.notify", ["to", "from", "smtp_host", "smtp_port", "webhook"])
+    if notify.get("to"):
+        r.string_list(notify["to"], "release.notify.to",
+                      lambda v, p: r.string(v, p, EMAIL_PATTERN, "an e-mail address"))
+        if "from" not in notify:
+            raise r.fail("release.notify.from", "missing (the sender of the release mail)")
+    if "from" in notify:
+        r.string(notify["from"], "release.notify.from", EMAIL_PATTERN, "an e-mail address")
+    if "smtp_port" in notify:
+        r.integer(notify["smtp_port"], "release.notify.smtp_port", 1, 65535)
+    if notify.get("webhook") is not None:
+        _url_without_credentials(r, notify["webhook"], "release.notify.webhook",
+                                 " (a webhook URL that holds a secret goes in IMAGES_WEBHOOK_URL)")
+    return ReleaseSettings(
+        instance_test=instance_test,
+        instance_test_timeout=(r.integer(entry["instance_test_timeout"], "release.instance_test_timeout", 30, 7200)
+                               if "instance_test_timeout" in entry else defaults.instance_test_timeout),
+        platforms=platforms,
+        notify=dict(notify),
+    )
 
 
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:/-][A-Za-z0-9 _.:/-]*$")

@@ -19,6 +19,8 @@ source     for `doit ci`: the pipeline's source (push,      push
            schedule, web, api, trigger, ...)
 cells      for `doit ci`: cell patterns to build instead    the source's tier
            of a tier ("trixie-*-arm64 sid-ec2-*")
+confirm    `yes` lets `doit release:<cell>` release         no
+           (README.md, "Release")
 =========  ===============================================  =====================
 
 Relative paths are relative to the directory holding dodo.py.
@@ -35,9 +37,9 @@ from typing import Callable, Iterable
 
 from . import matrix as matrix_module
 from .matrix import Cell, Matrix, MatrixError
-from .storage import LocalStorage
+from .storage import Location
 
-OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level", "source", "cells")
+OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level", "source", "cells", "confirm")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 
 
@@ -47,16 +49,21 @@ class Plan:
     base: Path  # the directory of dodo.py
     workdir: Path
     config_space: Path
-    storage: LocalStorage
+    storage: Location
     build_version: str  # what a build records: version= or the run's start
     version: str | None  # version= as given; it overrides what builds recorded
     tier: str
     source: str = "push"  # for `doit ci`
     cells: str | None = None  # for `doit ci`
+    confirmed: bool = False  # confirm=yes: releases may be made
 
     @property
     def tier_cells(self) -> list[Cell]:
         return self.matrix.tier(self.tier)
+
+    @property
+    def locks(self) -> Path:
+        return self.workdir / ".locks"
 
     @property
     def cpu_slots(self) -> Path:
@@ -91,7 +98,7 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
 
     storage_option = get("storage")
     try:
-        storage = LocalStorage.from_location(storage_option or matrix.publish.storage, base)
+        storage = Location.parse(storage_option or matrix.publish.storage, base)
     except ValueError as error:
         where = ("command line", "storage") if storage_option else (matrix_path, "publish.storage")
         raise MatrixError(*where, str(error)) from None
@@ -107,4 +114,5 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
         tier=tier,
         source=get("source") or "push",
         cells=get("cells") or None,
+        confirmed=(get("confirm") or "").lower() in ("yes", "true", "1"),
     )

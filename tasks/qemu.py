@@ -113,12 +113,15 @@ def choose_accelerator(arch: str, wanted: str) -> Accelerator:
 
 
 def boot_command(arch: str, firmware: str, image: Path, accel: str, memory: int, cpus: int,
-                 uefi_vars: Path | None = None) -> list[str]:
+                 uefi_vars: Path | None = None, *, image_format: str = "raw", snapshot: bool = True,
+                 extra_drives: tuple[Path, ...] = (), ssh_port: int | None = None) -> list[str]:
     """qemu booting image from its own boot loader, console on stdout.
 
     snapshot=on sends every write to a temporary overlay: the image under
     test is never modified. For UEFI, uefi_vars is this boot's own copy of
-    the firmware's variable store (see uefi_vars_template).
+    the firmware's variable store (see uefi_vars_template). extra_drives are
+    attached as further virtio disks (a cloud-init seed); ssh_port forwards
+    that port of 127.0.0.1 to the guest's SSH.
     """
     machine = MACHINES[(arch, firmware)]
     cpu = machine.kvm_cpu if accel == "kvm" else machine.tcg_cpu
@@ -132,8 +135,9 @@ def boot_command(arch: str, firmware: str, image: Path, accel: str, memory: int,
         "-nodefaults", "-display", "none", "-no-reboot",
         "-chardev", "stdio,id=console,signal=off",
         "-serial", "chardev:console",
-        "-drive", f"file={image},format=raw,if=virtio,snapshot=on",
-        "-netdev", "user,id=net0",
+        "-drive", f"file={image},format={image_format},if=virtio" + (",snapshot=on" if snapshot else ""),
+        *(arg for drive in extra_drives for arg in ("-drive", f"file={drive},format=raw,if=virtio,readonly=on")),
+        "-netdev", "user,id=net0" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else ""),
         "-device", "virtio-net-pci,netdev=net0",
     ]
     if firmware == "uefi":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import matrix
+from tasks import manifest, matrix
 from tasks.layout import CellFiles
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,3 +37,12 @@ def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFil
                   for firmware in cell.arch.firmware],
     }))
     return files
+
+
+@pytest.fixture
+def nocloud(repo_matrix, tmp_path):
+    """bookworm-nocloud-amd64's outputs, small and real, with their manifest."""
+    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+    files = fake_outputs(tmp_path / "build", cell)
+    manifest.write(cell, files)
+    return cell, files

@@ -1,6 +1,7 @@
 """The generated GitLab CI pipeline: its jobs, rules, artifacts and validity."""
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -87,6 +88,12 @@ def test_release_is_manual(tmp_path):
     release = doc["release:bookworm"]
     assert release["when"] == "manual" and release["stage"] == "release"
     assert all(need["job"].startswith("image:bookworm-") for need in release["needs"])
+    script = "\n".join(release["script"])
+    assert "IMAGES_RELEASE_STORAGE" in script and "confirm=yes" in script
+    assert script.count("--single release:bookworm-") == len(release["needs"])
+    # Records are kept for ever; the images themselves are in the release storage, not in artifacts.
+    assert release["artifacts"]["expire_in"] == "never"
+    assert not any("image." in path or path.startswith("release/") for path in release["artifacts"]["paths"])
 
 
 def test_known_failures_are_allowed_to_fail(tmp_path):
@@ -247,9 +254,16 @@ def test_generated_pipeline_runs_for_real(tmp_path):
                            text=True)
     assert check.returncode == 0, "keep checksummed the image job's artifacts: " + check.stdout + check.stderr
 
-    release = gitlab_ci_local(project, *common, "release:bookworm", timeout=600)
+    released = tmp_path / "released"
+    release = gitlab_ci_local(project, *common, "--variable", f"IMAGES_RELEASE_STORAGE={released.as_uri()}",
+                              "release:bookworm", timeout=600)
     print(release.stdout[-5000:], release.stderr[-2000:])
     assert release.returncode == 0 and "PASS  release:bookworm" in release.stdout
-    published = artifacts("release:bookworm") / "release" / "bookworm" / "ci-test-1"
+    published = released / "bookworm" / "ci-test-1"
     assert (published / "debian-12-nocloud-amd64-ci-test-1.tar.xz").is_file()
-    assert (published / "SHA512SUMS").is_file()
+    check = subprocess.run(["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert (released / "bookworm" / "latest").read_text() == "ci-test-1\n"
+    record = artifacts("release:bookworm") / "build" / "bookworm-nocloud-amd64" / "release.json"
+    assert json.loads(record.read_text())["published"]["directory"] == "bookworm/ci-test-1"

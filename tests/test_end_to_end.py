@@ -21,7 +21,7 @@ import pytest
 from tasks import boottest
 from tasks.matrix import BootTestSettings
 
-from . import imagefs
+from . import imagefs, servers
 
 REPO = Path(__file__).resolve().parent.parent
 CELLS = ["bookworm-genericcloud-amd64", "bookworm-nocloud-amd64"]
@@ -155,7 +155,8 @@ def test_package_lists_follow_the_vendor(runs):
 
 def test_published_files_and_sha512sums(runs):
     base = runs[0]
-    directory = base / "storage" / "bookworm" / VERSION
+    directory = base / "storage" / "bookworm" / "daily" / VERSION
+    assert (base / "storage" / "bookworm" / "daily" / "latest").read_text() == f"{VERSION}\n"
     expected = {"SHA512SUMS"}
     for cell in CELLS:
         vendor = cell.split("-")[1]
@@ -191,6 +192,50 @@ def test_image_tree_is_clean_and_bootable_anywhere(runs):
         assert not (tree / "var/cache/image-build-apt").exists()
 
 
+def test_release_tests_an_instance_then_publishes_and_notifies(runs):
+    """The manual release of genericcloud, through doit: the image boots as an instance with a
+    NoCloud seed and passes its checks over SSH; then the version directory, `latest` and a mail."""
+    base, *_ = runs
+    cell = "bookworm-genericcloud-amd64"
+    refused = doit(base, f"release:{cell}")
+    assert refused.returncode != 0 and f"doit release:{cell} confirm=yes" in refused.stdout + refused.stderr
+
+    mailbox = servers.Mailbox().start()
+    matrix = base / "repo" / "matrix.yaml"
+    original = matrix.read_text()
+    try:
+        matrix.write_text(original.replace(
+            "  notify: {}",
+            f"  notify: {{to: [cloud-team@example.org], from: images@example.org, smtp_host: 127.0.0.1, "
+            f"smtp_port: {mailbox.port}}}"))
+        result = doit(base, f"release:{cell}", "confirm=yes")
+    finally:
+        matrix.write_text(original)
+        mailbox.stop()
+    assert result.returncode == 0, result.stderr
+    assert executed(result) == {f"release:{cell}"}, "the release took the images as they were"
+
+    instance = json.loads((base / "build" / cell / "instance-test.json").read_text())
+    assert instance["passed"] is True, instance
+    checks = {c["name"]: c for c in instance["checks"]}
+    assert set(checks) == {"cloud-init finished without errors", "host name from meta-data",
+                           "root file system grew to the disk", "apt points at the image's release",
+                           "systemd is running"}
+    assert all(c["passed"] for c in checks.values()), checks
+    assert "release-test-bookworm" in checks["host name from meta-data"]["detail"]
+
+    released = base / "storage" / "bookworm" / VERSION
+    check = subprocess.run(["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=released,
+                           capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.count(": OK") == 3, check.stdout + check.stderr
+    assert (base / "storage" / "bookworm" / "latest").read_text() == f"{VERSION}\n"
+    record = json.loads((base / "build" / cell / "release.json").read_text())
+    assert record["published"]["directory"] == f"bookworm/{VERSION}"
+    [(_, recipients, mail)] = mailbox.messages
+    assert recipients == ["cloud-team@example.org"]
+    assert f"debian-12-genericcloud-amd64-{VERSION}.qcow2" in mail.get_content()
+
+
 def test_class_file_edit_rebuilds_exactly_that_cell(runs):
     """A file only the NOCLOUD class reads: nocloud is made again, genericcloud is not."""
     base, *_ = runs
@@ -205,13 +250,17 @@ def test_class_file_edit_rebuilds_exactly_that_cell(runs):
 def test_matrix_edit_for_one_vendor_marks_only_that_vendor(runs):
     base, *_ = runs
     matrix = base / "repo" / "matrix.yaml"
-    matrix.write_text(matrix.read_text().replace(
+    original = matrix.read_text()
+    matrix.write_text(original.replace(
         "  genericcloud:\n    fai_classes: [CLOUD, GENERICCLOUD, LINUX_CLOUD]\n    disk_size: 2G",
         "  genericcloud:\n    fai_classes: [CLOUD, GENERICCLOUD, LINUX_CLOUD]\n    disk_size: 3G"))
-    status = subprocess.run(
-        [sys.executable, "-m", "doit", "-f", str(base / "repo" / "dodo.py"), "list", "--all", "--status",
-         f"workdir={base / 'build'}", f"storage={base / 'storage'}", "xz_level=1", f"version={VERSION}"],
-        capture_output=True, text=True, check=True).stdout
+    try:
+        status = subprocess.run(
+            [sys.executable, "-m", "doit", "-f", str(base / "repo" / "dodo.py"), "list", "--all", "--status",
+             f"workdir={base / 'build'}", f"storage={base / 'storage'}", "xz_level=1", f"version={VERSION}"],
+            capture_output=True, text=True, check=True).stdout
+    finally:
+        matrix.write_text(original)
     will_run = {line.split()[1] for line in status.splitlines() if line.startswith("R ")
                 and line.split()[1].split(":")[-1] in CELLS}
     # doit decides the build is stale; what follows it runs once the new disk.raw exists.

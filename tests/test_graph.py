@@ -95,10 +95,11 @@ def test_up_to_date_configuration(tmp_path):
 def test_publish_checks_storage(tmp_path):
     tasks = load(make_plan(tmp_path, storage=str(tmp_path / "public")))
     task = tasks["publish:bookworm-nocloud-amd64"]
-    assert config_of(task) == {"storage": (tmp_path / "public").as_uri()}
+    assert config_of(task) == {"storage": (tmp_path / "public").as_uri(), "keep_dailies": 14}
     check, args, _ = task.uptodate[1]
     assert check.__name__ == "still_published"
-    assert args == [str(tmp_path / "build" / "bookworm-nocloud-amd64" / "published.json"), str(tmp_path / "public")]
+    assert args == [str(tmp_path / "build" / "bookworm-nocloud-amd64" / "published.json"),
+                    (tmp_path / "public").as_uri()]
 
 
 def test_vendors_and_architectures_select_their_own_files(tmp_path):
@@ -163,9 +164,10 @@ def test_actions_are_module_level_functions(tmp_path):
     ({"xz_level": "12"}, "command line: xz_level: expected a whole number from 0 to 9, got '12'"),
     ({"version": "2026 11"}, "command line: version: expected letters, digits and .+~- only, got '2026 11'"),
     ({"tier": "nightly"}, "tiers: no tier named 'nightly' (expected one of: push, full)"),
-    ({"storage": "s3://bucket"}, "command line: storage: expected a directory or a file:// URL, got 's3://bucket'"),
+    ({"storage": "ftp://host/images"},
+     "command line: storage: expected a directory or a file://, http://, https://, s3:// URL, got 'ftp://host/images'"),
     ({"worddir": "/x"}, "command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, "
-                        "version, xz_level, source, cells)"),
+                        "version, xz_level, source, cells, confirm)"),
 ])
 def test_bad_options(tmp_path, options, message):
     with pytest.raises(MatrixError) as caught:

@@ -105,7 +105,7 @@ def test_wildcard_selection():
         (lambda d: d.pop("vendors"), "vendors: missing"),
         (lambda d: d.update(extra=1),
          "extra: unknown key (expected one of: releases, architectures, vendors, tiers, known_failures, build, "
-         "compress, boot_test, publish, ci)"),
+         "compress, boot_test, publish, release, ci)"),
         (lambda d: d["compress"].update(xz_level=12),
          "compress.xz_level: expected a whole number from 0 to 9, got 12"),
         (lambda d: d["boot_test"].update(accelerator="hvf"),
@@ -116,6 +116,27 @@ def test_wildcard_selection():
          "build.mirror: expected an http:// or https:// URL, got 'deb.debian.org'"),
         (lambda d: d["vendors"].update({"No Cloud": d["vendors"]["nocloud"]}),
          "vendors.No Cloud: expected a lower-case name such as bookworm"),
+        (lambda d: d["publish"].update(keep_dailies=0),
+         "publish.keep_dailies: expected a whole number from 1 to 10000, got 0"),
+        (lambda d: d["release"].update(instance_test=["genericcluod"]),
+         "release.instance_test[0]: unknown vendor 'genericcluod' (expected one of: generic, genericcloud, nocloud, "
+         "ec2, azure, gce)"),
+        (lambda d: d["release"].update(platforms={"ec2": {"bucket": "imports"}}),
+         "release.platforms.ec2.region: missing"),
+        (lambda d: d["release"].update(platforms={"ec2": {"region": "us-east-1", "bucket": "b", "public": "yes"}}),
+         "release.platforms.ec2.public: expected true or false, got 'yes'"),
+        (lambda d: d["release"].update(platforms={"openstack": {}}),
+         "release.platforms.openstack: unknown key (expected one of: ec2, azure, gce)"),
+        (lambda d: d["release"].update(platforms={"gce": {"project": "p", "bucket": "b",
+                                                          "api_endpoint": "https://me:pw@example.org"}}),
+         "release.platforms.gce.api_endpoint: credentials do not belong in matrix.yaml: give them through the "
+         "environment"),
+        (lambda d: d["release"].update(notify={"webhook": "hooks.example.org/x"}),
+         "release.notify.webhook: expected an http(s) URL, got 'hooks.example.org/x'"),
+        (lambda d: d["release"].update(notify={"to": ["cloud team"], "from": "images@example.org"}),
+         "release.notify.to[0]: expected an e-mail address, got 'cloud team'"),
+        (lambda d: d["release"].update(notify={"to": ["team@example.org"]}),
+         "release.notify.from: missing (the sender of the release mail)"),
     ],
 )
 def test_bad_entries_name_file_key_and_expectation(tmp_path, mutate, expected):

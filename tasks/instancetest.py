@@ -1,0 +1,219 @@
+"""The instance test of the release step: the image really runs, configured
+as a cloud would configure it, and is checked from the inside.
+
+qemu boots a copy-on-write overlay of the image that is larger than the
+image, with a NoCloud seed (a FAT volume labelled CIDATA: meta-data naming
+the host, user-data giving the default user an SSH key made for this test),
+and forwards a local port to the guest's SSH. Once SSH answers, the test logs
+in and checks that cloud-init finished without errors, that the host name is
+the one from meta-data, that the root file system grew to the disk, that apt
+points at the image's release, and that systemd is running (or degraded,
+with the failed units listed). qemu is stopped on every path.
+
+Only images whose cloud-init reads NoCloud can be tested this way (generic,
+genericcloud); platform images look for their own cloud's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import atomic, boottest, diskimage, proc, qemu
+from .errors import StageFailed
+from .layout import CellFiles
+from .matrix import BootTestSettings, Cell
+from .progress import StageProgress
+
+GROWTH = 2 << 30  # the test disk is this much larger than the image
+USER = "debian"  # cloud-init's default user on Debian
+
+
+class InstanceTestFailed(StageFailed):
+    pass
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class InstanceResult:
+    cell: str
+    hostname: str
+    passed: bool = False
+    seconds_to_ssh: float | None = None
+    failure: str | None = None  # why the checks could not run
+    checks: list[Check] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_seed(directory: Path, hostname: str, public_key: str) -> Path:
+    """A NoCloud seed volume, made without mounting (mkfs.vfat, mtools)."""
+    (directory / "meta-data").write_text(f"instance-id: {hostname}\nlocal-hostname: {hostname}\n")
+    (directory / "user-data").write_text("#cloud-config\n" + json.dumps({"ssh_authorized_keys": [public_key]}) + "\n")
+    seed = directory / "seed.img"
+    proc.run(["mkfs.vfat", "-n", "CIDATA", "-C", str(seed), "2048"])
+    proc.run(["mcopy", "-i", str(seed), str(directory / "meta-data"), str(directory / "user-data"), "::/"],
+             env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
+    return seed
+
+
+class Guest:
+    def __init__(self, port: int, key: Path):
+        self.port, self.key = port, key
+
+    def run(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ssh", "-i", str(self.key), "-p", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+             f"{USER}@127.0.0.1", command], capture_output=True, text=True, timeout=timeout)
+
+
+def checks(guest: Guest, cell: Cell, hostname: str, disk_bytes: int) -> list[Check]:
+    found = []
+
+    def check(name: str, command: str, verdict) -> None:
+        try:
+            result = guest.run(command)
+        except subprocess.TimeoutExpired as expired:
+            found.append(Check(name, False, f"no answer within {expired.timeout:.0f} s"))
+            return
+        passed, detail = verdict(result)
+        found.append(Check(name, passed, detail))
+
+    def cloud_init(r):
+        try:
+            errors = json.loads(r.stdout.split("\n", 1)[1])["v1"]["errors"]
+        except (IndexError, ValueError, KeyError):
+            return False, (r.stdout + r.stderr).strip()[-500:]
+        status = r.stdout.split("\n", 1)[0]
+        return "done" in status and not errors, f"{status}; errors: {errors or 'none'}"
+
+    check("cloud-init finished without errors",
+          "cloud-init status --wait >/dev/null 2>&1; cloud-init status | tr '\\n' ' '; echo; "
+          "sudo cat /run/cloud-init/result.json", cloud_init)
+    check("host name from meta-data", "hostname",
+          lambda r: (r.stdout.strip() == hostname, f"{r.stdout.strip()!r}, meta-data said {hostname!r}"))
+
+    def grown(r):
+        try:
+            size = int(r.stdout.split()[0])
+        except (IndexError, ValueError):
+            return False, (r.stdout + r.stderr).strip()
+        return size >= disk_bytes - (512 << 20), f"/ is {size / 2**30:.2f} GiB on a {disk_bytes / 2**30:.2f} GiB disk"
+
+    check("root file system grew to the disk", "df --output=size -B1 / | tail -1", grown)
+    check("apt points at the image's release",
+          "cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources 2>/dev/null",
+          lambda r: (cell.release.name in r.stdout, " | ".join(
+              line for line in r.stdout.splitlines() if line.strip() and not line.startswith("#"))[:300]))
+
+    def systemd(r):
+        state = r.stdout.strip().splitlines()[0] if r.stdout.strip() else r.stderr.strip()
+        failed = [line.split()[0] for line in r.stdout.strip().splitlines()[1:] if line.strip()]
+        return state in ("running", "degraded"), state + (f"; failed units: {', '.join(failed)}" if failed else "")
+
+    check("systemd is running", "systemctl is-system-running --wait; systemctl --failed --no-legend --plain", systemd)
+    return found
+
+
+def console_failure(console: Path) -> str | None:
+    """The boot test's verdict on what the console shows so far (a panic, no root device...), if any."""
+    text = console.read_bytes() if console.exists() else b""
+    return next((verdict for verdict, pattern in boottest.FAILURES if pattern.search(text)), None)
+
+
+def wait_for_ssh(guest: Guest, qemu_child: subprocess.Popen, console: Path, timeout: float,
+                 progress: StageProgress) -> float:
+    """Seconds until SSH let us in; fails at once when qemu stops or the console shows a failed boot."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if qemu_child.poll() is not None:
+            raise InstanceTestFailed(f"qemu exited ({qemu_child.returncode}) before SSH answered")
+        failure = console_failure(console)
+        if failure:
+            raise InstanceTestFailed(f"the boot failed: {failure}")
+        try:
+            if guest.run("true", timeout=15).returncode == 0:
+                return round(time.monotonic() - started, 1)
+        except subprocess.TimeoutExpired:
+            pass
+        progress.update(completed=time.monotonic() - started, status="waiting for SSH")
+        time.sleep(3)
+    raise InstanceTestFailed(f"SSH did not answer within {timeout:.0f} s")
+
+
+def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, timeout: float) -> InstanceResult:
+    """Boot the image as an instance, check it; write instance-test.json and its console log."""
+    hostname = f"release-test-{cell.release.name}"
+    result = InstanceResult(cell.name, hostname)
+    firmware = cell.arch.firmware[-1]  # UEFI where the image has it
+    with tempfile.TemporaryDirectory(prefix="instance-test-", dir=files.dir) as scratch, \
+            diskimage.raw_disk(files) as raw:
+        scratch = Path(scratch)
+        proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "image-instance-test", "-f",
+                  str(scratch / "id")])
+        seed = make_seed(scratch, hostname, (scratch / "id.pub").read_text().strip())
+        disk = scratch / "instance.qcow2"
+        disk_bytes = raw.stat().st_size + GROWTH
+        proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(raw.resolve()),
+                  str(disk), str(disk_bytes)])
+        uefi_vars = None
+        template = qemu.uefi_vars_template(cell.arch.name, firmware)
+        if template:
+            uefi_vars = scratch / "uefi-vars.fd"
+            uefi_vars.write_bytes(template.read_bytes())
+        accel = qemu.choose_accelerator(cell.arch.name, settings.accelerator)
+        port = _free_port()
+        command = qemu.boot_command(cell.arch.name, firmware, disk, accel.name, settings.memory, settings.cpus,
+                                    uefi_vars, image_format="qcow2", snapshot=False, extra_drives=(seed,),
+                                    ssh_port=port)
+        console = files.dir / "instance-test-console.log"
+        partial = atomic.partial_path(console)
+        try:
+            with open(partial, "wb") as sink, \
+                    StageProgress(f"instance test {cell.name}", total=timeout, unit="seconds") as progress:
+                child = proc.start(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                try:
+                    guest = Guest(port, scratch / "id")
+                    try:
+                        result.seconds_to_ssh = wait_for_ssh(guest, child, partial, timeout, progress)
+                    except InstanceTestFailed as failure:
+                        result.failure = str(failure)
+                    else:
+                        progress.update(status="checking")
+                        result.checks = checks(guest, cell, hostname, disk_bytes)
+                        result.passed = all(c.passed for c in result.checks)
+                finally:
+                    proc.stop(child, grace=5)
+            atomic.commit(partial, console)  # complete, whatever the verdict: it is the evidence
+        finally:
+            atomic.remove(partial)
+    atomic.write_json(files.dir / "instance-test.json", result.to_json())
+    if not result.passed:
+        failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed] or [result.failure]
+        raise InstanceTestFailed(f"{cell.name}: the instance test failed: " + "; ".join(failed) +
+                                 f" (console: {files.dir / 'instance-test-console.log'})")
+    return result
+
+
+def describe(result: InstanceResult) -> str:
+    return "\n".join(f"  {'ok ' if c.passed else 'BAD'} {c.name}: {c.detail}" for c in result.checks)
+

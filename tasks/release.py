@@ -1,0 +1,107 @@
+"""The release step (manual only): `doit release:<cell> confirm=yes`.
+
+In order, stopping at the first failure:
+
+1. the instance test, for images whose cloud-init reads NoCloud
+   (release.instance_test: generic, genericcloud) — tasks/instancetest.py;
+2. the upload to the cell's platform, when release.platforms has an entry
+   for its vendor (ec2, azure, gce) — tasks/platforms/;
+3. publication in storage under <release>/<version>/ with its SHA512SUMS,
+   then <release>/latest — only after the instance test passed;
+4. a notification (mail, webhook) — tasks/notify.py.
+
+Everything done is recorded in release.json, the task's target. Until then,
+release-progress.json keeps the steps done, so that a release run again
+after a failure (the mail server was down) does not test the instance or
+register the image on its platform a second time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import atomic, instancetest, notify, storage
+from .checksum import sha512_file
+from .errors import StageFailed
+from .layout import CellFiles
+from .matrix import BootTestSettings, Cell, PublishSettings, ReleaseSettings
+from .platforms import UPLOADERS
+from .storage.backend import RetryPolicy
+
+
+class ReleaseRefused(StageFailed):
+    pass
+
+
+class Progress:
+    """The steps of one release already done, kept across attempts.
+
+    A release that failed part-way (the mail server was down) is run again;
+    the steps done for the same image (its manifest's checksum) and the same
+    settings are not done twice: no second instance test, no second AMI.
+    """
+
+    def __init__(self, path: Path, image: str):
+        self.path = path
+        saved = atomic.read_json(path) if path.exists() else {}
+        self.steps = saved.get("steps", {}) if saved.get("image") == image else {}
+        self.image = image
+
+    def done(self, step: str, settings) -> dict | list | None:
+        entry = self.steps.get(step)
+        return entry["result"] if entry and entry["settings"] == settings else None
+
+    def record(self, step: str, settings, result) -> None:
+        self.steps[step] = {"settings": settings, "result": result}
+        atomic.write_json(self.path, {"image": self.image, "steps": self.steps})
+
+
+def release(cell: Cell, files: CellFiles, confirmed: bool, location: storage.Location, publish: PublishSettings,
+            settings: ReleaseSettings, boot: BootTestSettings, locks: Path) -> dict:
+    if not confirmed:
+        raise ReleaseRefused(f"a release is made on purpose only: doit release:{cell.name} confirm=yes")
+    manifest = atomic.read_json(files.manifest)
+    record = {"cell": cell.name, "name": manifest["name"], "version": manifest["version"],
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    progress = Progress(files.dir / "release-progress.json", sha512_file(files.manifest))
+
+    if cell.vendor.name in settings.instance_test:
+        tested = progress.done("instance_test", {"timeout": settings.instance_test_timeout})
+        if tested:
+            print(f"instance test of {cell.name}: passed before for this image")
+        else:
+            result = instancetest.instance_test(cell, files, boot, settings.instance_test_timeout)
+            print(f"instance test of {cell.name} passed:\n{instancetest.describe(result)}")
+            tested = result.to_json()
+            progress.record("instance_test", {"timeout": settings.instance_test_timeout}, tested)
+        record["instance_test"] = tested
+
+    platforms = []
+    if cell.vendor.name in settings.platforms:
+        platform_settings = settings.platforms[cell.vendor.name]
+        made = progress.done("platform", platform_settings)
+        if made:
+            print(f"{cell.vendor.name}: uploaded before for this image: {made}")
+        else:
+            made = UPLOADERS[cell.vendor.name](cell, files, manifest, platform_settings)
+            print(f"{cell.vendor.name}: {made}")
+            progress.record("platform", platform_settings, made)
+        platforms.append(made)
+    record["platforms"] = platforms
+
+    # Uploads that are already in place are skipped by publish_directory itself.
+    backend = location.open(RetryPolicy(publish.retries, publish.retry_delay))
+    directory = storage.release_dir(cell.release.name, manifest["version"])
+    with storage.locked(locks, location):
+        files_published = storage.publish_directory(backend, directory, storage.cell_uploads(files, manifest))
+        latest = storage.current_latest(backend, cell.release.name)
+        storage.point_latest(backend, cell.release.name, max(manifest["version"], latest))
+    record["published"] = {"storage": location.url, "directory": directory, "files": files_published}
+
+    message = {"release": cell.release.name, "version": manifest["version"], "url": f"{location.url}/{directory}",
+               "cells": [{"cell": cell.name, "files": files_published, "platforms": platforms}]}
+    record["notified"] = notify.notify(message, settings.notify)
+    atomic.write_json(files.release_record, record)
+    progress.path.unlink(missing_ok=True)
+    return record

@@ -1,0 +1,58 @@
+"""Manifest content, from small real files."""
+
+import hashlib
+import json
+
+import pytest
+
+from tasks import manifest
+from tasks.errors import StageFailed
+
+
+def sha512(path) -> str:
+    return hashlib.sha512(path.read_bytes()).hexdigest()
+
+
+def test_manifest_describes_the_image(nocloud):
+    cell, files = nocloud
+    data = json.loads(files.manifest.read_text())
+    assert data["name"] == "debian-12-nocloud-amd64-20261125-1200"
+    assert data["release"] == {"codename": "bookworm", "version": "12"}
+    assert (data["vendor"], data["arch"], data["version"]) == ("nocloud", "amd64", "20261125-1200")
+    assert data["build"]["fai_classes"] == list(cell.fai_classes)
+    assert data["build"]["started"] == "2026-11-25T12:00:00+00:00"
+    assert [a["name"] for a in data["artifacts"]] == [
+        "debian-12-nocloud-amd64-20261125-1200.tar.xz", "debian-12-nocloud-amd64-20261125-1200.qcow2"]
+    for artifact in data["artifacts"]:
+        path = files.artifact(artifact["format"])
+        assert artifact["size"] == path.stat().st_size
+        assert artifact["sha512"] == sha512(path)
+    assert data["packages"] == [
+        {"name": "base-files", "version": "12.4+deb12u8", "architecture": "amd64"},
+        {"name": "bash", "version": "5.2.15-2+b7", "architecture": "amd64"},
+    ]
+    assert data["boot_test"]["passed"] is True
+    assert [b["firmware"] for b in data["boot_test"]["boots"]] == ["bios", "uefi"]
+    assert data["boot_test"]["boots"][0]["milestones"]["systemd"] == 17.0
+
+
+def test_given_version_names_the_image(nocloud):
+    cell, files = nocloud
+    data = manifest.describe(cell, files, version="20261201-1")
+    assert data["name"] == "debian-12-nocloud-amd64-20261201-1" and data["version"] == "20261201-1"
+    assert data["artifacts"][0]["name"] == "debian-12-nocloud-amd64-20261201-1.tar.xz"
+
+
+def test_no_manifest_for_an_image_that_failed_its_boot_test(nocloud):
+    cell, files = nocloud
+    files.boot_result.write_text(json.dumps({"verdict": "kernel-panic", "passed": False}))
+    with pytest.raises(StageFailed, match="boot test did not pass \\(kernel-panic") as caught:
+        manifest.describe(cell, files)
+    assert str(files.boot_log("bios")) in str(caught.value), "it names the console log to read"
+
+
+def test_malformed_package_list_names_the_line(nocloud):
+    cell, files = nocloud
+    files.packages.write_text("bash\t5.2\tamd64\nbroken line\n")
+    with pytest.raises(ValueError, match=r"packages.tsv:2: expected name<TAB>version<TAB>architecture"):
+        manifest.describe(cell, files)

@@ -1,0 +1,332 @@
+"""Publishing to storage: a directory, WebDAV (real nginx) and S3 (moto's emulator).
+
+Every behaviour is checked on the three backends, and what storage holds is
+read independently of the code under test: the directory itself, nginx's
+document root, or boto3 against moto.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import uuid
+
+import boto3
+import pytest
+
+from tasks import atomic, manifest, storage
+from tasks.checksum import parse_sums
+from tasks.matrix import PublishSettings
+from tasks.storage import Location, PublishFailed
+
+from . import servers
+from .conftest import fake_outputs
+
+FAST = PublishSettings(keep_dailies=14, retries=3, retry_delay=0.01)
+pytestmark = pytest.mark.skipif(not servers.have_nginx(), reason="nginx with WebDAV is installed by tools/setup-host")
+
+
+class Store:
+    """A storage backend under test, and an independent way to look inside it."""
+
+    def __init__(self, location, listing, reading):
+        self.location, self.listing, self.reading = location, listing, reading
+
+    def files(self, directory: str) -> set[str]:
+        return set(self.listing(directory))
+
+    def read(self, path: str) -> bytes | None:
+        return self.reading(path)
+
+    def sums(self, directory: str) -> dict[str, str]:
+        return parse_sums((self.read(f"{directory}/SHA512SUMS") or b"").decode())
+
+
+@pytest.fixture(scope="module")
+def moto():
+    server = servers.Moto().start()
+    yield server
+    server.stop()
+
+
+def local_store(tmp_path):
+    root = tmp_path / "public"
+
+    def listing(directory):
+        d = root / directory
+        return [p.name for p in d.iterdir() if p.is_file()] if d.is_dir() else []
+
+    return Store(Location(root.as_uri()), listing, lambda p: (root / p).read_bytes() if (root / p).is_file() else None)
+
+
+def dav_store(nginx):
+    root = nginx.root / "images"
+
+    def listing(directory):
+        d = root / directory
+        return [p.name for p in d.iterdir() if p.is_file()] if d.is_dir() else []
+
+    return Store(Location(nginx.url), listing, lambda p: (root / p).read_bytes() if (root / p).is_file() else None)
+
+
+def s3_store(moto, monkeypatch, bucket="images"):
+    for key, value in moto.env().items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=bucket)
+
+    def listing(directory):
+        found = client.list_objects_v2(Bucket=bucket, Prefix=f"debian/{directory}/")
+        return [o["Key"].rsplit("/", 1)[1] for o in found.get("Contents", []) if "/" not in
+                o["Key"][len(f"debian/{directory}/"):]]
+
+    def reading(path):
+        try:
+            return client.get_object(Bucket=bucket, Key=f"debian/{path}")["Body"].read()
+        except client.exceptions.NoSuchKey:
+            return None
+
+    return Store(Location(f"s3://{bucket}/debian"), listing, reading)
+
+
+@pytest.fixture(params=["file", "webdav", "s3"])
+def store(request, tmp_path, moto, monkeypatch):
+    if request.param == "file":
+        yield local_store(tmp_path)
+    elif request.param == "webdav":
+        nginx = servers.Nginx(tmp_path / "nginx").start()
+        yield dav_store(nginx)
+        nginx.stop()
+    else:
+        yield s3_store(moto, monkeypatch, bucket=f"images-{uuid.uuid4().hex[:12]}")
+
+
+def publish(cell, files, store, tmp_path, settings=FAST):
+    return storage.publish(cell, files, store.location, settings, tmp_path / "locks")
+
+
+def sha512(data: bytes) -> str:
+    return hashlib.sha512(data).hexdigest()
+
+
+IMAGE = "debian-12-nocloud-amd64-20261125-1200"
+DAILY = "bookworm/daily/20261125-1200"
+
+
+def test_publish_layout_checksums_and_latest(nocloud, store, tmp_path):
+    cell, files = nocloud
+    receipt = publish(cell, files, store, tmp_path)
+    assert store.files(DAILY) == {"SHA512SUMS", f"{IMAGE}.tar.xz", f"{IMAGE}.qcow2", f"{IMAGE}.json"}
+    sums = store.sums(DAILY)
+    assert set(sums) == {f"{IMAGE}.tar.xz", f"{IMAGE}.qcow2", f"{IMAGE}.json"}
+    for name, digest in sums.items():
+        assert sha512(store.read(f"{DAILY}/{name}")) == digest
+    assert store.read(f"{DAILY}/{IMAGE}.json") == files.manifest.read_bytes()
+    assert store.read("bookworm/daily/latest") == b"20261125-1200\n"
+    assert receipt == atomic.read_json(files.published) and receipt["directory"] == DAILY
+    assert storage.still_published(str(files.published), store.location.url)
+
+
+def test_publishing_again_uploads_nothing(nocloud, store, tmp_path, capsys):
+    cell, files = nocloud
+    publish(cell, files, store, tmp_path)
+    capsys.readouterr()
+    publish(cell, files, store, tmp_path)
+    assert capsys.readouterr().out.count("already published, unchanged") == 3
+
+
+def test_cells_of_a_release_share_sha512sums(repo_matrix, store, tmp_path):
+    for name in ("bookworm-nocloud-amd64", "bookworm-genericcloud-amd64"):
+        cell = repo_matrix.cell(name)
+        files = fake_outputs(tmp_path / "build", cell)
+        manifest.write(cell, files)
+        publish(cell, files, store, tmp_path)
+    names = store.sums(DAILY)
+    assert sum("nocloud" in n for n in names) == 3 and sum("genericcloud" in n for n in names) == 3
+
+
+def test_old_dailies_are_deleted_but_not_latest(repo_matrix, store, tmp_path):
+    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+    settings = PublishSettings(keep_dailies=2, retries=2, retry_delay=0.01)
+    for version in ("20261120-1", "20261121-1", "20261122-1", "20261123-1"):
+        files = fake_outputs(tmp_path / version, cell, version=version)
+        manifest.write(cell, files)
+        publish(cell, files, store, tmp_path, settings)
+    assert store.read("bookworm/daily/latest") == b"20261123-1\n"
+    for version, kept in (("20261120-1", False), ("20261121-1", False), ("20261122-1", True), ("20261123-1", True)):
+        assert bool(store.files(f"bookworm/daily/{version}")) is kept, version
+
+
+def test_a_changed_file_never_stands_beside_a_stale_checksum(nocloud, store, tmp_path, monkeypatch):
+    """Republishing changed files, interrupted after the first: SHA512SUMS still only vouches
+    for files that match it, nothing half-written carries a published name, and a rerun completes."""
+    cell, files = nocloud
+    publish(cell, files, store, tmp_path)
+    files.artifact("tar.xz").write_bytes(b"rebuilt" * 1000)
+    files.artifact("qcow2").write_bytes(b"rebuilt qcow2" * 1000)
+    manifest.write(cell, files)
+    backend_class = type(store.location.open())
+    real_move, moves = backend_class.move, []
+
+    def interrupted_move(self, source, target):
+        moves.append(target)
+        if target.endswith(".qcow2"):
+            raise KeyboardInterrupt
+        real_move(self, source, target)
+
+    monkeypatch.setattr(backend_class, "move", interrupted_move)
+    with pytest.raises(KeyboardInterrupt):
+        publish(cell, files, store, tmp_path)
+    monkeypatch.setattr(backend_class, "move", real_move)
+
+    listed = store.sums(DAILY)
+    for name, digest in listed.items():
+        assert sha512(store.read(f"{DAILY}/{name}")) == digest, name
+    assert f"{IMAGE}.tar.xz" not in listed and f"{IMAGE}.qcow2" not in listed
+    assert not [n for n in store.files(DAILY) if ".upload-" in n], "the temporary upload was removed"
+    publish(cell, files, store, tmp_path)
+    listed = store.sums(DAILY)
+    assert listed[f"{IMAGE}.qcow2"] == sha512(files.artifact("qcow2").read_bytes())
+    assert store.read(f"{DAILY}/{IMAGE}.qcow2") == files.artifact("qcow2").read_bytes()
+
+
+def test_a_source_that_changed_after_its_manifest_is_refused(nocloud, store, tmp_path):
+    cell, files = nocloud
+    files.artifact("qcow2").write_bytes(b"tampered after the manifest")
+    with pytest.raises(PublishFailed, match="differs from the local file"):
+        publish(cell, files, store, tmp_path)
+    assert store.read(f"{DAILY}/SHA512SUMS") in (None, b"")
+    assert not [n for n in store.files(DAILY) if ".upload-" in n or n.endswith(".qcow2")]
+
+
+# --------------------------------------------------------------------------
+# Faults, with nginx behind a proxy that misbehaves on request
+
+
+@pytest.fixture
+def flaky(tmp_path):
+    nginx = servers.Nginx(tmp_path / "nginx").start()
+    proxy = servers.FaultProxy(nginx.url).start()
+    yield nginx, proxy, dav_store(nginx), Location(proxy.url)
+    proxy.stop()
+    nginx.stop()
+
+
+def test_server_errors_are_retried(nocloud, flaky, tmp_path):
+    cell, files = nocloud
+    nginx, proxy, inside, location = flaky
+    proxy.fail("PUT", "500", times=2)
+    storage.publish(cell, files, location, FAST, tmp_path / "locks")
+    assert proxy.seen.count("PUT") >= 2 + 3  # two refused, then each file
+    assert set(inside.sums(DAILY)) == {f"{IMAGE}.tar.xz", f"{IMAGE}.qcow2", f"{IMAGE}.json"}
+
+
+def test_persistent_server_errors_fail_clearly_and_a_rerun_completes(nocloud, flaky, tmp_path):
+    cell, files = nocloud
+    nginx, proxy, inside, location = flaky
+    proxy.fail("PUT", "500", times=FAST.retries)
+    with pytest.raises(PublishFailed, match=r"uploading .* HTTP 500 .*gave up after 3 attempts"):
+        storage.publish(cell, files, location, FAST, tmp_path / "locks")
+    assert inside.read(f"{DAILY}/SHA512SUMS") is None and inside.read("bookworm/daily/latest") is None
+    storage.publish(cell, files, location, FAST, tmp_path / "locks")
+    assert len(inside.sums(DAILY)) == 3
+
+
+def test_a_connection_dropped_mid_upload_is_retried(nocloud, flaky, tmp_path):
+    cell, files = nocloud
+    nginx, proxy, inside, location = flaky
+    proxy.fail("PUT", "drop", times=2)
+    storage.publish(cell, files, location, FAST, tmp_path / "locks")
+    for name, digest in inside.sums(DAILY).items():
+        assert sha512(inside.read(f"{DAILY}/{name}")) == digest
+
+
+def test_wrong_credentials_fail_without_showing_them(nocloud, tmp_path, monkeypatch):
+    cell, files = nocloud
+    nginx = servers.Nginx(tmp_path / "nginx", credentials=("uploader", "right-secret")).start()
+    try:
+        monkeypatch.setenv("IMAGES_STORAGE_USER", "uploader")
+        monkeypatch.setenv("IMAGES_STORAGE_PASSWORD", "wrong-secret")
+        with pytest.raises(PublishFailed) as caught:
+            storage.publish(cell, files, Location(nginx.url), FAST, tmp_path / "locks")
+        assert "refused the credentials" in str(caught.value) and "secret" not in str(caught.value)
+        monkeypatch.setenv("IMAGES_STORAGE_PASSWORD", "right-secret")
+        storage.publish(cell, files, Location(nginx.url), FAST, tmp_path / "locks")
+        assert len(dav_store(nginx).sums(DAILY)) == 3
+    finally:
+        nginx.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_disk_on_the_server_fails_clearly_and_keeps_what_was_published(repo_matrix, tmp_path):
+    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+    nginx = servers.Nginx(tmp_path / "nginx")
+    nginx.root.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "full-disk-test", str(nginx.root)], check=True)
+    try:
+        nginx.start()
+        small = fake_outputs(tmp_path / "first", cell, version="20261124-1")
+        manifest.write(cell, small)
+        storage.publish(cell, small, Location(nginx.url), FAST, tmp_path / "locks")
+        big = fake_outputs(tmp_path / "second", cell, version="20261125-1")
+        big.artifact("tar.xz").write_bytes(os.urandom(6 << 20))  # more than the server has room for
+        manifest.write(cell, big)
+        with pytest.raises(PublishFailed) as caught:
+            storage.publish(cell, big, Location(nginx.url), FAST, tmp_path / "locks")
+        assert "HTTP 5" in str(caught.value)
+        inside = dav_store(nginx)
+        assert inside.read("bookworm/daily/latest") == b"20261124-1\n", "the published state is intact"
+        for name, digest in inside.sums("bookworm/daily/20261124-1").items():
+            assert sha512(inside.read(f"bookworm/daily/20261124-1/{name}")) == digest
+        subprocess.run(["mount", "-o", "remount,size=64m", str(nginx.root)], check=True)
+        storage.publish(cell, big, Location(nginx.url), FAST, tmp_path / "locks")
+        assert inside.read("bookworm/daily/latest") == b"20261125-1\n"
+    finally:
+        nginx.stop()
+        subprocess.run(["umount", str(nginx.root)], check=True)
+
+
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("storage", "file://BASE/storage"), ("/srv/images", "file:///srv/images"),
+    ("file:///srv/images/", "file:///srv/images"), ("https://images.example.org/debian/", "https://images.example.org/debian"),
+    ("s3://bucket/prefix", "s3://bucket/prefix")])
+def test_locations(tmp_path, text, expected):
+    assert Location.parse(text, tmp_path).url == expected.replace("BASE", str(tmp_path))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ftp://example.org/images", "expected a directory or a file://, http://, https://, s3:// URL"),
+    ("https://user:secret@example.org/x", "credentials do not belong in a storage URL"),
+    ("s3:///prefix", "an s3:// URL names a bucket"),
+])
+def test_bad_locations(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        Location.parse(text, tmp_path)
+    assert "secret" not in str(caught.value)
+
+
+def test_credentials_in_the_matrix_are_refused(tmp_path):
+    import yaml
+
+    from tasks import plan
+    from tasks.matrix import MatrixError
+
+    repo = __import__("pathlib").Path(__file__).resolve().parent.parent
+    data = yaml.safe_load((repo / "matrix.yaml").read_text())
+    data["publish"]["storage"] = "https://uploader:hunter2@images.example.org/debian"
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(MatrixError) as caught:
+        plan.from_options(repo, {"matrix": str(tmp_path / "m.yaml"), "workdir": str(tmp_path)}.get)
+    assert "publish.storage: credentials do not belong" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_remote_publication_is_trusted_without_asking_the_server(nocloud, tmp_path):
+    cell, files = nocloud
+    files.published.write_text(json.dumps({"storage": "https://images.example.org/debian", "directory": DAILY,
+                                           "files": {}, "sizes": {}}))
+    assert storage.still_published(str(files.published), "https://images.example.org/debian")
+    assert not storage.still_published(str(files.published), "s3://elsewhere/debian")
