@@ -3,12 +3,13 @@
 It passes when the boot reaches the configured milestone (systemd showing
 itself, or the login prompt), and fails as soon as the console shows why a
 boot cannot succeed: a kernel panic, an initramfs that cannot find the root
-device, or systemd's emergency mode. Otherwise it fails at the timeout.
+device or finds no init on it, or systemd's emergency mode. Otherwise it fails at the timeout.
 qemu is stopped on every path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import selectors
 import shutil
@@ -30,6 +31,8 @@ FAILURES = [
     ("root-device-not-found", re.compile(
         rb"Gave up waiting for root (file system )?device|ALERT!\s+\S+ does not exist"
         rb"|VFS: Unable to mount root fs|Cannot open root device")),
+    # The initramfs mounted the root file system but found no init there.
+    ("init-not-found", re.compile(rb"Target filesystem doesn't have requested \S+init")),
     ("kernel-panic", re.compile(rb"Kernel panic - not syncing")),
     ("emergency-mode", re.compile(rb"You are in (emergency|rescue) mode|Entering (emergency|rescue) mode")),
 ]
@@ -70,6 +73,13 @@ class BootResult:
         data["passed"] = self.passed
         data["seconds_to_systemd"] = self.milestones.get("systemd")
         return data
+
+
+def settings_for(cell: Cell, settings: BootTestSettings) -> BootTestSettings:
+    """The boot test of a cell: its vendor may wait for another milestone (vendors.<name>.boot_until)."""
+    if cell.vendor.boot_until:
+        return dataclasses.replace(settings, until=cell.vendor.boot_until)
+    return settings
 
 
 def boot_config(settings: BootTestSettings) -> dict:
@@ -168,6 +178,7 @@ def explain(result: BootResult, log: Path) -> str:
         "qemu-exited": "qemu exited before the boot finished",
         "kernel-panic": "the kernel panicked",
         "root-device-not-found": "the initramfs could not find the root device",
+        "init-not-found": "the root file system has no init",
         "emergency-mode": "systemd entered emergency mode",
     }
     lines = [f"boot test failed through {result.firmware}: {reasons.get(result.verdict, result.verdict)} "

@@ -99,7 +99,7 @@ def _compress(plan: Plan, cell: Cell, files: CellFiles) -> Step:
 
 
 def _boottest(plan: Plan, cell: Cell, files: CellFiles) -> Step:
-    settings = plan.matrix.boot_test
+    settings = boottest.settings_for(cell, plan.matrix.boot_test)
     return Step(
         call=(boottest.boot_test, [cell, files, settings, plan.cpu_slots]),
         doc=f"boot {cell.name} in qemu ({', '.join(cell.arch.firmware)}) until {settings.until}",

@@ -26,6 +26,8 @@ FORMATS = {
 # Architectures the boot test can start, with the firmware each can boot from
 # (see tasks/qemu.py).
 ARCHITECTURES = {"amd64": ("bios", "uefi"), "arm64": ("uefi",)}
+# What a boot test can wait for before it passes (tasks/boottest.py).
+MILESTONES = ("systemd", "login")
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]*[MG]$")
 CLASS_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*$")
@@ -61,6 +63,8 @@ class Vendor:
     fai_classes: tuple[str, ...]
     disk_size: str
     formats: tuple[str, ...]
+    # The boot test's milestone for this vendor's images, when not boot_test.until.
+    boot_until: str | None = None
 
 
 @dataclass(frozen=True)
@@ -397,12 +401,14 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
     vendors = {}
     for name, entry in r.named_entries(top["vendors"], "vendors").items():
         p = f"vendors.{name}"
-        entry = r.mapping(entry, p, ["fai_classes", "disk_size", "formats"], ["fai_classes", "disk_size", "formats"])
+        entry = r.mapping(entry, p, ["fai_classes", "disk_size", "formats", "boot_until"],
+                          ["fai_classes", "disk_size", "formats"])
         vendors[name] = Vendor(
             name,
             r.fai_classes(entry["fai_classes"], f"{p}.fai_classes"),
             r.string(entry["disk_size"], f"{p}.disk_size", SIZE_PATTERN, "a size such as 2G or 512M"),
             r.string_list(entry["formats"], f"{p}.formats", lambda v, q: r.choice(v, q, FORMATS)),
+            r.choice(entry["boot_until"], f"{p}.boot_until", MILESTONES) if "boot_until" in entry else None,
         )
 
     tiers = {}
@@ -473,7 +479,7 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
                 "memory": positive(256, 65536),
                 "cpus": positive(1, 64),
                 "accelerator": lambda v, p: r.choice(v, p, ["auto", "kvm", "tcg"]),
-                "until": lambda v, p: r.choice(v, p, ["systemd", "login"]),
+                "until": lambda v, p: r.choice(v, p, MILESTONES),
             },
         ),
         publish=r.settings(top.get("publish"), "publish", PublishSettings, {

@@ -56,6 +56,8 @@ def test_until_systemd_passes_without_login(tmp_path):
          "root-device-not-found"),
         (b"Linux version 6.1\r\nsystemd[1]: Started\r\nYou are in emergency mode. After logging in, type...\r\n",
          "emergency-mode"),
+        (b"Linux version 6.12\r\nrun-init: /sbin/init: No such file or directory\r\n"
+         b"Target filesystem doesn't have requested /sbin/init.\r\n", "init-not-found"),
     ],
 )
 def test_failures_are_named_at_once(tmp_path, text, verdict):

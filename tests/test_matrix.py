@@ -71,7 +71,7 @@ def test_wildcard_selection():
     "mutate, expected",
     [
         (lambda d: d["vendors"]["nocloud"].update(colour="blue"),
-         "vendors.nocloud.colour: unknown key (expected one of: fai_classes, disk_size, formats)"),
+         "vendors.nocloud.colour: unknown key (expected one of: fai_classes, disk_size, formats, boot_until)"),
         (lambda d: d["vendors"]["nocloud"].pop("disk_size"), "vendors.nocloud.disk_size: missing"),
         (lambda d: d["vendors"]["nocloud"].update(disk_size="huge"),
          "vendors.nocloud.disk_size: expected a size such as 2G or 512M, got 'huge'"),
@@ -116,6 +116,8 @@ def test_wildcard_selection():
          "build.mirror: expected an http:// or https:// URL, got 'deb.debian.org'"),
         (lambda d: d["vendors"].update({"No Cloud": d["vendors"]["nocloud"]}),
          "vendors.No Cloud: expected a lower-case name such as bookworm"),
+        (lambda d: d["vendors"]["ec2"].update(boot_until="shell"),
+         "vendors.ec2.boot_until: expected one of: systemd, login, got 'shell'"),
         (lambda d: d["publish"].update(keep_dailies=0),
          "publish.keep_dailies: expected a whole number from 1 to 10000, got 0"),
         (lambda d: d["release"].update(instance_test=["genericcluod"]),
