@@ -21,9 +21,11 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 CHUNK = 1 << 20
 # Hop-by-hop headers are not forwarded (RFC 9110, 7.6.1).
@@ -59,6 +61,9 @@ class PackageCache:
         self.max_age_days = max_age_days
         self.stats = Stats()
         self._server: ThreadingHTTPServer | None = None
+        # Imported here: every doit run loads this module, only builds need requests.
+        import requests
+
         self._session = requests.Session()
         # Relay bytes exactly as the mirror stores them.
         self._session.headers["Accept-Encoding"] = "identity"
@@ -151,6 +156,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() in _FORWARDED_REQUEST_HEADERS}
         if keep is not None:
             headers.pop("Range", None)  # a package to keep is fetched whole
+        import requests
+
         try:
             upstream = self.owner._session.request(self.command, url, headers=headers, stream=True, timeout=60)
         except requests.RequestException as error:

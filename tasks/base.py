@@ -5,11 +5,16 @@ minimal system, so debootstrap runs once for all of them instead of once per
 image; the config space's hook hooks/extrbase.DEBIAN unpacks it in place of
 FAI's own debootstrap. The base is made again when its settings change or
 after build.base_max_age_days (each build still dist-upgrades it).
+
+The base already holds the packages every image gets (the DEBIAN class's
+unconditional package list): each vendor's build then installs only what
+its own classes add, which is most of the time a rebuild takes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +25,11 @@ from .matrix import BuildSettings, Release
 from .progress import StageProgress
 
 # Bump when the way the base is made changes.
-BASE_FORMAT = 1
+BASE_FORMAT = 2
 DEBOOTSTRAP_OPTIONS = ["--variant=minbase", "--components=main"]
+# The class whose packages every image installs; its list goes into the base.
+COMMON_CLASS = "DEBIAN"
+_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
 
 class BaseFailed(StageFailed):
@@ -55,13 +63,30 @@ def package_cache(workdir: Path) -> Path:
     return workdir / "cache" / "packages"
 
 
-def base_config(release: Release, arch: str, settings: BuildSettings) -> dict:
+def common_packages(config_space: Path) -> tuple[str, ...]:
+    """The packages package_config/DEBIAN installs for every image: those of its
+    `PACKAGES install` and `install-norec` sections that name no class condition."""
+    path = config_space / "package_config" / COMMON_CLASS
+    packages, collecting = [], False
+    for line in path.read_text().splitlines() if path.exists() else []:
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if words[0] == "PACKAGES":
+            collecting = words[1:] in (["install"], ["install-norec"])
+            continue
+        if collecting:
+            packages += [w for w in words if _PACKAGE.match(w)]
+    return tuple(dict.fromkeys(packages))
+
+
+def base_config(release: Release, arch: str, settings: BuildSettings, include: tuple[str, ...] = ()) -> dict:
     return {"format": BASE_FORMAT, "release": release.name, "arch": arch, "mirror": settings.mirror,
-            "debootstrap": DEBOOTSTRAP_OPTIONS}
+            "debootstrap": DEBOOTSTRAP_OPTIONS, "include": list(include)}
 
 
 def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings, package_cache: Path,
-          cpu_slots: Path) -> None:
+          cpu_slots: Path, include: tuple[str, ...] = ()) -> None:
     if os.geteuid() != 0:
         raise BaseFailed("making a base system needs root (debootstrap)")
     if not shutil.which("debootstrap"):
@@ -72,14 +97,17 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
     root = files.staging / "root"
     log = files.staging / "base.log"
     files.staging.mkdir(parents=True)
-    cmd = ["debootstrap", *DEBOOTSTRAP_OPTIONS, f"--arch={arch}", release.name, str(root), settings.mirror]
+    cmd = ["debootstrap", *DEBOOTSTRAP_OPTIONS, *([f"--include={','.join(include)}"] if include else []),
+           f"--arch={arch}", release.name, str(root), settings.mirror]
     log.write_text(f"# {' '.join(cmd)}\n")
     try:
         with StageProgress(f"base {files.name}", unit="steps") as progress:
             def on_line(line: str) -> None:
-                # "I: Retrieving libc6 2.36-9", "I: Configuring apt...": the verb is the phase
+                # "I: Retrieving libc6 2.36-9", "I: Configuring apt...": the verb is the phase.
+                # Each package is retrieved, then validated: one phase, not a line per package.
                 if line.startswith("I: "):
-                    progress.update(status=line[3:].split(" ", 1)[0].rstrip("."))
+                    verb = line[3:].split(" ", 1)[0].rstrip(".")
+                    progress.update(status="Retrieving" if verb == "Validating" else verb)
 
             env = dict(os.environ)
             with cpu.slots(cpu_slots, want=1), aptcache.PackageCache(package_cache) as cache:

@@ -11,6 +11,7 @@ than a stale image.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Iterable
 
@@ -36,15 +37,19 @@ def owning_class(relative: Path) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def _files_by_owner(config_space: Path) -> tuple[tuple[Path, str | None], ...]:
+    """Every file of the config space with its owning class, read once per run:
+    the graph asks for every cell, and walking the tree is most of a no-op run."""
+    found = []
+    for path in sorted(config_space.rglob("*")):
+        relative = path.relative_to(config_space)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            found.append((path, owning_class(relative)))
+    return tuple(found)
+
+
 def selected_files(config_space: Path, classes: Iterable[str]) -> list[Path]:
     """The config-space files a build with these classes reads, sorted."""
     classes = set(classes)
-    chosen = []
-    for path in sorted(config_space.rglob("*")):
-        relative = path.relative_to(config_space)
-        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
-            continue
-        owner = owning_class(relative)
-        if owner is None or owner in classes:
-            chosen.append(path)
-    return chosen
+    return [path for path, owner in _files_by_owner(config_space) if owner is None or owner in classes]

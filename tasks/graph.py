@@ -158,6 +158,7 @@ def stage_tasks(plan: Plan, stage: str) -> Iterator[dict]:
 
 def base_tasks(plan: Plan) -> Iterator[dict]:
     settings = plan.matrix.build
+    include = base.common_packages(plan.config_space)
     needed = {cell.base_name: cell for cell in plan.matrix.cells}
     for name, cell in needed.items():
         files = base.BaseFiles.of(plan.workdir, name)
@@ -165,9 +166,9 @@ def base_tasks(plan: Plan) -> Iterator[dict]:
             "name": name,
             "doc": f"debootstrap {cell.release.name} for {cell.arch.name}: the base of its images",
             "actions": [(run_stage, [base.build, cell.release, cell.arch.name, files, settings,
-                                     base.package_cache(plan.workdir), plan.cpu_slots])],
+                                     base.package_cache(plan.workdir), plan.cpu_slots, include])],
             "targets": _paths(files.tarball, files.log),
-            "uptodate": [config_changed(base.base_config(cell.release, cell.arch.name, settings)),
+            "uptodate": [config_changed(base.base_config(cell.release, cell.arch.name, settings, include)),
                          timeout(timedelta(days=settings.base_max_age_days))],
             "clean": True,
         }

@@ -17,8 +17,6 @@ import os
 import smtplib
 from email.message import EmailMessage
 
-import requests
-
 from .errors import StageFailed
 
 
@@ -61,6 +59,8 @@ def send_mail(release: dict, settings: dict) -> None:
 
 
 def call_webhook(release: dict, url: str) -> None:
+    import requests  # here: every doit run loads this module, only a release needs requests
+
     try:
         answer = requests.post(url, json={"event": "release", **release, "text": summary(release)}, timeout=30)
     except requests.RequestException as error:

@@ -26,7 +26,6 @@ from .checksum import sha512_file
 from .errors import StageFailed
 from .layout import CellFiles
 from .matrix import BootTestSettings, Cell, PublishSettings, ReleaseSettings
-from .platforms import UPLOADERS
 from .storage.backend import RetryPolicy
 
 
@@ -81,6 +80,9 @@ def release(cell: Cell, files: CellFiles, confirmed: bool, location: storage.Loc
     if cell.vendor.name in settings.platforms:
         platform_settings = settings.platforms[cell.vendor.name]
         made = progress.done("platform", platform_settings)
+        # Imported here: every doit run loads this module; the clouds' clients only a release needs.
+        from .platforms import UPLOADERS
+
         if made:
             print(f"{cell.vendor.name}: uploaded before for this image: {made}")
         else:

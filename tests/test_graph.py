@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from doit.loader import generate_tasks
 
-from tasks import graph, plan
+from tasks import base, graph, plan
 from tasks.matrix import MatrixError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,6 +144,22 @@ def test_one_base_per_release_and_architecture(tmp_path, repo_matrix):
     assert load(make_plan(tmp_path))["base"].task_dep == ["base:bookworm-amd64"]
 
 
+def test_the_base_holds_the_packages_every_image_gets(tmp_path):
+    space = tmp_path / "space"
+    (space / "package_config").mkdir(parents=True)
+    (space / "package_config" / "DEBIAN").write_text(
+        "# every image\nPACKAGES install-norec\nsystemd-sysv udev  # init\nlibc6:amd64 sudo\n"
+        "PACKAGES install BOOKWORM\nifupdown\nPACKAGES install\nopenssh-server udev\n"
+        "PACKAGES remove\nnano\n")
+    assert base.common_packages(space) == ("systemd-sysv", "udev", "sudo", "openssh-server")
+
+    tasks = load(make_plan(tmp_path))
+    config = config_of(tasks["base:bookworm-amd64"])
+    assert config["include"] == list(base.common_packages(REPO / "fai_config"))
+    assert {"systemd-sysv", "openssh-server"} <= set(config["include"])
+    assert tasks["base:bookworm-amd64"].actions[0].args[-1] == tuple(config["include"])
+
+
 def test_known_failures_join_the_groups_through_xfail_tasks(tmp_path):
     import yaml
 
@@ -169,7 +185,10 @@ def test_actions_are_module_level_functions(tmp_path):
     tasks = load(make_plan(tmp_path))
     for name, task in tasks.items():
         for action in task.actions:
-            pickle.dumps((action.py_callable, action.args))
+            try:
+                pickle.dumps((action.py_callable, action.args))
+            except (pickle.PicklingError, AttributeError, TypeError) as error:
+                pytest.fail(f"{name}: its action cannot go to a worker process: {error}")
 
 
 @pytest.mark.parametrize("options, message", [
