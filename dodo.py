@@ -15,7 +15,7 @@ from pathlib import Path
 
 from doit import doit_cmd, get_var
 
-from tasks import cpu, graph, plan, proc
+from tasks import cpu, graph, plan, proc, runlock
 from tasks.checksum import XXH3Checker
 from tasks.matrix import MatrixError
 
@@ -51,6 +51,12 @@ except MatrixError as error:
     sys.exit(2)
 
 PLAN.workdir.mkdir(parents=True, exist_ok=True)
+if runlock.needs_lock(sys.argv[1:]):
+    try:
+        runlock.hold(PLAN.workdir)
+    except runlock.WorkdirBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 DOIT_CONFIG = {
     # dbm falls back to the unsafe dbm.dumb on some hosts; sqlite3 is safe.
     "backend": "sqlite3",

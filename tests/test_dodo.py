@@ -54,3 +54,50 @@ def test_state_database_is_sqlite(tmp_path):
     result = doit("forget", "build:bookworm-nocloud-amd64", f"workdir={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / ".doit.db").read_bytes()[:16] == b"SQLite format 3\x00"
+
+
+def test_second_run_in_one_workdir_stops_and_names_the_first(tmp_path):
+    """Two runs in one work directory would clash; a reading command still works."""
+    workdir = tmp_path / "w"
+    (tmp_path / "waiting_dodo.py").write_text(f"""
+import sys, time
+sys.path.insert(0, {str(REPO)!r})
+import dodo as images  # takes the work directory as a real run does
+
+DOIT_CONFIG = {{**images.DOIT_CONFIG, "default_tasks": ["wait"]}}
+
+def pause():
+    print("running", flush=True)
+    time.sleep(60)
+
+def task_wait():
+    return {{"actions": [(pause,)], "uptodate": [False]}}
+""")
+    first = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(tmp_path / "waiting_dodo.py"),
+                              f"workdir={workdir}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             cwd=tmp_path)
+    try:
+        assert "running" in first.stdout.readline() + first.stdout.readline()
+        second = doit("forget", f"workdir={workdir}")
+        assert second.returncode == 2 and second.stdout == ""
+        assert second.stderr.strip() == (f"error: {workdir} is in use by another doit run (pid {first.pid}): "
+                                         "wait for it to finish, or give this run its own workdir=")
+        assert doit("list", f"workdir={workdir}").returncode == 0, "listing needs no lock"
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
+    # the kernel dropped the lock with the first run
+    after = doit("forget", f"workdir={workdir}")
+    assert after.returncode == 0, after.stderr
+
+
+def test_reading_commands_take_no_lock():
+    from tasks import runlock
+
+    assert runlock.doit_command([]) == "run"
+    assert runlock.doit_command(["-n", "2", "boottest"]) == "run"
+    assert runlock.doit_command(["tier=full", "list", "--all"]) == "list"
+    assert runlock.doit_command(["-f", "dodo.py", "-d", ".", "info", "build"]) == "info"
+    assert runlock.doit_command(["--file=dodo.py", "build:x"]) == "build:x"
+    assert [runlock.needs_lock(argv) for argv in (["list"], ["info", "build"], ["forget"], ["clean"], ["build"])] \
+        == [False, False, True, True, True]
