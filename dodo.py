@@ -9,6 +9,7 @@
 Options (name=value) are listed in tasks/plan.py.
 """
 
+import multiprocessing
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +24,9 @@ from tasks.matrix import MatrixError
 def _stop_on_sigterm(signum, frame):
     # A cancelled CI job sends SIGTERM. As a KeyboardInterrupt it stops the
     # running stage cleanly and lets doit save the state of finished tasks.
+    # The stage's own children (fai-diskimage, qemu) are told first, so they
+    # stop even if the exception never reaches the code that started them.
+    proc.signal_running(signal.SIGTERM)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -30,6 +34,11 @@ def _report_interruption(kind, value, traceback):
     # doit saves the state of finished tasks, then lets the interruption
     # through; one line says so instead of a traceback.
     if issubclass(kind, KeyboardInterrupt):
+        # doit terminates its workers when the interruption reaches its
+        # runner; should it arrive elsewhere, they are stopped here, before
+        # multiprocessing waits for them at exit.
+        for worker in multiprocessing.active_children():
+            worker.terminate()
         cause = value.args[0] if value.args else "Ctrl-C"
         print(f"interrupted ({cause}): finished tasks are recorded; run doit again to go on", file=sys.stderr)
     else:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import requests
 
 CHUNK = 1 << 20
+# How long closing the cache waits for requests still being answered.
+CLOSE_GRACE_SECONDS = 10
 # Hop-by-hop headers are not forwarded (RFC 9110, 7.6.1).
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                "transfer-encoding", "upgrade", "proxy-connection"}
@@ -61,6 +63,10 @@ class PackageCache:
         self.max_age_days = max_age_days
         self.stats = Stats()
         self._server: ThreadingHTTPServer | None = None
+        # Requests being answered: closing waits for them, so the stats and
+        # the cache hold every request a client has seen answered.
+        self._busy = 0
+        self._idle = threading.Condition()
         # Imported here: every doit run loads this module, only builds need requests.
         import requests
 
@@ -88,6 +94,8 @@ class PackageCache:
 
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=CLOSE_GRACE_SECONDS)
         self._server.server_close()
         self._session.close()
 
@@ -115,10 +123,17 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802
+        idle = self.owner._idle
+        with idle:
+            self.owner._busy += 1
         try:
             self._serve()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # apt went away; nothing to tell it
+        finally:
+            with idle:
+                self.owner._busy -= 1
+                idle.notify_all()
 
     def _serve(self) -> None:
         url = self.path

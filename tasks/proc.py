@@ -54,12 +54,30 @@ class CommandFailed(Exception):
         super().__init__(f"{' '.join(self.cmd)} exited with {returncode}{detail}")
 
 
+# The children started here and not yet stopped, for signal_running().
+_running: set[subprocess.Popen] = set()
+
+
 def start(cmd: Sequence[str], **popen_args) -> subprocess.Popen:
-    return subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_die_with_parent, **popen_args)
+    child = subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_die_with_parent, **popen_args)
+    _running.add(child)
+    return child
+
+
+def signal_running(sig: int) -> None:
+    """Send sig to the process group of every child still running.
+
+    Called from the SIGTERM handler: the child stops even if the
+    KeyboardInterrupt raised after it never reaches the code that started it.
+    """
+    for child in list(_running):
+        if child.poll() is None:
+            _kill_group(child.pid, sig)
 
 
 def stop(child: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a child and everything in its process group; wait until it is gone."""
+    _running.discard(child)
     if child.poll() is not None:
         _kill_group(child.pid, signal.SIGKILL)  # stragglers it left in its group
         return

@@ -95,22 +95,24 @@ def test_second_run_executes_no_task(runs):
 
 
 def test_packages_fetched_once_serve_the_next_build(runs):
-    """nocloud (first run) filled the package cache; genericcloud (second run) took those from it."""
-    base = runs[0]
-    cached = {p.name.split("_")[0] for p in (base / "build" / "cache" / "packages").glob("*.deb")}
+    """The base fetched what every image gets; nocloud (first run) what its classes add;
+    genericcloud (second run) took from the cache what it shares with nocloud."""
+    build = runs[0] / "build"
+    cached = {p.name.split("_")[0] for p in (build / "cache" / "packages").glob("*.deb")}
     assert {"grub-pc", "shim-signed", "openssh-server", "linux-image-amd64", "cloud-init"} <= cached
 
-    def summary(cell):
-        log = (base / "build" / cell / "build.log").read_text()
-        found = re.search(r"package cache: (\d+) packages from the cache .*, (\d+) fetched and kept", log)
-        assert found, f"no package cache summary in {cell}'s build log"
+    def summary(log):
+        found = re.search(r"package cache: (\d+) packages from the cache .*, (\d+) fetched and kept", log.read_text())
+        assert found, f"no package cache summary in {log}"
         return int(found.group(1)), int(found.group(2))
 
-    nocloud_hits, nocloud_fetched = summary("bookworm-nocloud-amd64")
-    cloud_hits, cloud_fetched = summary("bookworm-genericcloud-amd64")
-    assert nocloud_fetched > 100, "the first build fetched its packages"
-    assert cloud_hits > 100, "the second build found what both images share"
-    assert 0 < cloud_fetched < cloud_hits, "and fetched only what nocloud lacks (cloud-init, the cloud kernel...)"
+    _, base_fetched = summary(build / "base" / "bookworm-amd64.log")
+    _, nocloud_fetched = summary(build / "bookworm-nocloud-amd64" / "build.log")
+    cloud_hits, cloud_fetched = summary(build / "bookworm-genericcloud-amd64" / "build.log")
+    assert base_fetched > 100, "the base fetched the packages every image gets"
+    assert nocloud_fetched > 10, "the first image fetched what its classes add (kernel, boot loaders...)"
+    assert cloud_hits > 10, "the second image found in the cache what both images add"
+    assert cloud_fetched > 0, "and fetched only what nocloud lacks (cloud-init, the cloud kernel...)"
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -115,9 +115,9 @@ def test_interrupted_build_leaves_nothing_attached_or_half_written(tmp_path, sig
     child.send_signal(sig)
     output = child.communicate(timeout=120)[0]
     assert child.returncode != 0, output
-    assert leftovers(tmp_path) == NOTHING
-    assert not (cell_dir / "disk.raw").exists()
-    assert (cell_dir / "build.log").read_text().rstrip().endswith("# build interrupted; this log is incomplete")
+    assert leftovers(tmp_path) == NOTHING, output
+    assert not (cell_dir / "disk.raw").exists(), output
+    assert (cell_dir / "build.log").read_text().rstrip().endswith("# build interrupted; this log is incomplete"), output
 
 
 def test_worker_stops_its_build_when_doit_is_killed(tmp_path):
