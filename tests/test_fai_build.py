@@ -79,6 +79,10 @@ def stop_builds_left_running():
             child.communicate(timeout=120)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_build(workdir: Path, jobs: int = 2) -> subprocess.Popen:
     # --single: without the base system (a minute of debootstrap); FAI then
     # runs debootstrap itself, which the tests interrupt. With jobs > 0 the
@@ -87,6 +91,9 @@ def start_build(workdir: Path, jobs: int = 2) -> subprocess.Popen:
         [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "-n", str(jobs), "--single",
          "build:bookworm-nocloud-amd64", f"workdir={workdir}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "IMAGES_PROGRESS_INTERVAL": "1"},
+        # A shell runs a command started with & with SIGINT ignored, and Python
+        # keeps it ignored: give doit the SIGINT a terminal's Ctrl-C would reach.
+        preexec_fn=_default_sigint,
     )
     _STARTED.append(child)
     return child
