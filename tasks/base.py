@@ -7,8 +7,10 @@ FAI's own debootstrap. The base is made again when its settings change or
 after build.base_max_age_days (each build still dist-upgrades it).
 
 The base already holds the packages every image gets (the DEBIAN class's
-unconditional package list): each vendor's build then installs only what
-its own classes add, which is most of the time a rebuild takes.
+unconditional package list) and the release's updates and security fixes
+(its class's APT_SUITES and APT_SECURITY_SUITE): each vendor's build then
+installs only what its own classes add, and its dist-upgrade finds little
+or nothing left to do.
 """
 
 from __future__ import annotations
@@ -19,17 +21,44 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import aptcache, atomic, binfmt, cpu, proc, sandbox
+from . import atomic, binfmt, cpu, proc, sandbox
 from .errors import StageFailed
 from .matrix import BuildSettings, Release
 from .progress import StageProgress
 
 # Bump when the way the base is made changes.
-BASE_FORMAT = 2
+BASE_FORMAT = 3
 DEBOOTSTRAP_OPTIONS = ["--variant=minbase", "--components=main"]
 # The class whose packages every image installs; its list goes into the base.
 COMMON_CLASS = "DEBIAN"
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_VARIABLE = re.compile(r"""^(APT_SUITES|APT_SECURITY_SUITE)=["']?([^"'#]*)["']?\s*(?:#.*)?$""")
+
+# Run in the sandbox once debootstrap is done: the release's other suites
+# (updates, security) are added and the base is upgraded from them. apt and
+# dpkg need /proc; policy-rc.d keeps upgraded daemons from starting on the
+# build host. The sources debootstrap wrote are put back afterwards: FAI's
+# hooks/repository.DEBIAN writes the build's own. The mounts end with the
+# sandbox whatever happens; the umounts keep them out of the tarball.
+_UPGRADE = r"""
+set -eu
+root=$1; shift
+mount -t proc proc "$root/proc"
+mount -t devpts -o newinstance,ptmxmode=0666 devpts "$root/dev/pts"  # apt's terminal log
+cp "$root/etc/apt/sources.list" "$root/etc/apt/sources.list.debootstrap"
+printf '%s\n' "$@" > "$root/etc/apt/sources.list"
+printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
+chmod 755 "$root/usr/sbin/policy-rc.d"
+echo "I: Updating the package lists"
+chroot "$root" apt-get -o Acquire::Languages=none update
+echo "I: Upgrading from the updates and security suites"
+DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade
+chroot "$root" apt-get clean
+rm -f "$root/usr/sbin/policy-rc.d"
+mv "$root/etc/apt/sources.list.debootstrap" "$root/etc/apt/sources.list"
+find "$root/var/lib/apt/lists" -mindepth 1 -maxdepth 1 ! -name partial ! -name lock -exec rm -rf {} +
+umount "$root/dev/pts" "$root/proc"
+"""
 
 
 class BaseFailed(StageFailed):
@@ -80,13 +109,50 @@ def common_packages(config_space: Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(packages))
 
 
-def base_config(release: Release, arch: str, settings: BuildSettings, include: tuple[str, ...] = ()) -> dict:
+def release_variables(config_space: Path, release: Release) -> dict[str, str]:
+    """APT_SUITES and APT_SECURITY_SUITE from the release class's class/<RELEASE>.var."""
+    path = config_space / "class" / f"{release.fai_class}.var"
+    found = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        match = _VARIABLE.match(line.strip())
+        if match:
+            found[match[1]] = match[2].strip()
+    return found
+
+
+def upgrade_sources(config_space: Path, release: Release, settings: BuildSettings) -> tuple[str, ...]:
+    """The apt sources the base is upgraded from: every suite the release's
+    images use (the release itself, its updates, its security suite)."""
+    variables = release_variables(config_space, release)
+    suites = variables.get("APT_SUITES", "").split() or [release.name]
+    lines = [f"deb {settings.mirror} {suite} main" for suite in suites]
+    if variables.get("APT_SECURITY_SUITE"):
+        lines.append(f"deb {settings.security_mirror} {variables['APT_SECURITY_SUITE']} main")
+    return tuple(lines)
+
+
+@dataclass(frozen=True)
+class BaseContent:
+    """What goes into a base beyond debootstrap's minbase, read from the config space."""
+
+    include: tuple[str, ...] = ()  # packages debootstrap adds
+    sources: tuple[str, ...] = ()  # apt sources the base is upgraded from; none: no upgrade
+
+    @classmethod
+    def of(cls, config_space: Path, release: Release, settings: BuildSettings) -> "BaseContent":
+        return cls(common_packages(config_space), upgrade_sources(config_space, release, settings))
+
+
+def base_config(release: Release, arch: str, settings: BuildSettings, content: BaseContent = BaseContent()) -> dict:
     return {"format": BASE_FORMAT, "release": release.name, "arch": arch, "mirror": settings.mirror,
-            "debootstrap": DEBOOTSTRAP_OPTIONS, "include": list(include)}
+            "debootstrap": DEBOOTSTRAP_OPTIONS, "include": list(content.include),
+            "upgrade_from": list(content.sources)}
 
 
 def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings, package_cache: Path,
-          cpu_slots: Path, include: tuple[str, ...] = ()) -> None:
+          cpu_slots: Path, content: BaseContent = BaseContent()) -> None:
+    from . import aptcache  # an HTTP server: imported by the builds only, not by the task graph
+
     if os.geteuid() != 0:
         raise BaseFailed("making a base system needs root (debootstrap)")
     if not shutil.which("debootstrap"):
@@ -97,6 +163,7 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
     root = files.staging / "root"
     log = files.staging / "base.log"
     files.staging.mkdir(parents=True)
+    include = content.include
     cmd = ["debootstrap", *DEBOOTSTRAP_OPTIONS, *([f"--include={','.join(include)}"] if include else []),
            f"--arch={arch}", release.name, str(root), settings.mirror]
     log.write_text(f"# {' '.join(cmd)}\n")
@@ -114,12 +181,17 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
                 if settings.mirror.startswith("http://"):
                     env["http_proxy"] = cache.url  # debootstrap fetches with wget
                 status = sandbox.run_logged(cmd, log, env, keep=[files.staging], on_line=on_line)
+                if status == 0 and content.sources:
+                    upgrade = ["bash", "-c", _UPGRADE, "base-upgrade", str(root), *content.sources]
+                    with open(log, "a") as out:
+                        out.write(f"# upgrade from: {'; '.join(content.sources)}\n")
+                    status = sandbox.run_logged(upgrade, log, env, keep=[files.staging], on_line=on_line)
             with open(log, "a") as out:
                 out.write(f"# {cache.stats.summary()}\n")
         if status != 0:
             atomic.commit(log, files.log)
             tail = "\n".join(f"  {line}" for line in files.log.read_text(errors="replace").splitlines()[-15:])
-            raise BaseFailed(f"debootstrap of {files.name} failed ({status}); full log: {files.log}\n{tail}")
+            raise BaseFailed(f"making the base {files.name} failed ({status}); full log: {files.log}\n{tail}")
         # Downloaded packages and indexes are not part of the base.
         for leftover in (root / "var/cache/apt/archives").glob("*.deb"):
             leftover.unlink()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import aptcache, atomic, binfmt, cpu, loopdev, sandbox
+from . import atomic, binfmt, cpu, loopdev, sandbox
 from .errors import StageFailed
 from .layout import CellFiles
 from .matrix import BuildSettings, Cell
@@ -125,6 +125,8 @@ def build(cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildIn
 
 
 def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildInputs) -> None:
+    from . import aptcache  # an HTTP server: imported by the builds only, not by the task graph
+
     log_dir, output_dir, etc_dir = staging / "fai-logs", staging / "output", staging / "etc"
     for d in (log_dir, output_dir, etc_dir):
         d.mkdir(parents=True)

@@ -1,7 +1,7 @@
 """The doit task graph: a shared base per release and architecture, then one
 sub-task per cell and stage.
 
-    base:<release>-<arch>  debootstrap               -> base/<release>-<arch>.tar.zst
+    base:<release>-<arch>  debootstrap, upgrade      -> base/<release>-<arch>.tar.zst
     build:<cell>     the base, its classes' FAI files -> disk.raw, build.log, packages.tsv, build-info.json
     compress:<cell>  disk.raw                        -> image.tar.xz, image.qcow2, ...
     boottest:<cell>  disk.raw                        -> boot-<firmware>.log, boottest.json
@@ -158,17 +158,17 @@ def stage_tasks(plan: Plan, stage: str) -> Iterator[dict]:
 
 def base_tasks(plan: Plan) -> Iterator[dict]:
     settings = plan.matrix.build
-    include = base.common_packages(plan.config_space)
     needed = {cell.base_name: cell for cell in plan.matrix.cells}
     for name, cell in needed.items():
         files = base.BaseFiles.of(plan.workdir, name)
+        content = base.BaseContent.of(plan.config_space, cell.release, settings)
         yield {
             "name": name,
             "doc": f"debootstrap {cell.release.name} for {cell.arch.name}: the base of its images",
             "actions": [(run_stage, [base.build, cell.release, cell.arch.name, files, settings,
-                                     base.package_cache(plan.workdir), plan.cpu_slots, include])],
+                                     base.package_cache(plan.workdir), plan.cpu_slots, content])],
             "targets": _paths(files.tarball, files.log),
-            "uptodate": [config_changed(base.base_config(cell.release, cell.arch.name, settings, include)),
+            "uptodate": [config_changed(base.base_config(cell.release, cell.arch.name, settings, content)),
                          timeout(timedelta(days=settings.base_max_age_days))],
             "clean": True,
         }

@@ -11,17 +11,10 @@ import multiprocessing
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 PLAIN_INTERVAL = float(os.environ.get("IMAGES_PROGRESS_INTERVAL", "15"))
 
@@ -54,6 +47,18 @@ class StageProgress:
 
     def __enter__(self) -> "StageProgress":
         if interactive():
+            # Imported here: loading the task graph (a no-op run) never needs rich.
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TransferSpeedColumn,
+            )
+
             amount = (
                 [DownloadColumn(), TransferSpeedColumn()] if self.unit == "bytes" else [MofNCompleteColumn()]
             )

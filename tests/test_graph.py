@@ -1,12 +1,14 @@
 """The doit task graph: which tasks exist, their files, deps and up-to-date checks."""
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
 from doit.loader import generate_tasks
 
 from tasks import base, graph, plan
-from tasks.matrix import MatrixError
+from tasks.matrix import BuildSettings, MatrixError, Release
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -157,7 +159,29 @@ def test_the_base_holds_the_packages_every_image_gets(tmp_path):
     config = config_of(tasks["base:bookworm-amd64"])
     assert config["include"] == list(base.common_packages(REPO / "fai_config"))
     assert {"systemd-sysv", "openssh-server"} <= set(config["include"])
-    assert tasks["base:bookworm-amd64"].actions[0].args[-1] == tuple(config["include"])
+    assert tasks["base:bookworm-amd64"].actions[0].args[-1].include == tuple(config["include"])
+
+
+def test_the_base_is_upgraded_from_the_suites_its_release_class_names(tmp_path):
+    settings = BuildSettings()
+    bookworm, sid = Release("bookworm", "12"), Release("sid", "sid")
+    assert base.upgrade_sources(REPO / "fai_config", bookworm, settings) == (
+        f"deb {settings.mirror} bookworm main", f"deb {settings.mirror} bookworm-updates main",
+        f"deb {settings.security_mirror} bookworm-security main")
+    assert base.upgrade_sources(REPO / "fai_config", sid, settings) == (f"deb {settings.mirror} sid main",)
+
+    # The suites come from the config space: editing them makes the base again.
+    space = tmp_path / "space"
+    shutil.copytree(REPO / "fai_config", space)
+    the_plan = dataclasses.replace(make_plan(tmp_path), config_space=space)
+    before = config_of(load(the_plan)["base:bookworm-amd64"])
+    assert before["upgrade_from"] == list(base.upgrade_sources(space, bookworm, settings))
+    var = space / "class" / "BOOKWORM.var"
+    var.write_text(var.read_text().replace('APT_SUITES="bookworm bookworm-updates"', 'APT_SUITES="bookworm"'))
+    after = config_of(load(the_plan)["base:bookworm-amd64"])
+    assert after["upgrade_from"] == [f"deb {settings.mirror} bookworm main",
+                                     f"deb {settings.security_mirror} bookworm-security main"]
+    assert after != before
 
 
 def test_known_failures_join_the_groups_through_xfail_tasks(tmp_path):
