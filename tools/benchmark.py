@@ -9,12 +9,12 @@ Sections (all by default):
                fresh work directory: wall seconds, CPU seconds (user + system,
                every child process included) and CPU/wall; image bytes before
                and after compression; the boot test's milestones; a no-op run
-               of that cell; the cell's build again from the cached base and
-               package cache.
+               of that cell.
   compression  the cell's disk.raw through the configured compressor and
                through `xz -9 -T1`: seconds, bytes, speed-up, size difference.
-  rebuild      each of --rebuild-cells built again from the cached base and
-               package cache, --repeat times: wall and CPU seconds of each.
+  rebuild      each of --rebuild-cells (default: the push tier's cells) built
+               again from the cached base and package cache, --repeat times:
+               wall and CPU seconds of each.
   push         a cold run of the push tier (fresh work directory, one job per
                core): wall, CPU, and how busy the cores were,
                CPU / (wall x cores).
@@ -113,10 +113,6 @@ def stages(cell: str, base: Path, options: list[str]) -> None:
 
     wall, cpu, out = timed(doit(f"publish:{cell}", *options))
     print(f"\n  no-op run of publish:{cell}: {wall:.2f} s wall, {cpu:.2f} s CPU, {executed(out)} tasks executed")
-    timed(doit("forget", f"build:{cell}", *options))
-    wall, cpu, out = timed(doit(f"build:{cell}", *options))
-    print(f"  build again from the cached base and package cache: {wall:.1f} s wall, {cpu:.1f} s CPU "
-          f"({executed(out)} task executed)")
 
 
 def compress_figures(cell: str, base: Path, xz_level: int) -> None:
@@ -247,7 +243,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("sections", nargs="*", default=["stages", "compression", "rebuild", "push", "noop"])
     parser.add_argument("--cell", default="bookworm-nocloud-amd64")
-    parser.add_argument("--rebuild-cells", nargs="+", default=["bookworm-nocloud-amd64", "bookworm-genericcloud-amd64"])
+    parser.add_argument("--rebuild-cells", nargs="+", help="default: the push tier's cells")
     parser.add_argument("--repeat", type=int, default=3, help="rebuilds of each cell (rebuild section)")
     parser.add_argument("--xz-level", type=int, help="default: the matrix's compress.xz_level")
     parser.add_argument("--workdir", type=Path, help="default: a new directory under /var/tmp, removed afterwards")
@@ -255,8 +251,9 @@ def main() -> None:
                         help="where the full tier was built (for the noop section)")
     args = parser.parse_args()
 
-    xz_level = args.xz_level if args.xz_level is not None else \
-        matrix_module.load(REPO / "matrix.yaml").compress.xz_level
+    matrix = matrix_module.load(REPO / "matrix.yaml")
+    xz_level = args.xz_level if args.xz_level is not None else matrix.compress.xz_level
+    rebuild_cells = args.rebuild_cells or [cell.name for cell in matrix.tier("push")]
     base = args.workdir or Path(tempfile.mkdtemp(prefix="image-benchmark.", dir="/var/tmp"))
     options = [f"workdir={base / 'build'}", f"storage={base / 'storage'}", "version=benchmark",
                f"xz_level={xz_level}"]
@@ -269,7 +266,7 @@ def main() -> None:
                 timed(doit(f"build:{args.cell}", *options))
             compress_figures(args.cell, base, xz_level)
         if "rebuild" in args.sections:
-            rebuild(args.rebuild_cells, options, args.repeat)
+            rebuild(rebuild_cells, options, args.repeat)
         if "push" in args.sections:
             push(options)
         if "noop" in args.sections:
