@@ -39,7 +39,7 @@ _VARIABLE = re.compile(r"""^(APT_SUITES|APT_SECURITY_SUITE)=["']?([^"'#]*)["']?\
 # dpkg need /proc; policy-rc.d keeps upgraded daemons from starting on the
 # build host. The sources debootstrap wrote are put back afterwards: FAI's
 # hooks/repository.DEBIAN writes the build's own. The mounts end with the
-# sandbox whatever happens; the umounts keep them out of the tarball.
+# sandbox whatever happens, before the tarball is made.
 _UPGRADE = r"""
 set -eu
 root=$1; shift
