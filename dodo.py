@@ -16,36 +16,49 @@ from pathlib import Path
 
 from doit import doit_cmd, get_var
 
-from tasks import cpu, graph, plan, proc, runlock
+from tasks import cpu, graph, plan, proc, runlock, summary
 from tasks.checksum import XXH3Checker
 from tasks.matrix import MatrixError
 
 
-def _stop_on_sigterm(signum, frame):
-    # A cancelled CI job sends SIGTERM. As a KeyboardInterrupt it stops the
-    # running stage cleanly and lets doit save the state of finished tasks.
-    # The stage's own children (fai-diskimage, qemu) are told first, so they
-    # stop even if the exception never reaches the code that started them.
+_interrupted = []
+
+
+def _stop_on_signal(signum, frame):
+    # Ctrl-C (SIGINT) or a cancelled CI job (SIGTERM). Every worker of a
+    # parallel run and every child of a stage is told at once, so all of
+    # them stop within seconds; in this process, a KeyboardInterrupt stops
+    # the running stage cleanly and lets doit save the state of finished tasks.
+    if multiprocessing.parent_process() is None:
+        for worker in multiprocessing.active_children():
+            worker.terminate()  # a SIGTERM: the worker runs this same handler
     proc.signal_running(signal.SIGTERM)
-    raise KeyboardInterrupt(f"signal {signum}")
+    if _interrupted:
+        return  # a second signal while stopping: the first one is being handled
+    _interrupted.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _report_interruption(kind, value, traceback):
     # doit saves the state of finished tasks, then lets the interruption
     # through; one line says so instead of a traceback.
     if issubclass(kind, KeyboardInterrupt):
-        # doit terminates its workers when the interruption reaches its
-        # runner; should it arrive elsewhere, they are stopped here, before
-        # multiprocessing waits for them at exit.
+        # Workers were told to stop; multiprocessing waits for them at exit,
+        # so whatever still runs after a few seconds is killed.
         for worker in multiprocessing.active_children():
-            worker.terminate()
-        cause = value.args[0] if value.args else "Ctrl-C"
+            worker.join(WORKER_GRACE_SECONDS)
+            if worker.is_alive():
+                worker.kill()
+        cause = value.args[0] if value.args else "SIGINT"
         print(f"interrupted ({cause}): finished tasks are recorded; run doit again to go on", file=sys.stderr)
     else:
         sys.__excepthook__(kind, value, traceback)
 
 
-signal.signal(signal.SIGTERM, _stop_on_sigterm)
+# A stopping worker ends its stage's children first (proc.stop gives each 10 s).
+WORKER_GRACE_SECONDS = 15
+signal.signal(signal.SIGTERM, _stop_on_signal)
+signal.signal(signal.SIGINT, _stop_on_signal)
 sys.excepthook = _report_interruption
 # doit's worker processes (-n N) stop when the main process dies, even by SIGKILL.
 proc.forked_children_stop_with_parent()
@@ -79,6 +92,11 @@ DOIT_CONFIG = {
     # cores through CPU slots (tasks/cpu.py), so jobs never oversubscribe.
     "num_process": cpu.cores(),
     "par_type": "process",
+    # A failed cell never stops the others: doit goes on with every task
+    # that does not depend on the failure, and skips those that do.
+    "continue": True,
+    # doit's console output, then the run summary table (tasks/summary.py).
+    "reporter": summary.reporter_for(PLAN.matrix, graph.SUMMARY_COLUMNS, PLAN.run_summary),
 }
 
 

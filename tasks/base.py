@@ -191,7 +191,7 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
         if status != 0:
             atomic.commit(log, files.log)
             tail = "\n".join(f"  {line}" for line in files.log.read_text(errors="replace").splitlines()[-15:])
-            raise BaseFailed(f"making the base {files.name} failed ({status}); full log: {files.log}\n{tail}")
+            raise BaseFailed(f"making the base {files.name} failed ({status}); full log: {files.log}\n{tail}", log=files.log)
         # Downloaded packages and indexes are not part of the base.
         for leftover in (root / "var/cache/apt/archives").glob("*.deb"):
             leftover.unlink()

@@ -15,12 +15,14 @@ import selectors
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import StageFailed
-from . import atomic, cpu, proc, qemu
+from . import accel, atomic, cpu, proc, qemu
 from .layout import CellFiles
 from .matrix import BootTestSettings, Cell
 from .progress import StageProgress
@@ -41,12 +43,18 @@ MILESTONES = [
     ("systemd", re.compile(rb"systemd\[1\]: |Welcome to .*Debian")),
     ("login", re.compile(rb"(?m)^\S+ login: ")),
 ]
+# GRUB's menu on the serial console: Enter boots the default entry at once
+# instead of after the menu's timeout.
+GRUB_MENU = re.compile(rb"Press enter to boot the selected OS|will be executed automatically in")
 # A pattern may straddle two reads; search this much of the old text again.
 _OVERLAP = 512
-# Under KVM the boot loader prints within a second or two; silence this long
-# means KVM hangs the guest, and the test starts again under TCG.
-KVM_SILENCE_SECONDS = 20
+# How often the console, the clock and the other boots are looked at.
+_POLL_SECONDS = 0.25
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+# Verdicts that are not the image's: KVM failed (the boot starts again under
+# TCG), or another firmware's boot already failed the stage.
+KVM_FAILED = "kvm-failed"
+CANCELLED = "cancelled"
 
 
 class BootTestFailed(StageFailed):
@@ -63,6 +71,8 @@ class BootResult:
     seconds: float
     milestones: dict[str, float] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
+    # A first boot under KVM that showed KVM failing: its seconds and why.
+    kvm_attempt: dict | None = None
 
     @property
     def passed(self) -> bool:
@@ -87,72 +97,115 @@ def boot_config(settings: BootTestSettings) -> dict:
 
 
 def boot(arch: str, image: Path, log: Path, settings: BootTestSettings, firmware: str = "bios",
-         label: str = "boot") -> BootResult:
-    """Boot image from firmware, writing its console to log; return the verdict."""
-    accel = qemu.choose_accelerator(arch, settings.accelerator)
-    result = _boot_once(arch, firmware, image, log, settings, accel, label)
-    if result.verdict == "kvm-silent":
-        fallback = qemu.Accelerator("tcg", f"fell back to TCG: no console output under KVM for {KVM_SILENCE_SECONDS} s")
-        result = _boot_once(arch, firmware, image, log, settings, fallback, label)
+         label: str = "boot", verdicts: accel.Verdicts = accel.Verdicts(None),
+         cancel: threading.Event | None = None) -> BootResult:
+    """Boot image from firmware, writing its console to log; return the verdict.
+
+    Under KVM the boot is watched (tasks/accel.py): if KVM fails, the boot
+    starts again under TCG at once, and the verdict is remembered in
+    verdicts. cancel, once set, stops the boot (verdict "cancelled").
+    """
+    choice = qemu.choose_accelerator(arch, firmware, settings.accelerator, verdicts)
+    result = _boot_once(arch, firmware, image, log, settings, choice, label, cancel)
+    if result.verdict == KVM_FAILED:
+        failure = result.accelerator_reason
+        qemu.record_kvm_verdict(arch, firmware, verdicts, works=False, reason=failure)
+        if not choice.fallback:
+            raise accel.unusable(arch, firmware, failure)
+        attempt = {"accelerator": accel.KVM, "seconds": result.seconds, "failure": failure}
+        fallback = accel.Choice(accel.TCG, f"TCG: KVM failed after {result.seconds:.1f} s ({failure})")
+        result = _boot_once(arch, firmware, image, log, settings, fallback, label, cancel, append=True)
+        result.kvm_attempt = attempt
+    elif choice.kvm and result.passed:
+        qemu.record_kvm_verdict(arch, firmware, verdicts, works=True, reason=f"a boot reached {result.until}")
     return result
 
 
 def _boot_once(arch: str, firmware: str, image: Path, log: Path, settings: BootTestSettings,
-               accel: qemu.Accelerator, label: str) -> BootResult:
+               choice: accel.Choice, label: str, cancel: threading.Event | None, append: bool = False) -> BootResult:
     with tempfile.TemporaryDirectory(prefix="boottest.") as scratch:
         template = qemu.uefi_vars_template(arch, firmware)
         uefi_vars = None
         if template:
             uefi_vars = Path(scratch) / "uefi-vars.fd"
             shutil.copyfile(template, uefi_vars)
-        cmd = qemu.boot_command(arch, firmware, image, accel.name, settings.memory, settings.cpus, uefi_vars)
-        return _watch(cmd, log, settings, BootResult("timeout", firmware, accel.name, accel.reason, settings.until,
-                                                     0.0, command=cmd), label)
+        cmd = qemu.boot_command(arch, firmware, image, choice.name, settings.memory, settings.cpus, uefi_vars)
+        result = BootResult("timeout", firmware, choice.name, choice.reason, settings.until, 0.0, command=cmd)
+        return _watch(cmd, log, settings, result, choice, label, cancel, append)
 
 
-def _watch(cmd: list[str], log: Path, settings: BootTestSettings, result: BootResult, label: str) -> BootResult:
+def _watch(cmd: list[str], log: Path, settings: BootTestSettings, result: BootResult, choice: accel.Choice,
+           label: str, cancel: threading.Event | None, append: bool) -> BootResult:
     """Run qemu and read its console until a verdict; qemu is stopped on every path."""
     console = bytearray()
     searched = 0
-    started = time.monotonic()
-    with open(log, "wb") as sink, StageProgress(label, total=settings.timeout, unit="seconds") as progress:
-        child = proc.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    started = last_output = time.monotonic()
+    with open(log, "ab" if append else "wb") as sink, \
+            StageProgress(label, total=settings.timeout, unit="seconds") as progress:
+        if append:
+            sink.write(f"\n----- {result.accelerator_reason}: the boot starts again -----\n".encode())
+        # The console's input is ours: it passes GRUB's menu.
+        child = proc.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
+        menu_passed = False
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(child.stdout, selectors.EVENT_READ)
                 while True:
-                    elapsed = time.monotonic() - started
+                    now = time.monotonic()
+                    elapsed = now - started
                     if elapsed >= settings.timeout:
                         break
-                    if result.accelerator == "kvm" and not console and elapsed >= KVM_SILENCE_SECONDS:
-                        result.verdict = "kvm-silent"
+                    if cancel is not None and cancel.is_set():
+                        result.verdict = CANCELLED
                         break
-                    progress.update(completed=elapsed, status=_status(result))
-                    if not selector.select(timeout=1.0):
-                        continue
-                    chunk = child.stdout.read1(65536)
-                    if not chunk:  # qemu exited
+                    window, exited = b"", False
+                    if selector.select(timeout=_POLL_SECONDS):
+                        chunk = child.stdout.read1(65536)
+                        exited = not chunk
+                        if chunk:
+                            sink.write(chunk)
+                            console += chunk
+                            last_output = now
+                            window = bytes(console[max(0, searched - _OVERLAP):])
+                            searched = len(console)
+                    if choice.kvm:
+                        failure = accel.kvm_failure(window, bool(console), elapsed, now - last_output,
+                                                    "kernel" in result.milestones, exited)
+                        if failure:
+                            result.verdict, result.accelerator_reason = KVM_FAILED, failure
+                            break
+                    if exited:
                         result.verdict = _verdict(console) or "qemu-exited"
                         break
-                    sink.write(chunk)
-                    console += chunk
-                    window = bytes(console[max(0, searched - _OVERLAP):])
-                    searched = len(console)
-                    now = round(time.monotonic() - started, 1)
-                    for name, pattern in MILESTONES:
-                        if name not in result.milestones and pattern.search(window):
-                            result.milestones[name] = now
-                    failure = _verdict(window)
-                    if failure:
-                        result.verdict = failure
-                        break
-                    if settings.until in result.milestones:
-                        result.verdict = "passed"
-                        break
+                    if window and not menu_passed and "kernel" not in result.milestones \
+                            and GRUB_MENU.search(window):
+                        menu_passed = _send(child, b"\r")
+                    if window:
+                        for name, pattern in MILESTONES:
+                            if name not in result.milestones and pattern.search(window):
+                                result.milestones[name] = round(now - started, 1)
+                        failure = _verdict(window)
+                        if failure:
+                            result.verdict = failure
+                            break
+                        if settings.until in result.milestones:
+                            result.verdict = "passed"
+                            break
+                    progress.update(completed=elapsed, status=_status(result))
         finally:
             proc.stop(child, grace=5)
     result.seconds = round(time.monotonic() - started, 1)
     return result
+
+
+def _send(child: subprocess.Popen, keys: bytes) -> bool:
+    """Type keys on the serial console; False if qemu no longer reads them."""
+    try:
+        child.stdin.write(keys)
+        child.stdin.flush()
+    except (BrokenPipeError, OSError):
+        return False
+    return True
 
 
 def _verdict(console: bytes) -> str | None:
@@ -163,8 +216,9 @@ def _verdict(console: bytes) -> str | None:
 
 
 def _status(result: BootResult) -> str:
+    """The progress line: the accelerator and why, then the milestones reached."""
     reached = ", ".join(f"{name} {t:.0f} s" for name, t in result.milestones.items())
-    return f"{result.accelerator}: {reached or 'waiting for the console'}"
+    return f"{result.accelerator_reason} | {reached or 'waiting for the console'}"
 
 
 def console_tail(log: Path, lines: int = 20) -> list[str]:
@@ -187,33 +241,74 @@ def explain(result: BootResult, log: Path) -> str:
     return "\n".join(lines)
 
 
-def boot_test(cell: Cell, files: CellFiles, settings: BootTestSettings, cpu_slots: Path) -> list[BootResult]:
+def boot_test(cell: Cell, files: CellFiles, settings: BootTestSettings, cpu_slots: Path,
+              kvm_verdicts: Path | None = None) -> list[BootResult]:
     """The doit action: boot through each firmware the image supports.
 
-    Writes boot-<firmware>.log and boottest.json; raises if any boot failed.
+    The firmwares boot side by side when the CPU slots allow (each boot
+    takes settings.cpus of them), else one after the other; the first
+    failure stops the others at once. Writes boot-<firmware>.log and
+    boottest.json; raises if any boot failed.
     """
-    results = []
-    with cpu.slots(cpu_slots, want=settings.cpus):
-        for firmware in cell.arch.firmware:
-            target = files.boot_log(firmware)
-            atomic.remove_stale_partials(target)
-            partial = atomic.partial_path(target)
-            try:
-                results.append(boot(cell.arch.name, files.raw, partial, settings, firmware,
-                                    label=f"boot {cell.name} ({firmware})"))
-                # The log is complete whatever the verdict: it is the evidence.
-                atomic.commit(partial, target)
-            finally:
-                atomic.remove(partial)
-            if not results[-1].passed:
-                break  # the next firmware's boot would not change the verdict
+    verdicts = accel.Verdicts(kvm_verdicts)
+    firmwares = list(cell.arch.firmware)
+    with cpu.slots(cpu_slots, want=settings.cpus * len(firmwares)) as got:
+        side_by_side = max(1, min(len(firmwares), got // settings.cpus))
+        results = _boot_each(cell, files, settings, verdicts, firmwares, side_by_side)
     failed = next((r for r in results if not r.passed), None)
     atomic.write_json(files.boot_result, {
         "cell": cell.name,
         "verdict": failed.verdict if failed else "passed",
         "passed": failed is None,
+        "side_by_side": side_by_side,
         "boots": [r.to_json() for r in results],
     })
     if failed:
-        raise BootTestFailed(explain(failed, files.boot_log(failed.firmware)))
+        log = files.boot_log(failed.firmware)
+        raise BootTestFailed(explain(failed, log), log=log)
     return results
+
+
+def _boot_each(cell: Cell, files: CellFiles, settings: BootTestSettings, verdicts: accel.Verdicts,
+               firmwares: list[str], side_by_side: int) -> list[BootResult]:
+    """Boot every firmware, side_by_side at a time; return the boots that decided something.
+
+    Each console goes to a partial file; the logs are committed only once
+    every boot has ended, so an interrupted stage leaves none that looks complete.
+    """
+    cancel = threading.Event()
+    partials = {firmware: atomic.partial_path(files.boot_log(firmware)) for firmware in firmwares}
+
+    def boot_one(firmware: str) -> BootResult | None:
+        if cancel.is_set():
+            return None
+        try:
+            result = boot(cell.arch.name, files.raw, partials[firmware], settings, firmware,
+                          label=f"boot {cell.name} ({firmware})", verdicts=verdicts, cancel=cancel)
+        except BaseException:
+            cancel.set()
+            raise
+        if not result.passed:
+            cancel.set()  # the stage has failed: the other boots would not change that
+        return result
+
+    for firmware in firmwares:
+        atomic.remove_stale_partials(files.boot_log(firmware))
+    try:
+        with ThreadPoolExecutor(side_by_side, thread_name_prefix="boot") as pool:
+            futures = [pool.submit(boot_one, firmware) for firmware in firmwares]
+            try:
+                results = [future.result() for future in futures]
+            except BaseException:
+                cancel.set()  # an interruption or an error: stop every boot now
+                raise
+        decided = [r for r in results if r is not None and r.verdict != CANCELLED]
+        for result in decided:
+            # The log is complete whatever the verdict: it is the evidence.
+            atomic.commit(partials[result.firmware], files.boot_log(result.firmware))
+        for firmware in set(firmwares) - {r.firmware for r in decided}:
+            atomic.remove(files.boot_log(firmware))  # an earlier run's, which this one did not repeat
+        return decided
+    finally:
+        for partial in partials.values():
+            atomic.remove(partial)

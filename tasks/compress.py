@@ -144,9 +144,9 @@ def sparse_tar(disk: Path, output: Path, squeezer: Squeezer, label: str, cpu_slo
     segments = _Segments(squeezer, cpu_slots, fixed)
     pending: collections.deque[Future] = collections.deque()
     tar = proc.start(tar_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pool = ThreadPoolExecutor(segments.workers, thread_name_prefix="compress")
     try:
-        with open(output, "wb") as sink, StageProgress(label, total=allocated_bytes(disk)) as progress, \
-                ThreadPoolExecutor(segments.workers, thread_name_prefix="compress") as pool:
+        with open(output, "wb") as sink, StageProgress(label, total=allocated_bytes(disk)) as progress:
             while True:
                 data = tar.stdout.read(squeezer.segment)
                 if not data:
@@ -161,9 +161,10 @@ def sparse_tar(disk: Path, output: Path, squeezer: Squeezer, label: str, cpu_slo
         if tar.wait() != 0:
             raise CompressFailed(f"tar of {disk} failed ({tar.returncode}): {tar.stderr.read().decode().strip()}")
     finally:
+        # Stop before waiting for the threads: on an interruption or a
+        # failure, no queued segment may start another compressor.
         segments.stop()
-        for future in pending:
-            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
         proc.stop(tar)
 
 

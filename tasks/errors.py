@@ -1,9 +1,33 @@
 """The one exception type a stage raises for a failure its user can act on.
 
 The doit actions (tasks/graph.py) turn it into a failed task that shows just
-its message; anything else is a bug and shows its traceback.
+its message, prefixed with the task it failed in; anything else is a bug and
+shows its traceback. A failure that has a log to read names it in ``log``:
+the run summary (tasks/summary.py) shows that path beside the failed stage.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
 
 
 class StageFailed(Exception):
-    pass
+    def __init__(self, message: str, log: Path | None = None):
+        super().__init__(message)
+        self.log = log
+
+    def __reduce__(self):
+        # doit's worker processes send failures to the main process pickled.
+        return (type(self), (str(self), self.log))
+
+
+def add_cleanup_failure(error: BaseException, cleanup: StageFailed) -> None:
+    """A cleanup after a failure failed too: keep the first failure, note the second.
+
+    Raised from a ``finally``, the cleanup's error would replace the failure
+    that caused it, which is the one the user needs to read.
+    """
+    if isinstance(error, StageFailed):
+        error.args = (f"{error}\nand while cleaning up after it: {cleanup}",)
+    else:
+        error.add_note(f"and while cleaning up after it: {cleanup}")

@@ -116,11 +116,10 @@ def build(cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildIn
     staging = files.staging
     atomic.remove(staging)
     try:
-        with cpu.slots(inputs.cpu_slots, want=1):
+        # However the build ended, nothing of it may stay attached or mounted.
+        with loopdev.detached_afterwards(staging), cpu.slots(inputs.cpu_slots, want=1):
             _build_in(staging, cell, files, settings, inputs)
     finally:
-        # However the build ended, nothing of it may stay attached or mounted.
-        loopdev.detach_all(staging)
         atomic.remove(staging)
 
 
@@ -168,12 +167,12 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
             out.write("\n# build interrupted; this log is incomplete\n")
         atomic.commit(log, files.build_log)
         raise
-    loopdev.detach_all(staging)
     _append_fai_logs(log, log_dir / settings.hostname / "last")
     packages = output_dir / "packages.tsv"
     if returncode != 0 or not packages.is_file() or packages.stat().st_size == 0:
         atomic.commit(log, files.build_log)
-        raise BuildFailed(_failure_report(cell, files.build_log, returncode))
+        raise BuildFailed(_failure_report(cell, files.build_log, returncode), log=files.build_log)
+    loopdev.detach_all(staging)  # before disk.raw is read and committed
 
     atomic.write_json(files.build_info, {
         "cell": cell.name,

@@ -34,14 +34,31 @@ from .matrix import Cell, KnownFailure
 from .plan import Plan
 
 STAGE_NAMES = ("build", "compress", "boottest", "manifest", "publish")
+# The run summary's columns: a cell's base, its stages, its manual release.
+SUMMARY_COLUMNS = ("base", *STAGE_NAMES, "release")
 
 
-def run_stage(stage: Callable, *args) -> TaskFailed | None:
-    """A doit action: run one stage; a StageFailed fails the task with its message."""
+class StageFailure(TaskFailed):
+    """A task's StageFailed, as doit reports it: the message, and the log to read."""
+
+    def __init__(self, title: str, failure: StageFailed):
+        cell = title.partition(":")[2]
+        # Most messages name their cell first; the title already does.
+        message = str(failure).removeprefix(f"{cell}: ")
+        super().__init__(f"{title} failed: {message}")
+        self.log = str(failure.log) if failure.log else None
+
+
+def run_stage(title: str, stage: Callable, *args) -> TaskFailed | None:
+    """A doit action: run one stage; a StageFailed fails the task with its message alone.
+
+    title names the task ("build:bookworm-nocloud-amd64"). Any other
+    exception is a bug, and doit shows its traceback.
+    """
     try:
         stage(*args)
     except StageFailed as failure:
-        return TaskFailed(str(failure))
+        return StageFailure(title, failure)
     return None
 
 
@@ -56,12 +73,12 @@ class Step:
     configs: list[dict]  # configuration that shapes the output
     checks: list = field(default_factory=list)  # further up-to-date callables
 
-    def task(self, name: str) -> dict:
+    def task(self, stage: str, name: str) -> dict:
         fn, args = self.call
         return {
             "name": name,
             "doc": self.doc,
-            "actions": [(run_stage, [fn, *args])],
+            "actions": [(run_stage, [f"{stage}:{name}", fn, *args])],
             "file_dep": self.file_dep,
             "targets": self.targets,
             "uptodate": [config_changed(c) for c in self.configs] + self.checks,
@@ -101,7 +118,7 @@ def _compress(plan: Plan, cell: Cell, files: CellFiles) -> Step:
 def _boottest(plan: Plan, cell: Cell, files: CellFiles) -> Step:
     settings = boottest.settings_for(cell, plan.matrix.boot_test)
     return Step(
-        call=(boottest.boot_test, [cell, files, settings, plan.cpu_slots]),
+        call=(boottest.boot_test, [cell, files, settings, plan.cpu_slots, plan.kvm_verdicts]),
         doc=f"boot {cell.name} in qemu ({', '.join(cell.arch.firmware)}) until {settings.until}",
         file_dep=_paths(files.raw),
         targets=_paths(*files.boot_logs, files.boot_result),
@@ -144,7 +161,7 @@ def stage_tasks(plan: Plan, stage: str) -> Iterator[dict]:
     """The sub-task of every cell for one stage, then the stage's group task."""
     describe, group_doc = STAGES[stage]
     for cell in plan.matrix.cells:
-        yield describe(plan, cell, CellFiles.of(plan.workdir, cell)).task(cell.name)
+        yield describe(plan, cell, CellFiles.of(plan.workdir, cell)).task(stage, cell.name)
     # Yielded after the sub-tasks, this replaces doit's default group (every
     # cell) with the cells of the chosen tier, the known-failing ones through
     # their xfail task.
@@ -165,7 +182,7 @@ def base_tasks(plan: Plan) -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"debootstrap {cell.release.name} for {cell.arch.name}: the base of its images",
-            "actions": [(run_stage, [base.build, cell.release, cell.arch.name, files, settings,
+            "actions": [(run_stage, [f"base:{name}", base.build, cell.release, cell.arch.name, files, settings,
                                      base.package_cache(plan.workdir), plan.cpu_slots, content])],
             "targets": _paths(files.tarball, files.log),
             "uptodate": [config_changed(base.base_config(cell.release, cell.arch.name, settings, content)),
@@ -237,7 +254,7 @@ def ci_task(plan: Plan) -> dict:
     """`doit ci`: the GitLab CI child pipeline for source= and cells= (tasks/ci.py)."""
     target = plan.workdir / "ci" / "pipeline.yml"
     return {
-        "actions": [(run_stage, [ci.write, plan, target])],
+        "actions": [(run_stage, ["ci", ci.write, plan, target])],
         "targets": [str(target)],
         "doc": "write the GitLab CI child pipeline (source=push|schedule|web|api..., cells=patterns)",
         "clean": True,
@@ -260,8 +277,9 @@ def release_tasks(plan: Plan) -> Iterator[dict]:
         yield {
             "name": cell.name,
             "doc": doc,
-            "actions": [(run_stage, [release.release, cell, files, plan.confirmed, plan.storage, plan.matrix.publish,
-                                     plan.matrix.release, plan.matrix.boot_test, plan.locks])],
+            "actions": [(run_stage, [f"release:{cell.name}", release.release, cell, files, plan.confirmed, plan.storage, plan.matrix.publish,
+                                     plan.matrix.release, plan.matrix.boot_test, plan.locks,
+                                     plan.kvm_verdicts])],
             "file_dep": _paths(*files.artifacts, files.manifest),
             "targets": _paths(files.release_record),
             "uptodate": [config_changed({"storage": plan.storage.url, "version": plan.version,

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import atomic, boottest, diskimage, proc, qemu
+from . import accel, atomic, boottest, diskimage, proc, qemu
 from .errors import StageFailed
 from .layout import CellFiles
 from .matrix import BootTestSettings, Cell
@@ -53,6 +53,8 @@ class InstanceResult:
     seconds_to_ssh: float | None = None
     failure: str | None = None  # why the checks could not run
     checks: list[Check] = field(default_factory=list)
+    accelerator: str = ""
+    accelerator_reason: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -134,20 +136,51 @@ def checks(guest: Guest, cell: Cell, hostname: str, disk_bytes: int) -> list[Che
     return found
 
 
-def console_failure(console: Path) -> str | None:
+def console_failure(text: bytes) -> str | None:
     """The boot test's verdict on what the console shows so far (a panic, no root device...), if any."""
-    text = console.read_bytes() if console.exists() else b""
     return next((verdict for verdict, pattern in boottest.FAILURES if pattern.search(text)), None)
 
 
-def wait_for_ssh(guest: Guest, qemu_child: subprocess.Popen, console: Path, timeout: float,
-                 progress: StageProgress) -> float:
-    """Seconds until SSH let us in; fails at once when qemu stops or the console shows a failed boot."""
-    started = time.monotonic()
+def _console(path: Path, offset: int) -> bytes:
+    """What this attempt's qemu wrote to the console file (earlier attempts end at offset)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read()
+
+
+def wait_for_kernel(qemu_child: subprocess.Popen, console: Path, offset: int, choice: accel.Choice,
+                    deadline: float) -> str | None:
+    """Wait until the kernel starts (or the deadline passes: SSH's wait then says so);
+    under KVM, return why KVM fails here instead, if it does."""
+    started = last_output = time.monotonic()
+    seen = 0
+    kernel = dict(boottest.MILESTONES)["kernel"]
+    while time.monotonic() < deadline:
+        text, now = _console(console, offset), time.monotonic()
+        if len(text) != seen:
+            seen, last_output = len(text), now
+        exited = qemu_child.poll() is not None
+        if choice.kvm:
+            failure = accel.kvm_failure(text, bool(text), now - started, now - last_output,
+                                        bool(kernel.search(text)), exited)
+            if failure:
+                return failure
+        if kernel.search(text):
+            return None
+        if exited:
+            raise InstanceTestFailed(f"qemu exited ({qemu_child.returncode}) before the kernel started")
+        time.sleep(0.25)
+    return None
+
+
+def wait_for_ssh(guest: Guest, qemu_child: subprocess.Popen, console: Path, offset: int, started: float,
+                 timeout: float, progress: StageProgress) -> float:
+    """Seconds from started until SSH let us in; fails at once when qemu stops or the console shows a
+    failed boot."""
     while time.monotonic() - started < timeout:
         if qemu_child.poll() is not None:
             raise InstanceTestFailed(f"qemu exited ({qemu_child.returncode}) before SSH answered")
-        failure = console_failure(console)
+        failure = console_failure(_console(console, offset))
         if failure:
             raise InstanceTestFailed(f"the boot failed: {failure}")
         try:
@@ -160,57 +193,107 @@ def wait_for_ssh(guest: Guest, qemu_child: subprocess.Popen, console: Path, time
     raise InstanceTestFailed(f"SSH did not answer within {timeout:.0f} s")
 
 
-def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, timeout: float) -> InstanceResult:
-    """Boot the image as an instance, check it; write instance-test.json and its console log."""
+@dataclass(frozen=True)
+class _Instance:
+    """What every boot attempt of one instance test shares."""
+
+    cell: Cell
+    raw: Path
+    scratch: Path
+    seed: Path
+    firmware: str
+    settings: BootTestSettings
+    timeout: float
+
+
+def _boot_and_check(instance: _Instance, choice: accel.Choice, console: Path, sink, result: InstanceResult,
+                    progress: StageProgress) -> str | None:
+    """One boot of the instance: fills result, or returns why KVM fails (then nothing was checked)."""
+    cell, scratch = instance.cell, instance.scratch
+    # A fresh disk and variable store each attempt: a failed attempt may have written to them.
+    disk = scratch / "instance.qcow2"
+    disk.unlink(missing_ok=True)
+    disk_bytes = instance.raw.stat().st_size + GROWTH
+    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(instance.raw.resolve()),
+              str(disk), str(disk_bytes)])
+    uefi_vars = None
+    template = qemu.uefi_vars_template(cell.arch.name, instance.firmware)
+    if template:
+        uefi_vars = scratch / "uefi-vars.fd"
+        uefi_vars.write_bytes(template.read_bytes())
+    port = _free_port()
+    command = qemu.boot_command(cell.arch.name, instance.firmware, disk, choice.name, instance.settings.memory,
+                                instance.settings.cpus, uefi_vars, image_format="qcow2", snapshot=False,
+                                extra_drives=(instance.seed,), ssh_port=port)
+    sink.flush()
+    offset = console.stat().st_size
+    progress.update(status=choice.reason)
+    child = proc.start(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    started = time.monotonic()
+    try:
+        guest = Guest(port, scratch / "id")
+        try:
+            kvm_failure = wait_for_kernel(child, console, offset, choice, started + instance.timeout)
+            if kvm_failure:
+                return kvm_failure
+            result.seconds_to_ssh = wait_for_ssh(guest, child, console, offset, started, instance.timeout,
+                                                 progress)
+        except InstanceTestFailed as failure:
+            result.failure = str(failure)
+        else:
+            progress.update(status="checking")
+            result.checks = checks(guest, cell, result.hostname, disk_bytes)
+            result.passed = all(c.passed for c in result.checks)
+        return None
+    finally:
+        proc.stop(child, grace=5)
+
+
+def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, timeout: float,
+                  kvm_verdicts: Path | None = None) -> InstanceResult:
+    """Boot the image as an instance, check it; write instance-test.json and its console log.
+
+    Under KVM the boot is watched as the boot test's is (tasks/accel.py): a
+    failing KVM restarts the instance under TCG within seconds.
+    """
     hostname = f"release-test-{cell.release.name}"
     result = InstanceResult(cell.name, hostname)
     firmware = cell.arch.firmware[-1]  # UEFI where the image has it
+    verdicts = accel.Verdicts(kvm_verdicts)
     with tempfile.TemporaryDirectory(prefix="instance-test-", dir=files.dir) as scratch, \
             diskimage.raw_disk(files) as raw:
         scratch = Path(scratch)
         proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "image-instance-test", "-f",
                   str(scratch / "id")])
         seed = make_seed(scratch, hostname, (scratch / "id.pub").read_text().strip())
-        disk = scratch / "instance.qcow2"
-        disk_bytes = raw.stat().st_size + GROWTH
-        proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(raw.resolve()),
-                  str(disk), str(disk_bytes)])
-        uefi_vars = None
-        template = qemu.uefi_vars_template(cell.arch.name, firmware)
-        if template:
-            uefi_vars = scratch / "uefi-vars.fd"
-            uefi_vars.write_bytes(template.read_bytes())
-        accel = qemu.choose_accelerator(cell.arch.name, settings.accelerator)
-        port = _free_port()
-        command = qemu.boot_command(cell.arch.name, firmware, disk, accel.name, settings.memory, settings.cpus,
-                                    uefi_vars, image_format="qcow2", snapshot=False, extra_drives=(seed,),
-                                    ssh_port=port)
+        instance = _Instance(cell, raw, scratch, seed, firmware, settings, timeout)
+        choice = qemu.choose_accelerator(cell.arch.name, firmware, settings.accelerator, verdicts)
         console = files.dir / "instance-test-console.log"
         partial = atomic.partial_path(console)
         try:
             with open(partial, "wb") as sink, \
                     StageProgress(f"instance test {cell.name}", total=timeout, unit="seconds") as progress:
-                child = proc.start(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-                try:
-                    guest = Guest(port, scratch / "id")
-                    try:
-                        result.seconds_to_ssh = wait_for_ssh(guest, child, partial, timeout, progress)
-                    except InstanceTestFailed as failure:
-                        result.failure = str(failure)
-                    else:
-                        progress.update(status="checking")
-                        result.checks = checks(guest, cell, hostname, disk_bytes)
-                        result.passed = all(c.passed for c in result.checks)
-                finally:
-                    proc.stop(child, grace=5)
+                kvm_failure = _boot_and_check(instance, choice, partial, sink, result, progress)
+                if kvm_failure:
+                    qemu.record_kvm_verdict(cell.arch.name, firmware, verdicts, works=False, reason=kvm_failure)
+                    if not choice.fallback:
+                        raise accel.unusable(cell.arch.name, firmware, kvm_failure)
+                    choice = accel.Choice(accel.TCG, f"TCG: KVM failed ({kvm_failure})")
+                    sink.write(f"\n----- {choice.reason}: the instance starts again -----\n".encode())
+                    _boot_and_check(instance, choice, partial, sink, result, progress)
+                elif choice.kvm and result.seconds_to_ssh is not None:
+                    qemu.record_kvm_verdict(cell.arch.name, firmware, verdicts, works=True,
+                                            reason="an instance answered SSH")
             atomic.commit(partial, console)  # complete, whatever the verdict: it is the evidence
         finally:
             atomic.remove(partial)
+    result.accelerator = choice.name
+    result.accelerator_reason = choice.reason
     atomic.write_json(files.dir / "instance-test.json", result.to_json())
     if not result.passed:
         failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed] or [result.failure]
         raise InstanceTestFailed(f"{cell.name}: the instance test failed: " + "; ".join(failed) +
-                                 f" (console: {files.dir / 'instance-test-console.log'})")
+                                 f" (console: {console})", log=console)
     return result
 
 

@@ -12,11 +12,18 @@ reads as "/disk.raw".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 from . import proc
+from .errors import StageFailed, add_cleanup_failure
+
+
+class LoopDevicesBusy(StageFailed):
+    pass
 
 
 def attached() -> dict[str, tuple[str, int]]:
@@ -58,4 +65,24 @@ def detach_all(directory: Path, timeout: float = 60.0) -> None:
         except proc.CommandFailed:
             pass  # already gone, or detached by someone else meanwhile
     if not proc.wait_until(lambda: not backed_by(directory), timeout):
-        raise RuntimeError(f"loop devices still attached to files in {directory}: {', '.join(backed_by(directory))}")
+        raise LoopDevicesBusy(f"loop devices still attached to files in {directory} after {timeout:.0f} s: "
+                              f"{', '.join(backed_by(directory))} (see losetup --list; detach with losetup -d)")
+
+
+@contextlib.contextmanager
+def detached_afterwards(directory: Path, timeout: float = 60.0) -> Iterator[None]:
+    """Detach the loop devices of directory's files when the block ends, however it ends.
+
+    If the block failed, a device that will not detach is noted on that
+    failure rather than raised in its place: the build's own error is what
+    the user must read first.
+    """
+    try:
+        yield
+    except BaseException as error:
+        try:
+            detach_all(directory, timeout)
+        except StageFailed as cleanup:
+            add_cleanup_failure(error, cleanup)
+        raise
+    detach_all(directory, timeout)

@@ -20,6 +20,10 @@ from .matrix import FORMATS, Cell
 SCHEMA_VERSION = 1
 
 
+class ManifestFailed(StageFailed):
+    pass
+
+
 def public_name(image_name: str, fmt: str) -> str:
     """debian-12-nocloud-amd64-20261125-1532.tar.xz"""
     return f"{image_name}.{fmt}"
@@ -30,7 +34,8 @@ def read_packages(path: Path) -> list[dict[str, str]]:
     for number, line in enumerate(path.read_text().splitlines(), 1):
         fields = line.split("\t")
         if len(fields) != 3 or not all(fields):
-            raise ValueError(f"{path}:{number}: expected name<TAB>version<TAB>architecture, got {line!r}")
+            raise ManifestFailed(f"{path}:{number}: expected name<TAB>version<TAB>architecture, got {line!r}; "
+                                 f"the build writes this file: build the cell again", log=path)
         packages.append(dict(zip(("name", "version", "architecture"), fields)))
     return packages
 
@@ -40,7 +45,7 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
     info = atomic.read_json(files.build_info)
     boot = atomic.read_json(files.boot_result)
     if not boot.get("passed"):
-        raise StageFailed(f"{cell.name}: no manifest for an image whose boot test did not pass "
+        raise ManifestFailed(f"{cell.name}: no manifest for an image whose boot test did not pass "
                           f"({boot.get('verdict')}; see {', '.join(str(log) for log in files.boot_logs)})")
     version = version or info["version"]
     image_name = cell.image_name(version)

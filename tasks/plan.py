@@ -66,6 +66,16 @@ class Plan:
         return self.workdir / ".locks"
 
     @property
+    def kvm_verdicts(self) -> Path:
+        """Whether KVM worked here, per architecture and firmware (tasks/accel.py)."""
+        return self.workdir / ".kvm-verdicts.json"
+
+    @property
+    def run_summary(self) -> Path:
+        """What the last run that executed tasks did to each cell (tasks/summary.py)."""
+        return self.workdir / "run-summary.json"
+
+    @property
     def cpu_slots(self) -> Path:
         """Where stages running in parallel share out the cores (tasks/cpu.py)."""
         return self.workdir / ".cpu"

@@ -16,7 +16,11 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .errors import StageFailed
+
 _PR_SET_PDEATHSIG = 1
+# How much of a failed command's output its error shows.
+OUTPUT_LINES = 5
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -45,13 +49,19 @@ def forked_children_stop_with_parent() -> None:
     os.register_at_fork(before=before, after_in_child=in_child)
 
 
-class CommandFailed(Exception):
+class CommandFailed(StageFailed):
+    """A command a stage needed failed: the command, its status and the end of its output."""
+
     def __init__(self, cmd: Sequence[str], returncode: int, output: str = ""):
         self.cmd = list(cmd)
         self.returncode = returncode
         self.output = output
-        detail = f": {output.strip().splitlines()[-1]}" if output.strip() else ""
-        super().__init__(f"{' '.join(self.cmd)} exited with {returncode}{detail}")
+        lines = [line for line in output.strip().splitlines() if line.strip()][-OUTPUT_LINES:]
+        message = f"{' '.join(self.cmd)} exited with status {returncode}"
+        super().__init__("\n  ".join([message + (":" if lines else ""), *lines]))
+
+    def __reduce__(self):
+        return (type(self), (self.cmd, self.returncode, self.output))
 
 
 # The children started here and not yet stopped, for signal_running().
@@ -59,7 +69,12 @@ _running: set[subprocess.Popen] = set()
 
 
 def start(cmd: Sequence[str], **popen_args) -> subprocess.Popen:
-    child = subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_die_with_parent, **popen_args)
+    try:
+        child = subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_die_with_parent, **popen_args)
+    except FileNotFoundError as missing:
+        if missing.filename not in (cmd[0], None):
+            raise  # a missing working directory or the like: a bug
+        raise StageFailed(f"{cmd[0]} not found: tools/setup-host installs what the stages run") from None
     _running.add(child)
     return child
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -47,31 +48,7 @@ class StageProgress:
 
     def __enter__(self) -> "StageProgress":
         if interactive():
-            # Imported here: loading the task graph (a no-op run) never needs rich.
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TransferSpeedColumn,
-            )
-
-            amount = (
-                [DownloadColumn(), TransferSpeedColumn()] if self.unit == "bytes" else [MofNCompleteColumn()]
-            )
-            self._live = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                *amount,
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[status]}"),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self._live.start()
+            self._live = _shared_display(self.unit)
             self._task = self._live.add_task(self.label, total=self.total, status="")
         else:
             self._line(force=True)
@@ -107,7 +84,54 @@ class StageProgress:
 
     def __exit__(self, *exc) -> None:
         if self._live:
-            self._live.stop()
+            _release_display()
         else:
             outcome = "done" if exc[0] is None else "interrupted" if exc[0] is KeyboardInterrupt else "failed"
             print(f"[{self.label}] {outcome} after {time.monotonic() - self.started:.0f} s", file=sys.stderr, flush=True)
+
+
+# One live display per process: stages that run side by side in threads (the
+# boot test's firmwares) show as rows of the display the first one opened.
+_display_lock = threading.Lock()
+_display: Progress | None = None
+_display_users = 0
+
+
+def _shared_display(unit: str) -> "Progress":
+    global _display, _display_users
+    with _display_lock:
+        if _display is None:
+            # Imported here: loading the task graph (a no-op run) never needs rich.
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TransferSpeedColumn,
+            )
+
+            amount = [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
+            _display = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                *amount,
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            _display.start()
+        _display_users += 1
+        return _display
+
+
+def _release_display() -> None:
+    global _display, _display_users
+    with _display_lock:
+        _display_users -= 1
+        if _display_users == 0 and _display is not None:
+            _display.stop()
+            _display = None

@@ -1,24 +1,14 @@
-"""How to start qemu for an image: machine per architecture, and KVM or TCG.
+"""How to start qemu for an image: the machine and firmware per architecture.
 
-/dev/kvm can exist and still be unusable (nested virtualisation that
-rejects the host CPU model's MSRs: qemu aborts at once). Before trusting KVM
-the boot test runs a 512-byte boot sector under it, with the CPU model a
-real boot would use, and falls back to TCG if that does not print and exit
-within seconds.
+Whether a boot runs under KVM or TCG is decided in tasks/accel.py.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import proc
-
-PROBE_SECONDS = 10
+from . import accel
 
 
 @dataclass(frozen=True)
@@ -31,17 +21,22 @@ class Machine:
     # (each boot writes to a copy of its own).
     uefi_code: str = ""
     uefi_vars: str = ""
+    # The firmware qemu runs: part of what decides whether KVM works (tasks/accel.py).
+    firmware_file: str = ""
 
 
 # (architecture, firmware) -> how qemu starts it
 MACHINES = {
-    ("amd64", "bios"): Machine("qemu-system-x86_64", "pc", kvm_cpu="host", tcg_cpu="max"),
+    ("amd64", "bios"): Machine("qemu-system-x86_64", "pc", kvm_cpu="host", tcg_cpu="max",
+                               firmware_file="/usr/share/seabios/bios-256k.bin"),
     ("amd64", "uefi"): Machine("qemu-system-x86_64", "q35", kvm_cpu="host", tcg_cpu="max",
                                uefi_code="/usr/share/OVMF/OVMF_CODE_4M.fd",
-                               uefi_vars="/usr/share/OVMF/OVMF_VARS_4M.fd"),
+                               uefi_vars="/usr/share/OVMF/OVMF_VARS_4M.fd",
+                               firmware_file="/usr/share/OVMF/OVMF_CODE_4M.fd"),
     ("arm64", "uefi"): Machine("qemu-system-aarch64", "virt", kvm_cpu="host", tcg_cpu="max",
                                uefi_code="/usr/share/AAVMF/AAVMF_CODE.fd",
-                               uefi_vars="/usr/share/AAVMF/AAVMF_VARS.fd"),
+                               uefi_vars="/usr/share/AAVMF/AAVMF_VARS.fd",
+                               firmware_file="/usr/share/AAVMF/AAVMF_CODE.fd"),
 }
 
 
@@ -49,11 +44,10 @@ MACHINES = {
 # to an isa-debug-exit port at 0xf4 (qemu exits with status 0x21) or halt.
 _PRINT_THEN_EXIT = bytes.fromhex("31C08ED8FCBAF803BE1C7CAC84C07403EEEBF8BAF400B010EEF4EBFD")
 _EXIT_INSTRUCTION = 24  # offset of "out dx, al" to the exit port
-_EXIT_STATUS = (0x10 << 1) | 1
 
 
 def boot_sector(message: bytes, exit: bool = True) -> bytes:
-    """A 512-byte boot sector; the KVM probe and the boot test's tests use it."""
+    """A 512-byte boot sector that prints message on the serial console (the boot test's tests use it)."""
     code = bytearray(_PRINT_THEN_EXIT)
     if not exit:
         code[_EXIT_INSTRUCTION] = 0x90  # nop: halt instead of exiting
@@ -63,53 +57,15 @@ def boot_sector(message: bytes, exit: bool = True) -> bytes:
     return body + bytes(510 - len(body)) + b"\x55\xaa"
 
 
-@dataclass(frozen=True)
-class Accelerator:
-    name: str  # "kvm" or "tcg"
-    reason: str  # why this one was chosen
+def choose_accelerator(arch: str, firmware: str, wanted: str, verdicts: accel.Verdicts) -> accel.Choice:
+    """KVM or TCG for booting arch through firmware (tasks/accel.py)."""
+    machine = MACHINES[(arch, firmware)]
+    return accel.choose(arch, firmware, wanted, machine.binary, machine.firmware_file, verdicts)
 
 
-@functools.cache
-def probe_kvm(arch: str) -> tuple[bool, str]:
-    """Can qemu run this architecture's guests under KVM here? (works, why)"""
-    machine = MACHINES[(arch, "bios")] if arch == "amd64" else None
-    if machine is None or os.uname().machine != "x86_64":
-        return False, f"no KVM for {arch} guests on a {os.uname().machine} host"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False, "/dev/kvm is missing or not accessible"
-    with tempfile.NamedTemporaryFile(suffix=".img") as sector:
-        sector.write(boot_sector(b"KVM-PROBE-OK\r\n"))
-        sector.flush()
-        cmd = [
-            machine.binary, "-accel", "kvm", "-cpu", machine.kvm_cpu, "-machine", machine.machine,
-            "-m", "64", "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-drive", f"file={sector.name},format=raw,if=ide",
-        ]
-        child = proc.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            out, _ = child.communicate(timeout=PROBE_SECONDS)
-        except subprocess.TimeoutExpired:
-            return False, f"a KVM test guest did not finish within {PROBE_SECONDS} s"
-        finally:
-            proc.stop(child)
-    text = out.decode(errors="replace")
-    if child.returncode == _EXIT_STATUS and "KVM-PROBE-OK" in text:
-        return True, "KVM works"
-    last = text.strip().splitlines()[-1] if text.strip() else f"exit status {child.returncode}"
-    return False, f"qemu under KVM failed: {last}"
-
-
-def choose_accelerator(arch: str, wanted: str) -> Accelerator:
-    """wanted: "auto", "kvm" or "tcg" (matrix.yaml boot_test.accelerator)."""
-    if wanted == "tcg":
-        return Accelerator("tcg", "asked for TCG")
-    works, why = probe_kvm(arch)
-    if works:
-        return Accelerator("kvm", why)
-    if wanted == "kvm":
-        raise RuntimeError(f"KVM asked for but unusable: {why}")
-    return Accelerator("tcg", f"fell back to TCG: {why}")
+def record_kvm_verdict(arch: str, firmware: str, verdicts: accel.Verdicts, works: bool, reason: str) -> None:
+    machine = MACHINES[(arch, firmware)]
+    accel.record(arch, firmware, machine.binary, machine.firmware_file, verdicts, works, reason)
 
 
 def boot_command(arch: str, firmware: str, image: Path, accel: str, memory: int, cpus: int,

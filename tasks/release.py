@@ -57,7 +57,7 @@ class Progress:
 
 
 def release(cell: Cell, files: CellFiles, confirmed: bool, location: storage.Location, publish: PublishSettings,
-            settings: ReleaseSettings, boot: BootTestSettings, locks: Path) -> dict:
+            settings: ReleaseSettings, boot: BootTestSettings, locks: Path, kvm_verdicts: Path | None = None) -> dict:
     if not confirmed:
         raise ReleaseRefused(f"a release is made on purpose only: doit release:{cell.name} confirm=yes")
     manifest = atomic.read_json(files.manifest)
@@ -70,7 +70,7 @@ def release(cell: Cell, files: CellFiles, confirmed: bool, location: storage.Loc
         if tested:
             print(f"instance test of {cell.name}: passed before for this image")
         else:
-            result = instancetest.instance_test(cell, files, boot, settings.instance_test_timeout)
+            result = instancetest.instance_test(cell, files, boot, settings.instance_test_timeout, kvm_verdicts)
             print(f"instance test of {cell.name} passed:\n{instancetest.describe(result)}")
             tested = result.to_json()
             progress.record("instance_test", {"timeout": settings.instance_test_timeout}, tested)

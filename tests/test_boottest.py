@@ -101,14 +101,6 @@ def test_image_is_never_written(tmp_path):
     assert (image.read_bytes(), os.stat(image).st_mtime_ns) == before
 
 
-def test_kvm_probe_gives_a_reason():
-    works, reason = qemu.probe_kvm("amd64")
-    assert isinstance(works, bool) and reason
-    accel = qemu.choose_accelerator("amd64", "auto")
-    assert accel.name == ("kvm" if works else "tcg")
-    assert qemu.choose_accelerator("amd64", "tcg").name == "tcg"
-
-
 def test_boot_sector_message_limit():
     with pytest.raises(ValueError):
         qemu.boot_sector(b"x" * 500)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks import boottest
 from tasks.matrix import BootTestSettings
@@ -30,6 +31,11 @@ VERSION = "e2e-1"
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")]
 
 
+# A cell whose build fails for real (FAI cannot partition 64 MiB), built in a
+# run beside genericcloud: the run goes on without it.
+FAILING = "bookworm-tiny-amd64"
+
+
 def copy_of_repo(base: Path) -> Path:
     copy = base / "repo"
     copy.mkdir()
@@ -37,6 +43,11 @@ def copy_of_repo(base: Path) -> Path:
         shutil.copy2(REPO / name, copy / name)
     for name in ("tasks", "fai_config"):
         shutil.copytree(REPO / name, copy / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    data = yaml.safe_load((copy / "matrix.yaml").read_text())
+    data["vendors"]["tiny"] = {"fai_classes": ["NOCLOUD", "LINUX_GENERIC"], "disk_size": "64M", "formats": ["tar.xz"]}
+    data["tiers"]["mixed"] = [{"releases": ["bookworm"], "vendors": ["genericcloud", "tiny"],
+                               "architectures": ["amd64"]}]
+    (copy / "matrix.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return copy
 
 
@@ -63,24 +74,28 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e", numbered=True)
     copy_of_repo(base)
     one_target = doit(base, "boottest:bookworm-nocloud-amd64")
+    mixed = doit(base, "tier=mixed")  # genericcloud, and a cell whose build fails
     default = doit(base)  # two jobs: one per core
     again = doit(base)
-    return base, one_target, default, again
+    return base, one_target, default, again, mixed
 
 
 def test_one_target_builds_exactly_what_it_needs(runs):
-    _, one_target, _, _ = runs
+    _, one_target, *_ = runs
     assert one_target.returncode == 0, one_target.stderr
     assert executed(one_target) == {"base:bookworm-amd64", "build:bookworm-nocloud-amd64",
                                     "boottest:bookworm-nocloud-amd64"}
 
 
 def test_default_run_publishes_the_push_tier_on_one_shared_base(runs):
-    base, _, default, _ = runs
+    base, _, default, _, _ = runs
     assert default.returncode == 0, default.stderr
-    done_before = {"base:bookworm-amd64", "build:bookworm-nocloud-amd64", "boottest:bookworm-nocloud-amd64"}
+    done_before = {"base:bookworm-amd64", "build:bookworm-nocloud-amd64", "boottest:bookworm-nocloud-amd64"} | \
+        {f"{s}:bookworm-genericcloud-amd64" for s in STAGES}  # by the two runs before
     assert executed(default) == {f"{s}:{c}" for s in STAGES for c in CELLS} - done_before
     assert done_before <= up_to_date(default)
+    summary = json.loads((base / "build" / "run-summary.json").read_text())
+    assert set(summary["cells"]) == set(CELLS) and summary["failed"] == []
     for cell in CELLS:
         log = (base / "build" / cell / "build.log").read_text()
         assert f"Unpacking the base system {base / 'build' / 'base' / 'bookworm-amd64.tar.zst'}" in log
@@ -88,10 +103,29 @@ def test_default_run_publishes_the_push_tier_on_one_shared_base(runs):
 
 
 def test_second_run_executes_no_task(runs):
-    _, _, _, again = runs
+    _, _, _, again, _ = runs
     assert again.returncode == 0, again.stderr
     assert executed(again) == set()
     assert len(up_to_date(again)) == 1 + 5 * len(CELLS)  # the base, and every stage of every cell
+
+
+def test_a_failed_cell_stops_nothing_else_and_the_summary_says_so(runs):
+    """tier=mixed: genericcloud is built, booted and published although the other cell's build failed."""
+    base, _, _, _, mixed = runs
+    assert mixed.returncode != 0, "an unexpected failure fails the run"
+    cloud = "bookworm-genericcloud-amd64"
+    assert {f"{s}:{cloud}" for s in STAGES} <= executed(mixed)
+    assert json.loads((base / "build" / cloud / "published.json").read_text())
+    assert f"build:{FAILING} failed: fai-diskimage failed" in mixed.stdout
+    # (run-summary.json holds the last run's summary; this run's is its output.)
+    table = mixed.stdout[mixed.stdout.index("run summary:"):].splitlines()
+    failing_row = next(line for line in table if line.startswith(FAILING))
+    log = base / "build" / FAILING / "build.log"
+    assert f"failed: {log}" in failing_row and failing_row.count("skipped") == 4
+    assert "Sorry, can't create a partition" in log.read_text(), "the log the summary names tells why"
+    cloud_row = next(line for line in table if line.startswith(cloud))
+    assert cloud_row.count("done") == len(STAGES) and "failed" not in cloud_row and "skipped" not in cloud_row
+    assert table[-1].startswith("2 cells (1 failed, 1 ok); stages: ")
 
 
 def test_packages_fetched_once_serve_the_next_build(runs):

@@ -102,7 +102,7 @@ def test_platform_images_boot_until_systemd(tmp_path):
     assert config_of(tasks["boottest:bookworm-nocloud-amd64"])["until"] == "login"
     for cell in ("trixie-ec2-amd64", "sid-azure-arm64", "bookworm-gce-amd64"):
         assert config_of(tasks[f"boottest:{cell}"])["until"] == "systemd"
-        settings = tasks[f"boottest:{cell}"].actions[0].args[3]
+        settings = tasks[f"boottest:{cell}"].actions[0].args[4]  # (title, stage, cell, files, settings, ...)
         assert settings.until == "systemd", "the boot test itself waits for what its configuration says"
 
 

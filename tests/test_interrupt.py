@@ -4,6 +4,7 @@ It must stop the running stage's child processes, leave no partial output,
 and keep doit's record of the tasks that finished before it.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -123,3 +124,96 @@ with atomic.output(Path({str(output)!r})) as partial:
     assert child.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"], "no artifact, no partial file"
     assert subprocess.run(["pgrep", "-f", str(raw)], capture_output=True).returncode == 1
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below pid: {pid: command name}."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,comm"], capture_output=True, text=True).stdout.splitlines()[1:]
+    rows = [line.split(None, 2) for line in out]
+    found, frontier = {}, {str(pid)}
+    while frontier:
+        below = {(p, c) for p, pp, c in rows if pp in frontier}
+        found.update({int(p): c for p, c in below})
+        frontier = {p for p, _ in below}
+    return found
+
+
+def test_sigterm_to_doit_stops_parallel_compress_and_boot_test_at_once(tmp_path):
+    """The real dodo.py, two workers: one compresses (xz), one boots (qemu). One SIGTERM to
+    doit's main process ends every process within seconds, leaves no partial file and no
+    traceback, and the next run can start."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "matrix.yaml").read_text())
+    # One xz at a time without CPU slots, so compression runs beside the boot test.
+    data["compress"] = {"xz_level": 9, "xz_threads": 1}
+    data["boot_test"] = {"timeout": 300, "memory": 256, "cpus": 1, "accelerator": "tcg", "until": "login"}
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(yaml.safe_dump(data, sort_keys=False))
+    workdir = tmp_path / "build"
+    cell = workdir / "bookworm-nocloud-amd64"
+    cell.mkdir(parents=True)
+    # Boots (a boot sector that prints the kernel's banner, then halts: the boot
+    # test waits for a login) and compresses slowly (random data).
+    with open(cell / "disk.raw", "wb") as disk:
+        disk.write(qemu.boot_sector(b"Linux version 6.1\r\n", exit=False).ljust(1 << 20, b"\0"))
+        for _ in range(160):
+            disk.write(os.urandom(1 << 20))
+    # dodo.py's configuration, signal handling and stages, without the build
+    # that would make disk.raw (doit --single runs only the first of two tasks).
+    (tmp_path / "two_stages.py").write_text(f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+import dodo as images
+from tasks import graph
+from tasks.layout import CellFiles
+
+DOIT_CONFIG = images.DOIT_CONFIG
+CELL = images.PLAN.matrix.cell("bookworm-nocloud-amd64")
+
+def stage(name):
+    task = graph.STAGES[name][0](images.PLAN, CELL, CellFiles.of(images.PLAN.workdir, CELL)).task(name, CELL.name)
+    yield {{**task, "file_dep": []}}
+
+def task_compress():
+    yield from stage("compress")
+
+def task_boottest():
+    yield from stage("boottest")
+""")
+    command = [sys.executable, "-m", "doit", "-f", str(tmp_path / "two_stages.py"), "-n", "2",
+               "compress", "boottest", f"matrix={matrix}", f"workdir={workdir}"]
+    with open(tmp_path / "doit.out", "w+") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = descendants(child.pid)
+            if {"xz", "qemu-system-x86"} <= set(running.values()):
+                break
+            time.sleep(0.2)
+        assert {"xz", "qemu-system-x86"} <= set(running.values()), running
+        time.sleep(1)
+        child.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        child.wait(timeout=30)
+        took = time.monotonic() - signalled
+        out.seek(0)
+        output = out.read()
+    assert child.returncode != 0
+    assert took < 15, f"doit took {took:.1f} s to stop"
+    left = [pid for pid in running if os.path.exists(f"/proc/{pid}") and
+            open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+    assert not left, f"still running: {[running[pid] for pid in left]}"
+    assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).returncode == 1
+    assert "Traceback" not in output, output
+    assert [line for line in output.splitlines() if line.startswith("interrupted")] == \
+        ["interrupted (SIGTERM): finished tasks are recorded; run doit again to go on"], output
+    assert sorted(p.name for p in cell.iterdir()) == ["disk.raw"], "no artifact, log or partial file"
+    summary = json.loads((workdir / "run-summary.json").read_text())
+    assert {stage: entry["outcome"] for stage, entry in summary["cells"]["bookworm-nocloud-amd64"]["stages"].items()} \
+        == {"compress": "interrupted", "boottest": "interrupted"}
+    # The run lock went with the run: the next one starts.
+    again = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "forget",
+                            "compress:bookworm-nocloud-amd64", f"matrix={matrix}", f"workdir={workdir}"],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr

@@ -54,5 +54,5 @@ def test_no_manifest_for_an_image_that_failed_its_boot_test(nocloud):
 def test_malformed_package_list_names_the_line(nocloud):
     cell, files = nocloud
     files.packages.write_text("bash\t5.2\tamd64\nbroken line\n")
-    with pytest.raises(ValueError, match=r"packages.tsv:2: expected name<TAB>version<TAB>architecture"):
+    with pytest.raises(manifest.ManifestFailed, match=r"packages.tsv:2: expected name<TAB>version<TAB>architecture"):
         manifest.describe(cell, files)

@@ -15,6 +15,10 @@ Sections (all by default):
   rebuild      each of --rebuild-cells (default: the push tier's cells) built
                again from the cached base and package cache, --repeat times:
                wall and CPU seconds of each.
+  boottest     the boot-test stage of each of --rebuild-cells, --repeat
+               times, with the firmwares side by side (1 vCPU each, the
+               default) and one after the other (2 vCPUs each): wall and CPU
+               seconds, each boot's accelerator and milestones.
   push         a cold run of the push tier (fresh work directory, one job per
                core): wall, CPU, and how busy the cores were,
                CPU / (wall x cores).
@@ -141,6 +145,35 @@ def compress_figures(cell: str, base: Path, xz_level: int) -> None:
                   f"{100 * (size / baseline[1] - 1):>+6.1f}%", flush=True)
 
 
+def boottests(cells: list[str], base: Path, options: list[str], repeat: int) -> None:
+    import yaml
+
+    print(f"\n== boot-test stage, every firmware to the vendor's milestone ({repeat} times each)")
+    data = yaml.safe_load((REPO / "matrix.yaml").read_text())
+    ways = []
+    for label, cpus in (("side by side, 1 vCPU each", 1), ("one after the other, 2 vCPUs each", 2)):
+        data["boot_test"]["cpus"] = cpus
+        variant = base / f"matrix-boot-{cpus}.yaml"
+        variant.write_text(yaml.safe_dump(data, sort_keys=False))
+        ways.append((label, variant))
+    for cell in cells:
+        timed(doit(f"build:{cell}", *options))  # the base and the build, when missing
+        for label, variant in ways:
+            for attempt in range(1, repeat + 1):
+                opts = [*options, f"matrix={variant}"]
+                timed(doit("forget", f"boottest:{cell}", *opts))
+                wall, cpu, _ = timed(doit(f"boottest:{cell}", *opts), check=False)
+                result = json.loads((base / "build" / cell / "boottest.json").read_text())
+                boots = "; ".join(
+                    f"{b['firmware']} {b['accelerator']} " +
+                    " ".join(f"{n} {b['milestones'][n]:.1f}" for n in ("kernel", "systemd", "login")
+                             if n in b["milestones"]) +
+                    (f" (KVM tried {b['kvm_attempt']['seconds']:.1f} s)" if b.get("kvm_attempt") else "")
+                    for b in result["boots"])
+                print(f"  {cell:<28} {label:<34} {wall:6.1f} s wall {cpu:6.1f} s CPU "
+                      f"{result['verdict']}: {boots}", flush=True)
+
+
 def push(options: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="image-benchmark-push.", dir="/var/tmp") as scratch:
         base = Path(scratch)
@@ -241,7 +274,7 @@ def noop(full_workdir: Path, base: Path, options: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("sections", nargs="*", default=["stages", "compression", "rebuild", "push", "noop"])
+    parser.add_argument("sections", nargs="*", default=["stages", "compression", "boottest", "rebuild", "push", "noop"])
     parser.add_argument("--cell", default="bookworm-nocloud-amd64")
     parser.add_argument("--rebuild-cells", nargs="+", help="default: the push tier's cells")
     parser.add_argument("--repeat", type=int, default=3, help="rebuilds of each cell (rebuild section)")
@@ -265,6 +298,8 @@ def main() -> None:
             if not (base / "build" / args.cell / "disk.raw").exists():
                 timed(doit(f"build:{args.cell}", *options))
             compress_figures(args.cell, base, xz_level)
+        if "boottest" in args.sections:
+            boottests(rebuild_cells, base, options, args.repeat)
         if "rebuild" in args.sections:
             rebuild(rebuild_cells, options, args.repeat)
         if "push" in args.sections:

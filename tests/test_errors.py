@@ -1,0 +1,125 @@
+"""One error policy: a failure a user can act on is one clear message naming the
+task, what failed and what to read; a traceback only for a bug.
+
+Each case is a real failure of a real part: a command that fails (mkfs.vfat),
+a program that is missing, a loop device that will not detach after a build
+failed, a package list the manifest cannot read. (The accelerator's case is
+in test_accel.py.) The last test runs them through doit itself, as a user sees them.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tasks import fai, graph, instancetest, loopdev, manifest, proc
+from tasks.errors import StageFailed
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def seed_over_a_directory(directory: Path) -> None:
+    (directory / "seed.img").mkdir()  # mkfs.vfat will not make its image over it
+    instancetest.make_seed(directory, "release-test", "ssh-ed25519 AAAA test")
+
+
+def test_a_failed_command_names_itself_and_what_it_said(tmp_path):
+    failure = graph.run_stage("release:bookworm-genericcloud-amd64", seed_over_a_directory, tmp_path)
+    assert isinstance(failure, graph.StageFailure)
+    first, *rest = failure.message.splitlines()
+    assert first.startswith("release:bookworm-genericcloud-amd64 failed: mkfs.vfat -n CIDATA -C ")
+    assert "exited with status 1" in first
+    assert any("already exists" in line for line in rest), "the command's own words follow"
+
+
+def test_a_missing_program_is_named_with_the_remedy():
+    with pytest.raises(StageFailed, match="no-such-image-tool not found: tools/setup-host installs"):
+        proc.run(["no-such-image-tool", "--version"])
+
+
+def test_a_command_failure_survives_the_trip_from_a_worker():
+    """doit's worker processes send failures to the main process pickled."""
+    import pickle
+
+    failure = proc.CommandFailed(["tar", "--create"], 2, "tar: disk.raw: Cannot open\n")
+    copy = pickle.loads(pickle.dumps(failure))
+    assert str(copy) == str(failure) and copy.returncode == 2
+    logged = fai.BuildFailed("it failed", log=Path("/tmp/build.log"))
+    assert pickle.loads(pickle.dumps(logged)).log == Path("/tmp/build.log")
+
+
+def test_unreadable_package_list_names_the_file_and_line(nocloud):
+    cell, files = nocloud
+    files.packages.write_text("base-files\t12.4\tamd64\nbash 5.2 amd64\n")
+    failure = graph.run_stage(f"manifest:{cell.name}", manifest.write, cell, files)
+    assert failure.message.startswith(f"manifest:{cell.name} failed: {files.packages}:2: expected "
+                                      "name<TAB>version<TAB>architecture, got 'bash 5.2 amd64'")
+    assert failure.log == str(files.packages)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
+def test_a_loop_device_that_will_not_detach_does_not_hide_the_build_failure(tmp_path):
+    backing = tmp_path / "disk.raw"
+    backing.write_bytes(bytes(1 << 20))
+    device = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    holder = os.open(device, os.O_RDONLY)  # busy: losetup -d only marks it to go once released
+    try:
+        def failed_build():
+            with loopdev.detached_afterwards(tmp_path, timeout=1):
+                raise fai.BuildFailed("fai-diskimage failed (exit status 1); full log: build.log")
+
+        failure = graph.run_stage("build:bookworm-nocloud-amd64", failed_build)
+        first, second = failure.message.splitlines()
+        assert first == "build:bookworm-nocloud-amd64 failed: fai-diskimage failed (exit status 1); full log: build.log"
+        assert second.startswith("and while cleaning up after it: loop devices still attached")
+        assert device in second
+
+        def good_build():
+            with loopdev.detached_afterwards(tmp_path, timeout=1):
+                pass
+
+        failure = graph.run_stage("build:bookworm-nocloud-amd64", good_build)
+        assert "loop devices still attached" in failure.message and device in failure.message
+    finally:
+        os.close(holder)
+        if not proc.wait_until(lambda: not loopdev.backed_by(tmp_path), 10):
+            subprocess.run(["losetup", "--detach", device])
+    assert not loopdev.backed_by(tmp_path)
+
+
+def test_doit_shows_failures_in_one_message_and_tracebacks_for_bugs_only(tmp_path):
+    (tmp_path / "dodo.py").write_text(textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(REPO)!r})
+        from tasks import graph
+        from tests.test_errors import seed_over_a_directory
+
+        DOIT_CONFIG = {{"dep_file": {str(tmp_path / ".doit.db")!r}, "backend": "sqlite3", "verbosity": 2,
+                       "continue": True}}
+
+        def a_bug():
+            raise ValueError("a bug in the stage")
+
+        def task_seed():
+            directory = Path({str(tmp_path)!r}) / "seed"
+            directory.mkdir(exist_ok=True)
+            return {{"actions": [(graph.run_stage, ["release:x", seed_over_a_directory, directory])]}}
+
+        def task_bug():
+            return {{"actions": [(graph.run_stage, ["bug:x", a_bug])]}}
+        """))
+    seed = subprocess.run([sys.executable, "-m", "doit", "-f", str(tmp_path / "dodo.py"), "seed"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    output = seed.stdout + seed.stderr
+    assert seed.returncode != 0
+    assert "release:x failed: mkfs.vfat" in output and "already exists" in output
+    assert "Traceback" not in output
+    bug = subprocess.run([sys.executable, "-m", "doit", "-f", str(tmp_path / "dodo.py"), "bug"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bug.returncode != 0
+    assert "Traceback" in bug.stdout + bug.stderr and "ValueError: a bug in the stage" in bug.stdout + bug.stderr
