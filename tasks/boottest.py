@@ -9,6 +9,7 @@ qemu is stopped on every path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import selectors
@@ -38,8 +39,13 @@ FAILURES = [
     ("kernel-panic", re.compile(rb"Kernel panic - not syncing")),
     ("emergency-mode", re.compile(rb"You are in (emergency|rescue) mode|Entering (emergency|rescue) mode")),
 ]
+# Where a boot's time goes: the firmware hands over to GRUB, GRUB to the
+# kernel, the kernel to the initramfs, the initramfs to systemd on the root
+# file system, systemd to the login prompt.
 MILESTONES = [
+    ("grub", re.compile(rb"GNU GRUB|Welcome to GRUB")),
     ("kernel", re.compile(rb"Linux version \d")),
+    ("initramfs", re.compile(rb"Run /init as init process")),
     ("systemd", re.compile(rb"systemd\[1\]: |Welcome to .*Debian")),
     ("login", re.compile(rb"(?m)^\S+ login: ")),
 ]
@@ -194,6 +200,8 @@ def _watch(cmd: list[str], log: Path, settings: BootTestSettings, result: BootRe
                     progress.update(completed=elapsed, status=_status(result))
         finally:
             proc.stop(child, grace=5)
+            with contextlib.suppress(OSError):
+                child.stdin.close()
     result.seconds = round(time.monotonic() - started, 1)
     return result
 

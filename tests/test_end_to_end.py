@@ -43,11 +43,15 @@ def copy_of_repo(base: Path) -> Path:
         shutil.copy2(REPO / name, copy / name)
     for name in ("tasks", "fai_config"):
         shutil.copytree(REPO / name, copy / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-    data = yaml.safe_load((copy / "matrix.yaml").read_text())
-    data["vendors"]["tiny"] = {"fai_classes": ["NOCLOUD", "LINUX_GENERIC"], "disk_size": "64M", "formats": ["tar.xz"]}
-    data["tiers"]["mixed"] = [{"releases": ["bookworm"], "vendors": ["genericcloud", "tiny"],
-                               "architectures": ["amd64"]}]
-    (copy / "matrix.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    # Added as text: other tests edit the matrix's own lines.
+    matrix = copy / "matrix.yaml"
+    text = matrix.read_text()
+    text = text.replace("\nvendors:\n", "\nvendors:\n  tiny:\n    fai_classes: [NOCLOUD, LINUX_GENERIC]\n"
+                                        "    disk_size: 64M\n    formats: [tar.xz]\n", 1)
+    text = text.replace("\ntiers:\n", "\ntiers:\n  mixed:\n    - releases: [bookworm]\n"
+                                      "      vendors: [genericcloud, tiny]\n      architectures: [amd64]\n", 1)
+    matrix.write_text(text)
+    assert {"tiny", "genericcloud"} <= set(yaml.safe_load(text)["vendors"]) and "mixed" in yaml.safe_load(text)["tiers"]
     return copy
 
 
