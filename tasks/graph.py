@@ -182,8 +182,8 @@ def base_tasks(plan: Plan) -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"debootstrap {cell.release.name} for {cell.arch.name}: the base of its images",
-            "actions": [(run_stage, [f"base:{name}", base.build, cell.release, cell.arch.name, files, settings,
-                                     base.package_cache(plan.workdir), plan.cpu_slots, content])],
+            "actions": [(run_stage, [f"base:{name}", base.build, cell.release, cell.arch.name, files,
+                                     settings, base.package_cache(plan.workdir), plan.cpu_slots, content])],
             "targets": _paths(files.tarball, files.log),
             "uptodate": [config_changed(base.base_config(cell.release, cell.arch.name, settings, content)),
                          timeout(timedelta(days=settings.base_max_age_days))],
@@ -277,9 +277,9 @@ def release_tasks(plan: Plan) -> Iterator[dict]:
         yield {
             "name": cell.name,
             "doc": doc,
-            "actions": [(run_stage, [f"release:{cell.name}", release.release, cell, files, plan.confirmed, plan.storage, plan.matrix.publish,
-                                     plan.matrix.release, plan.matrix.boot_test, plan.locks,
-                                     plan.kvm_verdicts])],
+            "actions": [(run_stage, [f"release:{cell.name}", release.release, cell, files, plan.confirmed,
+                                     plan.storage, plan.matrix.publish, plan.matrix.release, plan.matrix.boot_test,
+                                     plan.locks, plan.kvm_verdicts])],
             "file_dep": _paths(*files.artifacts, files.manifest),
             "targets": _paths(files.release_record),
             "uptodate": [config_changed({"storage": plan.storage.url, "version": plan.version,
