@@ -7,10 +7,11 @@ logic, in about a second per boot instead of a minute.
 
 import os
 import subprocess
+import time
 
 import pytest
 
-from tasks import boottest, qemu
+from tasks import boottest, cpu, qemu
 from tasks.matrix import BootTestSettings
 
 FAST = BootTestSettings(timeout=20, memory=64, cpus=1, accelerator="auto", until="login")
@@ -104,3 +105,28 @@ def test_image_is_never_written(tmp_path):
 def test_boot_sector_message_limit():
     with pytest.raises(ValueError):
         qemu.boot_sector(b"x" * 500)
+
+
+def test_firmwares_boot_side_by_side_and_the_first_failure_stops_the_other(tmp_path, repo_matrix):
+    """BIOS panics at once; the UEFI boot beside it (OVMF finds nothing to boot and would try the
+    network for minutes) is stopped then and there, and only the deciding boot is recorded."""
+    import json
+
+    from tasks.layout import CellFiles
+
+    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+    files = CellFiles.of(tmp_path / "build", cell)
+    files.dir.mkdir(parents=True)
+    files.raw.write_bytes(qemu.boot_sector(b"Linux version 6.1\r\nKernel panic - not syncing: test\r\n",
+                                           exit=False).ljust(1 << 20, b"\0"))
+    settings = BootTestSettings(timeout=120, memory=256, cpus=1, accelerator="tcg", until="login")
+    started = time.monotonic()
+    with pytest.raises(boottest.BootTestFailed, match="the kernel panicked") as failed:
+        boottest.boot_test(cell, files, settings, tmp_path / "cpu")
+    assert time.monotonic() - started < 20, "the UEFI boot did not wait for its timeout"
+    assert failed.value.log == files.boot_log("bios")
+    result = json.loads(files.boot_result.read_text())
+    assert result["side_by_side"] == min(2, cpu.cores())
+    assert [b["firmware"] for b in result["boots"]] == ["bios"]
+    assert sorted(p.name for p in files.dir.iterdir()) == ["boot-bios.log", "boottest.json", "disk.raw"]
+    assert not qemu_processes_for(files.raw)
