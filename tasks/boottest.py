@@ -52,6 +52,10 @@ MILESTONES = [
 # GRUB's menu on the serial console: Enter boots the default entry at once
 # instead of after the menu's timeout.
 GRUB_MENU = re.compile(rb"Press enter to boot the selected OS|will be executed automatically in")
+# A boot takes up to this many vCPUs when CPU slots are free beyond
+# boot_test.cpus: under TCG, a second vCPU takes a boot from systemd to the
+# login prompt in half the time (measured: 19 s instead of 40 s).
+VCPUS_WHEN_FREE = 2
 # A pattern may straddle two reads; search this much of the old text again.
 _OVERLAP = 512
 # How often the console, the clock and the other boots are looked at.
@@ -254,21 +258,27 @@ def boot_test(cell: Cell, files: CellFiles, settings: BootTestSettings, cpu_slot
     """The doit action: boot through each firmware the image supports.
 
     The firmwares boot side by side when the CPU slots allow (each boot
-    takes settings.cpus of them), else one after the other; the first
+    takes settings.cpus of them), else one after the other; a boot gets
+    more vCPUs, up to VCPUS_WHEN_FREE, when slots are left over. The first
     failure stops the others at once. Writes boot-<firmware>.log and
     boottest.json; raises if any boot failed.
     """
     verdicts = accel.Verdicts(kvm_verdicts)
     firmwares = list(cell.arch.firmware)
-    with cpu.slots(cpu_slots, want=settings.cpus * len(firmwares)) as got:
+    per_boot = max(settings.cpus, VCPUS_WHEN_FREE)
+    with cpu.slots(cpu_slots, want=per_boot * len(firmwares)) as got:
         side_by_side = max(1, min(len(firmwares), got // settings.cpus))
-        results = _boot_each(cell, files, settings, verdicts, firmwares, side_by_side)
+        # Free cores beyond boot_test.cpus are shared out (arm64's one firmware gets both here).
+        vcpus = max(settings.cpus, min(per_boot, got // side_by_side))
+        results = _boot_each(cell, files, dataclasses.replace(settings, cpus=vcpus), verdicts, firmwares,
+                             side_by_side)
     failed = next((r for r in results if not r.passed), None)
     atomic.write_json(files.boot_result, {
         "cell": cell.name,
         "verdict": failed.verdict if failed else "passed",
         "passed": failed is None,
         "side_by_side": side_by_side,
+        "vcpus": vcpus,
         "boots": [r.to_json() for r in results],
     })
     if failed:
