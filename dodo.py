@@ -96,7 +96,7 @@ DOIT_CONFIG = {
     # that does not depend on the failure, and skips those that do.
     "continue": True,
     # doit's console output, then the run summary table (tasks/summary.py).
-    "reporter": summary.reporter_for(PLAN.matrix, graph.SUMMARY_COLUMNS, PLAN.run_summary),
+    "reporter": summary.reporter_for(PLAN.matrix, graph.STAGE_NAMES, PLAN.run_summary),
 }
 
 

@@ -34,8 +34,6 @@ from .matrix import Cell, KnownFailure
 from .plan import Plan
 
 STAGE_NAMES = ("build", "compress", "boottest", "manifest", "publish")
-# The run summary's columns: a cell's base, its stages, its manual release.
-SUMMARY_COLUMNS = ("base", *STAGE_NAMES, "release")
 
 
 class StageFailure(TaskFailed):

@@ -77,7 +77,8 @@ def _shorter(path: Path, base: Path) -> str:
 def reporter_for(matrix: Matrix, stages: tuple[str, ...], record: Path):
     """The reporter class doit instantiates for a run over matrix's cells.
 
-    stages: the columns, in order (the per-cell stages, base first).
+    stages: a cell's stages, in order (tasks/graph.py); the table's columns
+    are the cell's base, these, and its manual release.
     record: where the summary is written (run-summary.json).
     """
 
@@ -93,6 +94,10 @@ class RunSummary(ConsoleReporter):
     matrix: Matrix
     stages: tuple[str, ...]
     record: Path
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return ("base", *self.stages, "release")
 
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
@@ -120,8 +125,9 @@ class RunSummary(ConsoleReporter):
             last = kind.removeprefix("xfail-")
             if last not in self.stages:
                 return []
-            return [(name, stage) for stage in self.stages[self.stages.index("build"):self.stages.index(last) + 1]]
-        if kind in self.stages:
+            # A known failure's task runs the cell's stages up to that one.
+            return [(name, stage) for stage in self.stages[:self.stages.index(last) + 1]]
+        if kind in self.columns:
             return [(name, kind)]
         return []
 
@@ -213,7 +219,7 @@ class RunSummary(ConsoleReporter):
 
     def summary(self) -> dict:
         cells = sorted({cell for cell, _ in self.results})
-        columns = [stage for stage in self.stages if any(s == stage for _, s in self.results)]
+        columns = [stage for stage in self.columns if any(s == stage for _, s in self.results)]
         totals: dict[str, int] = {}
         for result in self.results.values():
             totals[result.outcome.value] = totals.get(result.outcome.value, 0) + 1

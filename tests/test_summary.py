@@ -33,7 +33,7 @@ def small_graph(tmp_path: Path) -> Path:
         MATRIX = matrix.load(Path({str(REPO / "matrix.yaml")!r}))
         DOIT_CONFIG = {{"dep_file": str(WORK / ".doit.db"), "backend": "sqlite3", "verbosity": 2,
                        "continue": True, "num_process": 2, "default_tasks": ["publish"],
-                       "reporter": summary.reporter_for(MATRIX, graph.SUMMARY_COLUMNS, WORK / "run-summary.json")}}
+                       "reporter": summary.reporter_for(MATRIX, graph.STAGE_NAMES, WORK / "run-summary.json")}}
 
         def make(path):
             Path(path).write_text("made")
