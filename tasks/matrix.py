@@ -152,7 +152,7 @@ class CompressSettings:
 class BootTestSettings:
     timeout: int = 300  # seconds
     memory: int = 1024  # MiB
-    cpus: int = 2
+    cpus: int = 1  # vCPUs of each boot at least (tasks/boottest.py)
     accelerator: str = "auto"  # auto: KVM when it works, else TCG
     until: str = "login"  # the milestone that passes: systemd or login
 
