@@ -143,3 +143,8 @@ def task_ci():
 def task_release():
     """release a cell: instance test, platform upload, publish, notify (confirm=yes)"""
     yield from graph.release_tasks(PLAN)
+
+
+def task_compare():
+    """compare two images' facts (left=<cell or file> right=<cell or file>)"""
+    return graph.compare_task(PLAN)

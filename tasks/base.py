@@ -6,8 +6,9 @@ image; the config space's hook hooks/extrbase.DEBIAN unpacks it in place of
 FAI's own debootstrap. The base is made again when its settings change or
 after build.base_max_age_days (each build still dist-upgrades it).
 
-The base already holds the packages every image gets (the DEBIAN class's
-unconditional package list) and the release's updates and security fixes
+The base already holds the packages every image of its release and
+architecture gets (the package lists of the DEBIAN, release and
+architecture classes that apply whatever the vendor) and the release's updates and security fixes
 (its class's APT_SUITES and APT_SECURITY_SUITE): each vendor's build then
 installs only what its own classes add, and its dist-upgrade finds little
 or nothing left to do.
@@ -23,11 +24,11 @@ from pathlib import Path
 
 from . import atomic, binfmt, cpu, proc, sandbox
 from .errors import StageFailed
-from .matrix import BuildSettings, Release
+from .matrix import Architecture, BuildSettings, Release
 from .progress import StageProgress
 
 # Bump when the way the base is made changes.
-BASE_FORMAT = 3
+BASE_FORMAT = 4
 DEBOOTSTRAP_OPTIONS = ["--variant=minbase", "--components=main"]
 # The class whose packages every image installs; its list goes into the base.
 COMMON_CLASS = "DEBIAN"
@@ -35,7 +36,9 @@ _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _VARIABLE = re.compile(r"""^(APT_SUITES|APT_SECURITY_SUITE)=["']?([^"'#]*)["']?\s*(?:#.*)?$""")
 
 # Run in the sandbox once debootstrap is done: the release's other suites
-# (updates, security) are added and the base is upgraded from them. apt and
+# (updates, security) are added, the base is upgraded from them, and the
+# packages every image gets are installed with apt (debootstrap's --include
+# cannot configure packages such as libpam-systemd, which need /proc). apt and
 # dpkg need /proc; policy-rc.d keeps upgraded daemons from starting on the
 # build host. The sources debootstrap wrote are put back afterwards: FAI's
 # hooks/repository.DEBIAN writes the build's own. The mounts end with the
@@ -53,6 +56,11 @@ echo "I: Updating the package lists"
 chroot "$root" apt-get -o Acquire::Languages=none update
 echo "I: Upgrading from the updates and security suites"
 DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade
+if [ -n "$BASE_PACKAGES" ]; then
+    echo "I: Installing the packages every image gets"
+    DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y --no-install-recommends \
+        -o Dpkg::Options::=--force-confold install $BASE_PACKAGES
+fi
 chroot "$root" apt-get clean
 rm -f "$root/usr/sbin/policy-rc.d"
 mv "$root/etc/apt/sources.list.debootstrap" "$root/etc/apt/sources.list"
@@ -92,20 +100,30 @@ def package_cache(workdir: Path) -> Path:
     return workdir / "cache" / "packages"
 
 
-def common_packages(config_space: Path) -> tuple[str, ...]:
-    """The packages package_config/DEBIAN installs for every image: those of its
-    `PACKAGES install` and `install-norec` sections that name no class condition."""
-    path = config_space / "package_config" / COMMON_CLASS
-    packages, collecting = [], False
+def _package_sections(path: Path) -> list[tuple[str, tuple[str, ...], list[str]]]:
+    """(command, classes, packages) of each PACKAGES section of a package_config file."""
+    sections: list[tuple[str, tuple[str, ...], list[str]]] = []
     for line in path.read_text().splitlines() if path.exists() else []:
         words = line.split("#", 1)[0].split()
         if not words:
             continue
         if words[0] == "PACKAGES":
-            collecting = words[1:] in (["install"], ["install-norec"])
-            continue
-        if collecting:
-            packages += [w for w in words if _PACKAGE.match(w)]
+            sections.append((words[1] if len(words) > 1 else "", tuple(words[2:]), []))
+        elif sections:
+            sections[-1][2].extend(w for w in words if _PACKAGE.match(w))
+    return sections
+
+
+def common_packages(config_space: Path, classes: tuple[str, ...] = (COMMON_CLASS,)) -> tuple[str, ...]:
+    """The packages every image with these classes installs: the `install` and
+    `install-norec` sections of their package_config files that name no class,
+    or a class among them (FAI installs a section when any class it names is
+    defined)."""
+    packages = []
+    for cls in classes:
+        for command, condition, names in _package_sections(config_space / "package_config" / cls):
+            if command in ("install", "install-norec") and (not condition or set(condition) & set(classes)):
+                packages += names
     return tuple(dict.fromkeys(packages))
 
 
@@ -135,12 +153,15 @@ def upgrade_sources(config_space: Path, release: Release, settings: BuildSetting
 class BaseContent:
     """What goes into a base beyond debootstrap's minbase, read from the config space."""
 
-    include: tuple[str, ...] = ()  # packages debootstrap adds
+    include: tuple[str, ...] = ()  # packages apt adds to debootstrap's minbase
     sources: tuple[str, ...] = ()  # apt sources the base is upgraded from; none: no upgrade
 
     @classmethod
-    def of(cls, config_space: Path, release: Release, settings: BuildSettings) -> "BaseContent":
-        return cls(common_packages(config_space), upgrade_sources(config_space, release, settings))
+    def of(cls, config_space: Path, release: Release, arch: Architecture,
+           settings: BuildSettings) -> "BaseContent":
+        # Every image of a release and architecture has these classes.
+        classes = (COMMON_CLASS, release.fai_class, *arch.fai_classes)
+        return cls(common_packages(config_space, classes), upgrade_sources(config_space, release, settings))
 
 
 def base_config(release: Release, arch: str, settings: BuildSettings, content: BaseContent = BaseContent()) -> dict:
@@ -163,9 +184,7 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
     root = files.staging / "root"
     log = files.staging / "base.log"
     files.staging.mkdir(parents=True)
-    include = content.include
-    cmd = ["debootstrap", *DEBOOTSTRAP_OPTIONS, *([f"--include={','.join(include)}"] if include else []),
-           f"--arch={arch}", release.name, str(root), settings.mirror]
+    cmd = ["debootstrap", *DEBOOTSTRAP_OPTIONS, f"--arch={arch}", release.name, str(root), settings.mirror]
     log.write_text(f"# {' '.join(cmd)}\n")
     try:
         with StageProgress(f"base {files.name}", unit="steps") as progress:
@@ -181,10 +200,12 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
                 if settings.mirror.startswith("http://"):
                     env["http_proxy"] = cache.url  # debootstrap fetches with wget
                 status = sandbox.run_logged(cmd, log, env, keep=[files.staging], on_line=on_line)
-                if status == 0 and content.sources:
-                    upgrade = ["bash", "-c", _UPGRADE, "base-upgrade", str(root), *content.sources]
+                if status == 0 and (content.sources or content.include):
+                    sources = content.sources or (f"deb {settings.mirror} {release.name} main",)
+                    upgrade = ["bash", "-c", _UPGRADE, "base-upgrade", str(root), *sources]
+                    env["BASE_PACKAGES"] = " ".join(content.include)
                     with open(log, "a") as out:
-                        out.write(f"# upgrade from: {'; '.join(content.sources)}\n")
+                        out.write(f"# upgrade from: {'; '.join(sources)}; install: {env['BASE_PACKAGES']}\n")
                     status = sandbox.run_logged(upgrade, log, env, keep=[files.staging], on_line=on_line)
             with open(log, "a") as out:
                 out.write(f"# {cache.stats.summary()}\n")

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +32,10 @@ from .progress import StageProgress
 # Bump when a change to the builder (not to the config space or matrix.yaml)
 # must rebuild every image.
 BUILDER_FORMAT = 2
+# What the config space runs of this project (tasks/imagecheck.py): a build
+# depends on these files too.
+TOOLS_ROOT = Path(__file__).resolve().parent.parent
+IN_BUILD_MODULES = tuple(Path(__file__).resolve().parent / name for name in ("imagecheck.py", "imagefacts.py"))
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,12 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         IMAGE_SECURITY_MIRROR=settings.security_mirror,
         IMAGE_APT_MIRROR=settings.image_mirror,
         IMAGE_APT_SECURITY_MIRROR=settings.image_security_mirror,
+        IMAGE_VERSION=inputs.version,
         IMAGE_OUTPUT_DIR=str(staging / "output"),
         IMAGE_BASEFILE=str(inputs.base.resolve()),
+        # The image checks (tasks/imagecheck.py) run with this project's Python.
+        IMAGE_PYTHON=sys.executable,
+        IMAGE_TOOLS=str(TOOLS_ROOT),
         # FAI looks for a base file in $NFSROOT/var/tmp, which without an
         # NFS root would be the build host's own /var/tmp.
         NFSROOT="/nonexistent-nfsroot",
@@ -107,7 +116,7 @@ def check_host() -> None:
 
 
 def build(cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildInputs) -> None:
-    """Build one image: disk.raw, build.log, packages.tsv and build-info.json."""
+    """Build one image: disk.raw, build.log, packages.tsv, facts.json and build-info.json."""
     check_host()
     binfmt.ensure(cell.arch.name)
     files.dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +163,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
                     progress.update(completed=FAI_STEPS.index(step.group(1)), status=f"FAI task {step.group(1)}")
 
             env = fai_environment(cell, settings, staging, inputs)
-            keep = [staging, inputs.config_space, inputs.base.parent]
+            keep = [staging, inputs.config_space, inputs.base.parent, TOOLS_ROOT]
             with aptcache.PackageCache(inputs.package_cache) as cache:
                 if settings.mirror.startswith("http://"):
                     env["IMAGE_APT_PROXY"] = cache.url
@@ -168,8 +177,8 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         atomic.commit(log, files.build_log)
         raise
     _append_fai_logs(log, log_dir / settings.hostname / "last")
-    packages = output_dir / "packages.tsv"
-    if returncode != 0 or not packages.is_file() or packages.stat().st_size == 0:
+    packages, facts = output_dir / "packages.tsv", output_dir / "facts.json"
+    if returncode != 0 or not packages.is_file() or packages.stat().st_size == 0 or not facts.is_file():
         atomic.commit(log, files.build_log)
         raise BuildFailed(_failure_report(cell, files.build_log, returncode), log=files.build_log)
     loopdev.detach_all(staging)  # before disk.raw is read and committed
@@ -190,6 +199,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         "mirror": settings.mirror,
     })
     atomic.commit(packages, files.packages)
+    atomic.commit(facts, files.facts)
     atomic.commit(log, files.build_log)
     atomic.commit(raw, files.raw)
 
@@ -208,7 +218,7 @@ def _failure_report(cell: Cell, log: Path, returncode: int, tail: int = 15, matc
     lines = log.read_text(errors="replace").splitlines()
     # FAI's own logs, appended to the build log, repeat lines: show each once.
     relevant = list(dict.fromkeys(line for line in lines if _RELEVANT.search(line)))[-matches:]
-    what = f"exit status {returncode}" if returncode else "no package list written"
+    what = f"exit status {returncode}" if returncode else "no package list or facts report written"
     parts = [f"{cell.name}: fai-diskimage failed ({what}); full log: {log}"]
     if relevant:
         parts += ["relevant lines:", *(f"  {line}" for line in relevant)]

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed, timeout
 
-from . import atomic, base, boottest, ci, compress, fai, faiconfig, manifest, release, storage
+from . import atomic, base, boottest, ci, compress, fai, faiconfig, imagefacts, manifest, release, storage
 from .errors import StageFailed
 from .layout import CellFiles
 from .matrix import Cell, KnownFailure
@@ -96,8 +96,9 @@ def _build(plan: Plan, cell: Cell, files: CellFiles) -> Step:
     return Step(
         call=(fai.build, [cell, files, settings, inputs]),
         doc=f"build {cell.name} with fai-diskimage",
-        file_dep=_paths(base_files.tarball, *faiconfig.selected_files(plan.config_space, cell.fai_classes)),
-        targets=_paths(files.raw, files.build_log, files.packages, files.build_info),
+        file_dep=_paths(base_files.tarball, *faiconfig.selected_files(plan.config_space, cell.fai_classes),
+                       *fai.IN_BUILD_MODULES),
+        targets=_paths(files.raw, files.build_log, files.packages, files.facts, files.build_info),
         configs=[fai.build_config(cell, settings)],
     )
 
@@ -128,7 +129,7 @@ def _manifest(plan: Plan, cell: Cell, files: CellFiles) -> Step:
     return Step(
         call=(manifest.write, [cell, files, plan.version]),
         doc=f"describe {cell.name} in manifest.json",
-        file_dep=_paths(*files.artifacts, files.packages, files.build_info, files.boot_result),
+        file_dep=_paths(*files.artifacts, files.packages, files.facts, files.build_info, files.boot_result),
         targets=_paths(files.manifest),
         configs=[{"schema": manifest.SCHEMA_VERSION, "version": plan.version}],
     )
@@ -176,7 +177,7 @@ def base_tasks(plan: Plan) -> Iterator[dict]:
     needed = {cell.base_name: cell for cell in plan.matrix.cells}
     for name, cell in needed.items():
         files = base.BaseFiles.of(plan.workdir, name)
-        content = base.BaseContent.of(plan.config_space, cell.release, settings)
+        content = base.BaseContent.of(plan.config_space, cell.release, cell.arch, settings)
         yield {
             "name": name,
             "doc": f"debootstrap {cell.release.name} for {cell.arch.name}: the base of its images",
@@ -284,3 +285,39 @@ def release_tasks(plan: Plan) -> Iterator[dict]:
                                          "platforms": plan.matrix.release.platforms.get(cell.vendor.name)})],
         }
     yield {"name": None, "doc": "release cells by name only (confirm=yes)", "task_dep": []}
+
+
+# --------------------------------------------------------------------------
+# Comparing images
+
+
+def facts_report(plan: Plan, given: str) -> Path:
+    """left=/right= of `doit compare`: a cell's facts.json, or a file (facts.json,
+    or a manifest holding them)."""
+    if given in {cell.name for cell in plan.matrix.cells}:
+        return CellFiles.of(plan.workdir, plan.matrix.cell(given)).facts
+    return (plan.base / given).resolve()
+
+
+def compare_reports(plan: Plan) -> TaskFailed | None:
+    left, right = plan.compare
+    if not left or not right:
+        return TaskFailed("doit compare needs two reports: doit compare left=<cell or file> right=<cell or file>")
+    try:
+        reports = [imagefacts.load(facts_report(plan, given)) for given in (left, right)]
+    except imagefacts.FactsError as error:
+        return TaskFailed(str(error))
+    differences = imagefacts.compare(*reports)
+    print(f"{left} and {right}: " + (f"{len(differences)} differences" if differences else "no difference"))
+    for line in differences:
+        print(f"  {line}")
+    return None
+
+
+def compare_task(plan: Plan) -> dict:
+    return {
+        "actions": [(compare_reports, [plan])],
+        "uptodate": [False],
+        "verbosity": 2,
+        "doc": "compare two images' facts, field by field (left=<cell or file> right=<cell or file>)",
+    }

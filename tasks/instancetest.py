@@ -5,13 +5,16 @@ qemu boots a copy-on-write overlay of the image that is larger than the
 image, with a NoCloud seed (a FAT volume labelled CIDATA: meta-data naming
 the host, user-data giving the default user an SSH key made for this test),
 and forwards a local port to the guest's SSH. Once SSH answers, the test logs
-in and checks that cloud-init finished without errors, that the host name is
+in as the image's own default user (admin on ec2, debian elsewhere) and checks that cloud-init finished without errors, that the host name is
 the one from meta-data, that the root file system grew to the disk, that apt
 points at the image's release, and that systemd is running (or degraded,
 with the failed units listed). qemu is stopped on every path.
 
-Only images whose cloud-init reads NoCloud can be tested this way (generic,
-genericcloud); platform images look for their own cloud's metadata.
+Only images with cloud-init can be tested this way (release.instance_test:
+generic, genericcloud, ec2): cloud-init finds the NoCloud seed by its label.
+gce has no cloud-init (Google's guest agent takes users and keys from a
+metadata server qemu does not have) and nocloud no SSH server; their boot
+test's login prompt is what is checked of them.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from .matrix import BootTestSettings, Cell
 from .progress import StageProgress
 
 GROWTH = 2 << 30  # the test disk is this much larger than the image
-USER = "debian"  # cloud-init's default user on Debian
 
 
 class InstanceTestFailed(StageFailed):
@@ -49,6 +51,7 @@ class Check:
 class InstanceResult:
     cell: str
     hostname: str
+    user: str = ""  # who logged in over SSH
     passed: bool = False
     seconds_to_ssh: float | None = None
     failure: str | None = None  # why the checks could not run
@@ -77,15 +80,25 @@ def make_seed(directory: Path, hostname: str, public_key: str) -> Path:
     return seed
 
 
+def default_user(files: CellFiles) -> str:
+    """The user cloud-init creates on this image (admin on ec2, debian elsewhere),
+    as the build measured it in the image (tasks/imagefacts.py)."""
+    user = atomic.read_json(files.facts)["users"]["default_user"] if files.facts.is_file() else None
+    if not user:
+        raise InstanceTestFailed(f"{files.cell.name}: the image has no cloud-init default user to log in as "
+                                 f"({files.facts}); take its vendor out of release.instance_test")
+    return user
+
+
 class Guest:
-    def __init__(self, port: int, key: Path):
-        self.port, self.key = port, key
+    def __init__(self, port: int, key: Path, user: str):
+        self.port, self.key, self.user = port, key, user
 
     def run(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
             ["ssh", "-i", str(self.key), "-p", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-             f"{USER}@127.0.0.1", command], capture_output=True, text=True, timeout=timeout)
+             f"{self.user}@127.0.0.1", command], capture_output=True, text=True, timeout=timeout)
 
 
 def checks(guest: Guest, cell: Cell, hostname: str, disk_bytes: int) -> list[Check]:
@@ -204,6 +217,7 @@ class _Instance:
     firmware: str
     settings: BootTestSettings
     timeout: float
+    user: str  # the image's cloud-init default user
 
 
 def _boot_and_check(instance: _Instance, choice: accel.Choice, console: Path, sink, result: InstanceResult,
@@ -231,7 +245,7 @@ def _boot_and_check(instance: _Instance, choice: accel.Choice, console: Path, si
     child = proc.start(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     started = time.monotonic()
     try:
-        guest = Guest(port, scratch / "id")
+        guest = Guest(port, scratch / "id", instance.user)
         try:
             kvm_failure = wait_for_kernel(child, console, offset, choice, started + instance.timeout)
             if kvm_failure:
@@ -257,7 +271,8 @@ def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, time
     failing KVM restarts the instance under TCG within seconds.
     """
     hostname = f"release-test-{cell.release.name}"
-    result = InstanceResult(cell.name, hostname)
+    user = default_user(files)
+    result = InstanceResult(cell.name, hostname, user=user)
     firmware = cell.arch.firmware[-1]  # UEFI where the image has it
     verdicts = accel.Verdicts(kvm_verdicts)
     with tempfile.TemporaryDirectory(prefix="instance-test-", dir=files.dir) as scratch, \
@@ -266,7 +281,7 @@ def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, time
         proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "image-instance-test", "-f",
                   str(scratch / "id")])
         seed = make_seed(scratch, hostname, (scratch / "id.pub").read_text().strip())
-        instance = _Instance(cell, raw, scratch, seed, firmware, settings, timeout)
+        instance = _Instance(cell, raw, scratch, seed, firmware, settings, timeout, user)
         choice = qemu.choose_accelerator(cell.arch.name, firmware, settings.accelerator, verdicts)
         console = files.dir / "instance-test-console.log"
         partial = atomic.partial_path(console)

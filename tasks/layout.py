@@ -36,6 +36,11 @@ class CellFiles:
         return self.dir / "packages.tsv"
 
     @property
+    def facts(self) -> Path:
+        """The fidelity report, measured in the image (tasks/imagefacts.py)."""
+        return self.dir / "facts.json"
+
+    @property
     def build_info(self) -> Path:
         return self.dir / "build-info.json"
 

@@ -3,7 +3,7 @@
 It names the image, says how and when it was built (FAI classes, FAI
 version, mirror), lists its artifacts under their public names with size and
 SHA-512, every installed package (name, version, architecture) and the boot
-test's result. Published beside the artifacts, it is what a user reads to
+test's result, and the image's facts (tasks/imagefacts.py). Published beside the artifacts, it is what a user reads to
 know what an image holds.
 """
 
@@ -17,7 +17,7 @@ from .errors import StageFailed
 from .layout import CellFiles
 from .matrix import FORMATS, Cell
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the image's facts
 
 
 class ManifestFailed(StageFailed):
@@ -82,6 +82,8 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
                       for b in boot["boots"]],
         },
         "packages": read_packages(files.packages),
+        # What the image is, measured in it at build time (tasks/imagefacts.py).
+        "facts": atomic.read_json(files.facts),
     }
 
 

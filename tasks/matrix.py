@@ -83,11 +83,18 @@ class Cell:
     def fai_classes(self) -> tuple[str, ...]:
         # Order matters to FAI: later classes win (disk_config, fcopy) and
         # their scripts run later. LAST cleans up after everyone else.
+        # Combined names (EC2+ARM64, BOOKWORM+AZURE) let a file or script
+        # belong to a vendor on one architecture or release only; they come
+        # after the plain classes, so the narrower file wins.
+        vendor = self.vendor.fai_classes
+        combined = (*(f"{v}+{a}" for v in vendor for a in self.arch.fai_classes),
+                    *(f"{self.release.fai_class}+{v}" for v in vendor))
         return (
             "DEBIAN",
             self.release.fai_class,
             *self.arch.fai_classes,
-            *self.vendor.fai_classes,
+            *vendor,
+            *combined,
             "LAST",
         )
 
@@ -161,7 +168,7 @@ class BootTestSettings:
 class ReleaseSettings:
     """The manual release step (tasks/release.py)."""
 
-    instance_test: tuple[str, ...] = ("generic", "genericcloud")  # vendors whose cloud-init reads NoCloud
+    instance_test: tuple[str, ...] = ("generic", "genericcloud", "ec2")  # vendors whose cloud-init reads NoCloud
     instance_test_timeout: int = 600  # seconds for SSH to answer
     platforms: dict[str, dict] = field(default_factory=dict)  # vendor -> its platform's settings
     notify: dict = field(default_factory=dict)  # to, from, smtp_host, smtp_port, webhook

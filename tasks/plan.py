@@ -21,6 +21,8 @@ cells      for `doit ci`: cell patterns to build instead    the source's tier
            of a tier ("trixie-*-arm64 sid-ec2-*")
 confirm    `yes` lets `doit release:<cell>` release         no
            (README.md, "Release")
+left,      for `doit compare`: two image facts reports,     (none)
+right      each a cell name, a facts.json or a manifest
 =========  ===============================================  =====================
 
 Relative paths are relative to the directory holding dodo.py.
@@ -39,7 +41,8 @@ from . import matrix as matrix_module
 from .matrix import Cell, Matrix, MatrixError
 from .storage import Location
 
-OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level", "source", "cells", "confirm")
+OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level", "source", "cells", "confirm", "left",
+           "right")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 
 
@@ -56,6 +59,7 @@ class Plan:
     source: str = "push"  # for `doit ci`
     cells: str | None = None  # for `doit ci`
     confirmed: bool = False  # confirm=yes: releases may be made
+    compare: tuple[str | None, str | None] = (None, None)  # left=, right= for `doit compare`
 
     @property
     def tier_cells(self) -> list[Cell]:
@@ -125,4 +129,5 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
         source=get("source") or "push",
         cells=get("cells") or None,
         confirmed=(get("confirm") or "").lower() in ("yes", "true", "1"),
+        compare=(get("left"), get("right")),
     )

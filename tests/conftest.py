@@ -24,6 +24,8 @@ def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFil
     for fmt in cell.vendor.formats:
         files.artifact(fmt).write_bytes(os.urandom(3000) + fmt.encode())
     files.packages.write_text("base-files\t12.4+deb12u8\tamd64\nbash\t5.2.15-2+b7\tamd64\n")
+    files.facts.write_text(json.dumps({"schema": "image-facts/1", "packages": ["base-files", "bash"],
+                                       "users": {"default_user": "debian"}}))
     files.build_info.write_text(json.dumps({
         "cell": cell.name, "version": version, "image_name": cell.image_name(version),
         "fai_classes": list(cell.fai_classes), "disk_size": cell.vendor.disk_size,

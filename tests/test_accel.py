@@ -66,6 +66,8 @@ def cell_on_a_sector(tmp_path, repo_matrix, name: str):
     files = CellFiles.of(tmp_path / "build", cell)
     files.dir.mkdir(parents=True)
     sector_image(tmp_path).rename(files.raw)
+    # What the build measured in the image: the instance test logs in as its default user.
+    files.facts.write_text(json.dumps({"schema": "image-facts/1", "users": {"default_user": "debian"}}))
     return cell, files
 
 

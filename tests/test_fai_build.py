@@ -50,7 +50,8 @@ NOTHING = {"loop devices": [], "mounts": [], "processes": [], "partial files": [
 def test_failed_build_names_its_log_and_cleans_up(tmp_path, repo_matrix):
     space = tmp_path / "fai_config"
     shutil.copytree(REPO / "fai_config", space, symlinks=True)
-    (space / "disk_config" / "AMD64").write_text("disk_config disk1 disklabel:floppy\nprimary / 1G- ext4 rw\n")
+    hook = space / "hooks" / "partition.DEBIAN"
+    hook.write_text(hook.read_text().replace("type=21686148-6449-6E6F-744E-656564454649", "type=NOT-A-TYPE"))
     cell = repo_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
 
@@ -59,8 +60,8 @@ def test_failed_build_names_its_log_and_cleans_up(tmp_path, repo_matrix):
         fai.build(cell, files, repo_matrix.build, inputs)
     message = str(caught.value)
     assert f"full log: {files.build_log}" in message
-    assert "Invalid disk label floppy" in message  # setup-storage's own words, among the relevant lines
-    assert "Invalid disk label floppy" in files.build_log.read_text()
+    assert "Failed to add #1 partition" in message  # sfdisk's own words, among the relevant lines
+    assert "partition.DEBIAN     FAILED with exit code 1" in files.build_log.read_text()
     assert not files.raw.exists() and not files.packages.exists() and not files.build_info.exists()
     assert leftovers(tmp_path) == NOTHING
 

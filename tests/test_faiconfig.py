@@ -36,11 +36,11 @@ def test_selection_follows_classes(repo_matrix):
                faiconfig.selected_files(space, repo_matrix.cell("bookworm-nocloud-amd64").fai_classes)}
     cloud = {str(p.relative_to(space)) for p in
              faiconfig.selected_files(space, repo_matrix.cell("bookworm-genericcloud-amd64").fai_classes)}
-    assert "scripts/NOCLOUD/10-console-and-network" in nocloud - cloud
-    assert "package_config/CLOUD" in cloud - nocloud
+    assert {"scripts/NOCLOUD/10-password", "files/etc/netplan/90-default.yaml/NOCLOUD"} <= nocloud - cloud
+    assert {"package_config/CLOUD", "files/etc/default/grub.d/15_timeout.cfg/CLOUD"} <= cloud - nocloud
     assert "class/TRIXIE.var" not in nocloud | cloud
-    shared = {"class/DEBIAN.var", "class/BOOKWORM.var", "scripts/LAST/90-clean", "disk_config/AMD64",
-              "scripts/GRUB_PC/10-install-grub", "tests/LAST/10-image-tree"}
+    shared = {"class/DEBIAN.var", "class/BOOKWORM.var", "scripts/LAST/90-clean", "hooks/partition.DEBIAN",
+              "scripts/AMD64/20-grub", "tests/LAST/10-image-checks"}
     assert shared <= nocloud & cloud
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from doit.loader import generate_tasks
 
-from tasks import base, graph, plan
+from tasks import base, fai, graph, plan
 from tasks.matrix import BuildSettings, MatrixError, Release
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,12 +63,12 @@ def test_files_chain_the_stages(tmp_path):
     cell_dir = tmp_path / "build" / "bookworm-genericcloud-amd64"
     f = lambda name: str(cell_dir / name)  # noqa: E731
     build, comp, boot, man, pub = (tasks[f"{s}:bookworm-genericcloud-amd64"] for s in graph.STAGES)
-    assert build.targets == [f("disk.raw"), f("build.log"), f("packages.tsv"), f("build-info.json")]
+    assert build.targets == [f("disk.raw"), f("build.log"), f("packages.tsv"), f("facts.json"), f("build-info.json")]
     assert str(tmp_path / "build" / "base" / "bookworm-amd64.tar.zst") in build.file_dep
     assert comp.file_dep == {f("disk.raw")} and comp.targets == [f("image.tar.xz"), f("image.qcow2")]
     assert boot.file_dep == {f("disk.raw")}
     assert boot.targets == [f("boot-bios.log"), f("boot-uefi.log"), f("boottest.json")]
-    assert man.file_dep == {f("image.tar.xz"), f("image.qcow2"), f("packages.tsv"), f("build-info.json"),
+    assert man.file_dep == {f("image.tar.xz"), f("image.qcow2"), f("packages.tsv"), f("facts.json"), f("build-info.json"),
                             f("boottest.json")}
     assert man.targets == [f("manifest.json")]
     assert pub.file_dep == {f("image.tar.xz"), f("image.qcow2"), f("manifest.json")}
@@ -82,7 +82,7 @@ def test_build_depends_on_its_classes_files_only(tmp_path):
                for p in tasks["build:bookworm-nocloud-amd64"].file_dep if Path(p).is_relative_to(space)}
     cloud = {Path(p).relative_to(space).as_posix()
              for p in tasks["build:bookworm-genericcloud-amd64"].file_dep if Path(p).is_relative_to(space)}
-    assert "package_config/NOCLOUD" in nocloud and "package_config/NOCLOUD" not in cloud
+    assert "scripts/NOCLOUD/10-password" in nocloud and "scripts/NOCLOUD/10-password" not in cloud
     assert "package_config/CLOUD" in cloud and "package_config/CLOUD" not in nocloud
     assert "class/BOOKWORM.var" in nocloud and "class/TRIXIE.var" not in nocloud
 
@@ -126,11 +126,14 @@ def test_vendors_and_architectures_select_their_own_files(tmp_path):
 
     ec2, gce, arm = files("trixie-ec2-amd64"), files("trixie-gce-amd64"), files("trixie-ec2-arm64")
     assert "package_config/EC2" in ec2 and "package_config/EC2" not in gce
-    assert "files/etc/cloud/cloud.cfg.d/01_image_datasource.cfg/GCE" in gce - ec2
-    assert "disk_config/ARM64" in arm and "disk_config/AMD64" not in arm
-    assert "scripts/GRUB_PC/10-install-grub" in ec2 and "scripts/GRUB_PC/10-install-grub" not in arm
-    assert "scripts/GRUB_EFI/10-install-shim-grub" in ec2 & arm
+    assert "files/etc/systemd/timesyncd.conf.d/01_debian_cloud.conf/GCE" in gce - ec2
+    assert "scripts/ARM64/20-grub" in arm and "scripts/AMD64/20-grub" not in arm
+    assert "scripts/AMD64/20-grub" in ec2 and "scripts/ARM64/20-grub" not in ec2
+    # Combined classes: a vendor's file for one architecture only.
+    assert "files/etc/default/grub.d/20_console.cfg/EC2+ARM64" in arm - ec2
     assert "lib/grub.sh" in ec2 & arm  # shared by every class
+    # The in-build checks are this project's Python: a build depends on them too.
+    assert str(fai.IN_BUILD_MODULES[0]) in tasks["build:trixie-ec2-amd64"].file_dep
 
 
 def test_one_base_per_release_and_architecture(tmp_path, repo_matrix):
@@ -153,12 +156,19 @@ def test_the_base_holds_the_packages_every_image_gets(tmp_path):
         "# every image\nPACKAGES install-norec\nsystemd-sysv udev  # init\nlibc6:amd64 sudo\n"
         "PACKAGES install BOOKWORM\nifupdown\nPACKAGES install\nopenssh-server udev\n"
         "PACKAGES remove\nnano\n")
+    (space / "package_config" / "AMD64").write_text(
+        "PACKAGES install-norec\ngrub-cloud-amd64\nPACKAGES install-norec LINUX_CLOUD\nlinux-image-cloud-amd64\n"
+        "PACKAGES install-norec TRIXIE BOOKWORM\ndosfstools\n")
     assert base.common_packages(space) == ("systemd-sysv", "udev", "sudo", "openssh-server")
+    # A section applies when any class it names is one every image of the base has.
+    assert base.common_packages(space, ("DEBIAN", "BOOKWORM", "AMD64")) == (
+        "systemd-sysv", "udev", "sudo", "ifupdown", "openssh-server", "grub-cloud-amd64", "dosfstools")
 
     tasks = load(make_plan(tmp_path))
     config = config_of(tasks["base:bookworm-amd64"])
-    assert config["include"] == list(base.common_packages(REPO / "fai_config"))
-    assert {"systemd-sysv", "openssh-server"} <= set(config["include"])
+    assert config["include"] == list(base.common_packages(REPO / "fai_config", ("DEBIAN", "BOOKWORM", "AMD64")))
+    assert {"netplan.io", "unattended-upgrades", "grub-cloud-amd64"} <= set(config["include"])
+    assert not {"linux-image-amd64", "libnss-resolve", "cloud-init"} & set(config["include"])
     assert tasks["base:bookworm-amd64"].actions[0].args[-1].include == tuple(config["include"])
 
 
@@ -222,7 +232,7 @@ def test_actions_are_module_level_functions(tmp_path):
     ({"storage": "ftp://host/images"},
      "command line: storage: expected a directory or a file://, http://, https://, s3:// URL, got 'ftp://host/images'"),
     ({"worddir": "/x"}, "command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, "
-                        "version, xz_level, source, cells, confirm)"),
+                        "version, xz_level, source, cells, confirm, left, right)"),
 ])
 def test_bad_options(tmp_path, options, message):
     with pytest.raises(MatrixError) as caught:

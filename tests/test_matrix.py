@@ -44,8 +44,12 @@ def test_cell_name_classes_and_image_name():
     m = matrix.load(REPO / "matrix.yaml")
     cell = m.cell("bookworm-genericcloud-amd64")
     assert (cell.release.name, cell.vendor.name, cell.arch.name) == ("bookworm", "genericcloud", "amd64")
-    assert cell.fai_classes == ("DEBIAN", "BOOKWORM", "AMD64", "GRUB_PC", "GRUB_EFI", "CLOUD", "GENERICCLOUD",
-                                "LINUX_CLOUD", "LAST")
+    assert cell.fai_classes == (
+        "DEBIAN", "BOOKWORM", "AMD64", "CLOUD", "GENERIC", "LINUX_CLOUD", "TIME_SYSTEMD",
+        # a vendor class on this architecture, on this release: after the plain ones, so they win
+        "CLOUD+AMD64", "GENERIC+AMD64", "LINUX_CLOUD+AMD64", "TIME_SYSTEMD+AMD64",
+        "BOOKWORM+CLOUD", "BOOKWORM+GENERIC", "BOOKWORM+LINUX_CLOUD", "BOOKWORM+TIME_SYSTEMD",
+        "LAST")
     assert cell.base_name == "bookworm-amd64"
     assert m.cell("sid-azure-arm64").arch.firmware == ("uefi",)
     assert cell.arch.firmware == ("bios", "uefi")

@@ -1,59 +1,62 @@
-# Helpers for the boot loader scripts and image checks; sourced, not run.
+# GRUB for the image's disk; sourced by scripts/AMD64/20-grub and
+# scripts/ARM64/20-grub, not run. Needs lib/disk.sh.
 #
-# The build host has no udev: inside the chroot, /dev has neither the image's
-# disk nor /dev/disk/by-uuid, and without the latter grub-mkconfig writes
-# root=/dev/loopNpM, which no booted machine has. disk_devices gives the
-# chroot a small /dev of its own with just the disk, its partitions and their
-# by-uuid links; grub-mkconfig then writes root=UUID=...
+# The result is what grub-install gives on a running instance, where the
+# grub-cloud packages' triggers (or grub-efi's postinst) run it again on
+# every GRUB or shim update: the ESP is mounted at /boot/efi there. Here
+# the build host may lack vfat, so the ESP is filled with mtools.
 
-. "$LOGDIR/disk_var.sh"     # BOOT_DEVICE (the whole disk), ROOT_PARTITION (UUID=... with fstabkey:uuid)
+export MTOOLS_SKIP_CHECK=1
 
-ESP_TYPE=c12a7328-f81f-11d2-ba4b-00a0c93ec93b
-
-disk_devices() {
-    mountpoint -q "$target/dev" && [ -e "$target/dev/disk/by-uuid" ] && return 0
-    local dev=$target/dev part uuid
-    mount -t tmpfs -o mode=0755,size=1M image-build-dev "$dev"
-    trap 'umount "$target/dev"' EXIT
-    cp -a /dev/null /dev/zero /dev/full /dev/random /dev/urandom "$dev/"
-    cp -a "$BOOT_DEVICE" "$BOOT_DEVICE"p* "$dev/"
-    mkdir -p "$dev/disk/by-uuid"
-    for part in "$BOOT_DEVICE"p*; do
-        uuid=$(blkid --match-tag UUID --output value "$part" || true)
-        if [ -n "$uuid" ]; then
-            ln -s "../../${part##*/}" "$dev/disk/by-uuid/$uuid"
-        fi
-    done
+# BIOS boot: core.img in the BIOS boot partition, modules in /boot/grub/i386-pc.
+install_grub_bios() {
+    chroot_disk_devices
+    $ROOTCMD grub-install --target=i386-pc --boot-directory=/boot --modules="ext2 part_gpt" "$BOOT_DEVICE"
 }
 
-# grub.cfg for whichever GRUB boots (BIOS or UEFI): same file, same checks.
+# UEFI boot through shim and Debian's signed GRUB (so Secure Boot works):
+# EFI/debian/ as grub-install --uefi-secure-boot lays it out, and the
+# removable-media path EFI/BOOT/ that a firmware without boot entries
+# tries. No fallback (fb*.efi) in EFI/BOOT: shim would run it and reboot.
+install_grub_efi() {
+    local efi=$1 platform=$2   # x64 x86_64-efi | aa64 arm64-efi
+    local EFI=${efi^^} shim=$target/usr/lib/shim grub=$target/usr/lib/grub/$platform-signed
+    local file
+    for file in "$shim/shim$efi.efi.signed" "$shim/mm$efi.efi.signed" "$shim/fb$efi.efi.signed" \
+                "$shim/BOOT$EFI.CSV" "$grub/grub$efi.efi.signed"; do
+        [ -f "$file" ] || { echo "ERROR: $file is missing" >&2; return 1; }
+    done
+    # The signed GRUB reads EFI/debian/grub.cfg, which hands over to the
+    # grub.cfg of the root file system.
+    local stub
+    stub=$(mktemp)
+    printf "search.fs_uuid %s root hd0,gpt1\nset prefix=(\$root)'/boot/grub'\nconfigfile \$prefix/grub.cfg\n" \
+        "$FSUUID_ROOT" > "$stub"
+    mmd -i "$ESP_PARTITION" ::/EFI ::/EFI/debian ::/EFI/BOOT
+    mcopy -i "$ESP_PARTITION" "$shim/shim$efi.efi.signed" "::/EFI/debian/shim$efi.efi"
+    mcopy -i "$ESP_PARTITION" "$grub/grub$efi.efi.signed" "::/EFI/debian/grub$efi.efi"
+    mcopy -i "$ESP_PARTITION" "$shim/mm$efi.efi.signed" "::/EFI/debian/mm$efi.efi"
+    mcopy -i "$ESP_PARTITION" "$shim/fb$efi.efi.signed" "::/EFI/debian/fb$efi.efi"
+    mcopy -i "$ESP_PARTITION" "$shim/BOOT$EFI.CSV" "::/EFI/debian/BOOT$EFI.CSV"
+    mcopy -i "$ESP_PARTITION" "$stub" ::/EFI/debian/grub.cfg
+    mcopy -i "$ESP_PARTITION" "$shim/shim$efi.efi.signed" "::/EFI/BOOT/BOOT$EFI.EFI"
+    mcopy -i "$ESP_PARTITION" "$grub/grub$efi.efi.signed" "::/EFI/BOOT/grub$efi.efi"
+    mcopy -i "$ESP_PARTITION" "$shim/mm$efi.efi.signed" "::/EFI/BOOT/mm$efi.efi"
+    rm -f "$stub"
+    # Modules for grub.cfg's insmod lines when Secure Boot is off.
+    mkdir -p "$target/boot/grub/$platform"
+    cp -a "$target/usr/lib/grub/$platform/." "$target/boot/grub/$platform/"
+}
+
+# grub.cfg, one for BIOS and UEFI: the kernel finds its root by PARTUUID
+# (files/etc/default/grub.d/10_cloud.cfg).
 write_grub_cfg() {
-    disk_devices
-    fcopy -M /etc/default/grub.d/50-image.cfg
+    chroot_disk_devices
     $ROOTCMD update-grub
     local cfg=$target/boot/grub/grub.cfg
-    if grep -q 'root=/dev/' "$cfg" || ! grep -q 'root=UUID=' "$cfg"; then
-        echo "ERROR: $cfg does not find the root file system by UUID:" >&2
+    if grep -q 'root=/dev/' "$cfg" || ! grep -q "root=PARTUUID=$PARTUUID_ROOT" "$cfg"; then
+        echo "ERROR: $cfg does not find the root file system by PARTUUID $PARTUUID_ROOT:" >&2
         grep -n 'linux\s' "$cfg" >&2
         return 1
     fi
-}
-
-root_uuid() {
-    case $ROOT_PARTITION in
-        UUID=*) echo "${ROOT_PARTITION#UUID=}" ;;
-        *) blkid --match-tag UUID --output value "$ROOT_PARTITION" ;;
-    esac
-}
-
-# The EFI system partition of the image's disk, found by its GPT type.
-esp_partition() {
-    local part
-    for part in "$BOOT_DEVICE"p*; do
-        if [ "$(blkid --probe --match-tag PART_ENTRY_TYPE --output value "$part")" = "$ESP_TYPE" ]; then
-            echo "$part"
-            return 0
-        fi
-    done
-    return 1
 }
