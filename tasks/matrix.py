@@ -120,6 +120,14 @@ class KnownFailure:
 
 
 @dataclass(frozen=True)
+class Deviation:
+    """A deliberate difference from Debian's official images, and why."""
+
+    what: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Selector:
     """One entry of a tier: the product of its lists; a missing list means all."""
 
@@ -211,6 +219,7 @@ class Matrix:
     vendors: dict[str, Vendor]
     tiers: dict[str, tuple[Selector, ...]]
     known_failures: tuple[KnownFailure, ...] = ()
+    deviations: tuple[Deviation, ...] = ()  # where the images differ from Debian's official ones
     build: BuildSettings = field(default_factory=BuildSettings)
     compress: CompressSettings = field(default_factory=CompressSettings)
     boot_test: BootTestSettings = field(default_factory=BootTestSettings)
@@ -332,6 +341,17 @@ class _Reader:
                 raise self.fail(f"{path}[{i}]", f"{v!r} is listed twice")
         return items
 
+    def records(self, value: Any, path: str, fields: tuple[str, ...]) -> list[tuple[str, dict[str, str]]]:
+        """A list of mappings whose fields are all required strings: (path, entry) each."""
+        if not isinstance(value or [], list):
+            raise self.fail(path, f"expected a list of {{{', '.join(fields)}}}, got {_describe(value)}")
+        found = []
+        for i, entry in enumerate(value or []):
+            p = f"{path}[{i}]"
+            entry = self.mapping(entry, p, list(fields), list(fields))
+            found.append((p, {field: self.string(entry[field], f"{p}.{field}") for field in fields}))
+        return found
+
     def fai_classes(self, value: Any, path: str) -> tuple[str, ...]:
         return self.string_list(
             value,
@@ -382,8 +402,8 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
     top = r.mapping(
         data,
         "",
-        ["releases", "architectures", "vendors", "tiers", "known_failures", "build", "compress", "boot_test",
-         "publish", "release", "ci"],
+        ["releases", "architectures", "vendors", "tiers", "known_failures", "deviations", "build", "compress",
+         "boot_test", "publish", "release", "ci"],
         ["releases", "architectures", "vendors", "tiers"],
     )
 
@@ -440,16 +460,13 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
 
     cell_names = [f"{rel}-{ven}-{arch}" for rel in releases for ven in vendors for arch in architectures]
     known_failures = []
-    entries = top.get("known_failures") or []
-    if not isinstance(entries, list):
-        raise r.fail("known_failures", f"expected a list of {{cells, reason}}, got {_describe(entries)}")
-    for i, entry in enumerate(entries):
-        p = f"known_failures[{i}]"
-        entry = r.mapping(entry, p, ["cells", "reason"], ["cells", "reason"])
-        pattern = r.string(entry["cells"], f"{p}.cells")
+    for p, entry in r.records(top.get("known_failures"), "known_failures", ("cells", "reason")):
+        pattern = entry["cells"]
         if not fnmatch.filter(cell_names, pattern):
             raise r.fail(f"{p}.cells", f"{pattern!r} matches no cell (cells are named like {cell_names[0]})")
-        known_failures.append(KnownFailure(pattern, r.string(entry["reason"], f"{p}.reason")))
+        known_failures.append(KnownFailure(pattern, entry["reason"]))
+    deviations = [Deviation(entry["what"], entry["reason"])
+                  for _, entry in r.records(top.get("deviations"), "deviations", ("what", "reason"))]
 
     positive = lambda low, high: lambda v, p: r.integer(v, p, low, high)  # noqa: E731
     text = lambda v, p: r.string(v, p)  # noqa: E731
@@ -461,6 +478,7 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
         vendors=vendors,
         tiers=tiers,
         known_failures=tuple(known_failures),
+        deviations=tuple(deviations),
         build=r.settings(
             top.get("build"),
             "build",

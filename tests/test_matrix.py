@@ -96,6 +96,8 @@ def test_wildcard_selection():
         (lambda d: d.update(known_failures=[{"cells": "potato-*", "reason": "too old"}]),
          "known_failures[0].cells: 'potato-*' matches no cell (cells are named like bookworm-generic-amd64)"),
         (lambda d: d.update(known_failures=[{"cells": "sid-*"}]), "known_failures[0].reason: missing"),
+        (lambda d: d.update(deviations=[{"what": "hosts"}]), "deviations[0].reason: missing"),
+        (lambda d: d.update(deviations={"what": "hosts"}), "deviations: expected a list of {what, reason}, got a mapping"),
         (lambda d: d.update(known_failures={"cells": "sid-*"}),
          "known_failures: expected a list of {cells, reason}, got a mapping"),
         (lambda d: d["tiers"]["push"][0].update(vendors=["nocluod"]),
@@ -108,8 +110,8 @@ def test_wildcard_selection():
         (lambda d: d["tiers"].pop("push"), "tiers.push: missing (the tier built by default)"),
         (lambda d: d.pop("vendors"), "vendors: missing"),
         (lambda d: d.update(extra=1),
-         "extra: unknown key (expected one of: releases, architectures, vendors, tiers, known_failures, build, "
-         "compress, boot_test, publish, release, ci)"),
+         "extra: unknown key (expected one of: releases, architectures, vendors, tiers, known_failures, deviations, "
+         "build, compress, boot_test, publish, release, ci)"),
         (lambda d: d["compress"].update(xz_level=12),
          "compress.xz_level: expected a whole number from 0 to 9, got 12"),
         (lambda d: d["boot_test"].update(accelerator="hvf"),
