@@ -176,11 +176,16 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
             out.write("\n# build interrupted; this log is incomplete\n")
         atomic.commit(log, files.build_log)
         raise
-    _append_fai_logs(log, log_dir / settings.hostname / "last")
+    fai_log_dir = log_dir / settings.hostname / "last"
+    _append_fai_logs(log, fai_log_dir)
     packages, facts = output_dir / "packages.tsv", output_dir / "facts.json"
-    if returncode != 0 or not packages.is_file() or packages.stat().st_size == 0 or not facts.is_file():
+    # FAI's exit status does not count its tests: a failed image check is
+    # read from its test log.
+    failed_checks = [line for line in _read(fai_log_dir / "test.log").splitlines() if "FAILED with" in line]
+    if returncode != 0 or failed_checks or not packages.is_file() or packages.stat().st_size == 0 \
+            or not facts.is_file():
         atomic.commit(log, files.build_log)
-        raise BuildFailed(_failure_report(cell, files.build_log, returncode), log=files.build_log)
+        raise BuildFailed(_failure_report(cell, files.build_log, returncode, failed_checks), log=files.build_log)
     loopdev.detach_all(staging)  # before disk.raw is read and committed
 
     atomic.write_json(files.build_info, {
@@ -211,14 +216,24 @@ def _append_fai_logs(log: Path, fai_log_dir: Path) -> None:
             path = fai_log_dir / name
             if path.is_file():
                 out.write(f"\n===== FAI log {name} =====\n")
-                out.write(path.read_text(errors="replace"))
+                out.write(_read(path))
 
 
-def _failure_report(cell: Cell, log: Path, returncode: int, tail: int = 15, matches: int = 25) -> str:
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def _failure_report(cell: Cell, log: Path, returncode: int, failed_checks: list[str] = (), tail: int = 15,
+                    matches: int = 25) -> str:
     lines = log.read_text(errors="replace").splitlines()
     # FAI's own logs, appended to the build log, repeat lines: show each once.
     relevant = list(dict.fromkeys(line for line in lines if _RELEVANT.search(line)))[-matches:]
-    what = f"exit status {returncode}" if returncode else "no package list or facts report written"
+    if returncode:
+        what = f"exit status {returncode}"
+    elif failed_checks:
+        what = f"{len(failed_checks)} image check{'s' if len(failed_checks) > 1 else ''} failed"
+    else:
+        what = "no package list or facts report written"
     parts = [f"{cell.name}: fai-diskimage failed ({what}); full log: {log}"]
     if relevant:
         parts += ["relevant lines:", *(f"  {line}" for line in relevant)]

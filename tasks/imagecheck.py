@@ -2,7 +2,7 @@
 
 FAI's tests task runs them (fai_config/tests/LAST/10-image-checks) on the
 mounted root file system once the clean-up is done; a failed check fails
-the build with the check's name. They are Debian's own in-image tests (the
+the build with the check's name (tasks/fai.py reads FAI's test log). They are Debian's own in-image tests (the
 cloud team's system_tests/image: users, groups, packages, /var/log, /boot,
 /etc) and this project's stricter ones (no build host leftovers, boot
 loader on the ESP, root by PARTUUID).
@@ -27,13 +27,15 @@ BASE_PASSWD_GROUPS = {
     "operator", "list", "irc", "src", "shadow", "utmp", "video", "sasl", "plugdev", "staff", "games", "users",
     "nogroup",
 }
-PACKAGE_GROUPS = {"messagebus", "polkitd", "tcpdump", "input", "kvm", "render", "sgx", "uuidd"}
+PACKAGE_GROUPS = {"messagebus", "polkitd", "tcpdump", "input", "kvm", "render", "sgx", "uuidd",
+                  # From Debian 13: systemd's clock group; dhcpcd-base, which cloud-init depends on.
+                  "clock", "dhcpcd"}
 REQUIRED_GROUPS = {"root", "nogroup", "adm", "audio", "cdrom", "dialout", "dip", "floppy", "plugdev", "sudo", "video"}
 BASE_PASSWD_USERS = {
     "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data",
     "backup", "list", "irc", "gnats", "nobody",
 }
-PACKAGE_USERS = {"messagebus", "polkitd", "sshd", "tcpdump", "uuidd"}
+PACKAGE_USERS = {"messagebus", "polkitd", "sshd", "tcpdump", "uuidd", "dhcpcd"}
 NO_LOGIN_SHELLS = {"/bin/false", "/sbin/nologin", "/usr/sbin/nologin"}
 SYSTEM_PREFIXES = ("_", "systemd-")
 VAR_LOG_ALLOWED = {"apt", "btmp", "chrony", "faillog", "journal", "lastlog", "private", "runit",
