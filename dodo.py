@@ -6,7 +6,7 @@
     doit tier=full storage=/srv/images      every cell, published elsewhere
     doit release:<cell> confirm=yes         the manual release of one cell
 
-Options (name=value) are listed in tasks/plan.py.
+Options (name=value) are listed in tasks/model/plan.py.
 """
 
 import multiprocessing
@@ -16,10 +16,11 @@ from pathlib import Path
 
 from doit import doit_cmd, get_var
 
-from tasks import cpu, graph, plan, proc, runlock, summary
-from tasks.checksum import XXH3Checker
-from tasks.matrix import MatrixError
-
+from tasks import graph, summary
+from tasks.model import plan
+from tasks.model.matrix import MatrixError
+from tasks.system import cpu, proc, runlock
+from tasks.system.checksum import XXH3Checker
 
 _interrupted = []
 
@@ -89,7 +90,7 @@ DOIT_CONFIG = {
     # xxh3 instead of md5, each file hashed at most once per run.
     "check_file_uptodate": XXH3Checker,
     # One job per core by default (doit -n N to choose): stages share the
-    # cores through CPU slots (tasks/cpu.py), so jobs never oversubscribe.
+    # cores through CPU slots (tasks/system/cpu.py), so jobs never oversubscribe.
     "num_process": cpu.cores(),
     "par_type": "process",
     # A failed cell never stops the others: doit goes on with every task

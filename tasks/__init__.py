@@ -1,6 +1,20 @@
 """Build, compress, boot-test, describe and publish Debian cloud images.
 
-One module per concern: ``matrix`` reads matrix.yaml into cells, ``graph``
-turns cells into doit tasks, and each stage has its own module (``fai``,
-``compress``, ``boottest``, ``manifest``, ``storage``).
+The package shows the design:
+
+    model/     what is built: the matrix (releases, vendors, architectures,
+               settings), where each cell's files live, one run's plan
+    stages/    how it is built: one module per stage (base, fai, compress,
+               boottest, manifest, publish) and what each needs (qemu, the
+               in-build image checks and facts, the FAI config space)
+    release/   the manual release step: instance test, cloud platforms, notify
+    storage/   transport only: files into a directory, WebDAV or S3
+    system/    OS plumbing: processes, loop devices, binfmt, CPU slots,
+               atomic files, the work directory lock, checksums, apt cache
+    graph.py   the stage registry turned into doit tasks
+    ci.py      the same registry as a GitLab CI child pipeline
+    summary.py, progress.py, errors.py   what a run shows and reports
+
+Nothing imports upward: system/ and storage/ know no stage, stages know the
+model, graph and ci know everything.
 """

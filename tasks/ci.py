@@ -27,10 +27,11 @@ from pathlib import Path
 
 import yaml
 
-from . import atomic
-from .errors import StageFailed
-from .matrix import Cell, CiSettings
-from .plan import Plan
+from tasks.errors import StageFailed
+from tasks.model.matrix import Cell, CiSettings
+from tasks.model.plan import Plan
+from tasks.system import atomic
+
 
 class CiFailed(StageFailed):
     pass

@@ -27,11 +27,14 @@ from typing import Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed, timeout
 
-from . import atomic, base, boottest, ci, compress, fai, faiconfig, imagefacts, manifest, release, storage
-from .errors import StageFailed
-from .layout import CellFiles
-from .matrix import Cell, KnownFailure
-from .plan import Plan
+from tasks import ci
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import Cell, KnownFailure
+from tasks.model.plan import Plan
+from tasks.release import step as release
+from tasks.stages import base, boottest, compress, fai, faiconfig, imagefacts, manifest, publish
+from tasks.system import atomic
 
 STAGE_NAMES = ("build", "compress", "boottest", "manifest", "publish")
 
@@ -137,12 +140,12 @@ def _manifest(plan: Plan, cell: Cell, files: CellFiles) -> Step:
 
 def _publish(plan: Plan, cell: Cell, files: CellFiles) -> Step:
     return Step(
-        call=(storage.publish, [cell, files, plan.storage, plan.matrix.publish, plan.locks]),
+        call=(publish.publish, [cell, files, plan.storage, plan.matrix.publish, plan.locks]),
         doc=f"publish {cell.name} to {plan.storage.url}",
         file_dep=_paths(*files.artifacts, files.manifest),
         targets=_paths(files.published),
         configs=[{"storage": plan.storage.url, "keep_dailies": plan.matrix.publish.keep_dailies}],
-        checks=[(storage.still_published, [str(files.published), plan.storage.url])],
+        checks=[(publish.still_published, [str(files.published), plan.storage.url])],
     )
 
 
@@ -265,7 +268,7 @@ def refuse_release(cell_name: str) -> TaskFailed:
 
 
 def release_tasks(plan: Plan) -> Iterator[dict]:
-    """release:<cell>, manual only: in no group and no default run (tasks/release.py)."""
+    """release:<cell>, manual only: in no group and no default run (tasks/release/step.py)."""
     for cell in plan.matrix.cells:
         files = CellFiles.of(plan.workdir, cell)
         doc = f"release {cell.name}: instance test, platform upload, publish, notify (confirm=yes)"

@@ -26,8 +26,8 @@ from pathlib import Path
 from doit.exceptions import UnmetDependency
 from doit.reporter import ConsoleReporter
 
-from . import atomic
-from .matrix import Matrix
+from tasks.model.matrix import Matrix
+from tasks.system import atomic
 
 STARTED = time.monotonic()  # dodo.py imports this module as the run starts
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import manifest, matrix
-from tasks.layout import CellFiles
+from tasks.model import matrix
+from tasks.model.layout import CellFiles
+from tasks.stages import manifest
 
 REPO = Path(__file__).resolve().parent.parent
 

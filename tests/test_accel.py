@@ -16,10 +16,12 @@ import time
 
 import pytest
 
-from tasks import accel, boottest, graph, instancetest, qemu
+from tasks import graph
 from tasks.errors import StageFailed
-from tasks.layout import CellFiles
-from tasks.matrix import BootTestSettings
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import BootTestSettings
+from tasks.release import instancetest
+from tasks.stages import accel, boottest, qemu
 
 from . import efi_app
 

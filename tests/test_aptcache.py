@@ -8,7 +8,7 @@ from functools import partial
 import pytest
 import requests
 
-from tasks.aptcache import PackageCache, cacheable
+from tasks.system.aptcache import PackageCache, cacheable
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tasks import atomic
+from tasks.system import atomic
 
 
 def test_output_renames_on_success(tmp_path):

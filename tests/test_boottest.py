@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from tasks import boottest, cpu, qemu
-from tasks.matrix import BootTestSettings
+from tasks.model.matrix import BootTestSettings
+from tasks.stages import boottest, qemu
+from tasks.system import cpu
 
 FAST = BootTestSettings(timeout=20, memory=64, cpus=1, accelerator="auto", until="login")
 
@@ -112,7 +113,7 @@ def test_firmwares_boot_side_by_side_and_the_first_failure_stops_the_other(tmp_p
     network for minutes) is stopped then and there, and only the deciding boot is recorded."""
     import json
 
-    from tasks.layout import CellFiles
+    from tasks.model.layout import CellFiles
 
     cell = repo_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)

@@ -6,9 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from tasks import cpu
-from tasks.checksum import XXH3Checker, xxh3_file
-
+from tasks.system import cpu
+from tasks.system.checksum import XXH3Checker, xxh3_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,7 +59,7 @@ def test_slots_share_the_cores_between_processes(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
-from tasks import cpu
+from tasks.system import cpu
 with cpu.slots(__import__('pathlib').Path({str(tmp_path)!r}), want=3, total=4) as got:
     print(got, flush=True)
     time.sleep(30)
@@ -82,7 +81,7 @@ def test_slots_wait_for_a_free_core(tmp_path, monkeypatch):
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
-from tasks import cpu
+from tasks.system import cpu
 with cpu.slots(__import__('pathlib').Path({str(tmp_path)!r}), want=2, total=2) as got:
     print(got, flush=True)
     time.sleep(1)

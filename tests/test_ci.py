@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import ci, plan
-from tasks.matrix import MatrixError
+from tasks import ci
+from tasks.model import plan
+from tasks.model.matrix import MatrixError
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = yaml.safe_load((REPO / "matrix.yaml").read_text())

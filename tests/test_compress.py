@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import compress
+from tasks.stages import compress
 
 
 @pytest.fixture
@@ -95,8 +95,8 @@ def test_qcow2_matches_raw(sparse_disk, tmp_path):
 
 
 def test_compress_writes_only_complete_artifacts(repo_matrix, tmp_path, sparse_disk):
-    from tasks.layout import CellFiles
-    from tasks.matrix import CompressSettings
+    from tasks.model.layout import CellFiles
+    from tasks.model.matrix import CompressSettings
 
     cell = repo_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
@@ -107,8 +107,8 @@ def test_compress_writes_only_complete_artifacts(repo_matrix, tmp_path, sparse_d
 
 
 def test_failed_compression_leaves_no_artifact(repo_matrix, tmp_path):
-    from tasks.layout import CellFiles
-    from tasks.matrix import CompressSettings
+    from tasks.model.layout import CellFiles
+    from tasks.model.matrix import CompressSettings
 
     cell = repo_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)

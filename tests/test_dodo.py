@@ -92,7 +92,7 @@ def task_wait():
 
 
 def test_reading_commands_take_no_lock():
-    from tasks import runlock
+    from tasks.system import runlock
 
     assert runlock.doit_command([]) == "run"
     assert runlock.doit_command(["-n", "2", "boottest"]) == "run"

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import boottest, instancetest
-from tasks.layout import CellFiles
-from tasks.matrix import BootTestSettings
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import BootTestSettings
+from tasks.release import instancetest
+from tasks.stages import boottest
 
 from . import imagefs, servers
 

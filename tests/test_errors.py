@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import fai, graph, instancetest, loopdev, manifest, proc
+from tasks import graph
 from tasks.errors import StageFailed
+from tasks.release import instancetest
+from tasks.stages import fai, manifest
+from tasks.system import loopdev, proc
 
 REPO = Path(__file__).resolve().parent.parent
 

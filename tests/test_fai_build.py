@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import fai, loopdev
-from tasks.layout import CellFiles
+from tasks.model.layout import CellFiles
+from tasks.stages import fai
+from tasks.system import loopdev
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import faiconfig
+from tasks.stages import faiconfig
 
 REPO = Path(__file__).resolve().parent.parent
 

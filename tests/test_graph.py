@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from doit.loader import generate_tasks
 
-from tasks import base, fai, graph, plan
-from tasks.matrix import BuildSettings, MatrixError, Release
+from tasks import graph
+from tasks.model import plan
+from tasks.model.matrix import BuildSettings, MatrixError, Release
+from tasks.stages import base, fai
 
 REPO = Path(__file__).resolve().parent.parent
 

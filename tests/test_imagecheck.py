@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import imagecheck
-from tasks.imagecheck import Image
+from tasks.stages import imagecheck
+from tasks.stages.imagecheck import Image
 
 REPO = Path(__file__).resolve().parent.parent
 CLOUD_CLASSES = frozenset({"DEBIAN", "BOOKWORM", "AMD64", "CLOUD", "GENERIC", "LAST"})
@@ -154,7 +154,7 @@ def test_the_command_prints_one_line_per_check_and_fails_on_a_failure(tmp_path):
     write(root, "etc/mailname", "debian\n")
 
     def run():
-        return subprocess.run([sys.executable, "-m", "tasks.imagecheck", "--root", str(root), "--arch", "amd64",
+        return subprocess.run([sys.executable, "-m", "tasks.stages.imagecheck", "--root", str(root), "--arch", "amd64",
                                "--classes", " ".join(sorted(CLOUD_CLASSES))], cwd=REPO, capture_output=True,
                               text=True)
     result = run()

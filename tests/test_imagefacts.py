@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import graph, imagefacts, plan
+from tasks import graph
+from tasks.model import plan
+from tasks.stages import imagefacts
 
 from .test_imagecheck import good_tree, write
 

@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks import qemu
-
+from tasks.stages import qemu
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,8 +75,9 @@ def test_sigterm_during_boot_test_stops_qemu(tmp_path):
 import signal, sys
 sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
-from tasks import atomic, boottest
-from tasks.matrix import BootTestSettings
+from tasks.system import atomic
+from tasks.stages import boottest
+from tasks.model.matrix import BootTestSettings
 def stop(signum, frame):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, stop)
@@ -107,7 +107,8 @@ def test_sigterm_during_compression_stops_tar_and_xz(tmp_path):
 import signal, sys
 sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
-from tasks import atomic, compress
+from tasks.system import atomic
+from tasks.stages import compress
 def stop(signum, frame):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, stop)
@@ -166,7 +167,7 @@ import sys
 sys.path.insert(0, {str(REPO)!r})
 import dodo as images
 from tasks import graph
-from tasks.layout import CellFiles
+from tasks.model.layout import CellFiles
 
 DOIT_CONFIG = images.DOIT_CONFIG
 CELL = images.PLAN.matrix.cell("bookworm-nocloud-amd64")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from tasks import manifest
 from tasks.errors import StageFailed
+from tasks.stages import manifest
 
 
 def sha512(path) -> str:

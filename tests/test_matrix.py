@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import matrix
-from tasks.matrix import MatrixError
+from tasks.model import matrix
+from tasks.model.matrix import MatrixError
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = yaml.safe_load((REPO / "matrix.yaml").read_text())

@@ -23,10 +23,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tasks import compress, manifest, notify, release, storage
+from tasks import storage
 from tasks.errors import StageFailed
-from tasks.matrix import BootTestSettings, PublishSettings, ReleaseSettings
-from tasks.platforms import azure, ec2, gce
+from tasks.model.matrix import BootTestSettings, PublishSettings, ReleaseSettings
+from tasks.release import notify
+from tasks.release import step as release
+from tasks.release.platforms import azure, ec2, gce
+from tasks.stages import compress, manifest
 
 from . import servers
 from .conftest import fake_outputs
@@ -135,7 +138,8 @@ def test_release_is_refused_without_confirmation(tmp_path):
 
 
 def test_release_tasks_are_in_no_group_and_no_default_run(repo_matrix, tmp_path):
-    from tasks import graph, plan
+    from tasks import graph
+    from tasks.model import plan
 
     confirmed = plan.from_options(REPO, {"workdir": str(tmp_path), "confirm": "yes"}.get)
     tasks = list(graph.release_tasks(confirmed))

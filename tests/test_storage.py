@@ -14,10 +14,12 @@ import uuid
 import boto3
 import pytest
 
-from tasks import atomic, manifest, storage
-from tasks.checksum import parse_sums
-from tasks.matrix import PublishSettings
+from tasks.model.matrix import PublishSettings
+from tasks.stages import manifest
+from tasks.stages import publish as publication
 from tasks.storage import Location, PublishFailed
+from tasks.system import atomic
+from tasks.system.checksum import parse_sums
 
 from . import servers
 from .conftest import fake_outputs
@@ -102,7 +104,7 @@ def store(request, tmp_path, moto, monkeypatch):
 
 
 def publish(cell, files, store, tmp_path, settings=FAST):
-    return storage.publish(cell, files, store.location, settings, tmp_path / "locks")
+    return publication.publish(cell, files, store.location, settings, tmp_path / "locks")
 
 
 def sha512(data: bytes) -> str:
@@ -124,7 +126,7 @@ def test_publish_layout_checksums_and_latest(nocloud, store, tmp_path):
     assert store.read(f"{DAILY}/{IMAGE}.json") == files.manifest.read_bytes()
     assert store.read("bookworm/daily/latest") == b"20261125-1200\n"
     assert receipt == atomic.read_json(files.published) and receipt["directory"] == DAILY
-    assert storage.still_published(str(files.published), store.location.url)
+    assert publication.still_published(str(files.published), store.location.url)
 
 
 def test_publishing_again_uploads_nothing(nocloud, store, tmp_path, capsys):
@@ -216,7 +218,7 @@ def test_server_errors_are_retried(nocloud, flaky, tmp_path):
     cell, files = nocloud
     nginx, proxy, inside, location = flaky
     proxy.fail("PUT", "500", times=2)
-    storage.publish(cell, files, location, FAST, tmp_path / "locks")
+    publication.publish(cell, files, location, FAST, tmp_path / "locks")
     assert proxy.seen.count("PUT") >= 2 + 3  # two refused, then each file
     assert set(inside.sums(DAILY)) == {f"{IMAGE}.tar.xz", f"{IMAGE}.qcow2", f"{IMAGE}.json"}
 
@@ -226,9 +228,9 @@ def test_persistent_server_errors_fail_clearly_and_a_rerun_completes(nocloud, fl
     nginx, proxy, inside, location = flaky
     proxy.fail("PUT", "500", times=FAST.retries)
     with pytest.raises(PublishFailed, match=r"uploading .* HTTP 500 .*gave up after 3 attempts"):
-        storage.publish(cell, files, location, FAST, tmp_path / "locks")
+        publication.publish(cell, files, location, FAST, tmp_path / "locks")
     assert inside.read(f"{DAILY}/SHA512SUMS") is None and inside.read("bookworm/daily/latest") is None
-    storage.publish(cell, files, location, FAST, tmp_path / "locks")
+    publication.publish(cell, files, location, FAST, tmp_path / "locks")
     assert len(inside.sums(DAILY)) == 3
 
 
@@ -236,7 +238,7 @@ def test_a_connection_dropped_mid_upload_is_retried(nocloud, flaky, tmp_path):
     cell, files = nocloud
     nginx, proxy, inside, location = flaky
     proxy.fail("PUT", "drop", times=2)
-    storage.publish(cell, files, location, FAST, tmp_path / "locks")
+    publication.publish(cell, files, location, FAST, tmp_path / "locks")
     for name, digest in inside.sums(DAILY).items():
         assert sha512(inside.read(f"{DAILY}/{name}")) == digest
 
@@ -248,10 +250,10 @@ def test_wrong_credentials_fail_without_showing_them(nocloud, tmp_path, monkeypa
         monkeypatch.setenv("IMAGES_STORAGE_USER", "uploader")
         monkeypatch.setenv("IMAGES_STORAGE_PASSWORD", "wrong-secret")
         with pytest.raises(PublishFailed) as caught:
-            storage.publish(cell, files, Location(nginx.url), FAST, tmp_path / "locks")
+            publication.publish(cell, files, Location(nginx.url), FAST, tmp_path / "locks")
         assert "refused the credentials" in str(caught.value) and "secret" not in str(caught.value)
         monkeypatch.setenv("IMAGES_STORAGE_PASSWORD", "right-secret")
-        storage.publish(cell, files, Location(nginx.url), FAST, tmp_path / "locks")
+        publication.publish(cell, files, Location(nginx.url), FAST, tmp_path / "locks")
         assert len(dav_store(nginx).sums(DAILY)) == 3
     finally:
         nginx.stop()
@@ -267,19 +269,19 @@ def test_a_full_disk_on_the_server_fails_clearly_and_keeps_what_was_published(re
         nginx.start()
         small = fake_outputs(tmp_path / "first", cell, version="20261124-1")
         manifest.write(cell, small)
-        storage.publish(cell, small, Location(nginx.url), FAST, tmp_path / "locks")
+        publication.publish(cell, small, Location(nginx.url), FAST, tmp_path / "locks")
         big = fake_outputs(tmp_path / "second", cell, version="20261125-1")
         big.artifact("tar.xz").write_bytes(os.urandom(6 << 20))  # more than the server has room for
         manifest.write(cell, big)
         with pytest.raises(PublishFailed) as caught:
-            storage.publish(cell, big, Location(nginx.url), FAST, tmp_path / "locks")
+            publication.publish(cell, big, Location(nginx.url), FAST, tmp_path / "locks")
         assert "HTTP 5" in str(caught.value)
         inside = dav_store(nginx)
         assert inside.read("bookworm/daily/latest") == b"20261124-1\n", "the published state is intact"
         for name, digest in inside.sums("bookworm/daily/20261124-1").items():
             assert sha512(inside.read(f"bookworm/daily/20261124-1/{name}")) == digest
         subprocess.run(["mount", "-o", "remount,size=64m", str(nginx.root)], check=True)
-        storage.publish(cell, big, Location(nginx.url), FAST, tmp_path / "locks")
+        publication.publish(cell, big, Location(nginx.url), FAST, tmp_path / "locks")
         assert inside.read("bookworm/daily/latest") == b"20261125-1\n"
     finally:
         nginx.stop()
@@ -311,8 +313,8 @@ def test_bad_locations(tmp_path, text, message):
 def test_credentials_in_the_matrix_are_refused(tmp_path):
     import yaml
 
-    from tasks import plan
-    from tasks.matrix import MatrixError
+    from tasks.model import plan
+    from tasks.model.matrix import MatrixError
 
     repo = __import__("pathlib").Path(__file__).resolve().parent.parent
     data = yaml.safe_load((repo / "matrix.yaml").read_text())
@@ -328,5 +330,5 @@ def test_remote_publication_is_trusted_without_asking_the_server(nocloud, tmp_pa
     cell, files = nocloud
     files.published.write_text(json.dumps({"storage": "https://images.example.org/debian", "directory": DAILY,
                                            "files": {}, "sizes": {}}))
-    assert storage.still_published(str(files.published), "https://images.example.org/debian")
-    assert not storage.still_published(str(files.published), "s3://elsewhere/debian")
+    assert publication.still_published(str(files.published), "https://images.example.org/debian")
+    assert not publication.still_published(str(files.published), "s3://elsewhere/debian")

@@ -25,9 +25,10 @@ def small_graph(tmp_path: Path) -> Path:
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from tasks import graph, matrix, summary
+        from tasks import graph, summary
+        from tasks.model import matrix
         from tasks.errors import StageFailed
-        from tasks.matrix import KnownFailure
+        from tasks.model.matrix import KnownFailure
 
         WORK = Path({str(tmp_path)!r})
         MATRIX = matrix.load(Path({str(REPO / "matrix.yaml")!r}))

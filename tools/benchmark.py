@@ -51,8 +51,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks import compress as compression  # noqa: E402
-from tasks import matrix as matrix_module  # noqa: E402
+from tasks.model import matrix as matrix_module  # noqa: E402
+from tasks.stages import compress as compression  # noqa: E402
 
 STAGES = ("build", "compress", "boottest", "manifest", "publish")
 CORES = len(os.sched_getaffinity(0))
@@ -222,7 +222,7 @@ def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
     from doit.loader import generate_tasks
 
     from tasks import graph
-    from tasks import plan as plan_module
+    from tasks.model import plan as plan_module
 
     workdir, storage = base / "full-standin" / "build", base / "full-standin" / "storage"
     opts = [o for o in options if not o.startswith(("workdir=", "storage="))] + \

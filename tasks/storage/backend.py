@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from ..errors import StageFailed
-from ..progress import StageProgress
+from tasks.errors import StageFailed
+from tasks.progress import StageProgress
 
 T = TypeVar("T")
 CHUNK = 4 << 20

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from .. import atomic
-from ..progress import StageProgress
-from .backend import CHUNK, Backend
+from tasks.system import atomic
+from tasks.progress import StageProgress
+from tasks.storage.backend import CHUNK, Backend
 
 
 class LocalBackend(Backend):

@@ -16,8 +16,8 @@ import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from ..progress import StageProgress
-from .backend import CHUNK, Backend, PublishFailed, Transient
+from tasks.progress import StageProgress
+from tasks.storage.backend import CHUNK, Backend, PublishFailed, Transient
 
 _CREDENTIAL_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
                       "InvalidToken", "AuthorizationHeaderMalformed"}

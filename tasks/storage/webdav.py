@@ -17,8 +17,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
-from ..progress import StageProgress
-from .backend import CHUNK, Backend, PublishFailed, Transient
+from tasks.progress import StageProgress
+from tasks.storage.backend import CHUNK, Backend, PublishFailed, Transient
 
 TIMEOUT = (10, 300)  # connect, read
 _DAV = "{DAV:}"

@@ -1,13 +1,13 @@
 """The build stage: fai-diskimage over our config space, inside a sandbox.
 
-fai-diskimage runs in private mount and PID namespaces (tasks/sandbox.py):
+fai-diskimage runs in private mount and PID namespaces (tasks/system/sandbox.py):
 FAI's host-global state is private to each build, so builds run side by
 side, and when a build ends, however it ends, every process and mount of it
 is gone. Loop devices are global; they are detached afterwards by backing
-file (tasks/loopdev.py).
+file (tasks/system/loopdev.py).
 
 Each build starts from the shared base of its release and architecture
-(tasks/base.py) and shares a package cache with the other builds of that
+(tasks/stages/base.py) and shares a package cache with the other builds of that
 release and architecture, so a rebuild fetches nothing it fetched before.
 """
 
@@ -23,18 +23,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import atomic, binfmt, cpu, loopdev, sandbox
-from .errors import StageFailed
-from .layout import CellFiles
-from .matrix import BuildSettings, Cell
-from .progress import StageProgress
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import BuildSettings, Cell
+from tasks.progress import StageProgress
+from tasks.system import atomic, binfmt, cpu, loopdev, sandbox
 
 # Bump when a change to the builder (not to the config space or matrix.yaml)
 # must rebuild every image.
 BUILDER_FORMAT = 2
-# What the config space runs of this project (tasks/imagecheck.py): a build
+# What the config space runs of this project (tasks/stages/imagecheck.py): a build
 # depends on these files too.
-TOOLS_ROOT = Path(__file__).resolve().parent.parent
+TOOLS_ROOT = Path(__file__).resolve().parents[2]
 IN_BUILD_MODULES = tuple(Path(__file__).resolve().parent / name for name in ("imagecheck.py", "imagefacts.py"))
 
 
@@ -44,9 +44,9 @@ class BuildInputs:
 
     config_space: Path
     base: Path  # the base system tarball
-    package_cache: Path  # shared by every build (tasks/aptcache.py)
+    package_cache: Path  # shared by every build (tasks/system/aptcache.py)
     version: str
-    cpu_slots: Path  # a build keeps about one core busy (tasks/cpu.py)
+    cpu_slots: Path  # a build keeps about one core busy (tasks/system/cpu.py)
 
 
 # FAI tasks of an installation, in order: the build's progress steps.
@@ -96,7 +96,7 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         IMAGE_VERSION=inputs.version,
         IMAGE_OUTPUT_DIR=str(staging / "output"),
         IMAGE_BASEFILE=str(inputs.base.resolve()),
-        # The image checks (tasks/imagecheck.py) run with this project's Python.
+        # The image checks (tasks/stages/imagecheck.py) run with this project's Python.
         IMAGE_PYTHON=sys.executable,
         IMAGE_TOOLS=str(TOOLS_ROOT),
         # FAI looks for a base file in $NFSROOT/var/tmp, which without an
@@ -133,7 +133,7 @@ def build(cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildIn
 
 
 def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildInputs) -> None:
-    from . import aptcache  # an HTTP server: imported by the builds only, not by the task graph
+    from tasks.system import aptcache  # an HTTP server: imported by the builds only, not by the task graph
 
     log_dir, output_dir, etc_dir = staging / "fai-logs", staging / "output", staging / "etc"
     for d in (log_dir, output_dir, etc_dir):

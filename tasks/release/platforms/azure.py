@@ -20,12 +20,12 @@ from pathlib import Path
 
 import requests
 
-from ..compress import MIB, qemu_img_convert
-from ..errors import StageFailed
-from ..layout import CellFiles
-from ..matrix import Cell
-from ..progress import StageProgress
-from .. import diskimage
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import Cell
+from tasks.progress import StageProgress
+from tasks.stages import diskimage
+from tasks.stages.compress import MIB, qemu_img_convert
 
 BLOB_API = "2021-08-06"
 COMPUTE_API = "2023-09-01"

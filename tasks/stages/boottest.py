@@ -22,11 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import StageFailed
-from . import accel, atomic, cpu, proc, qemu
-from .layout import CellFiles
-from .matrix import BootTestSettings, Cell
-from .progress import StageProgress
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import BootTestSettings, Cell
+from tasks.progress import StageProgress
+from tasks.stages import accel, qemu
+from tasks.system import atomic, cpu, proc
 
 # Checked in this order: the first that matches names the cause. "Unable to
 # mount root" comes with a kernel panic, but the root device is the cause.
@@ -111,7 +112,7 @@ def boot(arch: str, image: Path, log: Path, settings: BootTestSettings, firmware
          cancel: threading.Event | None = None) -> BootResult:
     """Boot image from firmware, writing its console to log; return the verdict.
 
-    Under KVM the boot is watched (tasks/accel.py): if KVM fails, the boot
+    Under KVM the boot is watched (tasks/stages/accel.py): if KVM fails, the boot
     starts again under TCG at once, and the verdict is remembered in
     verdicts. cancel, once set, stops the boot (verdict "cancelled").
     """

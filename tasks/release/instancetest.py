@@ -27,11 +27,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import accel, atomic, boottest, diskimage, proc, qemu
-from .errors import StageFailed
-from .layout import CellFiles
-from .matrix import BootTestSettings, Cell
-from .progress import StageProgress
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import BootTestSettings, Cell
+from tasks.progress import StageProgress
+from tasks.stages import accel, boottest, diskimage, qemu
+from tasks.system import atomic, proc
 
 GROWTH = 2 << 30  # the test disk is this much larger than the image
 
@@ -82,7 +83,7 @@ def make_seed(directory: Path, hostname: str, public_key: str) -> Path:
 
 def default_user(files: CellFiles) -> str:
     """The user cloud-init creates on this image (admin on ec2, debian elsewhere),
-    as the build measured it in the image (tasks/imagefacts.py)."""
+    as the build measured it in the image (tasks/stages/imagefacts.py)."""
     user = atomic.read_json(files.facts)["users"]["default_user"] if files.facts.is_file() else None
     if not user:
         raise InstanceTestFailed(f"{files.cell.name}: the image has no cloud-init default user to log in as "
@@ -267,7 +268,7 @@ def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, time
                   kvm_verdicts: Path | None = None) -> InstanceResult:
     """Boot the image as an instance, check it; write instance-test.json and its console log.
 
-    Under KVM the boot is watched as the boot test's is (tasks/accel.py): a
+    Under KVM the boot is watched as the boot test's is (tasks/stages/accel.py): a
     failing KVM restarts the instance under TCG within seconds.
     """
     hostname = f"release-test-{cell.release.name}"

@@ -37,9 +37,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import matrix as matrix_module
-from .matrix import Cell, Matrix, MatrixError
-from .storage import Location
+from tasks.model import matrix as matrix_module
+from tasks.model.matrix import Cell, Matrix, MatrixError
+from tasks.storage import Location
 
 OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level", "source", "cells", "confirm", "left",
            "right")
@@ -71,7 +71,7 @@ class Plan:
 
     @property
     def kvm_verdicts(self) -> Path:
-        """Whether KVM worked here, per architecture and firmware (tasks/accel.py)."""
+        """Whether KVM worked here, per architecture and firmware (tasks/stages/accel.py)."""
         return self.workdir / ".kvm-verdicts.json"
 
     @property
@@ -81,7 +81,7 @@ class Plan:
 
     @property
     def cpu_slots(self) -> Path:
-        """Where stages running in parallel share out the cores (tasks/cpu.py)."""
+        """Where stages running in parallel share out the cores (tasks/system/cpu.py)."""
         return self.workdir / ".cpu"
 
 

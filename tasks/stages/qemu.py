@@ -1,6 +1,6 @@
 """How to start qemu for an image: the machine and firmware per architecture.
 
-Whether a boot runs under KVM or TCG is decided in tasks/accel.py.
+Whether a boot runs under KVM or TCG is decided in tasks/stages/accel.py.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import accel
+from tasks.stages import accel
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Machine:
     # (each boot writes to a copy of its own).
     uefi_code: str = ""
     uefi_vars: str = ""
-    # The firmware qemu runs: part of what decides whether KVM works (tasks/accel.py).
+    # The firmware qemu runs: part of what decides whether KVM works (tasks/stages/accel.py).
     firmware_file: str = ""
 
 
@@ -58,7 +58,7 @@ def boot_sector(message: bytes, exit: bool = True) -> bytes:
 
 
 def choose_accelerator(arch: str, firmware: str, wanted: str, verdicts: accel.Verdicts) -> accel.Choice:
-    """KVM or TCG for booting arch through firmware (tasks/accel.py)."""
+    """KVM or TCG for booting arch through firmware (tasks/stages/accel.py)."""
     machine = MACHINES[(arch, firmware)]
     return accel.choose(arch, firmware, wanted, machine.binary, machine.firmware_file, verdicts)
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import StageFailed
+from tasks.errors import StageFailed
 
 _PR_SET_PDEATHSIG = 1
 # How much of a failed command's output its error shows.

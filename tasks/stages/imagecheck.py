@@ -2,12 +2,12 @@
 
 FAI's tests task runs them (fai_config/tests/LAST/10-image-checks) on the
 mounted root file system once the clean-up is done; a failed check fails
-the build with the check's name (tasks/fai.py reads FAI's test log). They are Debian's own in-image tests (the
+the build with the check's name (tasks/stages/fai.py reads FAI's test log). They are Debian's own in-image tests (the
 cloud team's system_tests/image: users, groups, packages, /var/log, /boot,
 /etc) and this project's stricter ones (no build host leftovers, boot
 loader on the ESP, root by PARTUUID).
 
-    python -m tasks.imagecheck --root DIR --arch amd64 --classes "DEBIAN ..." [--esp DEVICE]
+    python -m tasks.stages.imagecheck --root DIR --arch amd64 --classes "DEBIAN ..." [--esp DEVICE]
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ import time
 
 import requests
 
-from ..errors import StageFailed
-from ..layout import CellFiles
-from ..matrix import Cell
-from ..progress import StageProgress
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import Cell
+from tasks.progress import StageProgress
 
 ARCHITECTURES = {"amd64": "X86_64", "arm64": "ARM64"}
 GUEST_FEATURES = ["UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC", "SEV_CAPABLE"]

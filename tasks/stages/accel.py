@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .errors import StageFailed
+from tasks.errors import StageFailed
 
 # Under KVM the firmware or the boot loader writes to the console within a
 # second or two of qemu starting (this host kind takes up to 4 s just to set

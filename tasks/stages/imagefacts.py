@@ -8,8 +8,8 @@ network stack, time source, apt sources, sshd settings, /etc/cloud-release,
 the ESP's files. Values that differ on every build (UUIDs, the version) are
 left out or masked, so that two builds of the same cell compare equal.
 
-    python -m tasks.imagefacts --root DIR --disk DEVICE --esp DEVICE --output facts.json
-    python -m tasks.imagefacts compare LEFT.json RIGHT.json
+    python -m tasks.stages.imagefacts --root DIR --disk DEVICE --esp DEVICE --output facts.json
+    python -m tasks.stages.imagefacts compare LEFT.json RIGHT.json
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from . import atomic
-from .imagecheck import esp_files
+from tasks.stages.imagecheck import esp_files
+from tasks.system import atomic
 
 SCHEMA = "image-facts/1"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

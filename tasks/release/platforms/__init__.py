@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import azure, ec2, gce
+from tasks.release.platforms import azure, ec2, gce
 
 UPLOADERS: dict[str, Callable] = {"ec2": ec2.upload, "azure": azure.upload, "gce": gce.upload}

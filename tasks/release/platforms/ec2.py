@@ -17,12 +17,12 @@ import boto3
 import boto3.exceptions
 import botocore.exceptions
 
-from ..compress import qemu_img_convert
-from ..errors import StageFailed
-from ..layout import CellFiles
-from ..matrix import Cell
-from ..progress import StageProgress
-from .. import diskimage
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import Cell
+from tasks.progress import StageProgress
+from tasks.stages import diskimage
+from tasks.stages.compress import qemu_img_convert
 
 ARCHITECTURES = {"amd64": "x86_64", "arm64": "arm64"}
 ROOT_DEVICE = "/dev/xvda"

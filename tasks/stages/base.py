@@ -22,10 +22,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, binfmt, cpu, proc, sandbox
-from .errors import StageFailed
-from .matrix import Architecture, BuildSettings, Release
-from .progress import StageProgress
+from tasks.errors import StageFailed
+from tasks.model.matrix import Architecture, BuildSettings, Release
+from tasks.progress import StageProgress
+from tasks.system import atomic, binfmt, cpu, proc, sandbox
 
 # Bump when the way the base is made changes.
 BASE_FORMAT = 4
@@ -96,7 +96,7 @@ class BaseFiles:
 
 
 def package_cache(workdir: Path) -> Path:
-    """Packages fetched by every build (tasks/aptcache.py)."""
+    """Packages fetched by every build (tasks/system/aptcache.py)."""
     return workdir / "cache" / "packages"
 
 
@@ -172,7 +172,7 @@ def base_config(release: Release, arch: str, settings: BuildSettings, content: B
 
 def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings, package_cache: Path,
           cpu_slots: Path, content: BaseContent = BaseContent()) -> None:
-    from . import aptcache  # an HTTP server: imported by the builds only, not by the task graph
+    from tasks.system import aptcache  # an HTTP server: imported by the builds only, not by the task graph
 
     if os.geteuid() != 0:
         raise BaseFailed("making a base system needs root (debootstrap)")

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import StageFailed
-from .layout import CellFiles
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
 
 
 @contextlib.contextmanager

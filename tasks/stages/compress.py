@@ -9,7 +9,7 @@ GNU tar --sparse stores only the blocks the image uses (FAI's last step
 discarded the free ones), so reading a 2 GiB disk holding 700 MB costs
 seconds; compression is where the time goes. The tar stream is cut into
 segments, each compressed by its own single-threaded xz (or gzip) holding
-one CPU slot (tasks/cpu.py), and the compressed streams are written one
+one CPU slot (tasks/system/cpu.py), and the compressed streams are written one
 after the other: xz and gzip both read concatenated streams as one, and
 this is how xz's own threads split their work too (independent blocks of
 three dictionaries). Segments start as slots free up, so a compression
@@ -28,11 +28,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, cpu, proc
-from .errors import StageFailed
-from .layout import CellFiles
-from .matrix import Cell, CompressSettings
-from .progress import StageProgress
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import Cell, CompressSettings
+from tasks.progress import StageProgress
+from tasks.system import atomic, cpu, proc
 
 MIB = 1 << 20
 # xz's dictionary size per preset (xz(1)); a segment is three of them, as

@@ -3,7 +3,7 @@
 It names the image, says how and when it was built (FAI classes, FAI
 version, mirror), lists its artifacts under their public names with size and
 SHA-512, every installed package (name, version, architecture) and the boot
-test's result, and the image's facts (tasks/imagefacts.py). Published beside the artifacts, it is what a user reads to
+test's result, and the image's facts (tasks/stages/imagefacts.py). Published beside the artifacts, it is what a user reads to
 know what an image holds.
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import atomic
-from .checksum import sha512_file
-from .errors import StageFailed
-from .layout import CellFiles
-from .matrix import FORMATS, Cell
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import FORMATS, Cell
+from tasks.system import atomic
+from tasks.system.checksum import sha512_file
 
 SCHEMA_VERSION = 2  # 2: the image's facts
 
@@ -82,7 +82,7 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
                       for b in boot["boots"]],
         },
         "packages": read_packages(files.packages),
-        # What the image is, measured in it at build time (tasks/imagefacts.py).
+        # What the image is, measured in it at build time (tasks/stages/imagefacts.py).
         "facts": atomic.read_json(files.facts),
     }
 

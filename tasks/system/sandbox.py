@@ -5,7 +5,7 @@ chroot. Inside the sandbox, /run/fai, /var/log/fai and /tmp are private, so
 builds can run side by side; when the sandbox's first process ends, however
 it ends (success, failure, SIGTERM, SIGKILL of our process), the kernel kills
 every process left in it and releases every mount made in it. Only loop
-devices outlive it: see tasks/loopdev.py.
+devices outlive it: see tasks/system/loopdev.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from . import proc
+from tasks.system import proc
 
 # PID 1 of the sandbox; "$@" is the command. /tmp becomes a private tmpfs;
 # the directories the command needs that lie under /tmp (SANDBOX_KEEP, one

@@ -24,9 +24,9 @@ FORMATS = {
     "tar.gz": "image.tar.gz",  # disk.raw in an oldgnu tar, gzip (GCE image import)
 }
 # Architectures the boot test can start, with the firmware each can boot from
-# (see tasks/qemu.py).
+# (see tasks/stages/qemu.py).
 ARCHITECTURES = {"amd64": ("bios", "uefi"), "arm64": ("uefi",)}
-# What a boot test can wait for before it passes (tasks/boottest.py).
+# What a boot test can wait for before it passes (tasks/stages/boottest.py).
 MILESTONES = ("systemd", "login")
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]*[MG]$")
 CLASS_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -167,14 +167,14 @@ class CompressSettings:
 class BootTestSettings:
     timeout: int = 300  # seconds
     memory: int = 1024  # MiB
-    cpus: int = 1  # vCPUs of each boot at least (tasks/boottest.py)
+    cpus: int = 1  # vCPUs of each boot at least (tasks/stages/boottest.py)
     accelerator: str = "auto"  # auto: KVM when it works, else TCG
     until: str = "login"  # the milestone that passes: systemd or login
 
 
 @dataclass(frozen=True)
 class ReleaseSettings:
-    """The manual release step (tasks/release.py)."""
+    """The manual release step (tasks/release/step.py)."""
 
     instance_test: tuple[str, ...] = ("generic", "genericcloud", "ec2")  # vendors whose cloud-init reads NoCloud
     instance_test_timeout: int = 600  # seconds for SSH to answer

@@ -17,7 +17,7 @@ import os
 import smtplib
 from email.message import EmailMessage
 
-from .errors import StageFailed
+from tasks.errors import StageFailed
 
 
 class NotifyFailed(StageFailed):

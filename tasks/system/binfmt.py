@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import proc
-from .errors import StageFailed
+from tasks.errors import StageFailed
+from tasks.system import proc
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 # Debian architecture -> (uname machine, qemu-user name)

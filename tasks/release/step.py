@@ -3,12 +3,12 @@
 In order, stopping at the first failure:
 
 1. the instance test, for images whose cloud-init reads NoCloud
-   (release.instance_test: generic, genericcloud) — tasks/instancetest.py;
+   (release.instance_test: generic, genericcloud) — tasks/release/instancetest.py;
 2. the upload to the cell's platform, when release.platforms has an entry
-   for its vendor (ec2, azure, gce) — tasks/platforms/;
+   for its vendor (ec2, azure, gce) — tasks/release/platforms/;
 3. publication in storage under <release>/<version>/ with its SHA512SUMS,
    then <release>/latest — only after the instance test passed;
-4. a notification (mail, webhook) — tasks/notify.py.
+4. a notification (mail, webhook) — tasks/release/notify.py.
 
 Everything done is recorded in release.json, the task's target. Until then,
 release-progress.json keeps the steps done, so that a release run again
@@ -21,12 +21,15 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import atomic, instancetest, notify, storage
-from .checksum import sha512_file
-from .errors import StageFailed
-from .layout import CellFiles
-from .matrix import BootTestSettings, Cell, PublishSettings, ReleaseSettings
-from .storage.backend import RetryPolicy
+from tasks import storage
+from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import BootTestSettings, Cell, PublishSettings, ReleaseSettings
+from tasks.release import instancetest, notify
+from tasks.stages import publish as publication
+from tasks.storage.backend import RetryPolicy
+from tasks.system import atomic
+from tasks.system.checksum import sha512_file
 
 
 class ReleaseRefused(StageFailed):
@@ -81,7 +84,7 @@ def release(cell: Cell, files: CellFiles, confirmed: bool, location: storage.Loc
         platform_settings = settings.platforms[cell.vendor.name]
         made = progress.done("platform", platform_settings)
         # Imported here: every doit run loads this module; the clouds' clients only a release needs.
-        from .platforms import UPLOADERS
+        from tasks.release.platforms import UPLOADERS
 
         if made:
             print(f"{cell.vendor.name}: uploaded before for this image: {made}")
@@ -94,11 +97,11 @@ def release(cell: Cell, files: CellFiles, confirmed: bool, location: storage.Loc
 
     # Uploads that are already in place are skipped by publish_directory itself.
     backend = location.open(RetryPolicy(publish.retries, publish.retry_delay))
-    directory = storage.release_dir(cell.release.name, manifest["version"])
-    with storage.locked(locks, location):
-        files_published = storage.publish_directory(backend, directory, storage.cell_uploads(files, manifest))
-        latest = storage.current_latest(backend, cell.release.name)
-        storage.point_latest(backend, cell.release.name, max(manifest["version"], latest))
+    directory = publication.release_dir(cell.release.name, manifest["version"])
+    with publication.locked(locks, location):
+        files_published = publication.publish_directory(backend, directory, publication.cell_uploads(files, manifest))
+        latest = publication.current_latest(backend, cell.release.name)
+        publication.point_latest(backend, cell.release.name, max(manifest["version"], latest))
     record["published"] = {"storage": location.url, "directory": directory, "files": files_published}
 
     message = {"release": cell.release.name, "version": manifest["version"], "url": f"{location.url}/{directory}",

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from . import proc
-from .errors import StageFailed, add_cleanup_failure
+from tasks.errors import StageFailed, add_cleanup_failure
+from tasks.system import proc
 
 
 class LoopDevicesBusy(StageFailed):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .matrix import FORMATS, Cell
+from tasks.model.matrix import FORMATS, Cell
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class CellFiles:
 
     @property
     def facts(self) -> Path:
-        """The fidelity report, measured in the image (tasks/imagefacts.py)."""
+        """The fidelity report, measured in the image (tasks/stages/imagefacts.py)."""
         return self.dir / "facts.json"
 
     @property

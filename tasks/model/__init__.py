@@ -1,0 +1,1 @@
+"""What is built: the matrix and its settings, each cell's files, one run's plan."""

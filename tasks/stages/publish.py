@@ -1,0 +1,156 @@
+"""The publish stage: images into storage users can reach (a directory, WebDAV or S3).
+
+Layout, as on cloud.debian.org::
+
+    <release>/daily/<version>/<files>     scheduled and everyday builds (publish)
+    <release>/daily/latest                the newest daily version (a one-line file)
+    <release>/<version>/<files>           releases (tasks/release/step.py)
+    <release>/latest                      the newest release version
+
+Each version directory has a SHA512SUMS. Every file is uploaded under a
+temporary name, read back and checked, then moved to its name; SHA512SUMS is
+written after the files it lists, and `latest` after SHA512SUMS, so a reader
+never finds a SHA512SUMS listing a file that is missing or different, nor a
+`latest` naming an incomplete version. A file about to be replaced by
+different content leaves SHA512SUMS first. A file whose published copy
+already has the same checksum is not uploaded again. Older dailies beyond
+publish.keep_dailies are deleted, never the one `latest` names.
+
+Publications into one storage are serialised by a lock in the work
+directory (two cells of a release share a SHA512SUMS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from tasks.model.layout import CellFiles
+from tasks.model.matrix import Cell, PublishSettings
+from tasks.stages.manifest import public_name
+from tasks.storage import Backend, Location, PublishFailed, RetryPolicy
+from tasks.system import atomic
+from tasks.system.checksum import format_sums, parse_sums, sha512_file
+
+SUMS = "SHA512SUMS"
+LATEST = "latest"
+
+
+def daily_dir(release: str, version: str) -> str:
+    return f"{release}/daily/{version}"
+
+
+def release_dir(release: str, version: str) -> str:
+    return f"{release}/{version}"
+
+
+@contextlib.contextmanager
+def locked(lock_dir: Path, location: Location) -> Iterator[None]:
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(location.url.encode()).hexdigest()[:16]
+    with open(lock_dir / f"publish-{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class Upload:
+    source: Path
+    name: str
+    sha512: str
+
+
+def publish_directory(backend: Backend, directory: str, uploads: list[Upload]) -> dict[str, str]:
+    """Put uploads into directory and list them in its SHA512SUMS; return name -> digest."""
+    sums_path = posixpath.join(directory, SUMS)
+    listed = parse_sums(backend.retry.run(f"reading {sums_path}", lambda: backend.read_text(sums_path)) or "")
+    entries = {u.name: u.sha512 for u in uploads}
+    # A file about to be replaced leaves SHA512SUMS first: it never vouches for a different file.
+    replaced = {name for name, digest in entries.items() if listed.get(name, digest) != digest}
+    if replaced:
+        backend.put_text_atomically(sums_path, format_sums({n: d for n, d in listed.items() if n not in replaced}))
+    for upload in uploads:
+        path = posixpath.join(directory, upload.name)
+        if listed.get(upload.name) == upload.sha512 and \
+                backend.retry.run(f"checking {path}", lambda p=path: backend.size(p)) == upload.source.stat().st_size:
+            print(f"{upload.name}: already published, unchanged")
+            continue
+        backend.put_verified(upload.source, path, upload.sha512, f"upload {upload.name}")
+    merged = {n: d for n, d in listed.items() if n not in replaced}
+    merged.update(entries)
+    backend.put_text_atomically(sums_path, format_sums(merged))  # after the files it lists
+    return entries
+
+
+def point_latest(backend: Backend, parent: str, version: str) -> None:
+    backend.put_text_atomically(posixpath.join(parent, LATEST), version + "\n")
+
+
+def prune_dailies(backend: Backend, release: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` dailies of release (never the one `latest` names)."""
+    parent = f"{release}/daily"
+    latest = (backend.retry.run("reading latest", lambda: backend.read_text(f"{parent}/{LATEST}")) or "").strip()
+    versions = backend.retry.run(f"listing {parent}", lambda: backend.list_dirs(parent))
+    doomed = [v for v in sorted(versions)[:-keep] if v != latest] if keep else []
+    for version in doomed:
+        backend.retry.run(f"deleting {parent}/{version}", lambda v=version: backend.delete_dir(f"{parent}/{v}"))
+    return doomed
+
+
+def cell_uploads(files: CellFiles, manifest: dict) -> list[Upload]:
+    """The artifacts and the manifest of a cell, under their public names."""
+    uploads = [Upload(files.artifact(a["format"]), a["name"], a["sha512"]) for a in manifest["artifacts"]]
+    uploads.append(Upload(files.manifest, public_name(manifest["name"], "json"), sha512_file(files.manifest)))
+    return uploads
+
+
+def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishSettings, lock_dir: Path) -> dict:
+    """doit's publish stage: a cell as a daily build; write and return the receipt."""
+    manifest = atomic.read_json(files.manifest)
+    release, version = cell.release.name, manifest["version"]
+    backend = location.open(RetryPolicy(settings.retries, settings.retry_delay))
+    directory = daily_dir(release, version)
+    with locked(lock_dir, location):
+        entries = publish_directory(backend, directory, cell_uploads(files, manifest))
+        point_latest(backend, f"{release}/daily", max(version, current_latest(backend, f"{release}/daily")))
+        pruned = prune_dailies(backend, release, settings.keep_dailies)
+    if pruned:
+        print(f"deleted older dailies of {release}: {', '.join(pruned)}")
+    receipt = {
+        "storage": location.url,
+        "directory": directory,
+        "files": entries,
+        "sizes": {u.name: u.source.stat().st_size for u in cell_uploads(files, manifest)},
+    }
+    atomic.write_json(files.published, receipt)
+    return receipt
+
+
+def current_latest(backend: Backend, parent: str) -> str:
+    return (backend.retry.run("reading latest", lambda: backend.read_text(f"{parent}/{LATEST}")) or "").strip()
+
+
+def still_published(receipt_path: str, location_url: str) -> bool:
+    """doit up-to-date check: the last publication went to this storage and, when it is
+    a local directory, its files are all still there (remote storage is not asked:
+    a no-op run makes no network requests)."""
+    path = Path(receipt_path)
+    if not path.exists():
+        return False
+    receipt = atomic.read_json(path)
+    if receipt.get("storage") != location_url:
+        return False
+    root = Location(location_url).local_root
+    if root is None:
+        return True
+    directory = root / receipt["directory"]
+    return all((directory / name).is_file() and (directory / name).stat().st_size == size
+               for name, size in receipt["sizes"].items())

@@ -1,0 +1,1 @@
+"""OS plumbing every stage shares; none of it knows about images."""
