@@ -97,55 +97,10 @@ DOIT_CONFIG = {
     # that does not depend on the failure, and skips those that do.
     "continue": True,
     # doit's console output, then the run summary table (tasks/summary.py).
-    "reporter": summary.reporter_for(PLAN.matrix, graph.STAGE_NAMES, PLAN.run_summary),
+    "reporter": summary.reporter_for(PLAN.matrix, PLAN.run_summary),
 }
 
 
-def task_base():
-    """debootstrap the base system each release and architecture share"""
-    yield from graph.base_tasks(PLAN)
-
-
-def task_build():
-    """build raw images with fai-diskimage"""
-    yield from graph.stage_tasks(PLAN, "build")
-
-
-def task_compress():
-    """compress raw images (sparse tar.xz, qcow2)"""
-    yield from graph.stage_tasks(PLAN, "compress")
-
-
-def task_boottest():
-    """boot images in qemu and read the serial console"""
-    yield from graph.stage_tasks(PLAN, "boottest")
-
-
-def task_manifest():
-    """write each image's manifest.json"""
-    yield from graph.stage_tasks(PLAN, "manifest")
-
-
-def task_publish():
-    """publish artifacts and manifests to storage"""
-    yield from graph.stage_tasks(PLAN, "publish")
-
-
-def task_xfail():
-    """run known-failing cells (xfail-<stage>:<cell>) without failing the run"""
-    yield from graph.xfail_tasks(PLAN)
-
-
-def task_ci():
-    """write the GitLab CI child pipeline (source=..., cells=...)"""
-    return graph.ci_task(PLAN)
-
-
-def task_release():
-    """release a cell: instance test, platform upload, publish, notify (confirm=yes)"""
-    yield from graph.release_tasks(PLAN)
-
-
-def task_compare():
-    """compare two images' facts (left=<cell or file> right=<cell or file>)"""
-    return graph.compare_task(PLAN)
+# One task_<stage> per stage of the registry (tasks/registry.py), and the
+# tools beside them: xfail-<stage> for known failures, ci, compare.
+globals().update(graph.doit_tasks(PLAN))

@@ -21,15 +21,16 @@ without re-running the tasks whose outputs came as artifacts.
 
 from __future__ import annotations
 
-import fnmatch
 import shlex
 from pathlib import Path
 
 import yaml
 
+from tasks import registry
 from tasks.errors import StageFailed
+from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, CiSettings
-from tasks.model.plan import Plan
+from tasks.model.plan import DEFAULT_WORKDIR, Plan
 from tasks.system import atomic
 
 
@@ -38,21 +39,19 @@ class CiFailed(StageFailed):
 
 
 SOURCES = ("push", "schedule", "web", "api", "trigger", "pipeline", "merge_request_event")
-IMAGE_STAGES = ("build", "compress", "boottest", "manifest")
-WORKDIR = "build"
+# The pipeline's stages, in order; each registry stage names its job (registry.CiJob).
+PIPELINE_STAGES = ("base", "images", "keep", "upload", "release")
 
 
 def selected_cells(plan: Plan, source: str, cells: str | None) -> list[Cell]:
     """The cells a pipeline builds: CELLS when given, else the tier for its source."""
     if cells:
-        patterns = cells.replace(",", " ").split()
-        chosen = [c for c in plan.matrix.cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+        chosen = plan.matrix.select(*cells.replace(",", " ").split())
         if not chosen:
             raise CiFailed(f"cells={cells!r} matches no cell (cells are named like {plan.matrix.cells[0].name})")
         return chosen
     ci = plan.matrix.ci
-    tier = ci.schedule_tier if source == "schedule" else ci.push_tier
-    return plan.matrix.tier(tier)
+    return plan.matrix.tier(ci.schedule_tier if source == "schedule" else ci.push_tier)
 
 
 def _quote(arg: str) -> str:
@@ -61,11 +60,28 @@ def _quote(arg: str) -> str:
 
 
 def _doit(*args: str) -> str:
-    return " ".join([".venv/bin/doit", *map(_quote, args), f"workdir={WORKDIR}"])
+    return " ".join([".venv/bin/doit", *map(_quote, args), f"workdir={DEFAULT_WORKDIR}"])
 
 
 def _doit_options(plan: Plan) -> list[str]:
     return ["version=$IMAGES_VERSION", f"xz_level={plan.matrix.compress.xz_level}"]
+
+
+def _run(stage: registry.Stage, name: str, options: list[str], *extra: str) -> str:
+    return _doit("--single", f"{stage.name}:{name}", *options, *extra)
+
+
+def _stages_of(job: registry.CiJob) -> list[registry.Stage]:
+    return [stage for stage in registry.stages() if stage.ci_job is job]
+
+
+def _paths(paths) -> list[str]:
+    return [str(path) for path in paths]
+
+
+def _if_built(files: CellFiles, command: str) -> str:
+    # A known-failing cell's image job may have stopped early: nothing to publish.
+    return f"if [ -f {files.manifest} ]; then {command}; fi"
 
 
 def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
@@ -77,31 +93,35 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
     options = _doit_options(plan)
     setup = ["tools/setup-host"]
     prepare = [*setup, ".ci/prepare-job"]
+    # Paths as the jobs see them: relative to the checkout, in the default work directory.
+    workdir = Path(DEFAULT_WORKDIR)
+    storage = plan.matrix.publish.storage
 
     jobs: dict[str, dict] = {}
-    bases = sorted({c.base_name for c in chosen})
-    for name in bases:
-        arch = name.rsplit("-", 1)[1]
+    bases = {cell.base_name: cell for cell in chosen}
+    for name, cell in sorted(bases.items()):
+        base_stages = _stages_of(registry.CiJob.BASE)
+        outputs = [path for stage in base_stages for path in stage.outputs(registry.base_context(plan, cell))]
         jobs[f"base:{name}"] = {
             "stage": "base",
-            "tags": list(ci.build_tags[arch]),
-            "script": [*prepare, _doit("--single", f"base:{name}", *options)],
-            "artifacts": {"paths": [f"{WORKDIR}/base/{name}.tar.zst", f"{WORKDIR}/base/{name}.log"],
+            "tags": list(ci.build_tags[cell.arch.name]),
+            "script": [*prepare, *(_run(stage, name, options) for stage in base_stages)],
+            "artifacts": {"paths": _paths(_relative(outputs, plan.workdir, workdir)),
                           "expire_in": ci.expire_images, "when": "always"},
         }
 
     for cell in chosen:
         known = plan.matrix.known_failure(cell)
-        cell_dir = f"{WORKDIR}/{cell.name}"
+        files = CellFiles.of(workdir, cell)
         image = {
             "stage": "images",
             "tags": list(ci.build_tags[cell.arch.name]),
             "needs": [{"job": f"base:{cell.base_name}", "artifacts": True}],
-            "script": [*prepare, *(_doit("--single", f"{stage}:{cell.name}", *options) for stage in IMAGE_STAGES)],
+            "script": [*prepare, *(_run(stage, cell.name, options) for stage in _stages_of(registry.CiJob.IMAGE))],
             "artifacts": {
                 "name": f"{cell.name}-images",
-                "paths": [f"{cell_dir}/"],
-                "exclude": [f"{cell_dir}/disk.raw", f"{cell_dir}/.build/**/*"],
+                "paths": [f"{files.dir}/"],
+                "exclude": [str(files.raw), f"{files.staging}/**/*"],
                 "expire_in": ci.expire_images,
                 "when": "always",
             },
@@ -111,12 +131,11 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
             "tags": list(ci.tags),
             "needs": [{"job": f"image:{cell.name}", "artifacts": True}],
             # Checksums of the image data, kept when the data itself has expired.
-            "script": [f"cd {cell_dir} && (sha512sum image.* > SHA512SUMS || true) && ls -l"],
+            "script": [f"cd {files.dir} && (sha512sum {' '.join(p.name for p in files.artifacts)} "
+                       f"> {files.checksums.name} || true) && ls -l"],
             "artifacts": {
                 "name": f"{cell.name}-records",
-                "paths": [f"{cell_dir}/{name}" for name in
-                          ("build.log", "boot-*.log", "boottest.json", "build-info.json", "packages.tsv",
-                           "manifest.json", "SHA512SUMS", "xfail-*.json")],
+                "paths": _paths([*files.records, *(files.xfail_record(s.name) for s in registry.cell_chain())]),
                 "expire_in": "never",
                 "when": "always",
             },
@@ -134,21 +153,17 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
         cells_of = [c for c in chosen if c.release.name == release]
         needs = [{"job": f"image:{c.name}", "artifacts": True, **({"optional": True} if plan.matrix.known_failure(c)
                                                                    else {})} for c in cells_of]
-        publish = [f"if [ -f {WORKDIR}/{c.name}/manifest.json ]; then "
-                   f"{_doit('--single', f'publish:{c.name}', *options, 'storage=$STORAGE')}; fi"
-                   for c in cells_of]
         if source == "schedule" or cells:
             jobs[f"upload:{release}"] = {
                 "stage": "upload",
                 "tags": list(ci.tags),
                 "needs": needs,
                 "variables": {"STORAGE": "${IMAGES_STORAGE}"},
-                "script": [*setup, 'if [ -z "$STORAGE" ]; then STORAGE=storage; fi', *publish],
-                "artifacts": {"paths": ["storage/"], "expire_in": ci.expire_images, "when": "always"},
+                "script": [*setup, f'if [ -z "$STORAGE" ]; then STORAGE={shlex.quote(storage)}; fi',
+                           *(_if_built(CellFiles.of(workdir, c), _run(stage, c.name, options, "storage=$STORAGE"))
+                             for c in cells_of for stage in _stages_of(registry.CiJob.UPLOAD))],
+                "artifacts": {"paths": [f"{storage}/"], "expire_in": ci.expire_images, "when": "always"},
             }
-        release_cells = [f"if [ -f {WORKDIR}/{c.name}/manifest.json ]; then "
-                         f"{_doit('--single', f'release:{c.name}', *options, 'storage=$STORAGE', 'confirm=yes')}; fi"
-                         for c in cells_of]
         jobs[f"release:{release}"] = {
             "stage": "release",
             # The instance test boots images: the job needs a build runner.
@@ -160,19 +175,25 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
             # A release goes where users find it, never into expiring artifacts.
             "script": [*prepare, 'if [ -z "$STORAGE" ]; then echo "release: set the CI/CD variable '
                                  'IMAGES_RELEASE_STORAGE to the storage URL releases go to" >&2; exit 1; fi',
-                       *release_cells],
+                       *(_if_built(CellFiles.of(workdir, c),
+                                   _run(stage, c.name, options, "storage=$STORAGE", "confirm=yes"))
+                         for c in cells_of for stage in _stages_of(registry.CiJob.RELEASE))],
             # What the release did (instance test, platform images, publication) is kept for ever.
-            "artifacts": {"paths": [f"{WORKDIR}/*/release.json", f"{WORKDIR}/*/release-progress.json",
-                                    f"{WORKDIR}/*/instance-test.json", f"{WORKDIR}/*/instance-test-console.log"],
+            "artifacts": {"paths": _paths(p for c in cells_of for p in CellFiles.of(workdir, c).release_records),
                           "expire_in": "never", "when": "always"},
         }
 
     return {
-        "stages": ["base", "images", "keep", "upload", "release"],
+        "stages": list(PIPELINE_STAGES),
         "default": {"image": ci.image},
         "variables": {"IMAGES_VERSION": plan.version or "ci-$CI_PIPELINE_ID"},
         **jobs,
     }
+
+
+def _relative(paths, workdir: Path, to: Path) -> list[Path]:
+    """paths under this run's work directory, as they are under the CI job's."""
+    return [to / path.relative_to(workdir) for path in paths]
 
 
 def write(plan: Plan, target: Path) -> None:

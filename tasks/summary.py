@@ -26,6 +26,7 @@ from pathlib import Path
 from doit.exceptions import UnmetDependency
 from doit.reporter import ConsoleReporter
 
+from tasks import registry
 from tasks.model.matrix import Matrix
 from tasks.system import atomic
 
@@ -74,30 +75,38 @@ def _shorter(path: Path, base: Path) -> str:
         return str(path)
 
 
-def reporter_for(matrix: Matrix, stages: tuple[str, ...], record: Path):
+def reporter_for(matrix: Matrix, record: Path):
     """The reporter class doit instantiates for a run over matrix's cells.
 
-    stages: a cell's stages, in order (tasks/graph.py); the table's columns
-    are the cell's base, these, and its manual release.
+    The table's columns are the registry's stages (tasks/registry.py).
     record: where the summary is written (run-summary.json).
     """
 
     class Reporter(RunSummary):
         pass
 
-    Reporter.matrix, Reporter.stages, Reporter.record = matrix, stages, record
+    Reporter.matrix, Reporter.record = matrix, record
     return Reporter
 
 
 class RunSummary(ConsoleReporter):
     desc = "console output, then a summary table of every cell"
     matrix: Matrix
-    stages: tuple[str, ...]
     record: Path
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return ("base", *self.stages, "release")
+        """Every stage, in the order a cell goes through them."""
+        return tuple(stage.name for stage in registry.stages())
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The chain a known failure's xfail task runs."""
+        return tuple(stage.name for stage in registry.cell_chain())
+
+    @property
+    def base_stages(self) -> set[str]:
+        return {stage.name for stage in registry.stages() if stage.scope is registry.Scope.BASE}
 
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
@@ -117,10 +126,10 @@ class RunSummary(ConsoleReporter):
         kind, _, name = task_name.partition(":")
         if not name:
             return []
-        if kind == "base":
+        if kind in self.base_stages:
             # A base serves every cell of its release and architecture; its
             # column shows only in the rows of the cells this run is about.
-            return [(cell, "base") for cell in self.bases.get(name, []) if cell in self.run_cells]
+            return [(cell, kind) for cell in self.bases.get(name, []) if cell in self.run_cells]
         if kind.startswith("xfail-"):
             last = kind.removeprefix("xfail-")
             if last not in self.stages:
@@ -172,10 +181,11 @@ class RunSummary(ConsoleReporter):
             seen.add(name)
             pending.extend(tasks[name].task_dep)
             pending.extend(tasks[name].setup_tasks)
-        places = [place for name in seen if not name.startswith("base:") for place in self._places(name)]
+        of_bases = {name for name in seen if name.partition(":")[0] in self.base_stages}
+        places = [place for name in seen - of_bases for place in self._places(name)]
         self.run_cells = {cell for cell, _ in places}
         self.expected.update(places)
-        self.expected.update(place for name in seen if name.startswith("base:") for place in self._places(name))
+        self.expected.update(place for name in of_bases for place in self._places(name))
 
     def execute_task(self, task):
         super().execute_task(task)

@@ -13,9 +13,26 @@ from tasks.stages import manifest
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The unit tests' own matrix, kept apart from the project's matrix.yaml so that
+# editing the project's matrix never changes what a unit test means.
+FIXTURE_MATRIX = REPO / "tests" / "data" / "matrix.yaml"
+
+
 @pytest.fixture(scope="session")
 def repo_matrix():
+    """The project's own matrix.yaml: what the end-to-end tests build."""
     return matrix.load(REPO / "matrix.yaml")
+
+
+@pytest.fixture(scope="session")
+def test_matrix_file() -> Path:
+    return FIXTURE_MATRIX
+
+
+@pytest.fixture(scope="session")
+def test_matrix(test_matrix_file):
+    """The unit tests' matrix."""
+    return matrix.load(test_matrix_file)
 
 
 def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFiles:

@@ -62,9 +62,9 @@ def sector_image(tmp_path, text: bytes = LOGIN):
     return image
 
 
-def cell_on_a_sector(tmp_path, repo_matrix, name: str):
+def cell_on_a_sector(tmp_path, test_matrix, name: str):
     """A cell whose disk.raw is a boot sector printing a boot to login."""
-    cell = repo_matrix.cell(name)
+    cell = test_matrix.cell(name)
     files = CellFiles.of(tmp_path / "build", cell)
     files.dir.mkdir(parents=True)
     sector_image(tmp_path).rename(files.raw)
@@ -109,8 +109,8 @@ def test_uefi_emulation_failure_falls_back_at_once(tmp_path, half_working_kvm):
 
 
 @needs_kvm_device
-def test_accelerator_kvm_where_kvm_fails_is_one_clear_error(tmp_path, half_working_kvm, repo_matrix):
-    cell, files = cell_on_a_sector(tmp_path, repo_matrix, "bookworm-nocloud-amd64")
+def test_accelerator_kvm_where_kvm_fails_is_one_clear_error(tmp_path, half_working_kvm, test_matrix):
+    cell, files = cell_on_a_sector(tmp_path, test_matrix, "bookworm-nocloud-amd64")
     settings = BootTestSettings(timeout=60, memory=256, cpus=1, accelerator="kvm", until="login")
     started = time.monotonic()
     failure = graph.run_stage(f"boottest:{cell.name}", boottest.boot_test, cell, files, settings,
@@ -126,10 +126,10 @@ def test_accelerator_kvm_where_kvm_fails_is_one_clear_error(tmp_path, half_worki
 
 
 @needs_kvm_device
-def test_the_release_instance_test_falls_back_too(tmp_path, half_working_kvm, repo_matrix):
+def test_the_release_instance_test_falls_back_too(tmp_path, half_working_kvm, test_matrix):
     """The instance test boots UEFI: OVMF's emulation failure restarts it under TCG at once.
     (The disk boots nothing, so the test then fails on its deadline, once, not twice.)"""
-    cell, files = cell_on_a_sector(tmp_path, repo_matrix, "bookworm-genericcloud-amd64")
+    cell, files = cell_on_a_sector(tmp_path, test_matrix, "bookworm-genericcloud-amd64")
     settings = BootTestSettings(timeout=60, memory=256, cpus=1, accelerator="auto", until="login")
     started = time.monotonic()
     with pytest.raises(instancetest.InstanceTestFailed, match="SSH did not answer within 12 s"):

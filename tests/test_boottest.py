@@ -108,14 +108,14 @@ def test_boot_sector_message_limit():
         qemu.boot_sector(b"x" * 500)
 
 
-def test_firmwares_boot_side_by_side_and_the_first_failure_stops_the_other(tmp_path, repo_matrix):
+def test_firmwares_boot_side_by_side_and_the_first_failure_stops_the_other(tmp_path, test_matrix):
     """BIOS panics at once; the UEFI boot beside it (OVMF finds nothing to boot and would try the
     network for minutes) is stopped then and there, and only the deciding boot is recorded."""
     import json
 
     from tasks.model.layout import CellFiles
 
-    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+    cell = test_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
     files.dir.mkdir(parents=True)
     files.raw.write_bytes(qemu.boot_sector(b"Linux version 6.1\r\nKernel panic - not syncing: test\r\n",

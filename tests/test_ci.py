@@ -16,7 +16,9 @@ from tasks.model import plan
 from tasks.model.matrix import MatrixError
 
 REPO = Path(__file__).resolve().parent.parent
-GOOD = yaml.safe_load((REPO / "matrix.yaml").read_text())
+# The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
+FIXTURE_MATRIX = REPO / "tests" / "data" / "matrix.yaml"
+GOOD = yaml.safe_load((FIXTURE_MATRIX).read_text())
 
 
 def make_plan(tmp_path, data=None, **options):
@@ -39,9 +41,9 @@ def test_push_builds_the_push_tier(tmp_path):
                          "release:bookworm"]
 
 
-def test_schedule_builds_everything_and_uploads(tmp_path, repo_matrix):
+def test_schedule_builds_everything_and_uploads(tmp_path, test_matrix):
     doc = ci.pipeline(make_plan(tmp_path), "schedule")
-    assert jobs(doc, "image:") == sorted(f"image:{c.name}" for c in repo_matrix.cells)
+    assert jobs(doc, "image:") == sorted(f"image:{c.name}" for c in test_matrix.cells)
     assert len(jobs(doc, "base:")) == 6
     assert jobs(doc, "upload:") == ["upload:bookworm", "upload:sid", "upload:trixie"]
     assert jobs(doc, "release:") == ["release:bookworm", "release:sid", "release:trixie"]
@@ -53,7 +55,6 @@ def test_cells_chosen_by_hand(tmp_path):
     assert jobs(doc, "image:") == sorted([f"image:trixie-{v}-arm64" for v in GOOD["vendors"]]
                                          + ["image:sid-ec2-amd64"])
     assert jobs(doc, "base:") == ["base:sid-amd64", "base:trixie-arm64"]
-    assert jobs(doc, "upload:") == ["upload:trixie", "upload:sid"][::-1] or True
     assert set(jobs(doc, "upload:")) == {"upload:trixie", "upload:sid"}
 
 
@@ -77,7 +78,8 @@ def test_artifacts_follow_the_storage_policy(tmp_path):
     assert "build/bookworm-nocloud-amd64/disk.raw" in image["artifacts"]["exclude"]
     assert keep["artifacts"]["expire_in"] == "never"
     kept = keep["artifacts"]["paths"]
-    for record in ("build.log", "boot-*.log", "boottest.json", "manifest.json", "packages.tsv", "SHA512SUMS"):
+    for record in ("build.log", "boot-bios.log", "boot-uefi.log", "boottest.json", "manifest.json", "packages.tsv",
+                   "SHA512SUMS", "xfail-build.json"):
         assert f"build/bookworm-nocloud-amd64/{record}" in kept
     assert not any("image." in path for path in kept), "image data is not kept for ever"
     assert keep["needs"] == [{"job": "image:bookworm-nocloud-amd64", "artifacts": True}]

@@ -94,11 +94,11 @@ def test_qcow2_matches_raw(sparse_disk, tmp_path):
     subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(sparse_disk), str(output)], check=True)
 
 
-def test_compress_writes_only_complete_artifacts(repo_matrix, tmp_path, sparse_disk):
+def test_compress_writes_only_complete_artifacts(test_matrix, tmp_path, sparse_disk):
     from tasks.model.layout import CellFiles
     from tasks.model.matrix import CompressSettings
 
-    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+    cell = test_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
     files.dir.mkdir(parents=True)
     os.link(sparse_disk, files.raw)
@@ -106,11 +106,11 @@ def test_compress_writes_only_complete_artifacts(repo_matrix, tmp_path, sparse_d
     assert sorted(p.name for p in files.dir.iterdir()) == ["disk.raw", "image.qcow2", "image.tar.xz"]
 
 
-def test_failed_compression_leaves_no_artifact(repo_matrix, tmp_path):
+def test_failed_compression_leaves_no_artifact(test_matrix, tmp_path):
     from tasks.model.layout import CellFiles
     from tasks.model.matrix import CompressSettings
 
-    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+    cell = test_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
     files.dir.mkdir(parents=True)
     files.raw.mkdir()  # tar of a directory named disk.raw succeeds; qemu-img of it fails

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks import registry
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import BootTestSettings
 from tasks.release import instancetest
@@ -28,7 +29,7 @@ from . import imagefs, servers
 
 REPO = Path(__file__).resolve().parent.parent
 CELLS = ["bookworm-genericcloud-amd64", "bookworm-nocloud-amd64"]
-STAGES = ("build", "compress", "boottest", "manifest", "publish")
+STAGES = tuple(stage.name for stage in registry.cell_chain())
 VERSION = "e2e-1"
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")]
 

@@ -48,17 +48,17 @@ def leftovers(workdir: Path) -> dict:
 NOTHING = {"loop devices": [], "mounts": [], "processes": [], "partial files": [], "staging": []}
 
 
-def test_failed_build_names_its_log_and_cleans_up(tmp_path, repo_matrix):
+def test_failed_build_names_its_log_and_cleans_up(tmp_path, test_matrix):
     space = tmp_path / "fai_config"
     shutil.copytree(REPO / "fai_config", space, symlinks=True)
     hook = space / "hooks" / "partition.DEBIAN"
     hook.write_text(hook.read_text().replace("type=21686148-6449-6E6F-744E-656564454649", "type=NOT-A-TYPE"))
-    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+    cell = test_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
 
     inputs = fai.BuildInputs(space, tmp_path / "no-base.tar.zst", tmp_path / "apt", "1", tmp_path / "cpu")
     with pytest.raises(fai.BuildFailed) as caught:
-        fai.build(cell, files, repo_matrix.build, inputs)
+        fai.build(cell, files, test_matrix.build, inputs)
     message = str(caught.value)
     assert f"full log: {files.build_log}" in message
     assert "Failed to add #1 partition" in message  # sfdisk's own words, among the relevant lines

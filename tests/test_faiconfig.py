@@ -30,12 +30,12 @@ def test_owning_class(path, owner):
     assert faiconfig.owning_class(Path(path)) == owner
 
 
-def test_selection_follows_classes(repo_matrix):
+def test_selection_follows_classes(test_matrix):
     space = REPO / "fai_config"
     nocloud = {str(p.relative_to(space)) for p in
-               faiconfig.selected_files(space, repo_matrix.cell("bookworm-nocloud-amd64").fai_classes)}
+               faiconfig.selected_files(space, test_matrix.cell("bookworm-nocloud-amd64").fai_classes)}
     cloud = {str(p.relative_to(space)) for p in
-             faiconfig.selected_files(space, repo_matrix.cell("bookworm-genericcloud-amd64").fai_classes)}
+             faiconfig.selected_files(space, test_matrix.cell("bookworm-genericcloud-amd64").fai_classes)}
     assert {"scripts/NOCLOUD/10-password", "files/etc/netplan/90-default.yaml/NOCLOUD"} <= nocloud - cloud
     assert {"package_config/CLOUD", "files/etc/default/grub.d/15_timeout.cfg/CLOUD"} <= cloud - nocloud
     assert "class/TRIXIE.var" not in nocloud | cloud
@@ -44,11 +44,11 @@ def test_selection_follows_classes(repo_matrix):
     assert shared <= nocloud & cloud
 
 
-def test_every_config_file_is_used_by_some_cell(repo_matrix):
+def test_every_config_file_is_used_by_some_cell(test_matrix):
     """A file no cell selects is dead configuration (or a misspelt class)."""
     space = REPO / "fai_config"
     used = set()
-    for cell in repo_matrix.cells:
+    for cell in test_matrix.cells:
         used.update(faiconfig.selected_files(space, cell.fai_classes))
     unused = [str(p.relative_to(space)) for p in space.rglob("*") if p.is_file() and p not in used]
     assert unused == []

@@ -83,7 +83,8 @@ def test_doit_compare_takes_cells_and_files(tmp_path, capsys):
     facts = json.loads(left.read_text())
     facts["hostname"] = "changed"
     manifest.write_text(json.dumps({"schema": 2, "artifacts": [], "facts": facts}))
-    options = {"workdir": str(tmp_path / "build"), "left": str(left), "right": str(manifest)}
+    options = {"workdir": str(tmp_path / "build"), "left": str(left), "right": str(manifest),
+               "matrix": str(REPO / "tests" / "data" / "matrix.yaml")}
     the_plan = plan.from_options(REPO, options.get, options)
     assert graph.compare_reports(the_plan) is None
     out = capsys.readouterr().out

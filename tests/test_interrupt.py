@@ -15,6 +15,8 @@ from pathlib import Path
 from tasks.stages import qemu
 
 REPO = Path(__file__).resolve().parent.parent
+# The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
+FIXTURE_MATRIX = REPO / "tests" / "data" / "matrix.yaml"
 
 
 def children_of(pid: int) -> list[str]:
@@ -145,7 +147,7 @@ def test_sigterm_to_doit_stops_parallel_compress_and_boot_test_at_once(tmp_path)
     traceback, and the next run can start."""
     import yaml
 
-    data = yaml.safe_load((REPO / "matrix.yaml").read_text())
+    data = yaml.safe_load((FIXTURE_MATRIX).read_text())
     # One xz at a time without CPU slots, so compression runs beside the boot test.
     data["compress"] = {"xz_level": 9, "xz_threads": 1}
     data["boot_test"] = {"timeout": 300, "memory": 256, "cpus": 1, "accelerator": "tcg", "until": "login"}
@@ -166,14 +168,14 @@ def test_sigterm_to_doit_stops_parallel_compress_and_boot_test_at_once(tmp_path)
 import sys
 sys.path.insert(0, {str(REPO)!r})
 import dodo as images
-from tasks import graph
-from tasks.model.layout import CellFiles
+from tasks import graph, registry
 
 DOIT_CONFIG = images.DOIT_CONFIG
 CELL = images.PLAN.matrix.cell("bookworm-nocloud-amd64")
 
 def stage(name):
-    task = graph.STAGES[name][0](images.PLAN, CELL, CellFiles.of(images.PLAN.workdir, CELL)).task(name, CELL.name)
+    stage = registry.by_name(name)
+    task = next(t for t in graph.stage_tasks(images.PLAN, stage) if t["name"] == CELL.name)
     yield {{**task, "file_dep": []}}
 
 def task_compress():

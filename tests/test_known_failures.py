@@ -14,12 +14,14 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+# The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
+FIXTURE_MATRIX = REPO / "tests" / "data" / "matrix.yaml"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")
 
 
 @pytest.fixture
 def setup(tmp_path):
-    data = yaml.safe_load((REPO / "matrix.yaml").read_text())
+    data = yaml.safe_load((FIXTURE_MATRIX).read_text())
     data["vendors"]["tiny"] = {"fai_classes": ["NOCLOUD", "LINUX_GENERIC"], "disk_size": "64M", "formats": ["tar.xz"]}
     data["tiers"]["push"] = [{"releases": ["bookworm"], "vendors": ["tiny"], "architectures": ["amd64"]}]
     data["known_failures"] = [{"cells": "*-tiny-*", "reason": "64 MiB cannot hold the root file system"}]

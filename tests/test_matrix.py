@@ -10,7 +10,9 @@ from tasks.model import matrix
 from tasks.model.matrix import MatrixError
 
 REPO = Path(__file__).resolve().parent.parent
-GOOD = yaml.safe_load((REPO / "matrix.yaml").read_text())
+# The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
+FIXTURE_MATRIX = REPO / "tests" / "data" / "matrix.yaml"
+GOOD = yaml.safe_load((FIXTURE_MATRIX).read_text())
 
 
 def write(tmp_path: Path, data) -> Path:
@@ -32,7 +34,7 @@ def error_for(tmp_path: Path, mutate) -> str:
 
 
 def test_repository_matrix_loads():
-    m = matrix.load(REPO / "matrix.yaml")
+    m = matrix.load(FIXTURE_MATRIX)
     assert set(m.releases) == {"bookworm", "trixie", "sid"}
     assert set(m.vendors) == {"generic", "genericcloud", "nocloud", "ec2", "azure", "gce"}
     assert set(m.architectures) == {"amd64", "arm64"}
@@ -41,7 +43,7 @@ def test_repository_matrix_loads():
 
 
 def test_cell_name_classes_and_image_name():
-    m = matrix.load(REPO / "matrix.yaml")
+    m = matrix.load(FIXTURE_MATRIX)
     cell = m.cell("bookworm-genericcloud-amd64")
     assert (cell.release.name, cell.vendor.name, cell.arch.name) == ("bookworm", "genericcloud", "amd64")
     assert cell.fai_classes == (
@@ -58,13 +60,13 @@ def test_cell_name_classes_and_image_name():
 
 
 def test_cells_are_immutable():
-    cell = matrix.load(REPO / "matrix.yaml").cells[0]
+    cell = matrix.load(FIXTURE_MATRIX).cells[0]
     with pytest.raises(AttributeError):
         cell.vendor.disk_size = "9G"
 
 
 def test_wildcard_selection():
-    m = matrix.load(REPO / "matrix.yaml")
+    m = matrix.load(FIXTURE_MATRIX)
     assert {c.name for c in m.select("*-nocloud-*")} == {f"{r}-nocloud-{a}" for r in m.releases
                                                           for a in m.architectures}
     assert {c.name for c in m.select("trixie-*-arm64")} == {f"trixie-{v}-arm64" for v in m.vendors}
@@ -159,7 +161,7 @@ def test_invalid_yaml_names_line(tmp_path):
 
 
 def test_duplicate_key_is_an_error(tmp_path):
-    text = (REPO / "matrix.yaml").read_text().replace("  trixie:\n", "  bookworm:\n", 1)
+    text = (FIXTURE_MATRIX).read_text().replace("  trixie:\n", "  bookworm:\n", 1)
     path = write(tmp_path, text)
     with pytest.raises(MatrixError, match=r"invalid YAML: duplicate key 'bookworm'"):
         matrix.load(path)
@@ -179,6 +181,6 @@ def test_known_failures(tmp_path):
 
 
 def test_unknown_tier():
-    m = matrix.load(REPO / "matrix.yaml")
+    m = matrix.load(FIXTURE_MATRIX)
     with pytest.raises(MatrixError, match=r"tiers: no tier named 'nightly' \(expected one of: push, full\)"):
         m.tier("nightly")

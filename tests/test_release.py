@@ -58,8 +58,8 @@ def with_real_disk(tmp_path: Path, files, fmt: str | None = None) -> bytes:
     return files.raw.read_bytes()
 
 
-def cell_with_manifest(repo_matrix, tmp_path, name):
-    cell = repo_matrix.cell(name)
+def cell_with_manifest(test_matrix, tmp_path, name):
+    cell = test_matrix.cell(name)
     files = fake_outputs(tmp_path / "build", cell, version=VERSION)
     return cell, files
 
@@ -83,8 +83,8 @@ def webhook():
 
 
 @pytest.mark.skipif(not servers.have_nginx(), reason="nginx with WebDAV is installed by tools/setup-host")
-def test_release_publishes_a_version_directory_then_latest_and_notifies(repo_matrix, tmp_path, mailbox, webhook):
-    cell, files = cell_with_manifest(repo_matrix, tmp_path, "bookworm-nocloud-amd64")
+def test_release_publishes_a_version_directory_then_latest_and_notifies(test_matrix, tmp_path, mailbox, webhook):
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-nocloud-amd64")
     manifest.write(cell, files)
     nginx = servers.Nginx(tmp_path / "nginx").start()
     try:
@@ -137,12 +137,13 @@ def test_release_is_refused_without_confirmation(tmp_path):
     assert not (tmp_path / "build" / "bookworm-nocloud-amd64").exists()
 
 
-def test_release_tasks_are_in_no_group_and_no_default_run(repo_matrix, tmp_path):
-    from tasks import graph
+def test_release_tasks_are_in_no_group_and_no_default_run(test_matrix, tmp_path):
+    from tasks import graph, registry
     from tasks.model import plan
 
-    confirmed = plan.from_options(REPO, {"workdir": str(tmp_path), "confirm": "yes"}.get)
-    tasks = list(graph.release_tasks(confirmed))
+    confirmed = plan.from_options(REPO, {"workdir": str(tmp_path), "confirm": "yes",
+                                              "matrix": str(REPO / "tests" / "data" / "matrix.yaml")}.get)
+    tasks = list(graph.stage_tasks(confirmed, registry.RELEASE))
     group = [t for t in tasks if t["name"] is None]
     assert group == [{"name": None, "doc": "release cells by name only (confirm=yes)", "task_dep": []}]
     one = next(t for t in tasks if t["name"] == "bookworm-genericcloud-amd64")
@@ -151,10 +152,10 @@ def test_release_tasks_are_in_no_group_and_no_default_run(repo_matrix, tmp_path)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="qemu-img and mkfs.vfat as root, like the release job")
-def test_nothing_is_published_when_the_instance_test_fails(repo_matrix, tmp_path, mailbox):
+def test_nothing_is_published_when_the_instance_test_fails(test_matrix, tmp_path, mailbox):
     """A disk that does not boot: the instance test fails on its deadline, naming the console log,
     and the release stops there: no platform upload, nothing in storage, no mail."""
-    cell, files = cell_with_manifest(repo_matrix, tmp_path, "bookworm-genericcloud-amd64")
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-genericcloud-amd64")
     with_real_disk(tmp_path, files)
     manifest.write(cell, files)
     settings = ReleaseSettings(instance_test=("genericcloud",), instance_test_timeout=15, notify={
@@ -219,8 +220,8 @@ def aws_env(aws, monkeypatch):
 
 
 @pytest.mark.parametrize("public", [False, True])
-def test_ec2_upload_imports_a_snapshot_and_registers_a_tagged_ami(repo_matrix, tmp_path, aws_env, public):
-    cell, files = cell_with_manifest(repo_matrix, tmp_path, "bookworm-ec2-amd64")
+def test_ec2_upload_imports_a_snapshot_and_registers_a_tagged_ami(test_matrix, tmp_path, aws_env, public):
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-ec2-amd64")
     with_real_disk(tmp_path, files)
     manifest.write(cell, files)
     bucket = _bucket(f"imports-{public}".lower())
@@ -244,10 +245,10 @@ def test_ec2_upload_imports_a_snapshot_and_registers_a_tagged_ami(repo_matrix, t
                     "public": public}
 
 
-def test_a_release_run_again_after_a_failure_does_not_upload_twice(repo_matrix, tmp_path, aws_env):
+def test_a_release_run_again_after_a_failure_does_not_upload_twice(test_matrix, tmp_path, aws_env):
     """The mail server is down: the release fails after the AMI and the publication; run again,
     it registers no second AMI, publishes nothing twice and sends the mail."""
-    cell, files = cell_with_manifest(repo_matrix, tmp_path, "bookworm-ec2-amd64")
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-ec2-amd64")
     with_real_disk(tmp_path, files)
     manifest.write(cell, files)
     bucket = _bucket("imports-rerun")
@@ -276,9 +277,9 @@ def test_a_release_run_again_after_a_failure_does_not_upload_twice(repo_matrix, 
     assert not (files.dir / "release-progress.json").exists()
 
 
-def test_ec2_register_request_carries_boot_mode_and_network_flags(repo_matrix):
-    amd64 = ec2.register_request(repo_matrix.cell("trixie-ec2-amd64"), "n", "snap-1", "d")
-    arm64 = ec2.register_request(repo_matrix.cell("trixie-ec2-arm64"), "n", "snap-1", "d")
+def test_ec2_register_request_carries_boot_mode_and_network_flags(test_matrix):
+    amd64 = ec2.register_request(test_matrix.cell("trixie-ec2-amd64"), "n", "snap-1", "d")
+    arm64 = ec2.register_request(test_matrix.cell("trixie-ec2-arm64"), "n", "snap-1", "d")
     assert (amd64["Architecture"], amd64["BootMode"]) == ("x86_64", "uefi-preferred")
     assert (arm64["Architecture"], arm64["BootMode"]) == ("arm64", "uefi")
     for request in (amd64, arm64):
@@ -286,9 +287,9 @@ def test_ec2_register_request_carries_boot_mode_and_network_flags(repo_matrix):
         assert request["VirtualizationType"] == "hvm" and request["ImdsSupport"] == "v2.0"
 
 
-def test_ec2_upload_from_the_tar_xz_when_the_raw_disk_is_gone(repo_matrix, tmp_path, aws_env):
+def test_ec2_upload_from_the_tar_xz_when_the_raw_disk_is_gone(test_matrix, tmp_path, aws_env):
     """A CI release job has the artifacts, not disk.raw: the disk comes out of image.tar.xz."""
-    cell, files = cell_with_manifest(repo_matrix, tmp_path, "bookworm-ec2-amd64")
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-ec2-amd64")
     with_real_disk(tmp_path, files, "tar.xz")
     files.raw.unlink()
     manifest.write(cell, files)
@@ -301,8 +302,8 @@ def test_ec2_upload_from_the_tar_xz_when_the_raw_disk_is_gone(repo_matrix, tmp_p
     assert not [p for p in files.dir.iterdir() if p.name.startswith("release-")], "the scratch space is gone"
 
 
-def test_ec2_with_a_missing_bucket_fails_clearly(repo_matrix, tmp_path, aws_env):
-    cell, files = cell_with_manifest(repo_matrix, tmp_path, "bookworm-ec2-amd64")
+def test_ec2_with_a_missing_bucket_fails_clearly(test_matrix, tmp_path, aws_env):
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-ec2-amd64")
     with_real_disk(tmp_path, files)
     manifest.write(cell, files)
     with pytest.raises(StageFailed, match="uploading disk.vmdk to s3://no-such-bucket/.*NoSuchBucket"):
@@ -320,12 +321,12 @@ def _bucket(name: str) -> str:
 
 
 @pytest.mark.skipif(not servers.have_azurite(), reason="Azurite (npm) is installed by tools/setup-host")
-def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(repo_matrix, tmp_path, monkeypatch):
+def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(test_matrix, tmp_path, monkeypatch):
     from datetime import datetime, timedelta, timezone
 
     from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
-    cell, files = cell_with_manifest(repo_matrix, tmp_path, "bookworm-azure-amd64")
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-azure-amd64")
     with_real_disk(tmp_path, files, "vhd.tar.xz")
     manifest.write(cell, files)
     vhd = tmp_path / "expected"
@@ -388,8 +389,8 @@ def test_azure_pages_cover_only_the_data(tmp_path):
     assert pages == [(8 << 20, 4 << 20)]
 
 
-def test_azure_without_credentials_names_what_is_missing(repo_matrix, tmp_path, monkeypatch):
-    cell, files = cell_with_manifest(repo_matrix, tmp_path, "bookworm-azure-amd64")
+def test_azure_without_credentials_names_what_is_missing(test_matrix, tmp_path, monkeypatch):
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-azure-amd64")
     monkeypatch.delenv("AZURE_STORAGE_SAS", raising=False)
     with pytest.raises(StageFailed, match="AZURE_STORAGE_SAS is not set"):
         azure.upload(cell, files, {"name": "x"}, {"container_url": "http://127.0.0.1:9/images"})
@@ -399,8 +400,8 @@ def test_azure_without_credentials_names_what_is_missing(repo_matrix, tmp_path, 
 # GCE: Cloud Storage and the Compute API, as a recording server sees them
 
 
-def test_gce_upload_sends_the_tar_gz_then_asks_for_an_image(repo_matrix, tmp_path, monkeypatch):
-    cell, files = cell_with_manifest(repo_matrix, tmp_path, "trixie-gce-arm64")
+def test_gce_upload_sends_the_tar_gz_then_asks_for_an_image(test_matrix, tmp_path, monkeypatch):
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "trixie-gce-arm64")
     manifest.write(cell, files)
     state = {"polls": 0}
 
@@ -440,8 +441,8 @@ def test_gce_upload_sends_the_tar_gz_then_asks_for_an_image(repo_matrix, tmp_pat
         server.stop()
 
 
-def test_gce_api_errors_are_reported_with_the_answer(repo_matrix, tmp_path, monkeypatch):
-    cell, files = cell_with_manifest(repo_matrix, tmp_path, "bookworm-gce-amd64")
+def test_gce_api_errors_are_reported_with_the_answer(test_matrix, tmp_path, monkeypatch):
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-gce-amd64")
     manifest.write(cell, files)
     server = servers.RecordingServer(lambda request, _: (403, {}, b'{"error": "bucket imports: forbidden"}')).start()
     try:

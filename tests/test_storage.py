@@ -137,9 +137,9 @@ def test_publishing_again_uploads_nothing(nocloud, store, tmp_path, capsys):
     assert capsys.readouterr().out.count("already published, unchanged") == 3
 
 
-def test_cells_of_a_release_share_sha512sums(repo_matrix, store, tmp_path):
+def test_cells_of_a_release_share_sha512sums(test_matrix, store, tmp_path):
     for name in ("bookworm-nocloud-amd64", "bookworm-genericcloud-amd64"):
-        cell = repo_matrix.cell(name)
+        cell = test_matrix.cell(name)
         files = fake_outputs(tmp_path / "build", cell)
         manifest.write(cell, files)
         publish(cell, files, store, tmp_path)
@@ -147,8 +147,8 @@ def test_cells_of_a_release_share_sha512sums(repo_matrix, store, tmp_path):
     assert sum("nocloud" in n for n in names) == 3 and sum("genericcloud" in n for n in names) == 3
 
 
-def test_old_dailies_are_deleted_but_not_latest(repo_matrix, store, tmp_path):
-    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+def test_old_dailies_are_deleted_but_not_latest(test_matrix, store, tmp_path):
+    cell = test_matrix.cell("bookworm-nocloud-amd64")
     settings = PublishSettings(keep_dailies=2, retries=2, retry_delay=0.01)
     for version in ("20261120-1", "20261121-1", "20261122-1", "20261123-1"):
         files = fake_outputs(tmp_path / version, cell, version=version)
@@ -260,8 +260,8 @@ def test_wrong_credentials_fail_without_showing_them(nocloud, tmp_path, monkeypa
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-def test_a_full_disk_on_the_server_fails_clearly_and_keeps_what_was_published(repo_matrix, tmp_path):
-    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+def test_a_full_disk_on_the_server_fails_clearly_and_keeps_what_was_published(test_matrix, tmp_path):
+    cell = test_matrix.cell("bookworm-nocloud-amd64")
     nginx = servers.Nginx(tmp_path / "nginx")
     nginx.root.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "full-disk-test", str(nginx.root)], check=True)
@@ -317,7 +317,7 @@ def test_credentials_in_the_matrix_are_refused(tmp_path):
     from tasks.model.matrix import MatrixError
 
     repo = __import__("pathlib").Path(__file__).resolve().parent.parent
-    data = yaml.safe_load((repo / "matrix.yaml").read_text())
+    data = yaml.safe_load((repo / "tests" / "data" / "matrix.yaml").read_text())
     data["publish"]["storage"] = "https://uploader:hunter2@images.example.org/debian"
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(MatrixError) as caught:

@@ -16,6 +16,8 @@ from pathlib import Path
 from tasks import summary
 
 REPO = Path(__file__).resolve().parent.parent
+# The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
+FIXTURE_MATRIX = REPO / "tests" / "data" / "matrix.yaml"
 GOOD, BAD, KNOWN = "bookworm-nocloud-amd64", "bookworm-genericcloud-amd64", "trixie-ec2-amd64"
 
 
@@ -31,10 +33,10 @@ def small_graph(tmp_path: Path) -> Path:
         from tasks.model.matrix import KnownFailure
 
         WORK = Path({str(tmp_path)!r})
-        MATRIX = matrix.load(Path({str(REPO / "matrix.yaml")!r}))
+        MATRIX = matrix.load(Path({str(FIXTURE_MATRIX)!r}))
         DOIT_CONFIG = {{"dep_file": str(WORK / ".doit.db"), "backend": "sqlite3", "verbosity": 2,
                        "continue": True, "num_process": 2, "default_tasks": ["publish"],
-                       "reporter": summary.reporter_for(MATRIX, graph.STAGE_NAMES, WORK / "run-summary.json")}}
+                       "reporter": summary.reporter_for(MATRIX, WORK / "run-summary.json")}}
 
         def make(path):
             Path(path).write_text("made")

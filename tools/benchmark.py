@@ -51,10 +51,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tasks import registry  # noqa: E402
 from tasks.model import matrix as matrix_module  # noqa: E402
+from tasks.model.matrix import Cell  # noqa: E402
 from tasks.stages import compress as compression  # noqa: E402
 
-STAGES = ("build", "compress", "boottest", "manifest", "publish")
 CORES = len(os.sched_getaffinity(0))
 
 
@@ -88,18 +89,23 @@ def row(name: str, wall: float, cpu: float) -> str:
     return f"  {name:<26} {wall:>8.1f} {cpu:>8.1f} {cpu / wall if wall else 0:>9.2f}"
 
 
-def stages(cell: str, base: Path, options: list[str]) -> None:
-    print(f"\n== stages of {cell}")
+def stage_targets(cell: Cell) -> list[tuple[str, str]]:
+    """(stage, doit target) of each stage a cell goes through, from the registry."""
+    return [(stage.name, f"{stage.name}:{cell.base_name if stage.scope is registry.Scope.BASE else cell.name}")
+            for stage in registry.stages() if not stage.manual]
+
+
+def stages(cell: Cell, base: Path, options: list[str]) -> None:
+    print(f"\n== stages of {cell.name}")
     print(f"  {'stage':<26} {'wall s':>8} {'CPU s':>8} {'CPU/wall':>9}")
     rows = []
-    for stage in ("base", *STAGES):
-        target = f"base:{cell.split('-')[0]}-{cell.split('-')[-1]}" if stage == "base" else f"{stage}:{cell}"
+    for stage, target in stage_targets(cell):
         wall, cpu, _ = timed(doit(target, *options))
         rows.append((stage, wall, cpu))
         print(row(stage, wall, cpu), flush=True)
     print(row("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
 
-    cell_dir = base / "build" / cell
+    cell_dir = base / "build" / cell.name
     raw = cell_dir / "disk.raw"
     allocated = raw.stat().st_blocks * 512
     print("\n  image bytes")
@@ -115,8 +121,9 @@ def stages(cell: str, base: Path, options: list[str]) -> None:
         reached = ", ".join(f"{n} at {t:.1f} s" for n, t in m.items())
         print(f"\n  boot test through {b['firmware']} ({b['accelerator']}): {reached}")
 
-    wall, cpu, out = timed(doit(f"publish:{cell}", *options))
-    print(f"\n  no-op run of publish:{cell}: {wall:.2f} s wall, {cpu:.2f} s CPU, {executed(out)} tasks executed")
+    last = stage_targets(cell)[-1][1]
+    wall, cpu, out = timed(doit(last, *options))
+    print(f"\n  no-op run of {last}: {wall:.2f} s wall, {cpu:.2f} s CPU, {executed(out)} tasks executed")
 
 
 def compress_figures(cell: str, base: Path, xz_level: int) -> None:
@@ -219,8 +226,6 @@ sys.exit(DoitMain(DodoTaskLoader()).run(sys.argv[1:]))
 
 def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
     """A work directory where every target of the full tier exists (see the module's doc)."""
-    from doit.loader import generate_tasks
-
     from tasks import graph
     from tasks.model import plan as plan_module
 
@@ -229,10 +234,7 @@ def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
         [f"workdir={workdir}", f"storage={storage}", "tier=full"]
     values = dict(o.split("=", 1) for o in opts)
     the_plan = plan_module.from_options(REPO, values.get)
-    tasks = [*generate_tasks("base", graph.base_tasks(the_plan)), *generate_tasks("xfail", graph.xfail_tasks(the_plan))]
-    for stage in graph.STAGES:
-        tasks += generate_tasks(stage, graph.stage_tasks(the_plan, stage))
-    for task in tasks:
+    for task in graph.load_tasks(the_plan).values():
         for target in map(Path, task.targets):
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.name == "published.json":
@@ -292,7 +294,7 @@ def main() -> None:
     print(f"benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {CORES} cores")
     try:
         if "stages" in args.sections:
-            stages(args.cell, base, options)
+            stages(matrix.cell(args.cell), base, options)
         if "compression" in args.sections:
             if not (base / "build" / args.cell / "disk.raw").exists():
                 timed(doit(f"build:{args.cell}", *options))

@@ -84,3 +84,41 @@ class CellFiles:
     def release_record(self) -> Path:
         """What the release step did: instance test, platform uploads, publication, notices."""
         return self.dir / "release.json"
+
+    def xfail_record(self, stage: str) -> Path:
+        """The outcome of xfail-<stage>:<cell>, a known-failing cell run up to stage."""
+        return self.dir / f"xfail-{stage}.json"
+
+    def xfail_files(self, stage: str) -> CellFiles:
+        """Where xfail-<stage>:<cell> runs its stages: a directory of its own, so
+        that it declares every file it writes without sharing a target with the
+        cell's own tasks (which still fail when named)."""
+        return CellFiles(self.cell, self.dir / f"xfail-{stage}")
+
+    @property
+    def release_progress(self) -> Path:
+        """The steps of a release already done, so that a rerun resumes (tasks/release/step.py)."""
+        return self.dir / "release-progress.json"
+
+    @property
+    def instance_test(self) -> Path:
+        return self.dir / "instance-test.json"
+
+    @property
+    def instance_console(self) -> Path:
+        return self.dir / "instance-test-console.log"
+
+    @property
+    def checksums(self) -> Path:
+        """SHA512SUMS of the image files, kept by CI when the files themselves expire."""
+        return self.dir / "SHA512SUMS"
+
+    @property
+    def records(self) -> list[Path]:
+        """What a CI pipeline keeps for ever: logs, results and descriptions, not image data."""
+        return [self.build_log, *self.boot_logs, self.boot_result, self.build_info, self.packages, self.facts,
+                self.manifest, self.checksums]
+
+    @property
+    def release_records(self) -> list[Path]:
+        return [self.release_record, self.release_progress, self.instance_test, self.instance_console]

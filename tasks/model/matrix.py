@@ -251,9 +251,9 @@ class Matrix:
     def known_failure(self, cell: Cell) -> KnownFailure | None:
         return next((k for k in self.known_failures if k.matches(cell)), None)
 
-    def select(self, pattern: str) -> list[Cell]:
-        """Cells whose name matches a shell-style wildcard (bookworm-*-amd64)."""
-        return [cell for cell in self.cells if fnmatch.fnmatchcase(cell.name, pattern)]
+    def select(self, *patterns: str) -> list[Cell]:
+        """Cells whose name matches any of the shell-style wildcards (bookworm-*-amd64)."""
+        return [cell for cell in self.cells if any(fnmatch.fnmatchcase(cell.name, p) for p in patterns)]
 
 
 # --------------------------------------------------------------------------

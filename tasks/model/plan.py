@@ -43,6 +43,7 @@ from tasks.storage import Location
 
 OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level", "source", "cells", "confirm", "left",
            "right")
+DEFAULT_WORKDIR = "build"
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 
 
@@ -120,7 +121,7 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
     return Plan(
         matrix=matrix,
         base=base,
-        workdir=(base / (get("workdir") or "build")).resolve(),
+        workdir=(base / (get("workdir") or DEFAULT_WORKDIR)).resolve(),
         config_space=base / "fai_config",
         storage=storage,
         build_version=version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M"),

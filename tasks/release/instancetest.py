@@ -284,7 +284,7 @@ def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, time
         seed = make_seed(scratch, hostname, (scratch / "id.pub").read_text().strip())
         instance = _Instance(cell, raw, scratch, seed, firmware, settings, timeout, user)
         choice = qemu.choose_accelerator(cell.arch.name, firmware, settings.accelerator, verdicts)
-        console = files.dir / "instance-test-console.log"
+        console = files.instance_console
         partial = atomic.partial_path(console)
         try:
             with open(partial, "wb") as sink, \
@@ -305,7 +305,7 @@ def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, time
             atomic.remove(partial)
     result.accelerator = choice.name
     result.accelerator_reason = choice.reason
-    atomic.write_json(files.dir / "instance-test.json", result.to_json())
+    atomic.write_json(files.instance_test, result.to_json())
     if not result.passed:
         failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed] or [result.failure]
         raise InstanceTestFailed(f"{cell.name}: the instance test failed: " + "; ".join(failed) +

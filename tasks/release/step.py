@@ -66,7 +66,7 @@ def release(cell: Cell, files: CellFiles, confirmed: bool, location: storage.Loc
     manifest = atomic.read_json(files.manifest)
     record = {"cell": cell.name, "name": manifest["name"], "version": manifest["version"],
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    progress = Progress(files.dir / "release-progress.json", sha512_file(files.manifest))
+    progress = Progress(files.release_progress, sha512_file(files.manifest))
 
     if cell.vendor.name in settings.instance_test:
         tested = progress.done("instance_test", {"timeout": settings.instance_test_timeout})

@@ -33,7 +33,7 @@ from typing import Iterator
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, PublishSettings
 from tasks.stages.manifest import public_name
-from tasks.storage import Backend, Location, PublishFailed, RetryPolicy
+from tasks.storage import Backend, Location, RetryPolicy
 from tasks.system import atomic
 from tasks.system.checksum import format_sums, parse_sums, sha512_file
 

@@ -1,0 +1,96 @@
+"""The stage registry is the one list of stages: a stage added to it appears
+in `doit list`, in the CI pipeline, in the run summary and in the benchmark."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from doit.cmd_base import ModuleTaskLoader
+from doit.doit_cmd import DoitMain
+
+from tasks import ci, graph, registry, summary
+from tasks.model import plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_sbom(ctx: registry.CellContext) -> None:
+    (ctx.files.dir / "sbom.json").write_text("{}")
+
+
+SBOM = registry.Stage[registry.CellContext](
+    name="sbom",
+    doc="describe each image's packages as an SBOM",
+    group_doc="write the SBOMs",
+    scope=registry.Scope.CELL,
+    ci_job=registry.CiJob.IMAGE,
+    action=write_sbom,
+    describe=lambda ctx: f"the SBOM of {ctx.cell.name}",
+    inputs=lambda ctx: (ctx.files.packages,),
+    outputs=lambda ctx: (ctx.files.dir / "sbom.json",),
+)
+
+
+@pytest.fixture
+def with_sbom(monkeypatch):
+    stages = list(registry.STAGES)
+    stages.insert(stages.index(registry.MANIFEST) + 1, SBOM)
+    monkeypatch.setattr(registry, "STAGES", tuple(stages))
+
+
+def make_plan(tmp_path, matrix_file, **options):
+    options = {"workdir": str(tmp_path / "build"), "matrix": str(matrix_file), **options}
+    return plan.from_options(REPO, options.get, options)
+
+
+def doit_list(the_plan, capsys) -> list[str]:
+    namespace = {**graph.doit_tasks(the_plan),
+                 "DOIT_CONFIG": {"dep_file": str(the_plan.workdir / ".doit.db"), "backend": "sqlite3"}}
+    the_plan.workdir.mkdir(parents=True, exist_ok=True)
+    capsys.readouterr()
+    assert DoitMain(ModuleTaskLoader(namespace)).run(["list", "--all", "--quiet"]) == 0
+    return capsys.readouterr().out.split()
+
+
+def test_a_stage_added_to_the_registry_is_a_doit_task(tmp_path, test_matrix_file, with_sbom, capsys):
+    the_plan = make_plan(tmp_path, test_matrix_file)
+    names = doit_list(the_plan, capsys)
+    for cell in the_plan.matrix.cells:
+        assert f"sbom:{cell.name}" in names
+    assert "sbom" in names
+    task = graph.load_tasks(the_plan)["sbom:bookworm-nocloud-amd64"]
+    cell_dir = the_plan.workdir / "bookworm-nocloud-amd64"
+    assert task.file_dep == {str(cell_dir / "packages.tsv")}
+    assert task.targets == [str(cell_dir / "sbom.json")]
+    # ... and it joins the known failures' chains, after the stage it follows.
+    assert [s.name for s in registry.cell_chain()] == ["build", "compress", "boottest", "manifest", "sbom", "publish"]
+
+
+def test_a_stage_added_to_the_registry_runs_in_the_ci_pipeline(tmp_path, test_matrix_file, with_sbom):
+    document = ci.pipeline(make_plan(tmp_path, test_matrix_file), "push")
+    script = document["image:bookworm-nocloud-amd64"]["script"]
+    commands = [line.split()[2] for line in script if line.startswith(".venv/bin/doit")]
+    assert commands == [f"{s}:bookworm-nocloud-amd64" for s in ("build", "compress", "boottest", "manifest", "sbom")]
+
+
+def test_a_stage_added_to_the_registry_is_benchmarked_and_summarised(tmp_path, test_matrix_file, with_sbom):
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "tools" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    cell = make_plan(tmp_path, test_matrix_file).matrix.cell("bookworm-nocloud-amd64")
+    assert benchmark.stage_targets(cell) == [
+        ("base", "base:bookworm-amd64"), ("build", "build:bookworm-nocloud-amd64"),
+        ("compress", "compress:bookworm-nocloud-amd64"), ("boottest", "boottest:bookworm-nocloud-amd64"),
+        ("manifest", "manifest:bookworm-nocloud-amd64"), ("sbom", "sbom:bookworm-nocloud-amd64"),
+        ("publish", "publish:bookworm-nocloud-amd64")]
+    reporter = summary.reporter_for(make_plan(tmp_path, test_matrix_file).matrix, tmp_path / "summary.json")
+    assert "sbom" in reporter.columns.fget(reporter)
+
+
+def test_every_stage_name_is_unique_and_every_cell_stage_writes_something(tmp_path, test_matrix_file):
+    names = [stage.name for stage in registry.stages()]
+    assert len(names) == len(set(names))
+    the_plan = make_plan(tmp_path, test_matrix_file)
+    for stage in registry.stages():
+        for ctx in stage.contexts(the_plan):
+            assert stage.outputs(ctx), f"{stage.name}:{ctx.name} declares no target: doit could not tell it is done"
