@@ -9,7 +9,9 @@
 Options (name=value) are listed in tasks/model/plan.py.
 """
 
+import faulthandler
 import multiprocessing
+import os
 import signal
 import sys
 from pathlib import Path
@@ -49,6 +51,9 @@ def _report_interruption(kind, value, traceback):
         for worker in multiprocessing.active_children():
             worker.join(WORKER_GRACE_SECONDS)
             if worker.is_alive():
+                # Where it hung, on stderr, before it is killed.
+                os.kill(worker.pid, signal.SIGUSR1)
+                worker.join(1)
                 worker.kill()
         cause = value.args[0] if value.args else "SIGINT"
         print(f"interrupted ({cause}): finished tasks are recorded; run doit again to go on", file=sys.stderr)
@@ -56,9 +61,12 @@ def _report_interruption(kind, value, traceback):
         sys.__excepthook__(kind, value, traceback)
 
 
-# A stopping worker ends its stage's children first (proc.stop gives each 10 s).
-WORKER_GRACE_SECONDS = 15
+# A stopping worker ends its stage's children first (proc.stop gives each 10 s),
+# then detaches and unmounts what they left: killed before that, it would
+# leave a loop device attached. Workers that stop at once are not waited for.
+WORKER_GRACE_SECONDS = 40
 signal.signal(signal.SIGTERM, _stop_on_signal)
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 signal.signal(signal.SIGINT, _stop_on_signal)
 sys.excepthook = _report_interruption
 # doit's worker processes (-n N) stop when the main process dies, even by SIGKILL.

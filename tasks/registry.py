@@ -138,6 +138,7 @@ BASE = Stage[BaseContext](
     ci_job=CiJob.BASE,
     action=_base_action,
     describe=lambda ctx: f"debootstrap {ctx.release.name} for {ctx.arch.name}: the base of its images",
+    inputs=lambda ctx: (base.UPGRADE_SCRIPT,),
     outputs=lambda ctx: (ctx.files.tarball, ctx.files.log),
     config=lambda ctx: base.base_config(ctx.release, ctx.arch.name, ctx.plan.matrix.build, ctx.content),
     max_age_days=lambda ctx: ctx.plan.matrix.build.base_max_age_days,

@@ -115,7 +115,7 @@ class RunSummary(ConsoleReporter):
         self.started: set[tuple[str, str]] = set()
         self.executed = False
         self.run_cells: set[str] = set()  # the cells whose stages this run was asked for
-        self.bases = {}  # base name -> its cells
+        self.bases: dict[str, list[str]] = {}  # base name -> its cells
         for cell in self.matrix.cells:
             self.bases.setdefault(cell.base_name, []).append(cell.name)
 

@@ -40,7 +40,7 @@ def test_selection_follows_classes(test_matrix):
     assert {"package_config/CLOUD", "files/etc/default/grub.d/15_timeout.cfg/CLOUD"} <= cloud - nocloud
     assert "class/TRIXIE.var" not in nocloud | cloud
     shared = {"class/DEBIAN.var", "class/BOOKWORM.var", "scripts/LAST/90-clean", "hooks/partition.DEBIAN",
-              "scripts/AMD64/20-grub", "tests/LAST/10-image-checks"}
+              "scripts/DEBIAN/40-grub", "tests/LAST/10-image-checks"}
     assert shared <= nocloud & cloud
 
 

@@ -137,8 +137,8 @@ def test_vendors_and_architectures_select_their_own_files(tmp_path):
     ec2, gce, arm = files("trixie-ec2-amd64"), files("trixie-gce-amd64"), files("trixie-ec2-arm64")
     assert "package_config/EC2" in ec2 and "package_config/EC2" not in gce
     assert "files/etc/systemd/timesyncd.conf.d/01_debian_cloud.conf/GCE" in gce - ec2
-    assert "scripts/ARM64/20-grub" in arm and "scripts/AMD64/20-grub" not in arm
-    assert "scripts/AMD64/20-grub" in ec2 and "scripts/ARM64/20-grub" not in ec2
+    assert "package_config/ARM64" in arm and "package_config/AMD64" not in arm
+    assert "package_config/AMD64" in ec2 and "package_config/ARM64" not in ec2
     # Combined classes: a vendor's file for one architecture only.
     assert "files/etc/default/grub.d/20_console.cfg/EC2+ARM64" in arm - ec2
     assert "lib/grub.sh" in ec2 & arm  # shared by every class

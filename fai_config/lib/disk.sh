@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The image's disk, as hooks/partition.DEBIAN laid it out; sourced, not run.
 # $LOGDIR/disk_var.sh gives BOOT_DEVICE (the loop device of the whole
 # disk), ROOT_PARTITION, ESP_PARTITION and the UUIDs fstab and GRUB use.

@@ -1,5 +1,5 @@
-# GRUB for the image's disk; sourced by scripts/AMD64/20-grub and
-# scripts/ARM64/20-grub, not run. Needs lib/disk.sh.
+# shellcheck shell=bash
+# GRUB for the image's disk; sourced by scripts/DEBIAN/40-grub, not run. Needs lib/disk.sh.
 #
 # The result is what grub-install gives on a running instance, where the
 # grub-cloud packages' triggers (or grub-efi's postinst) run it again on

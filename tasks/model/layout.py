@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.model.matrix import FORMATS, Cell
+from tasks.model.arch import Format
+from tasks.model.matrix import Cell
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class CellFiles:
 
     # compress
     def artifact(self, fmt: str) -> Path:
-        return self.dir / FORMATS[fmt]
+        return self.dir / Format(fmt).artifact
 
     @property
     def artifacts(self) -> list[Path]:

@@ -9,6 +9,7 @@ as one line naming the file, the key path and what was expected, e.g.::
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,18 +17,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-# Output formats a vendor can ask for, with the artifact file each produces.
-FORMATS = {
-    "tar.xz": "image.tar.xz",  # sparse GNU tar holding disk.raw, xz-compressed
-    "qcow2": "image.qcow2",  # compressed qcow2 (qemu-img convert -c)
-    "vhd.tar.xz": "image.vhd.tar.xz",  # fixed-size VHD (Azure) as disk.vhd in a sparse tar, xz
-    "tar.gz": "image.tar.gz",  # disk.raw in an oldgnu tar, gzip (GCE image import)
-}
-# Architectures the boot test can start, with the firmware each can boot from
-# (see tasks/stages/qemu.py).
-ARCHITECTURES = {"amd64": ("bios", "uefi"), "arm64": ("uefi",)}
-# What a boot test can wait for before it passes (tasks/stages/boottest.py).
-MILESTONES = ("systemd", "login")
+from tasks.model.arch import AUTO, Accelerator, Arch, Format, Milestone
+
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]*[MG]$")
 CLASS_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*$")
@@ -54,7 +45,12 @@ class Release:
 class Architecture:
     name: str
     fai_classes: tuple[str, ...]
-    firmware: tuple[str, ...]  # what its images boot from; the boot test tries each
+    firmware: tuple[str, ...]  # what the boot test boots its images through, in order
+
+    @property
+    def kind(self) -> Arch:
+        """Everything else about it: qemu, firmware files, EFI names, platforms (tasks/model/arch.py)."""
+        return Arch.named(self.name)
 
 
 @dataclass(frozen=True)
@@ -283,7 +279,7 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 class _Reader:
     """Walks the parsed YAML, keeping the key path for error messages."""
 
-    def __init__(self, file: Path):
+    def __init__(self, file: Path | str):
         self.file = file
 
     def fail(self, path: str, message: str) -> MatrixError:
@@ -416,13 +412,13 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
     architectures = {}
     for name, entry in r.named_entries(top["architectures"], "architectures").items():
         p = f"architectures.{name}"
-        if name not in ARCHITECTURES:
-            raise r.fail(p, f"unsupported architecture (expected one of: {', '.join(ARCHITECTURES)})")
+        if name not in Arch.names():
+            raise r.fail(p, f"unsupported architecture (expected one of: {', '.join(Arch.names())})")
         entry = r.mapping(entry, p, ["fai_classes", "firmware"], ["fai_classes", "firmware"])
         architectures[name] = Architecture(
             name,
             r.fai_classes(entry["fai_classes"], f"{p}.fai_classes"),
-            r.string_list(entry["firmware"], f"{p}.firmware", lambda v, q: r.choice(v, q, ARCHITECTURES[name])),
+            r.string_list(entry["firmware"], f"{p}.firmware", lambda v, q: r.choice(v, q, Arch.named(name).firmware)),
         )
 
     vendors = {}
@@ -434,8 +430,8 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
             name,
             r.fai_classes(entry["fai_classes"], f"{p}.fai_classes"),
             r.string(entry["disk_size"], f"{p}.disk_size", SIZE_PATTERN, "a size such as 2G or 512M"),
-            r.string_list(entry["formats"], f"{p}.formats", lambda v, q: r.choice(v, q, FORMATS)),
-            r.choice(entry["boot_until"], f"{p}.boot_until", MILESTONES) if "boot_until" in entry else None,
+            r.string_list(entry["formats"], f"{p}.formats", lambda v, q: r.choice(v, q, list(Format))),
+            r.choice(entry["boot_until"], f"{p}.boot_until", list(Milestone)) if "boot_until" in entry else None,
         )
 
     tiers = {}
@@ -450,9 +446,7 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
             entry = r.mapping(entry or {}, q, known)
             chosen = {}
             for axis, names in entry.items():
-                chosen[axis] = r.string_list(
-                    names, f"{q}.{axis}", lambda v, s, axis=axis: _known_name(r, v, s, axis, known[axis])
-                )
+                chosen[axis] = r.string_list(names, f"{q}.{axis}", functools.partial(_known_name_of, r, axis, known))
             selectors.append(Selector(**chosen))
         tiers[name] = tuple(selectors)
     if "push" not in tiers:
@@ -503,8 +497,8 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
                 "timeout": positive(10, 7200),
                 "memory": positive(256, 65536),
                 "cpus": positive(1, 64),
-                "accelerator": lambda v, p: r.choice(v, p, ["auto", "kvm", "tcg"]),
-                "until": lambda v, p: r.choice(v, p, MILESTONES),
+                "accelerator": lambda v, p: r.choice(v, p, [AUTO, *Accelerator]),
+                "until": lambda v, p: r.choice(v, p, list(Milestone)),
             },
         ),
         publish=r.settings(top.get("publish"), "publish", PublishSettings, {
@@ -605,6 +599,10 @@ def _ci_settings(r: _Reader, value: Any, architectures: dict, tiers: dict) -> Ci
         push_tier=chosen.get("push", defaults.push_tier),
         schedule_tier=chosen.get("schedule", defaults.schedule_tier),
     )
+
+
+def _known_name_of(r: _Reader, axis: str, known: dict, value: Any, path: str) -> str:
+    return _known_name(r, value, path, axis, known[axis])
 
 
 def _known_name(r: _Reader, value: Any, path: str, axis: str, known: dict) -> str:

@@ -115,8 +115,9 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
     try:
         storage = Location.parse(storage_option or matrix.publish.storage, base)
     except ValueError as error:
-        where = ("command line", "storage") if storage_option else (matrix_path, "publish.storage")
-        raise MatrixError(*where, str(error)) from None
+        if storage_option:
+            raise MatrixError("command line", "storage", str(error)) from None
+        raise MatrixError(matrix_path, "publish.storage", str(error)) from None
 
     return Plan(
         matrix=matrix,

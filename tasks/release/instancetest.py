@@ -168,7 +168,7 @@ def wait_for_kernel(qemu_child: subprocess.Popen, console: Path, offset: int, ch
     under KVM, return why KVM fails here instead, if it does."""
     started = last_output = time.monotonic()
     seen = 0
-    kernel = dict(boottest.MILESTONES)["kernel"]
+    kernel = dict(boottest.PHASES)["kernel"]
     while time.monotonic() < deadline:
         text, now = _console(console, offset), time.monotonic()
         if len(text) != seen:
@@ -276,9 +276,9 @@ def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, time
     result = InstanceResult(cell.name, hostname, user=user)
     firmware = cell.arch.firmware[-1]  # UEFI where the image has it
     verdicts = accel.Verdicts(kvm_verdicts)
-    with tempfile.TemporaryDirectory(prefix="instance-test-", dir=files.dir) as scratch, \
+    with tempfile.TemporaryDirectory(prefix="instance-test-", dir=files.dir) as scratch_name, \
             diskimage.raw_disk(files) as raw:
-        scratch = Path(scratch)
+        scratch = Path(scratch_name)
         proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "image-instance-test", "-f",
                   str(scratch / "id")])
         seed = make_seed(scratch, hostname, (scratch / "id.pub").read_text().strip())
@@ -307,7 +307,7 @@ def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, time
     result.accelerator_reason = choice.reason
     atomic.write_json(files.instance_test, result.to_json())
     if not result.passed:
-        failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed] or [result.failure]
+        failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed] or [result.failure or "no check ran"]
         raise InstanceTestFailed(f"{cell.name}: the instance test failed: " + "; ".join(failed) +
                                  f" (console: {console})", log=console)
     return result

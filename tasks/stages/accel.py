@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tasks.errors import StageFailed
+from tasks.model.arch import Accelerator
 
 # Under KVM the firmware or the boot loader writes to the console within a
 # second or two of qemu starting (this host kind takes up to 4 s just to set
@@ -46,8 +47,7 @@ _KVM_ERRORS = re.compile(
     rb"|qemu-system-\w+: [^\r\n]*(?:[Aa]ssertion|kvm|KVM)[^\r\n]*")
 
 
-# What qemu's -accel takes, and boot_test.accelerator besides "auto".
-KVM, TCG = "kvm", "tcg"
+KVM, TCG = Accelerator.KVM, Accelerator.TCG
 
 
 class AcceleratorUnusable(StageFailed):

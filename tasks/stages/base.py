@@ -35,38 +35,9 @@ COMMON_CLASS = "DEBIAN"
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _VARIABLE = re.compile(r"""^(APT_SUITES|APT_SECURITY_SUITE)=["']?([^"'#]*)["']?\s*(?:#.*)?$""")
 
-# Run in the sandbox once debootstrap is done: the release's other suites
-# (updates, security) are added, the base is upgraded from them, and the
-# packages every image gets are installed with apt (debootstrap's --include
-# cannot configure packages such as libpam-systemd, which need /proc). apt and
-# dpkg need /proc; policy-rc.d keeps upgraded daemons from starting on the
-# build host. The sources debootstrap wrote are put back afterwards: FAI's
-# hooks/repository.DEBIAN writes the build's own. The mounts end with the
-# sandbox whatever happens, before the tarball is made.
-_UPGRADE = r"""
-set -eu
-root=$1; shift
-mount -t proc proc "$root/proc"
-mount -t devpts -o newinstance,ptmxmode=0666 devpts "$root/dev/pts"  # apt's terminal log
-cp "$root/etc/apt/sources.list" "$root/etc/apt/sources.list.debootstrap"
-printf '%s\n' "$@" > "$root/etc/apt/sources.list"
-printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
-chmod 755 "$root/usr/sbin/policy-rc.d"
-echo "I: Updating the package lists"
-chroot "$root" apt-get -o Acquire::Languages=none update
-echo "I: Upgrading from the updates and security suites"
-DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade
-if [ -n "$BASE_PACKAGES" ]; then
-    echo "I: Installing the packages every image gets"
-    DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y --no-install-recommends \
-        -o Dpkg::Options::=--force-confold install $BASE_PACKAGES
-fi
-chroot "$root" apt-get clean
-rm -f "$root/usr/sbin/policy-rc.d"
-mv "$root/etc/apt/sources.list.debootstrap" "$root/etc/apt/sources.list"
-find "$root/var/lib/apt/lists" -mindepth 1 -maxdepth 1 ! -name partial ! -name lock -exec rm -rf {} +
-umount "$root/dev/pts" "$root/proc"
-"""
+# Run in the sandbox once debootstrap is done: upgrade the base and install
+# the packages every image gets (the script says how).
+UPGRADE_SCRIPT = Path(__file__).with_name("base-upgrade.sh")
 
 
 class BaseFailed(StageFailed):
@@ -202,7 +173,7 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
                 status = sandbox.run_logged(cmd, log, env, keep=[files.staging], on_line=on_line)
                 if status == 0 and (content.sources or content.include):
                     sources = content.sources or (f"deb {settings.mirror} {release.name} main",)
-                    upgrade = ["bash", "-c", _UPGRADE, "base-upgrade", str(root), *sources]
+                    upgrade = ["bash", str(UPGRADE_SCRIPT), str(root), *sources]
                     env["BASE_PACKAGES"] = " ".join(content.include)
                     with open(log, "a") as out:
                         out.write(f"# upgrade from: {'; '.join(sources)}; install: {env['BASE_PACKAGES']}\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import re
 import selectors
 import shutil
@@ -40,10 +41,11 @@ FAILURES = [
     ("kernel-panic", re.compile(rb"Kernel panic - not syncing")),
     ("emergency-mode", re.compile(rb"You are in (emergency|rescue) mode|Entering (emergency|rescue) mode")),
 ]
-# Where a boot's time goes: the firmware hands over to GRUB, GRUB to the
+# Where a boot's time goes (the milestones a boot test may wait for,
+# tasks/model/arch.Milestone, are among them): the firmware hands over to GRUB, GRUB to the
 # kernel, the kernel to the initramfs, the initramfs to systemd on the root
 # file system, systemd to the login prompt.
-MILESTONES = [
+PHASES = [
     ("grub", re.compile(rb"GNU GRUB|Welcome to GRUB")),
     ("kernel", re.compile(rb"Linux version \d")),
     ("initramfs", re.compile(rb"Run /init as init process")),
@@ -157,6 +159,7 @@ def _watch(cmd: list[str], log: Path, settings: BootTestSettings, result: BootRe
             sink.write(f"\n----- {result.accelerator_reason}: the boot starts again -----\n".encode())
         # The console's input is ours: it passes GRUB's menu.
         child = proc.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
+        assert isinstance(child.stdout, io.BufferedReader) and child.stdin is not None  # both PIPE, binary
         menu_passed = False
         try:
             with selectors.DefaultSelector() as selector:
@@ -192,7 +195,7 @@ def _watch(cmd: list[str], log: Path, settings: BootTestSettings, result: BootRe
                             and GRUB_MENU.search(window):
                         menu_passed = _send(child, b"\r")
                     if window:
-                        for name, pattern in MILESTONES:
+                        for name, pattern in PHASES:
                             if name not in result.milestones and pattern.search(window):
                                 result.milestones[name] = round(now - started, 1)
                         failure = _verdict(window)
@@ -213,6 +216,8 @@ def _watch(cmd: list[str], log: Path, settings: BootTestSettings, result: BootRe
 
 def _send(child: subprocess.Popen, keys: bytes) -> bool:
     """Type keys on the serial console; False if qemu no longer reads them."""
+    if child.stdin is None:
+        return False
     try:
         child.stdin.write(keys)
         child.stdin.flush()
@@ -221,7 +226,7 @@ def _send(child: subprocess.Popen, keys: bytes) -> bool:
     return True
 
 
-def _verdict(console: bytes) -> str | None:
+def _verdict(console: bytes | bytearray) -> str | None:
     for name, pattern in FAILURES:
         if pattern.search(console):
             return name

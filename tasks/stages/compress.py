@@ -20,6 +20,7 @@ tests end, and never runs more processes than there are free cores.
 from __future__ import annotations
 
 import collections
+import io
 import re
 import subprocess
 import tempfile
@@ -145,6 +146,7 @@ def sparse_tar(disk: Path, output: Path, squeezer: Squeezer, label: str, cpu_slo
     pending: collections.deque[Future] = collections.deque()
     tar = proc.start(tar_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     pool = ThreadPoolExecutor(segments.workers, thread_name_prefix="compress")
+    assert tar.stdout is not None and tar.stderr is not None  # both PIPE
     try:
         with open(output, "wb") as sink, StageProgress(label, total=allocated_bytes(disk)) as progress:
             while True:
@@ -171,6 +173,7 @@ def sparse_tar(disk: Path, output: Path, squeezer: Squeezer, label: str, cpu_slo
 def qemu_img_convert(args: list[str], label: str) -> None:
     """qemu-img convert with its -p percentages as progress."""
     child = proc.start(["qemu-img", "convert", "-p", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert isinstance(child.stdout, io.BufferedReader)  # stdout=PIPE, binary
     seen = b""
     with StageProgress(label, total=100, unit="steps") as progress:
         try:

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,6 +67,13 @@ class BuildFailed(StageFailed):
     pass
 
 
+def fai_arch_facts(cell: Cell) -> dict[str, str]:
+    """The architecture registry's facts the config space reads (tasks/model/arch.py)."""
+    spec = cell.arch.kind.spec
+    return {"IMAGE_FIRMWARE": " ".join(cell.arch.kind.firmware), "IMAGE_EFI_NAME": spec.efi_name,
+            "IMAGE_GRUB_EFI": spec.grub_efi, "IMAGE_ROOT_PARTITION_TYPE": spec.root_partition_type}
+
+
 def build_config(cell: Cell, settings: BuildSettings) -> dict:
     """Everything, besides the config-space files, that decides the image's content."""
     return {
@@ -75,6 +83,7 @@ def build_config(cell: Cell, settings: BuildSettings) -> dict:
         "vendor": cell.vendor.name,
         "fai_classes": list(cell.fai_classes),
         "disk_size": cell.vendor.disk_size,
+        "arch_facts": fai_arch_facts(cell),
         "build": {key: getattr(settings, key) for key in
                   ("mirror", "security_mirror", "image_mirror", "image_security_mirror", "hostname")},
     }
@@ -88,6 +97,7 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         DEBIAN_FRONTEND="noninteractive",
         IMAGE_RELEASE=cell.release.name,
         IMAGE_ARCH=cell.arch.name,
+        **fai_arch_facts(cell),
         IMAGE_VENDOR=cell.vendor.name,
         IMAGE_MIRROR=settings.mirror,
         IMAGE_SECURITY_MIRROR=settings.security_mirror,
@@ -223,7 +233,7 @@ def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.is_file() else ""
 
 
-def _failure_report(cell: Cell, log: Path, returncode: int, failed_checks: list[str] = (), tail: int = 15,
+def _failure_report(cell: Cell, log: Path, returncode: int, failed_checks: Sequence[str] = (), tail: int = 15,
                     matches: int = 25) -> str:
     lines = log.read_text(errors="replace").splitlines()
     # FAI's own logs, appended to the build log, repeat lines: show each once.

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tasks.model.arch import Arch
+
 # Debian's rules (system_tests/image/test_etc.py): names from base-passwd,
 # then those the images' packages create.
 BASE_PASSWD_GROUPS = {
@@ -44,8 +46,6 @@ EMPTY_DIRECTORIES = ("dev", "proc", "run", "sys", "tmp", "var/cache/apt", "var/l
 ABSENT_FILES = ("etc/mailname", "initrd.img", "vmlinux", "vmlinuz")
 BOOT_FILES = ("boot/initrd.img*", "boot/vmlinu[xz]*", "boot/grub/grub.cfg")
 # GRUB's module directories, and the UEFI file names, per architecture.
-GRUB_PLATFORMS = {"amd64": ("i386-pc", "x86_64-efi"), "arm64": ("arm64-efi",)}
-EFI_SUFFIX = {"amd64": "X64", "arm64": "AA64"}
 LOCALHOST_NAMES = {"localhost", "ip6-localhost", "ip6-loopback", "ip6-allnodes", "ip6-allrouters"}
 # Files hooks/updatebase.DEBIAN adds for the build only.
 BUILD_HELPERS = ("etc/dpkg/dpkg.cfg.d/image-build-unsafe-io", "etc/apt/apt.conf.d/00image-build")
@@ -101,10 +101,19 @@ def absent_files(image: Image) -> list[str]:
     return [f"/{r} exists" for r in ABSENT_FILES if _lexists(image.path(r))]
 
 
+def _arch(image: Image) -> Arch | None:
+    try:
+        return Arch.named(image.arch)
+    except KeyError:
+        return None
+
+
 def boot_files(image: Image) -> list[str]:
     problems = [f"nothing matches /{pattern}" for pattern in BOOT_FILES
                 if not list(image.root.glob(pattern))]
-    problems += [f"/boot/grub/{platform} is missing" for platform in GRUB_PLATFORMS.get(image.arch, ())
+    arch = _arch(image)
+    platforms = arch.spec.grub_platforms if arch else ()
+    problems += [f"/boot/grub/{platform} is missing" for platform in platforms
                  if not image.path(f"boot/grub/{platform}").is_dir()]
     return problems
 
@@ -205,9 +214,10 @@ def grub_root(image: Image) -> list[str]:
 
 
 def boot_loader_on_esp(image: Image) -> list[str]:
-    suffix = EFI_SUFFIX.get(image.arch)
-    if suffix is None:
+    arch = _arch(image)
+    if arch is None:
         return []
+    suffix = arch.spec.efi_name.upper()
     wanted = (f"EFI/BOOT/BOOT{suffix}.EFI", f"EFI/BOOT/GRUB{suffix}.EFI", f"EFI/DEBIAN/SHIM{suffix}.EFI",
               f"EFI/DEBIAN/GRUB{suffix}.EFI", "EFI/DEBIAN/GRUB.CFG")
     return [f"the ESP lacks {name}" for name in wanted if name not in image.esp_files]

@@ -93,7 +93,10 @@ def disk(device: str | None) -> dict[str, Any]:
                                       check=True).stdout)["partitiontable"]
     parts = []
     for part in table["partitions"]:
-        number = int(re.search(r"(\d+)$", part["node"]).group(1))
+        node = re.search(r"(\d+)$", part["node"])
+        if node is None:
+            raise ValueError(f"sfdisk names a partition without a number: {part['node']}")
+        number = int(node.group(1))
         parts.append({"number": number, "start": part["start"], "size": part["size"], "type": part["type"].upper()})
     return {"size": size, "label": table["label"], "sector_size": table.get("sectorsize", 512),
             "partitions": sorted(parts, key=lambda p: p["start"])}
@@ -172,7 +175,7 @@ def apt(root: Path) -> dict[str, Any]:
 
 
 def ssh(root: Path, packages: set[str]) -> dict[str, Any]:
-    settings = {}
+    settings: dict[str, str] = {}
     for line in _text(root / "etc/ssh/sshd_config").splitlines():
         words = line.split()
         if len(words) >= 2 and not words[0].startswith("#"):
@@ -182,7 +185,7 @@ def ssh(root: Path, packages: set[str]) -> dict[str, Any]:
                                                        "ClientAliveInterval")}}
 
 
-def cloud_release(root: Path) -> dict[str, str]:
+def cloud_release(root: Path) -> dict[str, str | None]:
     fields = dict(line.split("=", 1) for line in _text(root / "etc/cloud-release").splitlines() if "=" in line)
     return {"ID": fields.get("ID", "").strip('"'), "VERSION": "<version>" if "VERSION" in fields else None}
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.errors import StageFailed
+from tasks.model.arch import Format
 from tasks.model.layout import CellFiles
-from tasks.model.matrix import FORMATS, Cell
+from tasks.model.matrix import Cell
 from tasks.system import atomic
 from tasks.system.checksum import sha512_file
 
@@ -55,7 +56,7 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
         artifacts.append({
             "name": public_name(image_name, fmt),
             "format": fmt,
-            "file": FORMATS[fmt],
+            "file": Format(fmt).artifact,
             "size": path.stat().st_size,
             "sha512": sha512_file(path),
         })

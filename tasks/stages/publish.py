@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import posixpath
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def publish_directory(backend: Backend, directory: str, uploads: list[Upload]) -
     for upload in uploads:
         path = posixpath.join(directory, upload.name)
         if listed.get(upload.name) == upload.sha512 and \
-                backend.retry.run(f"checking {path}", lambda p=path: backend.size(p)) == upload.source.stat().st_size:
+                backend.retry.run(f"checking {path}", functools.partial(backend.size, path)) == upload.source.stat().st_size:
             print(f"{upload.name}: already published, unchanged")
             continue
         backend.put_verified(upload.source, path, upload.sha512, f"upload {upload.name}")
@@ -101,7 +102,7 @@ def prune_dailies(backend: Backend, release: str, keep: int) -> list[str]:
     versions = backend.retry.run(f"listing {parent}", lambda: backend.list_dirs(parent))
     doomed = [v for v in sorted(versions)[:-keep] if v != latest] if keep else []
     for version in doomed:
-        backend.retry.run(f"deleting {parent}/{version}", lambda v=version: backend.delete_dir(f"{parent}/{v}"))
+        backend.retry.run(f"deleting {parent}/{version}", functools.partial(backend.delete_dir, f"{parent}/{version}"))
     return doomed
 
 

@@ -5,39 +5,15 @@ Whether a boot runs under KVM or TCG is decided in tasks/stages/accel.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.model.arch import Arch, Firmware, Machine
 from tasks.stages import accel
 
 
-@dataclass(frozen=True)
-class Machine:
-    binary: str
-    machine: str
-    kvm_cpu: str
-    tcg_cpu: str
-    # UEFI firmware: read-only code and a template of the variable store
-    # (each boot writes to a copy of its own).
-    uefi_code: str = ""
-    uefi_vars: str = ""
-    # The firmware qemu runs: part of what decides whether KVM works (tasks/stages/accel.py).
-    firmware_file: str = ""
-
-
-# (architecture, firmware) -> how qemu starts it
-MACHINES = {
-    ("amd64", "bios"): Machine("qemu-system-x86_64", "pc", kvm_cpu="host", tcg_cpu="max",
-                               firmware_file="/usr/share/seabios/bios-256k.bin"),
-    ("amd64", "uefi"): Machine("qemu-system-x86_64", "q35", kvm_cpu="host", tcg_cpu="max",
-                               uefi_code="/usr/share/OVMF/OVMF_CODE_4M.fd",
-                               uefi_vars="/usr/share/OVMF/OVMF_VARS_4M.fd",
-                               firmware_file="/usr/share/OVMF/OVMF_CODE_4M.fd"),
-    ("arm64", "uefi"): Machine("qemu-system-aarch64", "virt", kvm_cpu="host", tcg_cpu="max",
-                               uefi_code="/usr/share/AAVMF/AAVMF_CODE.fd",
-                               uefi_vars="/usr/share/AAVMF/AAVMF_VARS.fd",
-                               firmware_file="/usr/share/AAVMF/AAVMF_CODE.fd"),
-}
+def machine(arch: str, firmware: str) -> Machine:
+    """How qemu boots arch's images through firmware (the architecture registry, tasks/model/arch.py)."""
+    return Arch.named(arch).machine(firmware)
 
 
 # A real-mode boot sector: print a message on COM1, then either write 0x10
@@ -59,13 +35,13 @@ def boot_sector(message: bytes, exit: bool = True) -> bytes:
 
 def choose_accelerator(arch: str, firmware: str, wanted: str, verdicts: accel.Verdicts) -> accel.Choice:
     """KVM or TCG for booting arch through firmware (tasks/stages/accel.py)."""
-    machine = MACHINES[(arch, firmware)]
-    return accel.choose(arch, firmware, wanted, machine.binary, machine.firmware_file, verdicts)
+    qemu = machine(arch, firmware)
+    return accel.choose(arch, firmware, wanted, qemu.binary, qemu.firmware_file, verdicts)
 
 
 def record_kvm_verdict(arch: str, firmware: str, verdicts: accel.Verdicts, works: bool, reason: str) -> None:
-    machine = MACHINES[(arch, firmware)]
-    accel.record(arch, firmware, machine.binary, machine.firmware_file, verdicts, works, reason)
+    qemu = machine(arch, firmware)
+    accel.record(arch, firmware, qemu.binary, qemu.firmware_file, verdicts, works, reason)
 
 
 def boot_command(arch: str, firmware: str, image: Path, accel: str, memory: int, cpus: int,
@@ -79,13 +55,12 @@ def boot_command(arch: str, firmware: str, image: Path, accel: str, memory: int,
     attached as further virtio disks (a cloud-init seed); ssh_port forwards
     that port of 127.0.0.1 to the guest's SSH.
     """
-    machine = MACHINES[(arch, firmware)]
-    cpu = machine.kvm_cpu if accel == "kvm" else machine.tcg_cpu
+    qemu = machine(arch, firmware)
     command = [
-        machine.binary,
+        qemu.binary,
         "-accel", accel,
-        "-machine", machine.machine,
-        "-cpu", cpu,
+        "-machine", qemu.machine,
+        "-cpu", qemu.cpu(accel),
         "-smp", str(cpus),
         "-m", str(memory),
         "-nodefaults", "-display", "none", "-no-reboot",
@@ -96,16 +71,16 @@ def boot_command(arch: str, firmware: str, image: Path, accel: str, memory: int,
         "-netdev", "user,id=net0" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else ""),
         "-device", "virtio-net-pci,netdev=net0",
     ]
-    if firmware == "uefi":
+    if firmware == Firmware.UEFI:
         if uefi_vars is None:
             raise ValueError("a UEFI boot needs its own copy of the variable store")
         command += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={machine.uefi_code}",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu.uefi_code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={uefi_vars}",
         ]
     return command
 
 
 def uefi_vars_template(arch: str, firmware: str) -> Path | None:
-    machine = MACHINES[(arch, firmware)]
-    return Path(machine.uefi_vars) if machine.uefi_vars else None
+    qemu = machine(arch, firmware)
+    return Path(qemu.uefi_vars) if qemu.uefi_vars else None

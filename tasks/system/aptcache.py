@@ -75,8 +75,15 @@ class PackageCache:
         self._session.headers["Accept-Encoding"] = "identity"
 
     @property
+    def server(self) -> ThreadingHTTPServer:
+        if self._server is None:
+            raise RuntimeError("the package cache serves only inside its with block")
+        return self._server
+
+    @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = self.server.server_address[:2]
+        assert isinstance(host, str)  # an IPv4 server's address
         return f"http://{host}:{port}"
 
     def __enter__(self) -> "PackageCache":
@@ -93,10 +100,10 @@ class PackageCache:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
+        self.server.shutdown()
         with self._idle:
             self._idle.wait_for(lambda: self._busy == 0, timeout=CLOSE_GRACE_SECONDS)
-        self._server.server_close()
+        self.server.server_close()
         self._session.close()
 
     def _prune(self) -> None:

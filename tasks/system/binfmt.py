@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 
 from tasks.errors import StageFailed
+from tasks.model.arch import Arch
 from tasks.system import proc
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
-# Debian architecture -> (uname machine, qemu-user name)
-_MACHINES = {"amd64": ("x86_64", "x86_64"), "arm64": ("aarch64", "aarch64")}
 
 
 class ForeignArchUnavailable(StageFailed):
@@ -25,14 +24,14 @@ class ForeignArchUnavailable(StageFailed):
 
 
 def is_foreign(arch: str) -> bool:
-    return _MACHINES[arch][0] != os.uname().machine
+    return Arch.named(arch).spec.uname != os.uname().machine
 
 
 def ensure(arch: str) -> None:
     """Make sure programs of arch can run here; mount and register as needed."""
     if not is_foreign(arch):
         return
-    qemu_name = _MACHINES[arch][1]
+    qemu_name = Arch.named(arch).spec.qemu_user
     entry = BINFMT / f"qemu-{qemu_name}"
     try:
         if not (BINFMT / "register").exists():

@@ -137,6 +137,7 @@ def run_logged(
     """
     with open(log, "ab") as sink:
         child = start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)
+        assert child.stdout is not None  # stdout=PIPE
         try:
             for raw in child.stdout:
                 sink.write(raw)

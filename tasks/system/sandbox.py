@@ -15,34 +15,14 @@ from typing import Callable, Iterable, Sequence
 
 from tasks.system import proc
 
-# PID 1 of the sandbox; "$@" is the command. /tmp becomes a private tmpfs;
-# the directories the command needs that lie under /tmp (SANDBOX_KEEP, one
-# per line) are bound back into it from the host's /tmp. /var/log/fai is
-# bound to SANDBOX_FAI_LOGS when that is set.
-_INIT = r"""
-set -eu
-mkdir -p /run/fai /run/udev /var/log/fai
-mount -t tmpfs -o mode=0755 sandbox-run /run/fai
-mkdir /run/fai/.host-tmp
-mount --bind /tmp /run/fai/.host-tmp
-mount -t tmpfs -o mode=1777 sandbox-tmp /tmp
-printf '%s\n' "$SANDBOX_KEEP" | while IFS= read -r keep; do
-    host=/run/fai/.host-tmp/${keep#/tmp/}
-    case $keep in
-        /tmp/*) if [ -e "$host" ]; then mkdir -p "$keep"; mount --bind "$host" "$keep"; fi ;;
-    esac
-done
-if [ -n "${SANDBOX_FAI_LOGS:-}" ]; then
-    mount --bind "$SANDBOX_FAI_LOGS" /var/log/fai
-fi
-"$@"
-"""
+# PID 1 of the sandbox: makes the private directories, then runs the command.
+INIT_SCRIPT = Path(__file__).with_name("sandbox-init.sh")
 
 _UNSHARE = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc"]
 
 
 def command(cmd: Sequence[str]) -> list[str]:
-    return [*_UNSHARE, "bash", "-c", _INIT, "sandbox", *cmd]
+    return [*_UNSHARE, "bash", str(INIT_SCRIPT), *cmd]
 
 
 def environment(base: dict[str, str], keep: Iterable[Path], fai_logs: Path | None = None) -> dict[str, str]:

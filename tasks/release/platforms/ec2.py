@@ -18,13 +18,13 @@ import boto3.exceptions
 import botocore.exceptions
 
 from tasks.errors import StageFailed
+from tasks.model.arch import Firmware
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
 from tasks.progress import StageProgress
 from tasks.stages import diskimage
 from tasks.stages.compress import qemu_img_convert
 
-ARCHITECTURES = {"amd64": "x86_64", "arm64": "arm64"}
 ROOT_DEVICE = "/dev/xvda"
 
 
@@ -49,7 +49,7 @@ def _aws(what: str) -> Iterator[None]:
 
 def boot_mode(cell: Cell) -> str:
     # Hybrid amd64 images boot either way; UEFI where the instance type offers it.
-    return "uefi-preferred" if "bios" in cell.arch.firmware else "uefi"
+    return "uefi-preferred" if Firmware.BIOS in cell.arch.kind.firmware else "uefi"
 
 
 def register_request(cell: Cell, name: str, snapshot: str, description: str) -> dict:
@@ -57,7 +57,7 @@ def register_request(cell: Cell, name: str, snapshot: str, description: str) -> 
     return {
         "Name": name,
         "Description": description,
-        "Architecture": ARCHITECTURES[cell.arch.name],
+        "Architecture": cell.arch.kind.spec.ec2,
         "BootMode": boot_mode(cell),
         "RootDeviceName": ROOT_DEVICE,
         "VirtualizationType": "hvm",

@@ -21,7 +21,6 @@ from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
 from tasks.progress import StageProgress
 
-ARCHITECTURES = {"amd64": "X86_64", "arm64": "ARM64"}
 GUEST_FEATURES = ["UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC", "SEV_CAPABLE"]
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -45,7 +44,7 @@ def image_request(cell: Cell, manifest: dict, settings: dict, object_url: str) -
         "name": image_name(manifest),
         "description": f"Debian {cell.release.version} ({cell.vendor.name}, {cell.arch.name}), {manifest['version']}",
         "rawDisk": {"source": object_url},
-        "architecture": ARCHITECTURES[cell.arch.name],
+        "architecture": cell.arch.kind.spec.gce,
         "guestOsFeatures": [{"type": f} for f in features],
         "labels": {"debian-release": cell.release.name, "debian-version": manifest["version"].lower()},
     }
