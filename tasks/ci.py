@@ -105,10 +105,13 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
         outputs = [path for stage in base_stages for path in stage.outputs(registry.base_context(plan, cell))]
         jobs[f"base:{name}"] = {
             "stage": "base",
-            "tags": list(ci.build_tags[cell.arch.name]),
+            "tags": list(ci.runner_tags(cell.arch.name)),
             "script": [*prepare, *(_run(stage, name, options) for stage in base_stages)],
-            "artifacts": {"paths": _paths(_relative(outputs, plan.workdir, workdir)),
-                          "expire_in": ci.expire_images, "when": "always"},
+            "artifacts": {
+                "paths": _paths(_relative(outputs, plan.workdir, workdir)),
+                "expire_in": ci.expire_images,
+                "when": "always",
+            },
         }
 
     for cell in chosen:
@@ -116,7 +119,7 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
         files = CellFiles.of(workdir, cell)
         image: dict[str, Any] = {
             "stage": "images",
-            "tags": list(ci.build_tags[cell.arch.name]),
+            "tags": list(ci.runner_tags(cell.arch.name)),
             "needs": [{"job": f"base:{cell.base_name}", "artifacts": True}],
             "script": [*prepare, *(_run(stage, cell.name, options) for stage in _stages_of(registry.CiJob.IMAGE))],
             "artifacts": {
@@ -132,8 +135,10 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
             "tags": list(ci.tags),
             "needs": [{"job": f"image:{cell.name}", "artifacts": True}],
             # Checksums of the image data, kept when the data itself has expired.
-            "script": [f"cd {files.dir} && (sha512sum {' '.join(p.name for p in files.artifacts)} "
-                       f"> {files.checksums.name} || true) && ls -l"],
+            "script": [
+                f"cd {files.dir} && (sha512sum {' '.join(p.name for p in files.artifacts)} "
+                f"> {files.checksums.name} || true) && ls -l"
+            ],
             "artifacts": {
                 "name": f"{cell.name}-records",
                 "paths": _paths([*files.records, *(files.xfail_record(s.name) for s in registry.cell_chain())]),
@@ -152,36 +157,56 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
     releases = sorted({c.release.name for c in chosen}, key=list(plan.matrix.releases).index)
     for release in releases:
         cells_of = [c for c in chosen if c.release.name == release]
-        needs = [{"job": f"image:{c.name}", "artifacts": True, **({"optional": True} if plan.matrix.known_failure(c)
-                                                                   else {})} for c in cells_of]
+        needs = [
+            {
+                "job": f"image:{c.name}",
+                "artifacts": True,
+                **({"optional": True} if plan.matrix.known_failure(c) else {}),
+            }
+            for c in cells_of
+        ]
         if source == "schedule" or cells:
             jobs[f"upload:{release}"] = {
                 "stage": "upload",
                 "tags": list(ci.tags),
                 "needs": needs,
                 "variables": {"STORAGE": "${IMAGES_STORAGE}"},
-                "script": [*setup, f'if [ -z "$STORAGE" ]; then STORAGE={shlex.quote(storage)}; fi',
-                           *(_if_built(CellFiles.of(workdir, c), _run(stage, c.name, options, "storage=$STORAGE"))
-                             for c in cells_of for stage in _stages_of(registry.CiJob.UPLOAD))],
+                "script": [
+                    *setup,
+                    f'if [ -z "$STORAGE" ]; then STORAGE={shlex.quote(storage)}; fi',
+                    *(
+                        _if_built(CellFiles.of(workdir, c), _run(stage, c.name, options, "storage=$STORAGE"))
+                        for c in cells_of
+                        for stage in _stages_of(registry.CiJob.UPLOAD)
+                    ),
+                ],
                 "artifacts": {"paths": [f"{storage}/"], "expire_in": ci.expire_images, "when": "always"},
             }
         jobs[f"release:{release}"] = {
             "stage": "release",
             # The instance test boots images: the job needs a build runner.
-            "tags": list(ci.build_tags[cells_of[0].arch.name]),
+            "tags": list(ci.runner_tags(cells_of[0].arch.name)),
             "needs": needs,
             "when": "manual",
             "allow_failure": True,  # a release not made does not fail the pipeline
             "variables": {"STORAGE": "${IMAGES_RELEASE_STORAGE}"},
             # A release goes where users find it, never into expiring artifacts.
-            "script": [*prepare, 'if [ -z "$STORAGE" ]; then echo "release: set the CI/CD variable '
-                                 'IMAGES_RELEASE_STORAGE to the storage URL releases go to" >&2; exit 1; fi',
-                       *(_if_built(CellFiles.of(workdir, c),
-                                   _run(stage, c.name, options, "storage=$STORAGE", "confirm=yes"))
-                         for c in cells_of for stage in _stages_of(registry.CiJob.RELEASE))],
+            "script": [
+                *prepare,
+                'if [ -z "$STORAGE" ]; then echo "release: set the CI/CD variable '
+                'IMAGES_RELEASE_STORAGE to the storage URL releases go to" >&2; exit 1; fi',
+                *(
+                    _if_built(CellFiles.of(workdir, c), _run(stage, c.name, options, "storage=$STORAGE", "confirm=yes"))
+                    for c in cells_of
+                    for stage in _stages_of(registry.CiJob.RELEASE)
+                ),
+            ],
             # What the release did (instance test, platform images, publication) is kept for ever.
-            "artifacts": {"paths": _paths(p for c in cells_of for p in CellFiles.of(workdir, c).release_records),
-                          "expire_in": "never", "when": "always"},
+            "artifacts": {
+                "paths": _paths(p for c in cells_of for p in CellFiles.of(workdir, c).release_records),
+                "expire_in": "never",
+                "when": "always",
+            },
         }
 
     return {
@@ -201,8 +226,10 @@ def write(plan: Plan, target: Path) -> None:
     """The doit action: validate everything, then write the pipeline."""
     source, cells = plan.source, plan.cells
     document = pipeline(plan, source, cells)
-    header = (f"# Generated by `doit ci` from {plan.matrix.path.name} (source: {source}"
-              f"{', cells: ' + cells if cells else ''}). Do not edit.\n")
+    header = (
+        f"# Generated by `doit ci` from {plan.matrix.path.name} (source: {source}"
+        f"{', cells: ' + cells if cells else ''}). Do not edit.\n"
+    )
     known = [(c.name, k.reason) for c in plan.matrix.cells if (k := plan.matrix.known_failure(c))]
     if known:
         header += "# Known failures (allow_failure):\n" + "".join(f"#   {n}: {r}\n" for n, r in known)

@@ -94,11 +94,14 @@ def stage_tasks(plan: Plan, stage: registry.Stage) -> Iterator[dict]:
     # their xfail task.
     names = stage.tier_names(plan)
     xfail = stage.scope is registry.Scope.CELL and stage in registry.cell_chain()
+    units = f"{len(names)} {stage.scope.value}{'' if len(names) == 1 else 's'}"
     yield {
         "name": None,
-        "doc": f"{stage.group_doc} (tier {plan.tier}: {len(names)} {stage.scope.value}{'' if len(names) == 1 else 's'})",
-        "task_dep": [f"{xfail_name(stage) if xfail and plan.matrix.known_failure(plan.matrix.cell(n)) else stage.name}"
-                     f":{n}" for n in names],
+        "doc": f"{stage.group_doc} (tier {plan.tier}: {units})",
+        "task_dep": [
+            f"{xfail_name(stage) if xfail and plan.matrix.known_failure(plan.matrix.cell(n)) else stage.name}:{n}"
+            for n in names
+        ],
     }
 
 
@@ -122,8 +125,14 @@ def _remove(*paths: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def run_allowed_failure(cell_name: str, stage: str, chain: list[tuple[str, Callable, list]],
-                        known: KnownFailure, record: str, directory: str | None = None) -> None:
+def run_allowed_failure(
+    cell_name: str,
+    stage: str,
+    chain: list[tuple[str, Callable, list]],
+    known: KnownFailure,
+    record: str,
+    directory: str | None = None,
+) -> None:
     """A doit action: run a known-failing cell's stages up to stage, never failing.
 
     The outcome is printed and written to record: "failed as expected" with
@@ -142,8 +151,10 @@ def run_allowed_failure(cell_name: str, stage: str, chain: list[tuple[str, Calla
     else:
         del outcome["failed_stage"]
         outcome["outcome"] = "unexpected success"
-        print(f"UNEXPECTED SUCCESS {cell_name} passed {stage}: it is listed in known_failures "
-              f"({known.reason!r} for {known.cells!r}); remove the entry if the cause is gone")
+        print(
+            f"UNEXPECTED SUCCESS {cell_name} passed {stage}: it is listed in known_failures "
+            f"({known.reason!r} for {known.cells!r}); remove the entry if the cause is gone"
+        )
     atomic.write_json(Path(record), outcome)
 
 
@@ -156,14 +167,25 @@ def xfail_tasks(plan: Plan) -> Iterator[dict]:
             if not known:
                 continue
             files = CellFiles.of(plan.workdir, cell).xfail_files(stage.name)
-            steps = [(s, registry.cell_context(plan, cell, files)) for s in chain[:index + 1]]
+            steps = [(s, registry.cell_context(plan, cell, files)) for s in chain[: index + 1]]
             record = CellFiles.of(plan.workdir, cell).xfail_record(stage.name)
             yield {
                 "basename": xfail_name(stage),
                 "name": cell.name,
                 "doc": f"{stage.name} {cell.name}, which is expected to fail: {known.reason}",
-                "actions": [(run_allowed_failure, [cell.name, stage.name, [(s.name, s.action, [ctx]) for s, ctx in steps],
-                                                   known, str(record), str(files.dir)])],
+                "actions": [
+                    (
+                        run_allowed_failure,
+                        [
+                            cell.name,
+                            stage.name,
+                            [(s.name, s.action, [ctx]) for s, ctx in steps],
+                            known,
+                            str(record),
+                            str(files.dir),
+                        ],
+                    )
+                ],
                 # What the chain's first stage reads from outside it (the base).
                 "file_dep": _paths(steps[0][0].inputs(steps[0][1])),
                 # The record is what it makes; the stages' files are written to
@@ -178,8 +200,10 @@ def doit_tasks(plan: Plan) -> dict[str, Callable]:
     """Every task creator of the graph, by the name dodo.py gives it (task_<name>)."""
     creators: dict[str, Callable] = {}
     for stage in registry.stages():
+
         def create(stage=stage):
             yield from stage_tasks(plan, stage)
+
         create.__doc__ = stage.doc
         creators[f"task_{stage.name}"] = create
 

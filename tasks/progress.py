@@ -46,7 +46,7 @@ class StageProgress:
         self._last_line = 0.0
         self._live: Progress | None = None
 
-    def __enter__(self) -> "StageProgress":
+    def __enter__(self) -> StageProgress:
         if interactive():
             self._live = _shared_display(self.unit)
             self._task = self._live.add_task(self.label, total=self.total, status="")
@@ -87,7 +87,9 @@ class StageProgress:
             _release_display()
         else:
             outcome = "done" if exc[0] is None else "interrupted" if exc[0] is KeyboardInterrupt else "failed"
-            print(f"[{self.label}] {outcome} after {time.monotonic() - self.started:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"[{self.label}] {outcome} after {time.monotonic() - self.started:.0f} s", file=sys.stderr, flush=True
+            )
 
 
 # One live display per process: stages that run side by side in threads (the
@@ -97,7 +99,7 @@ _display: Progress | None = None
 _display_users = 0
 
 
-def _shared_display(unit: str) -> "Progress":
+def _shared_display(unit: str) -> Progress:
     global _display, _display_users
     with _display_lock:
         if _display is None:

@@ -126,8 +126,15 @@ def cell_context(plan: Plan, cell: Cell, files: CellFiles | None = None) -> Cell
 
 
 def _base_action(ctx: BaseContext) -> None:
-    base.build(ctx.release, ctx.arch.name, ctx.files, ctx.plan.matrix.build, base.package_cache(ctx.plan.workdir),
-               ctx.plan.cpu_slots, ctx.content)
+    base.build(
+        ctx.release,
+        ctx.arch.name,
+        ctx.files,
+        ctx.plan.matrix.build,
+        base.package_cache(ctx.plan.workdir),
+        ctx.plan.cpu_slots,
+        ctx.content,
+    )
 
 
 BASE = Stage[BaseContext](
@@ -148,9 +155,9 @@ BASE = Stage[BaseContext](
 def _build_inputs(ctx: CellContext) -> fai.BuildInputs:
     plan = ctx.plan
     tarball = base.BaseFiles.of(plan.workdir, ctx.cell.base_name).tarball
-    return fai.BuildInputs(plan.config_space, tarball, base.package_cache(plan.workdir), plan.build_version,
-                           plan.cpu_slots)
-
+    return fai.BuildInputs(
+        plan.config_space, tarball, base.package_cache(plan.workdir), plan.build_version, plan.cpu_slots
+    )
 
 
 def _build_action(ctx: CellContext) -> None:
@@ -165,11 +172,12 @@ BUILD = Stage[CellContext](
     ci_job=CiJob.IMAGE,
     action=_build_action,
     describe=lambda ctx: f"build {ctx.cell.name} with fai-diskimage",
-    inputs=lambda ctx: (_build_inputs(ctx).base,
-                        *faiconfig.selected_files(ctx.plan.config_space, ctx.cell.fai_classes),
-                        *fai.IN_BUILD_MODULES),
-    outputs=lambda ctx: (ctx.files.raw, ctx.files.build_log, ctx.files.packages, ctx.files.facts,
-                         ctx.files.build_info),
+    inputs=lambda ctx: (
+        _build_inputs(ctx).base,
+        *faiconfig.selected_files(ctx.plan.config_space, ctx.cell.fai_classes),
+        *fai.IN_BUILD_MODULES,
+    ),
+    outputs=lambda ctx: (ctx.files.raw, ctx.files.build_log, ctx.files.packages, ctx.files.facts, ctx.files.build_info),
     config=lambda ctx: fai.build_config(ctx.cell, ctx.plan.matrix.build),
 )
 
@@ -196,10 +204,8 @@ def _boot_settings(ctx: CellContext):
     return boottest.settings_for(ctx.cell, ctx.plan.matrix.boot_test)
 
 
-
 def _boottest_action(ctx: CellContext) -> None:
-    boottest.boot_test(ctx.cell, ctx.files, _boot_settings(ctx), ctx.plan.cpu_slots,
-                       ctx.plan.kvm_verdicts)
+    boottest.boot_test(ctx.cell, ctx.files, _boot_settings(ctx), ctx.plan.cpu_slots, ctx.plan.kvm_verdicts)
 
 
 BOOTTEST = Stage[CellContext](
@@ -209,8 +215,9 @@ BOOTTEST = Stage[CellContext](
     scope=Scope.CELL,
     ci_job=CiJob.IMAGE,
     action=_boottest_action,
-    describe=lambda ctx: (f"boot {ctx.cell.name} in qemu ({', '.join(ctx.cell.arch.firmware)}) "
-                          f"until {_boot_settings(ctx).until}"),
+    describe=lambda ctx: (
+        f"boot {ctx.cell.name} in qemu ({', '.join(ctx.cell.arch.firmware)}) until {_boot_settings(ctx).until}"
+    ),
     inputs=lambda ctx: (ctx.files.raw,),
     outputs=lambda ctx: (*ctx.files.boot_logs, ctx.files.boot_result),
     config=lambda ctx: boottest.boot_config(_boot_settings(ctx)),
@@ -229,8 +236,13 @@ MANIFEST = Stage[CellContext](
     ci_job=CiJob.IMAGE,
     action=_manifest_action,
     describe=lambda ctx: f"describe {ctx.cell.name} in manifest.json",
-    inputs=lambda ctx: (*ctx.files.artifacts, ctx.files.packages, ctx.files.facts, ctx.files.build_info,
-                        ctx.files.boot_result),
+    inputs=lambda ctx: (
+        *ctx.files.artifacts,
+        ctx.files.packages,
+        ctx.files.facts,
+        ctx.files.build_info,
+        ctx.files.boot_result,
+    ),
     outputs=lambda ctx: (ctx.files.manifest,),
     config=lambda ctx: {"schema": manifest.SCHEMA_VERSION, "version": ctx.plan.version},
 )
@@ -257,8 +269,17 @@ PUBLISH = Stage[CellContext](
 
 def _release_action(ctx: CellContext) -> None:
     plan = ctx.plan
-    release_step.release(ctx.cell, ctx.files, plan.confirmed, plan.storage, plan.matrix.publish,
-                         plan.matrix.release, plan.matrix.boot_test, plan.locks, plan.kvm_verdicts)
+    release_step.release(
+        ctx.cell,
+        ctx.files,
+        plan.confirmed,
+        plan.storage,
+        plan.matrix.publish,
+        plan.matrix.release,
+        plan.matrix.boot_test,
+        plan.locks,
+        plan.kvm_verdicts,
+    )
 
 
 RELEASE = Stage[CellContext](
@@ -271,8 +292,11 @@ RELEASE = Stage[CellContext](
     describe=lambda ctx: f"release {ctx.cell.name}: instance test, platform upload, publish, notify (confirm=yes)",
     inputs=lambda ctx: (*ctx.files.artifacts, ctx.files.manifest),
     outputs=lambda ctx: (ctx.files.release_record,),
-    config=lambda ctx: {"storage": ctx.plan.storage.url, "version": ctx.plan.version,
-                        "platforms": ctx.plan.matrix.release.platforms.get(ctx.cell.vendor.name)},
+    config=lambda ctx: {
+        "storage": ctx.plan.storage.url,
+        "version": ctx.plan.version,
+        "platforms": ctx.plan.matrix.release.platforms.get(ctx.cell.vendor.name),
+    },
     manual=True,
 )
 

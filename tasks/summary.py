@@ -135,7 +135,7 @@ class RunSummary(ConsoleReporter):
             if last not in self.stages:
                 return []
             # A known failure's task runs the cell's stages up to that one.
-            return [(name, stage) for stage in self.stages[:self.stages.index(last) + 1]]
+            return [(name, stage) for stage in self.stages[: self.stages.index(last) + 1]]
         if kind in self.columns:
             return [(name, kind)]
         return []
@@ -249,8 +249,13 @@ class RunSummary(ConsoleReporter):
 
 def _cell_status(row: dict) -> str:
     outcomes = [entry["outcome"] for entry in row.values()]
-    for status in (Outcome.FAILED, Outcome.INTERRUPTED, Outcome.NOT_RUN, Outcome.EXPECTED_FAILURE,
-                   Outcome.UNEXPECTED_SUCCESS):
+    for status in (
+        Outcome.FAILED,
+        Outcome.INTERRUPTED,
+        Outcome.NOT_RUN,
+        Outcome.EXPECTED_FAILURE,
+        Outcome.UNEXPECTED_SUCCESS,
+    ):
         if status.value in outcomes:
             return status.value
     return "ok"
@@ -270,8 +275,7 @@ def totals_line(summary: dict) -> str:
     for row in summary["cells"].values():
         statuses[row["status"]] = statuses.get(row["status"], 0) + 1
     cells = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-    return (f"{len(summary['cells'])} cells ({cells}); stages: {', '.join(parts)}; "
-            f"wall time {summary['seconds']:.0f} s")
+    return f"{len(summary['cells'])} cells ({cells}); stages: {', '.join(parts)}; wall time {summary['seconds']:.0f} s"
 
 
 def render(summary: dict, relative_to: Path, interactive: bool = False) -> str:
@@ -279,20 +283,34 @@ def render(summary: dict, relative_to: Path, interactive: bool = False) -> str:
     columns = summary["stages"]
     rows = []
     for cell, row in summary["cells"].items():
-        rows.append([cell] + [Result(Outcome(row["stages"][s]["outcome"]), row["stages"][s].get("log")).text(relative_to)
-                              if s in row["stages"] else "" for s in columns])
+        rows.append(
+            [cell]
+            + [
+                Result(Outcome(row["stages"][s]["outcome"]), row["stages"][s].get("log")).text(relative_to)
+                if s in row["stages"]
+                else ""
+                for s in columns
+            ]
+        )
     if interactive:
         return _render_rich(columns, rows, summary)
-    widths = [max(len(text) for text in column) for column in zip(["cell", *columns], *rows)]
+    widths = [max(len(text) for text in column) for column in zip(["cell", *columns], *rows, strict=True)]
     lines = ["", "run summary:"]
     for values in [["cell", *columns], *rows]:
-        lines.append("  ".join(text.ljust(width) for text, width in zip(values, widths)).rstrip())
+        lines.append("  ".join(text.ljust(width) for text, width in zip(values, widths, strict=True)).rstrip())
     lines.append(totals_line(summary))
     return "\n".join(lines) + "\n"
 
 
-_STYLES = {"done": "green", "up to date": "dim", "skipped": "yellow", "not run": "yellow", "interrupted": "yellow",
-           "expected failure": "magenta", "unexpected success": "bold magenta"}
+_STYLES = {
+    "done": "green",
+    "up to date": "dim",
+    "skipped": "yellow",
+    "not run": "yellow",
+    "interrupted": "yellow",
+    "expected failure": "magenta",
+    "unexpected success": "bold magenta",
+}
 
 
 def _render_rich(columns: list[str], rows: list[list[str]], summary: dict) -> str:
@@ -303,8 +321,13 @@ def _render_rich(columns: list[str], rows: list[list[str]], summary: dict) -> st
     for name in ["cell", *columns]:
         table.add_column(name)
     for values in rows:
-        table.add_row(values[0], *(f"[{'bold red' if text.startswith('failed') else _STYLES.get(text, '')}]{text}"
-                                   if text else "" for text in values[1:]))
+        table.add_row(
+            values[0],
+            *(
+                f"[{'bold red' if text.startswith('failed') else _STYLES.get(text, '')}]{text}" if text else ""
+                for text in values[1:]
+            ),
+        )
     console = Console(record=True, width=max(120, Console().width), force_terminal=True)
     with console.capture() as captured:
         console.print(table)

@@ -43,9 +43,14 @@ def import_snapshot(self: EC2Response) -> ActionResult:
     IMPORT_TASKS[task_id] = {
         "ImportTaskId": task_id,
         "Description": self._get_param("Description"),
-        "SnapshotTaskDetail": {"DiskImageSize": float(size), "Format": fmt, "Progress": "100",
-                               "SnapshotId": snapshot.id,
-                               "Status": "completed", "UserBucket": {"S3Bucket": bucket, "S3Key": key}},
+        "SnapshotTaskDetail": {
+            "DiskImageSize": float(size),
+            "Format": fmt,
+            "Progress": "100",
+            "SnapshotId": snapshot.id,
+            "Status": "completed",
+            "UserBucket": {"S3Bucket": bucket, "S3Key": key},
+        },
     }
     return ActionResult(IMPORT_TASKS[task_id])
 

@@ -42,20 +42,44 @@ def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFil
     for fmt in cell.vendor.formats:
         files.artifact(fmt).write_bytes(os.urandom(3000) + fmt.encode())
     files.packages.write_text("base-files\t12.4+deb12u8\tamd64\nbash\t5.2.15-2+b7\tamd64\n")
-    files.facts.write_text(json.dumps({"schema": "image-facts/1", "packages": ["base-files", "bash"],
-                                       "users": {"default_user": "debian"}}))
-    files.build_info.write_text(json.dumps({
-        "cell": cell.name, "version": version, "image_name": cell.image_name(version),
-        "fai_classes": list(cell.fai_classes), "disk_size": cell.vendor.disk_size,
-        "build_started": "2026-11-25T12:00:00+00:00", "build_seconds": 90.0,
-        "builder": {"fai": "6.0.3+deb12u1", "host_kernel": "6.1.0"}, "mirror": "http://deb.debian.org/debian",
-    }))
-    files.boot_result.write_text(json.dumps({
-        "cell": cell.name, "verdict": "passed", "passed": True,
-        "boots": [{"firmware": firmware, "verdict": "passed", "accelerator": "tcg", "seconds": 34.0,
-                   "milestones": {"kernel": 9.0, "systemd": 17.0, "login": 34.0}, "until": "login"}
-                  for firmware in cell.arch.firmware],
-    }))
+    files.facts.write_text(
+        json.dumps({"schema": "image-facts/1", "packages": ["base-files", "bash"], "users": {"default_user": "debian"}})
+    )
+    files.build_info.write_text(
+        json.dumps(
+            {
+                "cell": cell.name,
+                "version": version,
+                "image_name": cell.image_name(version),
+                "fai_classes": list(cell.fai_classes),
+                "disk_size": cell.vendor.disk_size,
+                "build_started": "2026-11-25T12:00:00+00:00",
+                "build_seconds": 90.0,
+                "builder": {"fai": "6.0.3+deb12u1", "host_kernel": "6.1.0"},
+                "mirror": "http://deb.debian.org/debian",
+            }
+        )
+    )
+    files.boot_result.write_text(
+        json.dumps(
+            {
+                "cell": cell.name,
+                "verdict": "passed",
+                "passed": True,
+                "boots": [
+                    {
+                        "firmware": firmware,
+                        "verdict": "passed",
+                        "accelerator": "tcg",
+                        "seconds": 34.0,
+                        "milestones": {"kernel": 9.0, "systemd": 17.0, "login": 34.0},
+                        "until": "login",
+                    }
+                    for firmware in cell.arch.firmware
+                ],
+            }
+        )
+    )
     return files
 
 

@@ -38,13 +38,39 @@ def application(message: str) -> bytes:
     coff = struct.pack("<HHIIIHH", 0x8664, 1, 0, 0, 0, 240, 0x0022)  # amd64, 1 section, executable
     optional = struct.pack(
         "<HBBIIIIIQIIHHHHHHIIIIHHQQQQII",
-        0x20B, 0, 0, raw_size, 0, 0, _ALIGN_SECTION, _ALIGN_SECTION,  # PE32+, code, entry point, base of code
-        0x10000000, _ALIGN_SECTION, _ALIGN_FILE, 0, 0, 0, 0, 0, 0, 0,  # image base, alignments, versions
-        image_size, _ALIGN_FILE, 0, 10, 0,  # sizes, checksum, subsystem: EFI application
-        0x10000, 0x1000, 0x10000, 0x1000, 0, 16,  # stack and heap, loader flags, 16 data directories
+        0x20B,
+        0,
+        0,
+        raw_size,
+        0,
+        0,
+        _ALIGN_SECTION,
+        _ALIGN_SECTION,  # PE32+, code, entry point, base of code
+        0x10000000,
+        _ALIGN_SECTION,
+        _ALIGN_FILE,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,  # image base, alignments, versions
+        image_size,
+        _ALIGN_FILE,
+        0,
+        10,
+        0,  # sizes, checksum, subsystem: EFI application
+        0x10000,
+        0x1000,
+        0x10000,
+        0x1000,
+        0,
+        16,  # stack and heap, loader flags, 16 data directories
     ) + bytes(16 * 8)  # every directory empty: no relocations needed, the code is position-independent
-    text = struct.pack("<8sIIIIIIHHI", b".text", len(section), _ALIGN_SECTION, raw_size, _ALIGN_FILE,
-                       0, 0, 0, 0, 0x60000020)  # code, executable, readable
+    text = struct.pack(
+        "<8sIIIIIIHHI", b".text", len(section), _ALIGN_SECTION, raw_size, _ALIGN_FILE, 0, 0, 0, 0, 0x60000020
+    )  # code, executable, readable
     headers = (dos + b"PE\0\0" + coff + optional + text).ljust(_ALIGN_FILE, b"\0")
     return headers + section.ljust(raw_size, b"\0")
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 
 def partitions(image: Path) -> list[dict]:
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True).stdout
+    )["partitiontable"]
     sector = table.get("sectorsize", 512)
     return [{**p, "offset": p["start"] * sector, "bytes": p["size"] * sector} for p in table["partitions"]]
 
@@ -19,8 +20,11 @@ def mounted(image: Path, partition_index: int):
     """Mount the partition (sfdisk order) read-write; always unmount and detach."""
     part = partitions(image)[partition_index]
     device = subprocess.run(
-        ["losetup", "--find", "--show", "--offset", str(part["offset"]), "--sizelimit", str(part["bytes"]),
-         str(image)], capture_output=True, text=True, check=True).stdout.strip()
+        ["losetup", "--find", "--show", "--offset", str(part["offset"]), "--sizelimit", str(part["bytes"]), str(image)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     try:
         with tempfile.TemporaryDirectory(prefix="image-mount.") as mountpoint:
             subprocess.run(["mount", device, mountpoint], check=True)

@@ -59,7 +59,7 @@ class Nginx:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/images"
 
-    def start(self) -> "Nginx":
+    def start(self) -> Nginx:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "images").mkdir(exist_ok=True)
         auth = ""
@@ -92,8 +92,9 @@ http {{
     }}
 }}
 """)
-        self.process = subprocess.Popen(["nginx", "-c", str(self.directory / "nginx.conf"), "-p",
-                                         str(self.directory)], stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            ["nginx", "-c", str(self.directory / "nginx.conf"), "-p", str(self.directory)], stderr=subprocess.PIPE
+        )
         wait_for_port(self.port)
         return self
 
@@ -121,7 +122,7 @@ class Moto:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Moto":
+    def start(self) -> Moto:
         self.server.start()
         wait_for_port(self.port)
         return self
@@ -130,8 +131,12 @@ class Moto:
         self.server.stop()
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
 
 class FaultProxy:
@@ -170,7 +175,7 @@ class FaultProxy:
         path = self.upstream.split("/", 3)[3] if self.upstream.count("/") >= 3 else ""
         return f"http://127.0.0.1:{self.server.server_address[1]}/{path}"
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
@@ -204,15 +209,18 @@ class FaultProxy:
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "content-length")}
         if "Destination" in headers:
             headers["Destination"] = headers["Destination"].replace(own, upstream_root)
-        response = requests.request(handler.command, upstream_root + handler.path, headers=headers, data=body,
-                                    allow_redirects=False, timeout=60)
+        response = requests.request(
+            handler.command, upstream_root + handler.path, headers=headers, data=body, allow_redirects=False, timeout=60
+        )
         handler.send_response(response.status_code)
         for name, value in response.headers.items():
             if name.lower() not in ("transfer-encoding", "connection", "content-length"):
                 handler.send_header(name, value)
         content = response.content if handler.command != "HEAD" else b""
-        handler.send_header("Content-Length", str(len(response.content)) if handler.command != "HEAD"
-                            else response.headers.get("Content-Length", "0"))
+        handler.send_header(
+            "Content-Length",
+            str(len(response.content)) if handler.command != "HEAD" else response.headers.get("Content-Length", "0"),
+        )
         handler.end_headers()
         handler.wfile.write(content)
 
@@ -249,7 +257,7 @@ class RecordingServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     body = b""
-                    while (size := int(self.rfile.readline().strip() or b"0", 16)):
+                    while size := int(self.rfile.readline().strip() or b"0", 16):
                         body += self.rfile.read(size)
                         self.rfile.readline()
                     self.rfile.readline()
@@ -274,7 +282,7 @@ class RecordingServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def start(self) -> "RecordingServer":
+    def start(self) -> RecordingServer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
@@ -301,15 +309,27 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={self.ACCOUNT};AccountKey={self.KEY};"
-                f"BlobEndpoint={self.url};")
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.ACCOUNT};AccountKey={self.KEY};BlobEndpoint={self.url};"
+        )
 
-    def start(self) -> "Azurite":
+    def start(self) -> Azurite:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            ["azurite-blob", "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
-             str(self.directory), "--silent", "--skipApiVersionCheck"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "azurite-blob",
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.port),
+                "--location",
+                str(self.directory),
+                "--silent",
+                "--skipApiVersionCheck",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_port(self.port, timeout=30)
         return self
 
@@ -337,14 +357,19 @@ class Mailbox:
                 import email
                 import email.policy
 
-                mailbox.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
-                                         email.message_from_bytes(envelope.content, policy=email.policy.default)))
+                mailbox.messages.append(
+                    (
+                        envelope.mail_from,
+                        list(envelope.rcpt_tos),
+                        email.message_from_bytes(envelope.content, policy=email.policy.default),
+                    )
+                )
                 return "250 OK"
 
         self.port = port or free_port()
         self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
 
-    def start(self) -> "Mailbox":
+    def start(self) -> Mailbox:
         self.controller.start()
         return self
 

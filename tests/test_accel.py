@@ -26,8 +26,9 @@ from tasks.stages import accel, boottest, qemu
 from . import efi_app
 
 LOGIN = b"Linux version 6.1.0\r\nsystemd[1]: systemd 252 running\r\n\r\ndebian login: "
-needs_kvm_device = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
-                                      reason="the boot tries KVM only where /dev/kvm is usable")
+needs_kvm_device = pytest.mark.skipif(
+    not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="the boot tries KVM only where /dev/kvm is usable"
+)
 
 HALF_WORKING_QEMU = textwrap.dedent("""\
     #!/bin/bash
@@ -113,8 +114,9 @@ def test_accelerator_kvm_where_kvm_fails_is_one_clear_error(tmp_path, half_worki
     cell, files = cell_on_a_sector(tmp_path, test_matrix, "bookworm-nocloud-amd64")
     settings = BootTestSettings(timeout=60, memory=256, cpus=1, accelerator="kvm", until="login")
     started = time.monotonic()
-    failure = graph.run_stage(f"boottest:{cell.name}", boottest.boot_test, cell, files, settings,
-                              tmp_path / "cpu", half_working_kvm.path)
+    failure = graph.run_stage(
+        f"boottest:{cell.name}", boottest.boot_test, cell, files, settings, tmp_path / "cpu", half_working_kvm.path
+    )
     assert failure is not None, "a boot that cannot run as asked fails"
     assert failure.message.startswith(f"boottest:{cell.name} failed: boot_test.accelerator is kvm, but KVM fails")
     assert "set boot_test.accelerator to auto" in failure.message
@@ -142,22 +144,33 @@ def test_the_release_instance_test_falls_back_too(tmp_path, half_working_kvm, te
     assert json.loads(half_working_kvm.path.read_text())["amd64/uefi"]["kvm_works"] is False
 
 
-@pytest.mark.parametrize("new_output, any_output, elapsed, quiet, kernel, exited, expected", [
-    (b"KVM internal error. Suberror: 1\n", True, 0.2, 0, False, False, "KVM internal error"),
-    (b"emulation failure\n", True, 0.2, 0, False, False, "emulation failure"),
-    (b"KVM: entry failed, hardware error 0x80000021\n", True, 1, 0, False, False, "entry failed"),
-    (b"qemu-system-x86_64: ../target/i386/kvm/kvm.c:2956: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf"
-     b"->nmsrs' failed.\n", True, 0.1, 0, False, True, "Assertion"),
-    (b"", False, accel.FIRST_OUTPUT_SECONDS, 0, False, False, "no console output"),
-    (b"", False, accel.FIRST_OUTPUT_SECONDS - 1, 0, False, False, None),
-    (b"", True, 30, accel.STALL_SECONDS, False, False, "went silent"),
-    (b"", True, 30, accel.STALL_SECONDS - 1, False, False, None),
-    (b"", True, 2, 0, False, True, "exited under KVM"),
-    # Once the kernel runs, silence and exits are the image's business.
-    (b"", True, 60, 30, True, False, None),
-    (b"", True, 60, 0, True, True, None),
-    (b"Welcome to GRUB!\r\n", True, 1, 0, False, False, None),
-])
+@pytest.mark.parametrize(
+    "new_output, any_output, elapsed, quiet, kernel, exited, expected",
+    [
+        (b"KVM internal error. Suberror: 1\n", True, 0.2, 0, False, False, "KVM internal error"),
+        (b"emulation failure\n", True, 0.2, 0, False, False, "emulation failure"),
+        (b"KVM: entry failed, hardware error 0x80000021\n", True, 1, 0, False, False, "entry failed"),
+        (
+            b"qemu-system-x86_64: ../target/i386/kvm/kvm.c:2956: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf"
+            b"->nmsrs' failed.\n",
+            True,
+            0.1,
+            0,
+            False,
+            True,
+            "Assertion",
+        ),
+        (b"", False, accel.FIRST_OUTPUT_SECONDS, 0, False, False, "no console output"),
+        (b"", False, accel.FIRST_OUTPUT_SECONDS - 1, 0, False, False, None),
+        (b"", True, 30, accel.STALL_SECONDS, False, False, "went silent"),
+        (b"", True, 30, accel.STALL_SECONDS - 1, False, False, None),
+        (b"", True, 2, 0, False, True, "exited under KVM"),
+        # Once the kernel runs, silence and exits are the image's business.
+        (b"", True, 60, 30, True, False, None),
+        (b"", True, 60, 0, True, True, None),
+        (b"Welcome to GRUB!\r\n", True, 1, 0, False, False, None),
+    ],
+)
 def test_signs_of_a_failing_kvm(new_output, any_output, elapsed, quiet, kernel, exited, expected):
     found = accel.kvm_failure(new_output, any_output, elapsed, quiet, kernel, exited)
     if expected is None:

@@ -69,11 +69,14 @@ def test_builds_side_by_side_share_the_cache(mirror, tmp_path):
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["hello_2.10-3_amd64.deb"]
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("http://deb.debian.org/debian/pool/main/s/systemd/udev_252.39-1~deb12u2_amd64.deb", True),
-    ("http://deb.debian.org/debian-security/pool/updates/main/o/openssh/openssh-server_9.2_amd64.deb", True),
-    ("http://deb.debian.org/debian/dists/bookworm/main/binary-amd64/Packages.xz", False),
-    ("http://deb.debian.org/debian/dists/bookworm/InRelease", False),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http://deb.debian.org/debian/pool/main/s/systemd/udev_252.39-1~deb12u2_amd64.deb", True),
+        ("http://deb.debian.org/debian-security/pool/updates/main/o/openssh/openssh-server_9.2_amd64.deb", True),
+        ("http://deb.debian.org/debian/dists/bookworm/main/binary-amd64/Packages.xz", False),
+        ("http://deb.debian.org/debian/dists/bookworm/InRelease", False),
+    ],
+)
 def test_what_is_cacheable(url, expected):
     assert cacheable(url) is expected

@@ -15,20 +15,36 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CELL = "bookworm-nocloud-arm64"
-pytestmark = [pytest.mark.slow, pytest.mark.arm64,
-              pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.arm64,
+    pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root"),
+]
 
 
 def test_arm64_image_builds_and_boots_through_uefi(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), f"boottest:{CELL}",
-         f"workdir={tmp_path / 'build'}", f"storage={tmp_path / 'storage'}"],
-        capture_output=True, text=True, timeout=3 * 3600)
+        [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(REPO / "dodo.py"),
+            f"boottest:{CELL}",
+            f"workdir={tmp_path / 'build'}",
+            f"storage={tmp_path / 'storage'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3 * 3600,
+    )
     print(result.stdout, result.stderr, sep="\n")
     assert result.returncode == 0, result.stderr[-3000:]
     cell_dir = tmp_path / "build" / CELL
 
-    packages = {line.split("\t")[0]: line.split("\t")[2] for line in (cell_dir / "packages.tsv").read_text().splitlines()}
+    packages = {
+        line.split("\t")[0]: line.split("\t")[2] for line in (cell_dir / "packages.tsv").read_text().splitlines()
+    }
     assert packages["linux-image-arm64"] == "arm64"
     assert packages["bash"] == "arm64"
     assert {"shim-signed", "grub-efi-arm64-signed"} <= set(packages)

@@ -43,7 +43,9 @@ def test_login_prompt_passes_and_records_milestones(tmp_path):
 
 def test_until_systemd_passes_without_login(tmp_path):
     settings = BootTestSettings(timeout=20, memory=64, cpus=1, until="systemd")
-    result, _ = boot_text(tmp_path, b"Linux version 6.1.0\r\n[    9.1] systemd[1]: Detected virtualization\r\n", settings)
+    result, _ = boot_text(
+        tmp_path, b"Linux version 6.1.0\r\n[    9.1] systemd[1]: Detected virtualization\r\n", settings
+    )
     assert result.verdict == "passed"
     assert "login" not in result.milestones
 
@@ -52,14 +54,24 @@ def test_until_systemd_passes_without_login(tmp_path):
     "text, verdict",
     [
         (b"Linux version 6.1\r\nKernel panic - not syncing: Attempted to kill init!\r\n", "kernel-panic"),
-        (b"Linux version 6.1\r\nGave up waiting for root file system device.  Common problems:\r\n"
-         b"ALERT!  UUID=0000 does not exist.  Dropping to a shell!\r\n(initramfs) ", "root-device-not-found"),
-        (b"VFS: Cannot open root device \"sda1\"\r\nKernel panic - not syncing: VFS: Unable to mount root fs\r\n",
-         "root-device-not-found"),
-        (b"Linux version 6.1\r\nsystemd[1]: Started\r\nYou are in emergency mode. After logging in, type...\r\n",
-         "emergency-mode"),
-        (b"Linux version 6.12\r\nrun-init: /sbin/init: No such file or directory\r\n"
-         b"Target filesystem doesn't have requested /sbin/init.\r\n", "init-not-found"),
+        (
+            b"Linux version 6.1\r\nGave up waiting for root file system device.  Common problems:\r\n"
+            b"ALERT!  UUID=0000 does not exist.  Dropping to a shell!\r\n(initramfs) ",
+            "root-device-not-found",
+        ),
+        (
+            b'VFS: Cannot open root device "sda1"\r\nKernel panic - not syncing: VFS: Unable to mount root fs\r\n',
+            "root-device-not-found",
+        ),
+        (
+            b"Linux version 6.1\r\nsystemd[1]: Started\r\nYou are in emergency mode. After logging in, type...\r\n",
+            "emergency-mode",
+        ),
+        (
+            b"Linux version 6.12\r\nrun-init: /sbin/init: No such file or directory\r\n"
+            b"Target filesystem doesn't have requested /sbin/init.\r\n",
+            "init-not-found",
+        ),
     ],
 )
 def test_failures_are_named_at_once(tmp_path, text, verdict):
@@ -83,13 +95,16 @@ def test_qemu_that_exits_early_is_a_failure(tmp_path):
     image = tmp_path / "exit.img"
     image.write_bytes(qemu.boot_sector(b"Linux version 6.1\r\n", exit=True).ljust(1 << 20, b"\0"))
     command = qemu.boot_command("amd64", "bios", image, "tcg", 64, 1) + [
-        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ]
     # boot() builds its own command; exercise the same loop with the exit device.
     original = qemu.boot_command
     qemu.boot_command = lambda *args: command
     try:
-        result = boottest.boot("amd64", image, tmp_path / "boot.log",
-                               BootTestSettings(timeout=20, memory=64, cpus=1, accelerator="tcg"))
+        result = boottest.boot(
+            "amd64", image, tmp_path / "boot.log", BootTestSettings(timeout=20, memory=64, cpus=1, accelerator="tcg")
+        )
     finally:
         qemu.boot_command = original
     assert result.verdict == "qemu-exited"
@@ -118,8 +133,9 @@ def test_firmwares_boot_side_by_side_and_the_first_failure_stops_the_other(tmp_p
     cell = test_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
     files.dir.mkdir(parents=True)
-    files.raw.write_bytes(qemu.boot_sector(b"Linux version 6.1\r\nKernel panic - not syncing: test\r\n",
-                                           exit=False).ljust(1 << 20, b"\0"))
+    files.raw.write_bytes(
+        qemu.boot_sector(b"Linux version 6.1\r\nKernel panic - not syncing: test\r\n", exit=False).ljust(1 << 20, b"\0")
+    )
     settings = BootTestSettings(timeout=120, memory=256, cpus=1, accelerator="tcg", until="login")
     started = time.monotonic()
     with pytest.raises(boottest.BootTestFailed, match="the kernel panicked") as failed:

@@ -56,14 +56,22 @@ def test_checker_hashes_a_file_once_per_run(tmp_path):
 
 
 def test_slots_share_the_cores_between_processes(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
 from tasks.system import cpu
 with cpu.slots(__import__('pathlib').Path({str(tmp_path)!r}), want=3, total=4) as got:
     print(got, flush=True)
     time.sleep(30)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "3"
         with cpu.slots(tmp_path, want=4, total=4) as got:
@@ -78,14 +86,22 @@ with cpu.slots(__import__('pathlib').Path({str(tmp_path)!r}), want=3, total=4) a
 
 def test_slots_wait_for_a_free_core(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu, "POLL_SECONDS", 0.05)
-    holder = subprocess.Popen([sys.executable, "-c", f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
 from tasks.system import cpu
 with cpu.slots(__import__('pathlib').Path({str(tmp_path)!r}), want=2, total=2) as got:
     print(got, flush=True)
     time.sleep(1)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "2"
     started = time.monotonic()
     with cpu.slots(tmp_path, want=2, total=2) as got:

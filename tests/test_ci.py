@@ -29,16 +29,21 @@ def make_plan(tmp_path, data=None, **options):
 
 
 def jobs(document, prefix=""):
-    return sorted(name for name, job in document.items() if isinstance(job, dict) and "stage" in job
-                  and name.startswith(prefix))
+    return sorted(
+        name for name, job in document.items() if isinstance(job, dict) and "stage" in job and name.startswith(prefix)
+    )
 
 
 def test_push_builds_the_push_tier(tmp_path):
     doc = ci.pipeline(make_plan(tmp_path), "push")
-    assert jobs(doc) == ["base:bookworm-amd64",
-                         "image:bookworm-genericcloud-amd64", "image:bookworm-nocloud-amd64",
-                         "keep:bookworm-genericcloud-amd64", "keep:bookworm-nocloud-amd64",
-                         "release:bookworm"]
+    assert jobs(doc) == [
+        "base:bookworm-amd64",
+        "image:bookworm-genericcloud-amd64",
+        "image:bookworm-nocloud-amd64",
+        "keep:bookworm-genericcloud-amd64",
+        "keep:bookworm-nocloud-amd64",
+        "release:bookworm",
+    ]
 
 
 def test_schedule_builds_everything_and_uploads(tmp_path, test_matrix):
@@ -52,8 +57,7 @@ def test_schedule_builds_everything_and_uploads(tmp_path, test_matrix):
 
 def test_cells_chosen_by_hand(tmp_path):
     doc = ci.pipeline(make_plan(tmp_path), "web", "trixie-*-arm64, sid-ec2-amd64")
-    assert jobs(doc, "image:") == sorted([f"image:trixie-{v}-arm64" for v in GOOD["vendors"]]
-                                         + ["image:sid-ec2-amd64"])
+    assert jobs(doc, "image:") == sorted([f"image:trixie-{v}-arm64" for v in GOOD["vendors"]] + ["image:sid-ec2-amd64"])
     assert jobs(doc, "base:") == ["base:sid-amd64", "base:trixie-arm64"]
     assert set(jobs(doc, "upload:")) == {"upload:trixie", "upload:sid"}
 
@@ -78,8 +82,16 @@ def test_artifacts_follow_the_storage_policy(tmp_path):
     assert "build/bookworm-nocloud-amd64/disk.raw" in image["artifacts"]["exclude"]
     assert keep["artifacts"]["expire_in"] == "never"
     kept = keep["artifacts"]["paths"]
-    for record in ("build.log", "boot-bios.log", "boot-uefi.log", "boottest.json", "manifest.json", "packages.tsv",
-                   "SHA512SUMS", "xfail-build.json"):
+    for record in (
+        "build.log",
+        "boot-bios.log",
+        "boot-uefi.log",
+        "boottest.json",
+        "manifest.json",
+        "packages.tsv",
+        "SHA512SUMS",
+        "xfail-build.json",
+    ):
         assert f"build/bookworm-nocloud-amd64/{record}" in kept
     assert not any("image." in path for path in kept), "image data is not kept for ever"
     assert keep["needs"] == [{"job": "image:bookworm-nocloud-amd64", "artifacts": True}]
@@ -116,20 +128,36 @@ def test_known_failures_are_allowed_to_fail(tmp_path):
     assert "#   sid-azure-amd64: waagent is not installable" in target.read_text()
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["ci"]["tiers"].update(schedule="nightly"),
-     "ci.tiers.schedule: no tier named 'nightly' (expected one of: push, full)"),
-    (lambda d: d["ci"]["build_tags"].pop("arm64"), "ci.build_tags.arm64: missing"),
-    (lambda d: d["ci"]["build_tags"].update(riscv64=["x"]),
-     "ci.build_tags.riscv64: unknown key (expected one of: amd64, arm64)"),
-    (lambda d: d["ci"].update(tags=["ok", "bad;tag"]),
-     "ci.tags[1]: expected a runner tag (letters, digits, ' _.:/-'), got 'bad;tag'"),
-    (lambda d: d["ci"].update(tags=[]), "ci.tags: expected a non-empty list, got a list"),
-    (lambda d: d["ci"].update(expire_images="a week"),
-     "ci.expire_images: expected a GitLab duration such as '7 days' or 'never', got 'a week'"),
-    (lambda d: d["ci"].update(runner="x"),
-     "ci.runner: unknown key (expected one of: image, tags, build_tags, expire_images, tiers)"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda d: d["ci"]["tiers"].update(schedule="nightly"),
+            "ci.tiers.schedule: no tier named 'nightly' (expected one of: push, full)",
+        ),
+        (
+            lambda d: d["ci"]["build_tags"].update(riscv64=["x"]),
+            "ci.build_tags.riscv64: unknown key (expected one of: amd64, arm64)",
+        ),
+        (
+            lambda d: d["ci"]["build_tags"].update(riscv64=["x"]),
+            "ci.build_tags.riscv64: unknown key (expected one of: amd64, arm64)",
+        ),
+        (
+            lambda d: d["ci"].update(tags=["ok", "bad;tag"]),
+            "ci.tags[1]: expected a runner tag (letters, digits, ' _.:/-'), got 'bad;tag'",
+        ),
+        (lambda d: d["ci"].update(tags=[]), "ci.tags: expected a non-empty list, got a list"),
+        (
+            lambda d: d["ci"].update(expire_images="a week"),
+            "ci.expire_images: expected a GitLab duration such as '7 days' or 'never', got 'a week'",
+        ),
+        (
+            lambda d: d["ci"].update(runner="x"),
+            "ci.runner: unknown key (expected one of: image, tags, build_tags, expire_images, tiers)",
+        ),
+    ],
+)
 def test_bad_ci_settings_are_refused_before_any_yaml(tmp_path, mutate, message):
     data = copy.deepcopy(GOOD)
     mutate(data)
@@ -138,20 +166,29 @@ def test_bad_ci_settings_are_refused_before_any_yaml(tmp_path, mutate, message):
     with pytest.raises(MatrixError) as caught:
         make_plan(tmp_path, data)
     assert str(caught.value).endswith(message)
-    result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "ci", f"matrix={bad}",
-                             f"workdir={tmp_path / 'w'}"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "ci", f"matrix={bad}", f"workdir={tmp_path / 'w'}"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and result.stderr.strip().endswith(message)
     assert not (tmp_path / "w" / "ci" / "pipeline.yml").exists()
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"source": "cron"}, "source: expected one of: push, schedule, web, api"),
-    ({"source": "web", "cells": "potato-*"}, "cells='potato-*' matches no cell"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"source": "cron"}, "source: expected one of: push, schedule, web, api"),
+        ({"source": "web", "cells": "potato-*"}, "cells='potato-*' matches no cell"),
+    ],
+)
 def test_bad_source_or_cells_fail_without_writing(tmp_path, options, message):
     args = [f"{k}={v}" for k, v in options.items()]
-    result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "ci", *args,
-                             f"workdir={tmp_path}"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "ci", *args, f"workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert not (tmp_path / "ci" / "pipeline.yml").exists()
@@ -160,21 +197,33 @@ def test_bad_source_or_cells_fail_without_writing(tmp_path, options, message):
 # --------------------------------------------------------------------------
 # gitlab-ci-local: GitLab's schema, and how it reads the jobs
 
-needs_gitlab_ci_local = pytest.mark.skipif(shutil.which("gitlab-ci-local") is None,
-                                           reason="gitlab-ci-local is installed by tools/setup-host")
+needs_gitlab_ci_local = pytest.mark.skipif(
+    shutil.which("gitlab-ci-local") is None, reason="gitlab-ci-local is installed by tools/setup-host"
+)
 
 
 def gitlab_ci_local(directory: Path, *args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run(["gitlab-ci-local", *args], cwd=directory, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "FORCE_COLOR": "0"})
+    return subprocess.run(
+        ["gitlab-ci-local", *args],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "FORCE_COLOR": "0"},
+    )
 
 
 def project_with(tmp_path: Path, pipeline_text: str) -> Path:
     """A git checkout of this project whose .gitlab-ci.yml is the given pipeline."""
     project = tmp_path / "project"
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(project)], check=True)
-    for tracked in subprocess.run(["git", "ls-files", "--modified", "--others", "--exclude-standard"], cwd=REPO,
-                                  capture_output=True, text=True, check=True).stdout.split():
+    for tracked in subprocess.run(
+        ["git", "ls-files", "--modified", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split():
         # the working tree as it is, not as committed
         if (REPO / tracked).is_file():
             (project / tracked).parent.mkdir(parents=True, exist_ok=True)
@@ -182,9 +231,11 @@ def project_with(tmp_path: Path, pipeline_text: str) -> Path:
     (project / ".gitlab-ci.yml").write_text(pipeline_text)
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     # --allow-empty: the project's own .gitlab-ci.yml, in a clean checkout, changes nothing.
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm",
-                    "pipeline"],
-                   cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm", "pipeline"],
+        cwd=project,
+        check=True,
+    )
     return project
 
 
@@ -232,8 +283,9 @@ def test_generated_pipeline_runs_for_real(tmp_path):
     ci.write(make_plan(tmp_path, data, source="push", version="ci-test-1"), target)
     project = project_with(tmp_path, target.read_text())
     (project / "matrix.yaml").write_text(yaml.safe_dump(data, sort_keys=False))  # the jobs' doit reads it
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "test matrix"],
-                   cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "test matrix"], cwd=project, check=True
+    )
     common = ["--force-shell-executor", "--shell-isolation", "--variable", f"IMAGES_VENV={REPO / '.venv'}"]
 
     run = gitlab_ci_local(project, *common, timeout=3600)
@@ -253,19 +305,22 @@ def test_generated_pipeline_runs_for_real(tmp_path):
     kept = artifacts("keep:bookworm-nocloud-amd64") / "build" / "bookworm-nocloud-amd64"
     assert {p.name for p in kept.iterdir()} >= {"build.log", "manifest.json", "boottest.json", "SHA512SUMS"}
     assert not (kept / "image.tar.xz").exists()
-    check = subprocess.run(["sha512sum", "--check", str(kept / "SHA512SUMS")], cwd=image, capture_output=True,
-                           text=True)
+    check = subprocess.run(
+        ["sha512sum", "--check", str(kept / "SHA512SUMS")], cwd=image, capture_output=True, text=True
+    )
     assert check.returncode == 0, "keep checksummed the image job's artifacts: " + check.stdout + check.stderr
 
     released = tmp_path / "released"
-    release = gitlab_ci_local(project, *common, "--variable", f"IMAGES_RELEASE_STORAGE={released.as_uri()}",
-                              "release:bookworm", timeout=600)
+    release = gitlab_ci_local(
+        project, *common, "--variable", f"IMAGES_RELEASE_STORAGE={released.as_uri()}", "release:bookworm", timeout=600
+    )
     print(release.stdout[-5000:], release.stderr[-2000:])
     assert release.returncode == 0 and "PASS  release:bookworm" in release.stdout
     published = released / "bookworm" / "ci-test-1"
     assert (published / "debian-12-nocloud-amd64-ci-test-1.tar.xz").is_file()
-    check = subprocess.run(["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert (released / "bookworm" / "latest").read_text() == "ci-test-1\n"
     record = artifacts("release:bookworm") / "build" / "bookworm-nocloud-amd64" / "release.json"

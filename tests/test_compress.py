@@ -35,8 +35,9 @@ def test_sparse_tar_xz_round_trip(sparse_disk, tmp_path):
     output = tmp_path / "image.tar.xz"
     compress.sparse_tar(sparse_disk, output, compress.xz(1), label="test", fixed=2)
     assert output.stat().st_size < 4 << 20
-    listing = subprocess.run(["tar", "--list", "--verbose", "--file", str(output)],
-                             capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        ["tar", "--list", "--verbose", "--file", str(output)], capture_output=True, text=True, check=True
+    ).stdout
     assert listing.split()[-1] == "disk.raw"
     extracted = extract(output, tmp_path) / "disk.raw"
     assert extracted.read_bytes() == sparse_disk.read_bytes()
@@ -60,8 +61,11 @@ def test_azure_vhd_is_fixed_with_the_raw_size(sparse_disk, tmp_path):
     assert vhd.stat().st_size == sparse_disk.stat().st_size + 512
     assert vhd.read_bytes()[-512:][:8] == b"conectix", "VHD footer cookie"
     assert vhd.read_bytes()[-512:][60:64] == (2).to_bytes(4, "big"), "disk type 2: fixed"
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "vpc", str(vhd)],
-                                     capture_output=True, text=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", "-f", "vpc", str(vhd)], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert info["virtual-size"] == sparse_disk.stat().st_size
     subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vpc", str(sparse_disk), str(vhd)], check=True)
 
@@ -78,8 +82,9 @@ def test_segments_make_one_valid_stream_of_streams(sparse_disk, tmp_path):
     output = tmp_path / "image.tar.xz"
     squeezer = compress.Squeezer(compress.xz(1).command, segment=1 << 20)
     compress.sparse_tar(sparse_disk, output, squeezer, label="test", cpu_slots=tmp_path / "cpu")
-    listing = subprocess.run(["xz", "--robot", "--list", str(output)], capture_output=True, text=True,
-                             check=True).stdout
+    listing = subprocess.run(
+        ["xz", "--robot", "--list", str(output)], capture_output=True, text=True, check=True
+    ).stdout
     streams = int(next(line for line in listing.splitlines() if line.startswith("totals")).split()[1])
     assert streams >= 3
     assert (extract(output, tmp_path) / "disk.raw").read_bytes() == sparse_disk.read_bytes()
@@ -88,8 +93,9 @@ def test_segments_make_one_valid_stream_of_streams(sparse_disk, tmp_path):
 def test_qcow2_matches_raw(sparse_disk, tmp_path):
     output = tmp_path / "image.qcow2"
     compress.qcow2(sparse_disk, output, threads=2, label="test")
-    info = subprocess.run(["qemu-img", "info", "--output=json", str(output)], capture_output=True, text=True,
-                          check=True).stdout
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(output)], capture_output=True, text=True, check=True
+    ).stdout
     assert '"format": "qcow2"' in info
     subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(sparse_disk), str(output)], check=True)
 

@@ -12,8 +12,13 @@ FIXTURE_MATRIX = REPO / "tests" / "data" / "matrix.yaml"
 
 
 def doit(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
 
 
 def test_list_shows_every_stage_of_every_cell(tmp_path, test_matrix):
@@ -35,7 +40,8 @@ def test_bad_matrix_gives_one_line_and_no_tasks(tmp_path):
     assert result.returncode != 0
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        f"error: {bad}: vendors.genericcloud.disk_size: expected a size such as 2G or 512M, got 'two gigs'"]
+        f"error: {bad}: vendors.genericcloud.disk_size: expected a size such as 2G or 512M, got 'two gigs'"
+    ]
 
 
 def test_bad_option_gives_one_line(tmp_path):
@@ -49,7 +55,8 @@ def test_misspelt_option_is_refused(tmp_path):
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         "error: command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, version, "
-        "xz_level, source, cells, confirm, left, right)"]
+        "xz_level, source, cells, confirm, left, right)"
+    ]
 
 
 def test_state_database_is_sqlite(tmp_path):
@@ -75,15 +82,21 @@ def pause():
 def task_wait():
     return {{"actions": [(pause,)], "uptodate": [False]}}
 """)
-    first = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(tmp_path / "waiting_dodo.py"),
-                              f"workdir={workdir}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             cwd=tmp_path)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "doit", "-f", str(tmp_path / "waiting_dodo.py"), f"workdir={workdir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         assert "running" in first.stdout.readline() + first.stdout.readline()
         second = doit("forget", f"workdir={workdir}")
         assert second.returncode == 2 and second.stdout == ""
-        assert second.stderr.strip() == (f"error: {workdir} is in use by another doit run (pid {first.pid}): "
-                                         "wait for it to finish, or give this run its own workdir=")
+        assert second.stderr.strip() == (
+            f"error: {workdir} is in use by another doit run (pid {first.pid}): "
+            "wait for it to finish, or give this run its own workdir="
+        )
         assert doit("list", f"workdir={workdir}").returncode == 0, "listing needs no lock"
     finally:
         first.terminate()
@@ -101,5 +114,10 @@ def test_reading_commands_take_no_lock():
     assert runlock.doit_command(["tier=full", "list", "--all"]) == "list"
     assert runlock.doit_command(["-f", "dodo.py", "-d", ".", "info", "build"]) == "info"
     assert runlock.doit_command(["--file=dodo.py", "build:x"]) == "build:x"
-    assert [runlock.needs_lock(argv) for argv in (["list"], ["info", "build"], ["forget"], ["clean"], ["build"])] \
-        == [False, False, True, True, True]
+    assert [runlock.needs_lock(argv) for argv in (["list"], ["info", "build"], ["forget"], ["clean"], ["build"])] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]

@@ -49,13 +49,25 @@ def copy_of_repo(base: Path) -> Path:
     # Added as text: other tests edit the matrix's own lines.
     matrix = copy / "matrix.yaml"
     text = matrix.read_text()
-    text = text.replace("\nvendors:\n", "\nvendors:\n  tiny:\n    fai_classes: [NOCLOUD, LINUX_GENERIC, TIME_SYSTEMD]\n"
-                                        "    disk_size: 64M\n    formats: [tar.xz]\n", 1)
-    text = text.replace("\ntiers:\n", "\ntiers:\n  mixed:\n    - releases: [bookworm]\n"
-                                      "      vendors: [genericcloud, tiny]\n      architectures: [amd64]\n", 1)
+    text = text.replace(
+        "\nvendors:\n",
+        "\nvendors:\n  tiny:\n    fai_classes: [NOCLOUD, LINUX_GENERIC, TIME_SYSTEMD]\n"
+        "    disk_size: 64M\n    formats: [tar.xz]\n",
+        1,
+    )
+    text = text.replace(
+        "\ntiers:\n",
+        "\ntiers:\n  mixed:\n    - releases: [bookworm]\n"
+        "      vendors: [genericcloud, tiny]\n      architectures: [amd64]\n",
+        1,
+    )
     # A vendor whose tree breaks an in-build check: a user with a login shell.
-    text = text.replace("\nvendors:\n", "\nvendors:\n  stray:\n    fai_classes: [NOCLOUD, LINUX_GENERIC, TIME_SYSTEMD, STRAY]\n"
-                                        "    disk_size: 3G\n    formats: [tar.xz]\n", 1)
+    text = text.replace(
+        "\nvendors:\n",
+        "\nvendors:\n  stray:\n    fai_classes: [NOCLOUD, LINUX_GENERIC, TIME_SYSTEMD, STRAY]\n"
+        "    disk_size: 3G\n    formats: [tar.xz]\n",
+        1,
+    )
     stray = copy / "fai_config" / "scripts" / "STRAY" / "10-user"
     stray.parent.mkdir()
     stray.write_text("#! /bin/bash\n$ROOTCMD useradd --uid 1000 --shell /bin/bash --create-home tester\n")
@@ -67,9 +79,21 @@ def copy_of_repo(base: Path) -> Path:
 
 def doit(base: Path, *args) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "doit", "-f", str(base / "repo" / "dodo.py"), *args,
-         f"workdir={base / 'build'}", f"storage={base / 'storage'}", "xz_level=1", f"version={VERSION}"],
-        capture_output=True, text=True, timeout=3600,
+        [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(base / "repo" / "dodo.py"),
+            *args,
+            f"workdir={base / 'build'}",
+            f"storage={base / 'storage'}",
+            "xz_level=1",
+            f"version={VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     print(result.stdout, result.stderr, sep="\n")
     return result
@@ -97,15 +121,19 @@ def runs(tmp_path_factory):
 def test_one_target_builds_exactly_what_it_needs(runs):
     _, one_target, *_ = runs
     assert one_target.returncode == 0, one_target.stderr
-    assert executed(one_target) == {"base:bookworm-amd64", "build:bookworm-nocloud-amd64",
-                                    "boottest:bookworm-nocloud-amd64"}
+    assert executed(one_target) == {
+        "base:bookworm-amd64",
+        "build:bookworm-nocloud-amd64",
+        "boottest:bookworm-nocloud-amd64",
+    }
 
 
 def test_default_run_publishes_the_push_tier_on_one_shared_base(runs):
     base, _, default, _, _ = runs
     assert default.returncode == 0, default.stderr
-    done_before = {"base:bookworm-amd64", "build:bookworm-nocloud-amd64", "boottest:bookworm-nocloud-amd64"} | \
-        {f"{s}:bookworm-genericcloud-amd64" for s in STAGES}  # by the two runs before
+    done_before = {"base:bookworm-amd64", "build:bookworm-nocloud-amd64", "boottest:bookworm-nocloud-amd64"} | {
+        f"{s}:bookworm-genericcloud-amd64" for s in STAGES
+    }  # by the two runs before
     assert executed(default) == {f"{s}:{c}" for s in STAGES for c in CELLS} - done_before
     assert done_before <= up_to_date(default)
     summary = json.loads((base / "build" / "run-summary.json").read_text())
@@ -132,7 +160,7 @@ def test_a_failed_cell_stops_nothing_else_and_the_summary_says_so(runs):
     assert json.loads((base / "build" / cloud / "published.json").read_text())
     assert f"build:{FAILING} failed: fai-diskimage failed" in mixed.stdout
     # (run-summary.json holds the last run's summary; this run's is its output.)
-    table = mixed.stdout[mixed.stdout.index("run summary:"):].splitlines()
+    table = mixed.stdout[mixed.stdout.index("run summary:") :].splitlines()
     failing_row = next(line for line in table if line.startswith(FAILING))
     log = base / "build" / FAILING / "build.log"
     assert f"failed: {log}" in failing_row and failing_row.count("skipped") == 4
@@ -173,8 +201,9 @@ def test_image_boots_through_bios_and_uefi(runs, cell):
         m = boot["milestones"]
         assert 0 < m["kernel"] <= m["systemd"] <= m["login"]
         assert "login:" in (base / "build" / cell / f"boot-{boot['firmware']}.log").read_text(errors="replace")
-    assert "Welcome to GRUB" in (base / "build" / cell / "boot-uefi.log").read_text(errors="replace"), \
+    assert "Welcome to GRUB" in (base / "build" / cell / "boot-uefi.log").read_text(errors="replace"), (
         "UEFI went through shim and the signed GRUB"
+    )
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -193,8 +222,10 @@ def test_manifest_checksums_are_the_files_real_ones(runs, cell):
 
 def test_package_lists_follow_the_vendor(runs):
     base = runs[0]
-    packages = {cell: {p["name"] for p in json.loads((base / "build" / cell / "manifest.json").read_text())["packages"]}
-                for cell in CELLS}
+    packages = {
+        cell: {p["name"] for p in json.loads((base / "build" / cell / "manifest.json").read_text())["packages"]}
+        for cell in CELLS
+    }
     assert "cloud-init" not in packages["bookworm-nocloud-amd64"]
     assert "linux-image-amd64" in packages["bookworm-nocloud-amd64"]
     assert {"cloud-init", "linux-image-cloud-amd64"} <= packages["bookworm-genericcloud-amd64"]
@@ -211,8 +242,9 @@ def test_published_files_and_sha512sums(runs):
         vendor = cell.split("-")[1]
         expected |= {f"debian-12-{vendor}-amd64-{VERSION}.{ext}" for ext in ("tar.xz", "qcow2", "json")}
     assert {p.name for p in directory.iterdir() if not p.name.startswith(".")} == expected
-    check = subprocess.run(["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=directory,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=directory, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.count(": OK") == len(expected) - 1
 
@@ -237,9 +269,13 @@ def test_image_tree_is_clean_and_bootable_anywhere(runs):
         assert (tree / "etc/shadow").read_text().startswith("root::")
         fstab = (tree / "etc/fstab").read_text()
         assert "PARTUUID=" in fstab and " /boot/efi vfat " in fstab and "loop" not in fstab
-        assert "Suites: bookworm bookworm-updates bookworm-backports" in \
-            (tree / "etc/apt/sources.list.d/debian.sources").read_text()
-        assert (tree / "etc/hosts").read_text().split() == (REPO / "fai_config/files/etc/hosts/DEBIAN").read_text().split()
+        assert (
+            "Suites: bookworm bookworm-updates bookworm-backports"
+            in (tree / "etc/apt/sources.list.d/debian.sources").read_text()
+        )
+        assert (tree / "etc/hosts").read_text().split() == (
+            REPO / "fai_config/files/etc/hosts/DEBIAN"
+        ).read_text().split()
         assert not (tree / "var/cache/image-build-apt").exists()
 
 
@@ -255,10 +291,13 @@ def test_release_tests_an_instance_then_publishes_and_notifies(runs):
     matrix = base / "repo" / "matrix.yaml"
     original = matrix.read_text()
     try:
-        matrix.write_text(original.replace(
-            "  notify: {}",
-            f"  notify: {{to: [cloud-team@example.org], from: images@example.org, smtp_host: 127.0.0.1, "
-            f"smtp_port: {mailbox.port}}}"))
+        matrix.write_text(
+            original.replace(
+                "  notify: {}",
+                f"  notify: {{to: [cloud-team@example.org], from: images@example.org, smtp_host: 127.0.0.1, "
+                f"smtp_port: {mailbox.port}}}",
+            )
+        )
         result = doit(base, f"release:{cell}", "confirm=yes")
     finally:
         matrix.write_text(original)
@@ -269,15 +308,20 @@ def test_release_tests_an_instance_then_publishes_and_notifies(runs):
     instance = json.loads((base / "build" / cell / "instance-test.json").read_text())
     assert instance["passed"] is True, instance
     checks = {c["name"]: c for c in instance["checks"]}
-    assert set(checks) == {"cloud-init finished without errors", "host name from meta-data",
-                           "root file system grew to the disk", "apt points at the image's release",
-                           "systemd is running"}
+    assert set(checks) == {
+        "cloud-init finished without errors",
+        "host name from meta-data",
+        "root file system grew to the disk",
+        "apt points at the image's release",
+        "systemd is running",
+    }
     assert all(c["passed"] for c in checks.values()), checks
     assert "release-test-bookworm" in checks["host name from meta-data"]["detail"]
 
     released = base / "storage" / "bookworm" / VERSION
-    check = subprocess.run(["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=released,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=released, capture_output=True, text=True
+    )
     assert check.returncode == 0 and check.stdout.count(": OK") == 3, check.stdout + check.stderr
     assert (base / "storage" / "bookworm" / "latest").read_text() == f"{VERSION}\n"
     record = json.loads((base / "build" / cell / "release.json").read_text())
@@ -302,19 +346,40 @@ def test_matrix_edit_for_one_vendor_marks_only_that_vendor(runs):
     base, *_ = runs
     matrix = base / "repo" / "matrix.yaml"
     original = matrix.read_text()
-    matrix.write_text(original.replace(
-        "  genericcloud:\n    fai_classes: [CLOUD, GENERIC, LINUX_CLOUD, TIME_SYSTEMD]\n    disk_size: 3G",
-        "  genericcloud:\n    fai_classes: [CLOUD, GENERIC, LINUX_CLOUD, TIME_SYSTEMD]\n    disk_size: 4G"))
+    matrix.write_text(
+        original.replace(
+            "  genericcloud:\n    fai_classes: [CLOUD, GENERIC, LINUX_CLOUD, TIME_SYSTEMD]\n    disk_size: 3G",
+            "  genericcloud:\n    fai_classes: [CLOUD, GENERIC, LINUX_CLOUD, TIME_SYSTEMD]\n    disk_size: 4G",
+        )
+    )
     try:
         status = subprocess.run(
-            [sys.executable, "-m", "doit", "-f", str(base / "repo" / "dodo.py"), "list", "--all", "--status",
-             f"workdir={base / 'build'}", f"storage={base / 'storage'}", "xz_level=1", f"version={VERSION}"],
-            capture_output=True, text=True, check=True).stdout
+            [
+                sys.executable,
+                "-m",
+                "doit",
+                "-f",
+                str(base / "repo" / "dodo.py"),
+                "list",
+                "--all",
+                "--status",
+                f"workdir={base / 'build'}",
+                f"storage={base / 'storage'}",
+                "xz_level=1",
+                f"version={VERSION}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     finally:
         matrix.write_text(original)
     # The stages only: release:<cell> is named on purpose, and without confirm=yes it always refuses.
-    will_run = {line.split()[1] for line in status.splitlines() if line.startswith("R ")
-                and line.split()[1].split(":")[0] in STAGES and line.split()[1].split(":")[-1] in CELLS}
+    will_run = {
+        line.split()[1]
+        for line in status.splitlines()
+        if line.startswith("R ") and line.split()[1].split(":")[0] in STAGES and line.split()[1].split(":")[-1] in CELLS
+    }
     # doit decides the build is stale; what follows it runs once the new disk.raw exists.
     assert will_run == {"build:bookworm-genericcloud-amd64"}
 
@@ -335,8 +400,7 @@ def test_broken_image_fails_with_the_right_verdict(runs, tmp_path, breakage, ver
     with imagefs.mounted(broken, imagefs.root_partition_index(broken)) as tree:
         cfg = tree / "boot/grub/grub.cfg"
         lines = cfg.read_text().splitlines()
-        cfg.write_text("\n".join(breakage(line) if line.strip().startswith("linux") else line
-                                 for line in lines) + "\n")
+        cfg.write_text("\n".join(breakage(line) if line.strip().startswith("linux") else line for line in lines) + "\n")
     settings = BootTestSettings(timeout=300, memory=1024, cpus=2, accelerator="auto", until="login")
     result = boottest.boot("amd64", broken, tmp_path / "boot.log", settings, "bios")
     assert result.verdict == verdict, boottest.explain(result, tmp_path / "boot.log")
@@ -350,31 +414,80 @@ def test_broken_image_fails_with_the_right_verdict(runs, tmp_path, breakage, ver
 # ../shared/reference/official-images.md states for each (the values are
 # written here from that reference, not read from the config space).
 
-VENDOR_CELLS = ["bookworm-generic-amd64", "bookworm-ec2-amd64", "bookworm-azure-amd64", "bookworm-gce-amd64",
-                "trixie-genericcloud-amd64"]
+VENDOR_CELLS = [
+    "bookworm-generic-amd64",
+    "bookworm-ec2-amd64",
+    "bookworm-azure-amd64",
+    "bookworm-gce-amd64",
+    "trixie-genericcloud-amd64",
+]
 STRAY = "bookworm-stray-amd64"
 # Top-level packages every official image has (reference section 3.3).
-EVERY_IMAGE = set("""apparmor apt-listchanges apt-utils bash-completion bind9-host ca-certificates curl ethtool init
+EVERY_IMAGE = set(
+    """apparmor apt-listchanges apt-utils bash-completion bind9-host ca-certificates curl ethtool init
 iptables iputils-ping less libnss-myhostname libpam-systemd man-db manpages nano netbase netplan.io pciutils polkitd
 psmisc reportbug screen socat sudo systemd-resolved tcpdump traceroute unattended-upgrades uuid-runtime vim vim-tiny
-whiptail xz-utils zstd grub-cloud-amd64""".split())
+whiptail xz-utils zstd grub-cloud-amd64""".split()
+)
 OFFICIAL = {
     # cell: (kernel, vendor packages, absent packages, default user, GiB, GRUB timeout, kernel parameters, time)
-    "bookworm-generic-amd64": ("linux-image-amd64", {"cloud-init", "cloud-guest-utils", "openssh-server",
-                               "ssh-import-id", "cloud-initramfs-growroot", "systemd-timesyncd"},
-                               {"libnss-resolve", "ifupdown"}, "debian", 3, 0, [], None),
-    "bookworm-ec2-amd64": ("linux-image-cloud-amd64", {"cloud-init", "awscli", "amazon-ec2-utils", "openssh-server",
-                           "systemd-timesyncd"}, {"libnss-resolve", "ifupdown"}, "admin", 8, 0, [],
-                           "FallbackNTP=169.254.169.123 fd00:ec2::123"),
-    "bookworm-azure-amd64": ("linux-image-cloud-amd64", {"cloud-init", "waagent", "hyperv-daemons", "chrony",
-                             "openssh-server"}, {"libnss-resolve", "systemd-timesyncd", "ifupdown"}, "debian", 30, 1,
-                             ["nvme_core.io_timeout=240", "nvme_core.admin_timeout=240"],
-                             "refclock PHC /dev/ptp_hyperv poll 3 dpoll -2 offset 0"),
-    "bookworm-gce-amd64": ("linux-image-cloud-amd64", {"google-guest-agent", "google-compute-engine-oslogin",
-                           "openssh-server", "systemd-timesyncd"}, {"cloud-init", "libnss-resolve", "ifupdown"},
-                           None, 10, 0, ["intel_iommu=off"], "FallbackNTP=metadata.google.internal"),
-    "trixie-genericcloud-amd64": ("linux-image-cloud-amd64", {"cloud-init", "libnss-resolve", "linux-sysctl-defaults",
-                                  "dosfstools", "openssh-server"}, {"ifupdown"}, "debian", 3, 0, [], None),
+    "bookworm-generic-amd64": (
+        "linux-image-amd64",
+        {
+            "cloud-init",
+            "cloud-guest-utils",
+            "openssh-server",
+            "ssh-import-id",
+            "cloud-initramfs-growroot",
+            "systemd-timesyncd",
+        },
+        {"libnss-resolve", "ifupdown"},
+        "debian",
+        3,
+        0,
+        [],
+        None,
+    ),
+    "bookworm-ec2-amd64": (
+        "linux-image-cloud-amd64",
+        {"cloud-init", "awscli", "amazon-ec2-utils", "openssh-server", "systemd-timesyncd"},
+        {"libnss-resolve", "ifupdown"},
+        "admin",
+        8,
+        0,
+        [],
+        "FallbackNTP=169.254.169.123 fd00:ec2::123",
+    ),
+    "bookworm-azure-amd64": (
+        "linux-image-cloud-amd64",
+        {"cloud-init", "waagent", "hyperv-daemons", "chrony", "openssh-server"},
+        {"libnss-resolve", "systemd-timesyncd", "ifupdown"},
+        "debian",
+        30,
+        1,
+        ["nvme_core.io_timeout=240", "nvme_core.admin_timeout=240"],
+        "refclock PHC /dev/ptp_hyperv poll 3 dpoll -2 offset 0",
+    ),
+    "bookworm-gce-amd64": (
+        "linux-image-cloud-amd64",
+        {"google-guest-agent", "google-compute-engine-oslogin", "openssh-server", "systemd-timesyncd"},
+        {"cloud-init", "libnss-resolve", "ifupdown"},
+        None,
+        10,
+        0,
+        ["intel_iommu=off"],
+        "FallbackNTP=metadata.google.internal",
+    ),
+    "trixie-genericcloud-amd64": (
+        "linux-image-cloud-amd64",
+        {"cloud-init", "libnss-resolve", "linux-sysctl-defaults", "dosfstools", "openssh-server"},
+        {"ifupdown"},
+        "debian",
+        3,
+        0,
+        [],
+        None,
+    ),
 }
 
 
@@ -388,9 +501,11 @@ def vendor_builds(runs):
 def test_a_stray_user_fails_the_build_with_the_check_name(vendor_builds):
     base, result = vendor_builds
     assert result.returncode != 0
-    message = result.stdout[result.stdout.index(f"build:{STRAY} failed"):]
-    assert "image check FAILED with: only Debian's system users, none of them with a login shell: " \
-           "user tester is not one Debian's images have" in message
+    message = result.stdout[result.stdout.index(f"build:{STRAY} failed") :]
+    assert (
+        "image check FAILED with: only Debian's system users, none of them with a login shell: "
+        "user tester is not one Debian's images have" in message
+    )
     assert "user tester has uid 1000" in message and "user tester has the shell /bin/bash" in message
     assert not (base / "build" / STRAY / "disk.raw").exists(), "a failed build leaves no image"
 
@@ -406,16 +521,25 @@ def test_image_has_the_official_content(vendor_builds, cell):
 
     parts = {int(p["node"].rsplit("raw", 1)[1]): p for p in imagefs.partitions(image)}
     assert set(parts) == {1, 14, 15}
-    assert (parts[14]["start"], parts[14]["size"], parts[14]["type"]) == (2048, 6144,
-                                                                          "21686148-6449-6E6F-744E-656564454649")
-    assert (parts[15]["start"], parts[15]["size"], parts[15]["type"]) == (8192, 253952,
-                                                                          "C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+    assert (parts[14]["start"], parts[14]["size"], parts[14]["type"]) == (
+        2048,
+        6144,
+        "21686148-6449-6E6F-744E-656564454649",
+    )
+    assert (parts[15]["start"], parts[15]["size"], parts[15]["type"]) == (
+        8192,
+        253952,
+        "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+    )
     assert (parts[1]["start"], parts[1]["type"]) == (262144, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
 
     with imagefs.mounted(image, imagefs.root_partition_index(image)) as tree:
         status = (tree / "var/lib/dpkg/status").read_text().split("\n\n")
-        installed = {block.split("\n", 1)[0].removeprefix("Package: ") for block in status
-                     if "Status: install ok installed" in block}
+        installed = {
+            block.split("\n", 1)[0].removeprefix("Package: ")
+            for block in status
+            if "Status: install ok installed" in block
+        }
         assert EVERY_IMAGE | {kernel} | vendor <= installed, sorted(EVERY_IMAGE | {kernel} | vendor - installed)
         assert not never & installed, never & installed
 
@@ -433,28 +557,40 @@ def test_image_has_the_official_content(vendor_builds, cell):
 
         grub = (tree / "boot/grub/grub.cfg").read_text()
         linux = next(line.split() for line in grub.splitlines() if line.strip().startswith("linux"))
-        assert linux[3:] == ["ro", "console=tty0", "console=ttyS0,115200", "earlyprintk=ttyS0,115200",
-                             "consoleblank=0", *parameters]
+        assert linux[3:] == [
+            "ro",
+            "console=tty0",
+            "console=ttyS0,115200",
+            "earlyprintk=ttyS0,115200",
+            "consoleblank=0",
+            *parameters,
+        ]
         assert re.search(r"set timeout_style=\w+\s+set timeout=(\d+)", grub).group(1) == str(timeout)
         assert (tree / "etc/grub.d/enable_cloud").exists(), "grub-cloud keeps the ESP up to date"
 
         assert os.readlink(tree / "etc/resolv.conf") == "/run/systemd/resolve/resolv.conf"
         for unit in ("systemd-networkd.service", "systemd-resolved.service"):
-            assert list((tree / "etc/systemd/system").glob(f"*.wants/{unit}")) or \
-                any((d / unit).is_symlink() for d in (tree / "etc/systemd/system").glob("*.wants")), unit
+            assert list((tree / "etc/systemd/system").glob(f"*.wants/{unit}")) or any(
+                (d / unit).is_symlink() for d in (tree / "etc/systemd/system").glob("*.wants")
+            ), unit
         netplan = tree / "etc/netplan/90-default.yaml"
         assert netplan.exists() == ("gce" in cell)
         if netplan.exists():
             assert netplan.stat().st_mode & 0o777 == 0o600
 
         if time_source:
-            config = (tree / "etc/chrony/chrony.conf") if "azure" in cell else \
-                (tree / "etc/systemd/timesyncd.conf.d/01_debian_cloud.conf")
+            config = (
+                (tree / "etc/chrony/chrony.conf")
+                if "azure" in cell
+                else (tree / "etc/systemd/timesyncd.conf.d/01_debian_cloud.conf")
+            )
             assert time_source in config.read_text()
 
         sources = (tree / "etc/apt/sources.list.d/debian.sources").read_text()
-        assert f"Types: deb deb-src\nURIs: mirror+file:///etc/apt/mirrors/debian.list\n" \
-               f"Suites: {release} {release}-updates {release}-backports\nComponents: main\n" in sources
+        assert (
+            f"Types: deb deb-src\nURIs: mirror+file:///etc/apt/mirrors/debian.list\n"
+            f"Suites: {release} {release}-updates {release}-backports\nComponents: main\n" in sources
+        )
         assert f"Suites: {release}-security\n" in sources
         assert (tree / "etc/apt/mirrors/debian.list").read_text() == "https://deb.debian.org/debian\n"
         assert all(line.startswith("#") for line in (tree / "etc/apt/sources.list").read_text().splitlines())

@@ -58,8 +58,10 @@ def test_unreadable_package_list_names_the_file_and_line(nocloud):
     cell, files = nocloud
     files.packages.write_text("base-files\t12.4\tamd64\nbash 5.2 amd64\n")
     failure = graph.run_stage(f"manifest:{cell.name}", manifest.write, cell, files)
-    assert failure.message.startswith(f"manifest:{cell.name} failed: {files.packages}:2: expected "
-                                      "name<TAB>version<TAB>architecture, got 'bash 5.2 amd64'")
+    assert failure.message.startswith(
+        f"manifest:{cell.name} failed: {files.packages}:2: expected "
+        "name<TAB>version<TAB>architecture, got 'bash 5.2 amd64'"
+    )
     assert failure.log == str(files.packages)
 
 
@@ -67,10 +69,12 @@ def test_unreadable_package_list_names_the_file_and_line(nocloud):
 def test_a_loop_device_that_will_not_detach_does_not_hide_the_build_failure(tmp_path):
     backing = tmp_path / "disk.raw"
     backing.write_bytes(bytes(1 << 20))
-    device = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     holder = os.open(device, os.O_RDONLY)  # busy: losetup -d only marks it to go once released
     try:
+
         def failed_build():
             with loopdev.detached_afterwards(tmp_path, timeout=1):
                 raise fai.BuildFailed("fai-diskimage failed (exit status 1); full log: build.log")
@@ -95,7 +99,8 @@ def test_a_loop_device_that_will_not_detach_does_not_hide_the_build_failure(tmp_
 
 
 def test_doit_shows_failures_in_one_message_and_tracebacks_for_bugs_only(tmp_path):
-    (tmp_path / "dodo.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "dodo.py").write_text(
+        textwrap.dedent(f"""
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
@@ -115,14 +120,23 @@ def test_doit_shows_failures_in_one_message_and_tracebacks_for_bugs_only(tmp_pat
 
         def task_bug():
             return {{"actions": [(graph.run_stage, ["bug:x", a_bug])]}}
-        """))
-    seed = subprocess.run([sys.executable, "-m", "doit", "-f", str(tmp_path / "dodo.py"), "seed"],
-                          capture_output=True, text=True, cwd=tmp_path)
+        """)
+    )
+    seed = subprocess.run(
+        [sys.executable, "-m", "doit", "-f", str(tmp_path / "dodo.py"), "seed"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     output = seed.stdout + seed.stderr
     assert seed.returncode != 0
     assert "release:x failed: mkfs.vfat" in output and "already exists" in output
     assert "Traceback" not in output
-    bug = subprocess.run([sys.executable, "-m", "doit", "-f", str(tmp_path / "dodo.py"), "bug"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    bug = subprocess.run(
+        [sys.executable, "-m", "doit", "-f", str(tmp_path / "dodo.py"), "bug"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert bug.returncode != 0
     assert "Traceback" in bug.stdout + bug.stderr and "ValueError: a bug in the stage" in bug.stdout + bug.stderr

@@ -32,8 +32,9 @@ def loops_before():
 
 def leftovers(workdir: Path) -> dict:
     """Everything a build must not leave behind in or about workdir."""
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-              if str(workdir) in line.split()[1]]
+    mounts = [
+        line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if str(workdir) in line.split()[1]
+    ]
     processes = subprocess.run(["pgrep", "-af", str(workdir)], capture_output=True, text=True).stdout.splitlines()
     partials = [str(p) for p in workdir.rglob("*") if ".partial" in p.name]
     return {
@@ -90,9 +91,22 @@ def start_build(workdir: Path, jobs: int = 2) -> subprocess.Popen:
     # runs debootstrap itself, which the tests interrupt. With jobs > 0 the
     # build runs in a doit worker process, with 0 in doit's main process.
     child = subprocess.Popen(
-        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "-n", str(jobs), "--single",
-         "build:bookworm-nocloud-amd64", f"workdir={workdir}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "IMAGES_PROGRESS_INTERVAL": "1"},
+        [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(REPO / "dodo.py"),
+            "-n",
+            str(jobs),
+            "--single",
+            "build:bookworm-nocloud-amd64",
+            f"workdir={workdir}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "IMAGES_PROGRESS_INTERVAL": "1"},
         # A shell runs a command started with & with SIGINT ignored, and Python
         # keeps it ignored: give doit the SIGINT a terminal's Ctrl-C would reach.
         preexec_fn=_default_sigint,

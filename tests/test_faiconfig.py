@@ -9,38 +9,51 @@ from tasks.stages import faiconfig
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("path, owner", [
-    ("class/DEBIAN.var", "DEBIAN"),
-    ("class/50-host-classes", None),
-    ("package_config/CLOUD", "CLOUD"),
-    ("package_config/EC2.gpg", "EC2"),
-    ("disk_config/AMD64", "AMD64"),
-    ("debconf/GRUB_PC", "GRUB_PC"),
-    ("scripts/NOCLOUD/10-console", "NOCLOUD"),
-    ("tests/LAST/10-image-tree", "LAST"),
-    ("hooks/repository.DEBIAN", "DEBIAN"),
-    ("hooks/savelog.LAST.sh", "LAST"),
-    ("hooks/subroutines", None),
-    ("files/etc/default/grub.d/50-image.cfg/GRUB_PC", "GRUB_PC"),
-    ("files/etc/default/grub.d/50-image.cfg/postinst", None),
-    ("basefiles/BOOKWORM64.tar.zst", "BOOKWORM64"),
-    ("README", None),
-])
+@pytest.mark.parametrize(
+    "path, owner",
+    [
+        ("class/DEBIAN.var", "DEBIAN"),
+        ("class/50-host-classes", None),
+        ("package_config/CLOUD", "CLOUD"),
+        ("package_config/EC2.gpg", "EC2"),
+        ("disk_config/AMD64", "AMD64"),
+        ("debconf/GRUB_PC", "GRUB_PC"),
+        ("scripts/NOCLOUD/10-console", "NOCLOUD"),
+        ("tests/LAST/10-image-tree", "LAST"),
+        ("hooks/repository.DEBIAN", "DEBIAN"),
+        ("hooks/savelog.LAST.sh", "LAST"),
+        ("hooks/subroutines", None),
+        ("files/etc/default/grub.d/50-image.cfg/GRUB_PC", "GRUB_PC"),
+        ("files/etc/default/grub.d/50-image.cfg/postinst", None),
+        ("basefiles/BOOKWORM64.tar.zst", "BOOKWORM64"),
+        ("README", None),
+    ],
+)
 def test_owning_class(path, owner):
     assert faiconfig.owning_class(Path(path)) == owner
 
 
 def test_selection_follows_classes(test_matrix):
     space = REPO / "fai_config"
-    nocloud = {str(p.relative_to(space)) for p in
-               faiconfig.selected_files(space, test_matrix.cell("bookworm-nocloud-amd64").fai_classes)}
-    cloud = {str(p.relative_to(space)) for p in
-             faiconfig.selected_files(space, test_matrix.cell("bookworm-genericcloud-amd64").fai_classes)}
+    nocloud = {
+        str(p.relative_to(space))
+        for p in faiconfig.selected_files(space, test_matrix.cell("bookworm-nocloud-amd64").fai_classes)
+    }
+    cloud = {
+        str(p.relative_to(space))
+        for p in faiconfig.selected_files(space, test_matrix.cell("bookworm-genericcloud-amd64").fai_classes)
+    }
     assert {"scripts/NOCLOUD/10-password", "files/etc/netplan/90-default.yaml/NOCLOUD"} <= nocloud - cloud
     assert {"package_config/CLOUD", "files/etc/default/grub.d/15_timeout.cfg/CLOUD"} <= cloud - nocloud
     assert "class/TRIXIE.var" not in nocloud | cloud
-    shared = {"class/DEBIAN.var", "class/BOOKWORM.var", "scripts/LAST/90-clean", "hooks/partition.DEBIAN",
-              "scripts/DEBIAN/40-grub", "tests/LAST/10-image-checks"}
+    shared = {
+        "class/DEBIAN.var",
+        "class/BOOKWORM.var",
+        "scripts/LAST/90-clean",
+        "hooks/partition.DEBIAN",
+        "scripts/DEBIAN/40-grub",
+        "tests/LAST/10-image-checks",
+    }
     assert shared <= nocloud & cloud
 
 

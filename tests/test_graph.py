@@ -44,10 +44,13 @@ def test_every_cell_has_every_stage(tmp_path, test_matrix):
             assert f"{stage}:{cell.name}" in tasks
 
 
-@pytest.mark.parametrize("tier, expected", [
-    ("push", ["bookworm-genericcloud-amd64", "bookworm-nocloud-amd64"]),
-    ("full", None),
-])
+@pytest.mark.parametrize(
+    "tier, expected",
+    [
+        ("push", ["bookworm-genericcloud-amd64", "bookworm-nocloud-amd64"]),
+        ("full", None),
+    ],
+)
 def test_stage_groups_cover_the_tier(tmp_path, test_matrix, tier, expected):
     tasks = load(make_plan(tmp_path, tier=tier))
     expected = expected or [c.name for c in test_matrix.cells]
@@ -55,7 +58,8 @@ def test_stage_groups_cover_the_tier(tmp_path, test_matrix, tier, expected):
         # Known-failing cells (matrix.yaml's known_failures) take part through their xfail task.
         assert tasks[stage].task_dep == [
             f"{'xfail-' if test_matrix.known_failure(test_matrix.cell(name)) else ''}{stage}:{name}"
-            for name in expected]
+            for name in expected
+        ]
         assert tasks[stage].actions == []
 
 
@@ -69,8 +73,14 @@ def test_files_chain_the_stages(tmp_path):
     assert comp.file_dep == {f("disk.raw")} and comp.targets == [f("image.tar.xz"), f("image.qcow2")]
     assert boot.file_dep == {f("disk.raw")}
     assert boot.targets == [f("boot-bios.log"), f("boot-uefi.log"), f("boottest.json")]
-    assert man.file_dep == {f("image.tar.xz"), f("image.qcow2"), f("packages.tsv"), f("facts.json"), f("build-info.json"),
-                            f("boottest.json")}
+    assert man.file_dep == {
+        f("image.tar.xz"),
+        f("image.qcow2"),
+        f("packages.tsv"),
+        f("facts.json"),
+        f("build-info.json"),
+        f("boottest.json"),
+    }
     assert man.targets == [f("manifest.json")]
     assert pub.file_dep == {f("image.tar.xz"), f("image.qcow2"), f("manifest.json")}
     assert pub.targets == [f("published.json")]
@@ -79,10 +89,16 @@ def test_files_chain_the_stages(tmp_path):
 def test_build_depends_on_its_classes_files_only(tmp_path):
     tasks = load(make_plan(tmp_path))
     space = REPO / "fai_config"
-    nocloud = {Path(p).relative_to(space).as_posix()
-               for p in tasks["build:bookworm-nocloud-amd64"].file_dep if Path(p).is_relative_to(space)}
-    cloud = {Path(p).relative_to(space).as_posix()
-             for p in tasks["build:bookworm-genericcloud-amd64"].file_dep if Path(p).is_relative_to(space)}
+    nocloud = {
+        Path(p).relative_to(space).as_posix()
+        for p in tasks["build:bookworm-nocloud-amd64"].file_dep
+        if Path(p).is_relative_to(space)
+    }
+    cloud = {
+        Path(p).relative_to(space).as_posix()
+        for p in tasks["build:bookworm-genericcloud-amd64"].file_dep
+        if Path(p).is_relative_to(space)
+    }
     assert "scripts/NOCLOUD/10-password" in nocloud and "scripts/NOCLOUD/10-password" not in cloud
     assert "package_config/CLOUD" in cloud and "package_config/CLOUD" not in nocloud
     assert "class/BOOKWORM.var" in nocloud and "class/TRIXIE.var" not in nocloud
@@ -122,8 +138,10 @@ def test_publish_checks_storage(tmp_path):
     assert config_of(task) == {"storage": (tmp_path / "public").as_uri(), "keep_dailies": 14}
     check, args, _ = task.uptodate[1]
     assert check.__name__ == "still_published"
-    assert args == [str(tmp_path / "build" / "bookworm-nocloud-amd64" / "published.json"),
-                    (tmp_path / "public").as_uri()]
+    assert args == [
+        str(tmp_path / "build" / "bookworm-nocloud-amd64" / "published.json"),
+        (tmp_path / "public").as_uri(),
+    ]
 
 
 def test_vendors_and_architectures_select_their_own_files(tmp_path):
@@ -131,8 +149,11 @@ def test_vendors_and_architectures_select_their_own_files(tmp_path):
     space = REPO / "fai_config"
 
     def files(cell):
-        return {Path(p).relative_to(space).as_posix() for p in tasks[f"build:{cell}"].file_dep
-                if Path(p).is_relative_to(space)}
+        return {
+            Path(p).relative_to(space).as_posix()
+            for p in tasks[f"build:{cell}"].file_dep
+            if Path(p).is_relative_to(space)
+        }
 
     ec2, gce, arm = files("trixie-ec2-amd64"), files("trixie-gce-amd64"), files("trixie-ec2-arm64")
     assert "package_config/EC2" in ec2 and "package_config/EC2" not in gce
@@ -154,8 +175,9 @@ def test_one_base_per_release_and_architecture(tmp_path, test_matrix):
         tarball = str(tmp_path / "build" / "base" / f"{cell.base_name}.tar.zst")
         assert tarball in tasks[f"build:{cell.name}"].file_dep
         assert tasks[f"base:{cell.base_name}"].targets[0] == tarball
-    assert tasks["base"].task_dep == [f"base:{r}-{a}" for r in sorted(test_matrix.releases)
-                                      for a in sorted(test_matrix.architectures)]
+    assert tasks["base"].task_dep == [
+        f"base:{r}-{a}" for r in sorted(test_matrix.releases) for a in sorted(test_matrix.architectures)
+    ]
     assert load(make_plan(tmp_path))["base"].task_dep == ["base:bookworm-amd64"]
 
 
@@ -165,14 +187,23 @@ def test_the_base_holds_the_packages_every_image_gets(tmp_path, monkeypatch):
     (space / "package_config" / "DEBIAN").write_text(
         "# every image\nPACKAGES install-norec\nsystemd-sysv udev  # init\nlibc6:amd64 sudo\n"
         "PACKAGES install BOOKWORM\nifupdown\nPACKAGES install\nopenssh-server udev\n"
-        "PACKAGES remove\nnano\n")
+        "PACKAGES remove\nnano\n"
+    )
     (space / "package_config" / "AMD64").write_text(
         "PACKAGES install-norec\ngrub-cloud-amd64\nPACKAGES install-norec LINUX_CLOUD\nlinux-image-cloud-amd64\n"
-        "PACKAGES install-norec TRIXIE BOOKWORM\ndosfstools\n")
+        "PACKAGES install-norec TRIXIE BOOKWORM\ndosfstools\n"
+    )
     assert base.common_packages(space) == ("systemd-sysv", "udev", "sudo", "openssh-server")
     # A section applies when any class it names is one every image of the base has.
     assert base.common_packages(space, ("DEBIAN", "BOOKWORM", "AMD64")) == (
-        "systemd-sysv", "udev", "sudo", "ifupdown", "openssh-server", "grub-cloud-amd64", "dosfstools")
+        "systemd-sysv",
+        "udev",
+        "sudo",
+        "ifupdown",
+        "openssh-server",
+        "grub-cloud-amd64",
+        "dosfstools",
+    )
 
     tasks = load(make_plan(tmp_path))
     config = config_of(tasks["base:bookworm-amd64"])
@@ -187,8 +218,10 @@ def test_the_base_is_upgraded_from_the_suites_its_release_class_names(tmp_path):
     settings = BuildSettings()
     bookworm, sid = Release("bookworm", "12"), Release("sid", "sid")
     assert base.upgrade_sources(REPO / "fai_config", bookworm, settings) == (
-        f"deb {settings.mirror} bookworm main", f"deb {settings.mirror} bookworm-updates main",
-        f"deb {settings.security_mirror} bookworm-security main")
+        f"deb {settings.mirror} bookworm main",
+        f"deb {settings.mirror} bookworm-updates main",
+        f"deb {settings.security_mirror} bookworm-security main",
+    )
     assert base.upgrade_sources(REPO / "fai_config", sid, settings) == (f"deb {settings.mirror} sid main",)
 
     # The suites come from the config space: editing them makes the base again.
@@ -200,8 +233,10 @@ def test_the_base_is_upgraded_from_the_suites_its_release_class_names(tmp_path):
     var = space / "class" / "BOOKWORM.var"
     var.write_text(var.read_text().replace('APT_SUITES="bookworm bookworm-updates"', 'APT_SUITES="bookworm"'))
     after = config_of(load(the_plan)["base:bookworm-amd64"])
-    assert after["upgrade_from"] == [f"deb {settings.mirror} bookworm main",
-                                     f"deb {settings.security_mirror} bookworm-security main"]
+    assert after["upgrade_from"] == [
+        f"deb {settings.mirror} bookworm main",
+        f"deb {settings.security_mirror} bookworm-security main",
+    ]
     assert after != before
 
 
@@ -213,8 +248,10 @@ def test_known_failures_join_the_groups_through_xfail_tasks(tmp_path, monkeypatc
     matrix_file = tmp_path / "matrix.yaml"
     matrix_file.write_text(yaml.safe_dump(data, sort_keys=False))
     tasks = load(make_plan(tmp_path, matrix=str(matrix_file)))
-    assert tasks["boottest"].task_dep == ["boottest:bookworm-genericcloud-amd64",
-                                          "xfail-boottest:bookworm-nocloud-amd64"]
+    assert tasks["boottest"].task_dep == [
+        "boottest:bookworm-genericcloud-amd64",
+        "xfail-boottest:bookworm-nocloud-amd64",
+    ]
     xfail = tasks["xfail-boottest:bookworm-nocloud-amd64"]
     cell_dir = tmp_path / "build" / "bookworm-nocloud-amd64"
     assert xfail.targets == [str(cell_dir / "xfail-boottest.json")]
@@ -222,10 +259,15 @@ def test_known_failures_join_the_groups_through_xfail_tasks(tmp_path, monkeypatc
     # It runs the cell's stages up to boottest, writing none of the files the cell's own tasks make:
     # its stages' files go to a directory of its own.
     ran, written_to = [], set()
-    for name, module, function in (("build", fai, "build"), ("compress", compress, "compress"),
-                                   ("boottest", boottest, "boot_test"), ("manifest", manifest, "write")):
-        monkeypatch.setattr(module, function, lambda cell, files, *args, name=name: (ran.append(name),
-                                                                                     written_to.add(files.dir)))
+    for name, module, function in (
+        ("build", fai, "build"),
+        ("compress", compress, "compress"),
+        ("boottest", boottest, "boot_test"),
+        ("manifest", manifest, "write"),
+    ):
+        monkeypatch.setattr(
+            module, function, lambda cell, files, *args, name=name: (ran.append(name), written_to.add(files.dir))
+        )
     assert xfail.execute(Stream(0)) is None
     assert ran == ["build", "compress", "boottest"]
     assert written_to == {cell_dir / "xfail-boottest"}
@@ -247,15 +289,23 @@ def test_actions_are_module_level_functions(tmp_path):
                 pytest.fail(f"{name}: its action cannot go to a worker process: {error}")
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"xz_level": "12"}, "command line: xz_level: expected a whole number from 0 to 9, got '12'"),
-    ({"version": "2026 11"}, "command line: version: expected letters, digits and .+~- only, got '2026 11'"),
-    ({"tier": "nightly"}, "tiers: no tier named 'nightly' (expected one of: push, full)"),
-    ({"storage": "ftp://host/images"},
-     "command line: storage: expected a directory or a file://, http://, https://, s3:// URL, got 'ftp://host/images'"),
-    ({"worddir": "/x"}, "command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, "
-                        "version, xz_level, source, cells, confirm, left, right)"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"xz_level": "12"}, "command line: xz_level: expected a whole number from 0 to 9, got '12'"),
+        ({"version": "2026 11"}, "command line: version: expected letters, digits and .+~- only, got '2026 11'"),
+        ({"tier": "nightly"}, "tiers: no tier named 'nightly' (expected one of: push, full)"),
+        (
+            {"storage": "ftp://host/images"},
+            "command line: storage: expected a directory or a file://, http://, https://, s3:// URL, got 'ftp://host/images'",
+        ),
+        (
+            {"worddir": "/x"},
+            "command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, "
+            "version, xz_level, source, cells, confirm, left, right)",
+        ),
+    ],
+)
 def test_bad_options(tmp_path, options, message):
     with pytest.raises(MatrixError) as caught:
         make_plan(tmp_path, **options)

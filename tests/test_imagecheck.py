@@ -12,8 +12,16 @@ from tasks.stages.imagecheck import Image
 
 REPO = Path(__file__).resolve().parent.parent
 CLOUD_CLASSES = frozenset({"DEBIAN", "BOOKWORM", "AMD64", "CLOUD", "GENERIC", "LAST"})
-ESP = frozenset({"EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/GRUBX64.EFI", "EFI/BOOT/MMX64.EFI", "EFI/DEBIAN/SHIMX64.EFI",
-                 "EFI/DEBIAN/GRUBX64.EFI", "EFI/DEBIAN/GRUB.CFG"})
+ESP = frozenset(
+    {
+        "EFI/BOOT/BOOTX64.EFI",
+        "EFI/BOOT/GRUBX64.EFI",
+        "EFI/BOOT/MMX64.EFI",
+        "EFI/DEBIAN/SHIMX64.EFI",
+        "EFI/DEBIAN/GRUBX64.EFI",
+        "EFI/DEBIAN/GRUB.CFG",
+    }
+)
 PASSWD = """root:x:0:0:root:/root:/bin/bash
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
 sync:x:4:65534:sync:/bin:/bin/sync
@@ -22,8 +30,21 @@ nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
 systemd-network:x:998:998:systemd Network Management:/:/usr/sbin/nologin
 sshd:x:100:65534::/run/sshd:/usr/sbin/nologin
 """
-GROUPS = ["root", "adm", "audio", "cdrom", "dialout", "dip", "floppy", "plugdev", "sudo", "video", "nogroup",
-          "systemd-journal", "_ssh"]
+GROUPS = [
+    "root",
+    "adm",
+    "audio",
+    "cdrom",
+    "dialout",
+    "dip",
+    "floppy",
+    "plugdev",
+    "sudo",
+    "video",
+    "nogroup",
+    "systemd-journal",
+    "_ssh",
+]
 
 
 def write(root: Path, relative: str, text: str = "") -> Path:
@@ -38,8 +59,12 @@ def good_tree(root: Path) -> Path:
         (root / directory).mkdir(parents=True, exist_ok=True)
     write(root, "boot/vmlinuz-6.1.0-28-cloud-amd64")
     write(root, "boot/initrd.img-6.1.0-28-cloud-amd64")
-    write(root, "boot/grub/grub.cfg", "menuentry 'Debian' {\n\tlinux /boot/vmlinuz-6.1.0-28-cloud-amd64 "
-                                      "root=PARTUUID=0b9f5f0e-1 ro console=ttyS0\n}\n")
+    write(
+        root,
+        "boot/grub/grub.cfg",
+        "menuentry 'Debian' {\n\tlinux /boot/vmlinuz-6.1.0-28-cloud-amd64 "
+        "root=PARTUUID=0b9f5f0e-1 ro console=ttyS0\n}\n",
+    )
     (root / "boot/grub/i386-pc").mkdir()
     (root / "boot/grub/x86_64-efi").mkdir()
     write(root, "etc/cloud-release", 'ID=genericcloud\nVERSION="1"\n')
@@ -52,8 +77,11 @@ def good_tree(root: Path) -> Path:
     write(root, "etc/machine-id")
     write(root, "etc/hostname")
     write(root, "etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-    write(root, "var/lib/dpkg/status", "Package: base-files\nStatus: install ok installed\n\n"
-                                       "Package: sudo\nStatus: install ok installed\n")
+    write(
+        root,
+        "var/lib/dpkg/status",
+        "Package: base-files\nStatus: install ok installed\n\nPackage: sudo\nStatus: install ok installed\n",
+    )
     write(root, "var/lib/dpkg/diversions", "")
     write(root, "sbin/init")
     write(root, "usr/sbin/sshd")
@@ -88,39 +116,75 @@ BREAKAGES = [
     # (what breaks the tree, the check that must fail, a word of its message)
     (lambda root: write(root, "tmp/build-leftover"), "runtime and cache directories are empty", "/tmp holds"),
     (lambda root: write(root, "etc/mailname", "debian\n"), "no mailname and no kernel links in /", "/etc/mailname"),
-    (lambda root: (root / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-28-cloud-amd64"),
-     "no mailname and no kernel links in /", "/vmlinuz"),
-    (lambda root: (root / "boot/grub/i386-pc").rmdir(), "kernel, initramfs, grub.cfg and GRUB's modules in /boot",
-     "i386-pc"),
+    (
+        lambda root: (root / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-28-cloud-amd64"),
+        "no mailname and no kernel links in /",
+        "/vmlinuz",
+    ),
+    (
+        lambda root: (root / "boot/grub/i386-pc").rmdir(),
+        "kernel, initramfs, grub.cfg and GRUB's modules in /boot",
+        "i386-pc",
+    ),
     (drop("etc/cloud-release"), "/etc/cloud-release exists", "missing"),
     (lambda root: write(root, "etc/default/locale", "LANG=en_US.UTF-8\n"), "locale is C.UTF-8", "en_US"),
-    (lambda root: (root / "etc/resolv.conf").unlink() or write(root, "etc/resolv.conf", "nameserver 10.0.0.1\n"),
-     "/etc/resolv.conf is a link or absent", "a file"),
+    (
+        lambda root: (root / "etc/resolv.conf").unlink() or write(root, "etc/resolv.conf", "nameserver 10.0.0.1\n"),
+        "/etc/resolv.conf is a link or absent",
+        "a file",
+    ),
     (append("etc/group", "docker:x:999:\n"), "only Debian's system groups", "docker"),
     (lambda root: write(root, "etc/group", "root:x:0:\n"), "only Debian's system groups", "sudo is missing"),
     # A stray user with a login shell, as a leftover of a test or a cloud-init run.
-    (append("etc/passwd", "debian:x:1000:1000:Debian:/home/debian:/bin/bash\n"),
-     "only Debian's system users, none of them with a login shell", "debian"),
-    (append("etc/passwd", "messagebus:x:101:101::/nonexistent:/bin/sh\n"),
-     "only Debian's system users, none of them with a login shell", "shell /bin/sh"),
-    (append("var/lib/dpkg/status", "\nPackage: ifupdown\nStatus: deinstall ok config-files\n"),
-     "every package is fully installed", "ifupdown"),
-    (lambda root: write(root, "var/log/dpkg.log", "install sudo\n"),
-     "/var/log holds only what Debian allows, emptied", "dpkg.log"),
+    (
+        append("etc/passwd", "debian:x:1000:1000:Debian:/home/debian:/bin/bash\n"),
+        "only Debian's system users, none of them with a login shell",
+        "debian",
+    ),
+    (
+        append("etc/passwd", "messagebus:x:101:101::/nonexistent:/bin/sh\n"),
+        "only Debian's system users, none of them with a login shell",
+        "shell /bin/sh",
+    ),
+    (
+        append("var/lib/dpkg/status", "\nPackage: ifupdown\nStatus: deinstall ok config-files\n"),
+        "every package is fully installed",
+        "ifupdown",
+    ),
+    (
+        lambda root: write(root, "var/log/dpkg.log", "install sudo\n"),
+        "/var/log holds only what Debian allows, emptied",
+        "dpkg.log",
+    ),
     (lambda root: write(root, "var/log/wtmp", "x"), "/var/log holds only what Debian allows, emptied", "not empty"),
     (lambda root: (root / "sbin/init").unlink(), "an init that outlives FAI's clean-up", "/sbin/init"),
     (lambda root: write(root, "etc/fstab", "UUID=abc / ext4 rw 0 1\n"), "fstab mounts by PARTUUID", "UUID=abc"),
-    (lambda root: write(root, "boot/grub/grub.cfg", "linux /vmlinuz root=/dev/loop0p1 ro\n"),
-     "grub.cfg finds root by PARTUUID", "root=/dev/loop0p1"),
-    (lambda root: write(root, "etc/ssh/ssh_host_ed25519_key", "KEY"), "a fresh identity for every instance",
-     "ssh_host_ed25519_key"),
+    (
+        lambda root: write(root, "boot/grub/grub.cfg", "linux /vmlinuz root=/dev/loop0p1 ro\n"),
+        "grub.cfg finds root by PARTUUID",
+        "root=/dev/loop0p1",
+    ),
+    (
+        lambda root: write(root, "etc/ssh/ssh_host_ed25519_key", "KEY"),
+        "a fresh identity for every instance",
+        "ssh_host_ed25519_key",
+    ),
     (lambda root: write(root, "etc/hostname", "builder\n"), "a fresh identity for every instance", "hostname"),
-    (append("etc/hosts", "10.1.2.3\tbuildhost.example.org\n"), "nothing of the build host or the build left",
-     "buildhost"),
-    (lambda root: write(root, "etc/apt/apt.conf.d/00image-build"), "nothing of the build host or the build left",
-     "00image-build"),
-    (lambda root: write(root, "etc/shadow", "root:$6$salt$hash:20000:0:99999:7:::\n"), "root has no password",
-     "password"),
+    (
+        append("etc/hosts", "10.1.2.3\tbuildhost.example.org\n"),
+        "nothing of the build host or the build left",
+        "buildhost",
+    ),
+    (
+        lambda root: write(root, "etc/apt/apt.conf.d/00image-build"),
+        "nothing of the build host or the build left",
+        "00image-build",
+    ),
+    (
+        lambda root: write(root, "etc/shadow", "root:$6$salt$hash:20000:0:99999:7:::\n"),
+        "root has no password",
+        "password",
+    ),
     (drop("usr/sbin/sshd"), "an SSH server", "sshd"),
 ]
 
@@ -154,9 +218,23 @@ def test_the_command_prints_one_line_per_check_and_fails_on_a_failure(tmp_path):
     write(root, "etc/mailname", "debian\n")
 
     def run():
-        return subprocess.run([sys.executable, "-m", "tasks.stages.imagecheck", "--root", str(root), "--arch", "amd64",
-                               "--classes", " ".join(sorted(CLOUD_CLASSES))], cwd=REPO, capture_output=True,
-                              text=True)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tasks.stages.imagecheck",
+                "--root",
+                str(root),
+                "--arch",
+                "amd64",
+                "--classes",
+                " ".join(sorted(CLOUD_CLASSES)),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+
     result = run()
     assert result.returncode == 1 and result.stderr == ""
     lines = result.stdout.splitlines()

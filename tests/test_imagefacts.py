@@ -19,21 +19,35 @@ def official_like(root: Path) -> Path:
     good_tree(root)
     write(root, "usr/bin/cloud-init")
     write(root, "etc/cloud/cloud.cfg", "system_info:\n  default_user:\n    name: debian\n  distro: debian\n")
-    write(root, "etc/cloud/cloud.cfg.d/01_debian_cloud.cfg",
-          "apt:\n  generate_mirrorlists: true\nsystem_info:\n  default_user:\n    name: admin\n"
-          "    groups: [adm, sudo]\n")
-    write(root, "var/lib/dpkg/status", "".join(f"Package: {p}\nStatus: install ok installed\n\n" for p in
-                                               ("netplan.io", "systemd-timesyncd", "openssh-server", "cloud-init")))
+    write(
+        root,
+        "etc/cloud/cloud.cfg.d/01_debian_cloud.cfg",
+        "apt:\n  generate_mirrorlists: true\nsystem_info:\n  default_user:\n    name: admin\n    groups: [adm, sudo]\n",
+    )
+    write(
+        root,
+        "var/lib/dpkg/status",
+        "".join(
+            f"Package: {p}\nStatus: install ok installed\n\n"
+            for p in ("netplan.io", "systemd-timesyncd", "openssh-server", "cloud-init")
+        ),
+    )
     write(root, "etc/systemd/timesyncd.conf.d/01_debian_cloud.conf", "[Time]\nFallbackNTP=169.254.169.123\n")
-    write(root, "etc/apt/sources.list.d/debian.sources",
-          "Types: deb deb-src\nURIs: mirror+file:///etc/apt/mirrors/debian.list\n"
-          "Suites: bookworm bookworm-updates bookworm-backports\nComponents: main\n\n"
-          "Types: deb deb-src\nURIs: mirror+file:///etc/apt/mirrors/debian-security.list\n"
-          "Suites: bookworm-security\nComponents: main\n")
+    write(
+        root,
+        "etc/apt/sources.list.d/debian.sources",
+        "Types: deb deb-src\nURIs: mirror+file:///etc/apt/mirrors/debian.list\n"
+        "Suites: bookworm bookworm-updates bookworm-backports\nComponents: main\n\n"
+        "Types: deb deb-src\nURIs: mirror+file:///etc/apt/mirrors/debian-security.list\n"
+        "Suites: bookworm-security\nComponents: main\n",
+    )
     write(root, "etc/apt/sources.list", "# see debian.sources\n")
     write(root, "etc/apt/mirrors/debian.list", "https://deb.debian.org/debian\n")
-    write(root, "etc/ssh/sshd_config", "#PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-                                       "ClientAliveInterval 120\n")
+    write(
+        root,
+        "etc/ssh/sshd_config",
+        "#PermitRootLogin prohibit-password\nPasswordAuthentication no\nClientAliveInterval 120\n",
+    )
     (root / "etc/systemd/system/multi-user.target.wants").mkdir(parents=True)
     (root / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service").symlink_to("/lib/x")
     return root
@@ -63,8 +77,9 @@ def test_two_builds_of_a_cell_compare_equal_and_a_change_shows(tmp_path):
     write(two_root, "var/lib/dpkg/status", "Package: ifupdown\nStatus: install ok installed\n")
     lines = imagefacts.compare(one, imagefacts.measure(two_root))
     assert 'users.default_user: "admin" != "debian"' in lines
-    assert ("packages: only left: cloud-init, netplan.io, openssh-server, systemd-timesyncd; "
-            "only right: ifupdown") in lines
+    assert (
+        "packages: only left: cloud-init, netplan.io, openssh-server, systemd-timesyncd; only right: ifupdown"
+    ) in lines
 
 
 def test_a_missing_report_or_another_schema_is_one_line(tmp_path):
@@ -83,8 +98,12 @@ def test_doit_compare_takes_cells_and_files(tmp_path, capsys):
     facts = json.loads(left.read_text())
     facts["hostname"] = "changed"
     manifest.write_text(json.dumps({"schema": 2, "artifacts": [], "facts": facts}))
-    options = {"workdir": str(tmp_path / "build"), "left": str(left), "right": str(manifest),
-               "matrix": str(REPO / "tests" / "data" / "matrix.yaml")}
+    options = {
+        "workdir": str(tmp_path / "build"),
+        "left": str(left),
+        "right": str(manifest),
+        "matrix": str(REPO / "tests" / "data" / "matrix.yaml"),
+    }
     the_plan = plan.from_options(REPO, options.get, options)
     assert graph.compare_reports(the_plan) is None
     out = capsys.readouterr().out

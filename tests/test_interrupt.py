@@ -184,8 +184,19 @@ def task_compress():
 def task_boottest():
     yield from stage("boottest")
 """)
-    command = [sys.executable, "-m", "doit", "-f", str(tmp_path / "two_stages.py"), "-n", "2",
-               "compress", "boottest", f"matrix={matrix}", f"workdir={workdir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "doit",
+        "-f",
+        str(tmp_path / "two_stages.py"),
+        "-n",
+        "2",
+        "compress",
+        "boottest",
+        f"matrix={matrix}",
+        f"workdir={workdir}",
+    ]
     with open(tmp_path / "doit.out", "w+") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 60
@@ -204,19 +215,35 @@ def task_boottest():
         output = out.read()
     assert child.returncode != 0
     assert took < 15, f"doit took {took:.1f} s to stop"
-    left = [pid for pid in running if os.path.exists(f"/proc/{pid}") and
-            open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+    left = [
+        pid for pid in running if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    ]
     assert not left, f"still running: {[running[pid] for pid in left]}"
     assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).returncode == 1
     assert "Traceback" not in output, output
-    assert [line for line in output.splitlines() if line.startswith("interrupted")] == \
-        ["interrupted (SIGTERM): finished tasks are recorded; run doit again to go on"], output
+    assert [line for line in output.splitlines() if line.startswith("interrupted")] == [
+        "interrupted (SIGTERM): finished tasks are recorded; run doit again to go on"
+    ], output
     assert sorted(p.name for p in cell.iterdir()) == ["disk.raw"], "no artifact, log or partial file"
     summary = json.loads((workdir / "run-summary.json").read_text())
-    assert {stage: entry["outcome"] for stage, entry in summary["cells"]["bookworm-nocloud-amd64"]["stages"].items()} \
-        == {"compress": "interrupted", "boottest": "interrupted"}
+    assert {
+        stage: entry["outcome"] for stage, entry in summary["cells"]["bookworm-nocloud-amd64"]["stages"].items()
+    } == {"compress": "interrupted", "boottest": "interrupted"}
     # The run lock went with the run: the next one starts.
-    again = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "forget",
-                            "compress:bookworm-nocloud-amd64", f"matrix={matrix}", f"workdir={workdir}"],
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(REPO / "dodo.py"),
+            "forget",
+            "compress:bookworm-nocloud-amd64",
+            f"matrix={matrix}",
+            f"workdir={workdir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0, again.stdout + again.stderr

@@ -35,8 +35,22 @@ def setup(tmp_path):
 
 
 def doit(matrix, workdir, *args):
-    return subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "--single", *args,
-                           f"matrix={matrix}", f"workdir={workdir}"], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(REPO / "dodo.py"),
+            "--single",
+            *args,
+            f"matrix={matrix}",
+            f"workdir={workdir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_expected_failure_does_not_fail_the_run(setup):

@@ -22,7 +22,9 @@ def test_manifest_describes_the_image(nocloud):
     assert data["build"]["fai_classes"] == list(cell.fai_classes)
     assert data["build"]["started"] == "2026-11-25T12:00:00+00:00"
     assert [a["name"] for a in data["artifacts"]] == [
-        "debian-12-nocloud-amd64-20261125-1200.tar.xz", "debian-12-nocloud-amd64-20261125-1200.qcow2"]
+        "debian-12-nocloud-amd64-20261125-1200.tar.xz",
+        "debian-12-nocloud-amd64-20261125-1200.qcow2",
+    ]
     for artifact in data["artifacts"]:
         path = files.artifact(artifact["format"])
         assert artifact["size"] == path.stat().st_size

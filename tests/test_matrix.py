@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.model import matrix
+from tasks.model import matrix, settings
 from tasks.model.matrix import MatrixError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,11 +47,24 @@ def test_cell_name_classes_and_image_name():
     cell = m.cell("bookworm-genericcloud-amd64")
     assert (cell.release.name, cell.vendor.name, cell.arch.name) == ("bookworm", "genericcloud", "amd64")
     assert cell.fai_classes == (
-        "DEBIAN", "BOOKWORM", "AMD64", "CLOUD", "GENERIC", "LINUX_CLOUD", "TIME_SYSTEMD",
+        "DEBIAN",
+        "BOOKWORM",
+        "AMD64",
+        "CLOUD",
+        "GENERIC",
+        "LINUX_CLOUD",
+        "TIME_SYSTEMD",
         # a vendor class on this architecture, on this release: after the plain ones, so they win
-        "CLOUD+AMD64", "GENERIC+AMD64", "LINUX_CLOUD+AMD64", "TIME_SYSTEMD+AMD64",
-        "BOOKWORM+CLOUD", "BOOKWORM+GENERIC", "BOOKWORM+LINUX_CLOUD", "BOOKWORM+TIME_SYSTEMD",
-        "LAST")
+        "CLOUD+AMD64",
+        "GENERIC+AMD64",
+        "LINUX_CLOUD+AMD64",
+        "TIME_SYSTEMD+AMD64",
+        "BOOKWORM+CLOUD",
+        "BOOKWORM+GENERIC",
+        "BOOKWORM+LINUX_CLOUD",
+        "BOOKWORM+TIME_SYSTEMD",
+        "LAST",
+    )
     assert cell.base_name == "bookworm-amd64"
     assert m.cell("sid-azure-arm64").arch.firmware == ("uefi",)
     assert cell.arch.firmware == ("bios", "uefi")
@@ -67,8 +80,9 @@ def test_cells_are_immutable():
 
 def test_wildcard_selection():
     m = matrix.load(FIXTURE_MATRIX)
-    assert {c.name for c in m.select("*-nocloud-*")} == {f"{r}-nocloud-{a}" for r in m.releases
-                                                          for a in m.architectures}
+    assert {c.name for c in m.select("*-nocloud-*")} == {
+        f"{r}-nocloud-{a}" for r in m.releases for a in m.architectures
+    }
     assert {c.name for c in m.select("trixie-*-arm64")} == {f"trixie-{v}-arm64" for v in m.vendors}
     assert m.select("bookworm-genericcloud-amd64") == [m.cell("bookworm-genericcloud-amd64")]
 
@@ -76,77 +90,138 @@ def test_wildcard_selection():
 @pytest.mark.parametrize(
     "mutate, expected",
     [
-        (lambda d: d["vendors"]["nocloud"].update(colour="blue"),
-         "vendors.nocloud.colour: unknown key (expected one of: fai_classes, disk_size, formats, boot_until)"),
+        (
+            lambda d: d["vendors"]["nocloud"].update(colour="blue"),
+            "vendors.nocloud.colour: unknown key (expected one of: fai_classes, disk_size, formats, boot_until)",
+        ),
         (lambda d: d["vendors"]["nocloud"].pop("disk_size"), "vendors.nocloud.disk_size: missing"),
-        (lambda d: d["vendors"]["nocloud"].update(disk_size="huge"),
-         "vendors.nocloud.disk_size: expected a size such as 2G or 512M, got 'huge'"),
-        (lambda d: d["vendors"]["nocloud"].update(disk_size=2),
-         "vendors.nocloud.disk_size: expected a size such as 2G or 512M, got 2"),
-        (lambda d: d["vendors"]["nocloud"].update(formats=["zip"]),
-         "vendors.nocloud.formats[0]: expected one of: tar.xz, qcow2, vhd.tar.xz, tar.gz, got 'zip'"),
-        (lambda d: d["vendors"]["nocloud"].update(formats="qcow2"),
-         "vendors.nocloud.formats: expected a non-empty list, got 'qcow2'"),
-        (lambda d: d["vendors"]["nocloud"].update(fai_classes=["cloud"]),
-         "vendors.nocloud.fai_classes[0]: expected an upper-case FAI class name such as CLOUD, got 'cloud'"),
-        (lambda d: d["releases"]["bookworm"].update(version=None),
-         "releases.bookworm.version: expected a string, got nothing"),
-        (lambda d: d["architectures"].update(mips={"fai_classes": ["MIPS"], "firmware": ["uefi"]}),
-         "architectures.mips: unsupported architecture (expected one of: amd64, arm64)"),
-        (lambda d: d["architectures"]["arm64"].update(firmware=["bios"]),
-         "architectures.arm64.firmware[0]: expected one of: uefi, got 'bios'"),
-        (lambda d: d.update(known_failures=[{"cells": "potato-*", "reason": "too old"}]),
-         "known_failures[0].cells: 'potato-*' matches no cell (cells are named like bookworm-generic-amd64)"),
+        (
+            lambda d: d["vendors"]["nocloud"].update(disk_size="huge"),
+            "vendors.nocloud.disk_size: expected a size such as 2G or 512M, got 'huge'",
+        ),
+        (
+            lambda d: d["vendors"]["nocloud"].update(disk_size=2),
+            "vendors.nocloud.disk_size: expected a size such as 2G or 512M, got 2",
+        ),
+        (
+            lambda d: d["vendors"]["nocloud"].update(formats=["zip"]),
+            "vendors.nocloud.formats[0]: expected one of: tar.xz, qcow2, vhd.tar.xz, tar.gz, got 'zip'",
+        ),
+        (
+            lambda d: d["vendors"]["nocloud"].update(formats="qcow2"),
+            "vendors.nocloud.formats: expected a non-empty list, got 'qcow2'",
+        ),
+        (
+            lambda d: d["vendors"]["nocloud"].update(fai_classes=["cloud"]),
+            "vendors.nocloud.fai_classes[0]: expected an upper-case FAI class name such as CLOUD, got 'cloud'",
+        ),
+        (
+            lambda d: d["releases"]["bookworm"].update(version=None),
+            "releases.bookworm.version: expected a string, got nothing",
+        ),
+        (
+            lambda d: d["architectures"].update(mips={"fai_classes": ["MIPS"], "firmware": ["uefi"]}),
+            "architectures.mips: unsupported architecture (expected one of: amd64, arm64)",
+        ),
+        (
+            lambda d: d["architectures"]["arm64"].update(firmware=["bios"]),
+            "architectures.arm64.firmware[0]: expected one of: uefi, got 'bios'",
+        ),
+        (
+            lambda d: d.update(known_failures=[{"cells": "potato-*", "reason": "too old"}]),
+            "known_failures[0].cells: 'potato-*' matches no cell (cells are named like bookworm-generic-amd64)",
+        ),
         (lambda d: d.update(known_failures=[{"cells": "sid-*"}]), "known_failures[0].reason: missing"),
         (lambda d: d.update(deviations=[{"what": "hosts"}]), "deviations[0].reason: missing"),
-        (lambda d: d.update(deviations={"what": "hosts"}), "deviations: expected a list of {what, reason}, got a mapping"),
-        (lambda d: d.update(known_failures={"cells": "sid-*"}),
-         "known_failures: expected a list of {cells, reason}, got a mapping"),
-        (lambda d: d["tiers"]["push"][0].update(vendors=["nocluod"]),
-         "tiers.push[0].vendors[0]: unknown vendor 'nocluod' (expected one of: generic, genericcloud, nocloud, ec2, "
-         "azure, gce)"),
-        (lambda d: d["tiers"]["push"][0].update(releases=["buster"]),
-         "tiers.push[0].releases[0]: unknown release 'buster' (expected one of: bookworm, trixie, sid)"),
-        (lambda d: d["tiers"]["push"][0].update(architectures=["arm"]),
-         "tiers.push[0].architectures[0]: unknown architecture 'arm' (expected one of: amd64, arm64)"),
+        (
+            lambda d: d.update(deviations={"what": "hosts"}),
+            "deviations: expected a list of {what, reason}, got a mapping",
+        ),
+        (
+            lambda d: d.update(known_failures={"cells": "sid-*"}),
+            "known_failures: expected a list of {cells, reason}, got a mapping",
+        ),
+        (
+            lambda d: d["tiers"]["push"][0].update(vendors=["nocluod"]),
+            "tiers.push[0].vendors[0]: unknown vendor 'nocluod' (expected one of: generic, genericcloud, nocloud, ec2, "
+            "azure, gce)",
+        ),
+        (
+            lambda d: d["tiers"]["push"][0].update(releases=["buster"]),
+            "tiers.push[0].releases[0]: unknown release 'buster' (expected one of: bookworm, trixie, sid)",
+        ),
+        (
+            lambda d: d["tiers"]["push"][0].update(architectures=["arm"]),
+            "tiers.push[0].architectures[0]: unknown architecture 'arm' (expected one of: amd64, arm64)",
+        ),
         (lambda d: d["tiers"].pop("push"), "tiers.push: missing (the tier built by default)"),
         (lambda d: d.pop("vendors"), "vendors: missing"),
-        (lambda d: d.update(extra=1),
-         "extra: unknown key (expected one of: releases, architectures, vendors, tiers, known_failures, deviations, "
-         "build, compress, boot_test, publish, release, ci)"),
-        (lambda d: d["compress"].update(xz_level=12),
-         "compress.xz_level: expected a whole number from 0 to 9, got 12"),
-        (lambda d: d["boot_test"].update(accelerator="hvf"),
-         "boot_test.accelerator: expected one of: auto, kvm, tcg, got 'hvf'"),
-        (lambda d: d["boot_test"].update(timeout="soon"),
-         "boot_test.timeout: expected a whole number from 10 to 7200, got 'soon'"),
-        (lambda d: d["build"].update(mirror="deb.debian.org"),
-         "build.mirror: expected an http:// or https:// URL, got 'deb.debian.org'"),
-        (lambda d: d["vendors"].update({"No Cloud": d["vendors"]["nocloud"]}),
-         "vendors.No Cloud: expected a lower-case name such as bookworm"),
-        (lambda d: d["vendors"]["ec2"].update(boot_until="shell"),
-         "vendors.ec2.boot_until: expected one of: systemd, login, got 'shell'"),
-        (lambda d: d["publish"].update(keep_dailies=0),
-         "publish.keep_dailies: expected a whole number from 1 to 10000, got 0"),
-        (lambda d: d["release"].update(instance_test=["genericcluod"]),
-         "release.instance_test[0]: unknown vendor 'genericcluod' (expected one of: generic, genericcloud, nocloud, "
-         "ec2, azure, gce)"),
-        (lambda d: d["release"].update(platforms={"ec2": {"bucket": "imports"}}),
-         "release.platforms.ec2.region: missing"),
-        (lambda d: d["release"].update(platforms={"ec2": {"region": "us-east-1", "bucket": "b", "public": "yes"}}),
-         "release.platforms.ec2.public: expected true or false, got 'yes'"),
-        (lambda d: d["release"].update(platforms={"openstack": {}}),
-         "release.platforms.openstack: unknown key (expected one of: ec2, azure, gce)"),
-        (lambda d: d["release"].update(platforms={"gce": {"project": "p", "bucket": "b",
-                                                          "api_endpoint": "https://me:pw@example.org"}}),
-         "release.platforms.gce.api_endpoint: credentials do not belong in matrix.yaml: give them through the "
-         "environment"),
-        (lambda d: d["release"].update(notify={"webhook": "hooks.example.org/x"}),
-         "release.notify.webhook: expected an http(s) URL, got 'hooks.example.org/x'"),
-        (lambda d: d["release"].update(notify={"to": ["cloud team"], "from": "images@example.org"}),
-         "release.notify.to[0]: expected an e-mail address, got 'cloud team'"),
-        (lambda d: d["release"].update(notify={"to": ["team@example.org"]}),
-         "release.notify.from: missing (the sender of the release mail)"),
+        (
+            lambda d: d.update(extra=1),
+            "extra: unknown key (expected one of: releases, architectures, vendors, tiers, known_failures, deviations, "
+            "build, compress, boot_test, publish, release, ci)",
+        ),
+        (lambda d: d["compress"].update(xz_level=12), "compress.xz_level: expected a whole number from 0 to 9, got 12"),
+        (
+            lambda d: d["boot_test"].update(accelerator="hvf"),
+            "boot_test.accelerator: expected one of: auto, kvm, tcg, got 'hvf'",
+        ),
+        (
+            lambda d: d["boot_test"].update(timeout="soon"),
+            "boot_test.timeout: expected a whole number from 10 to 7200, got 'soon'",
+        ),
+        (
+            lambda d: d["build"].update(mirror="deb.debian.org"),
+            "build.mirror: expected an http:// or https:// URL, got 'deb.debian.org'",
+        ),
+        (
+            lambda d: d["vendors"].update({"No Cloud": d["vendors"]["nocloud"]}),
+            "vendors.No Cloud: expected a lower-case name such as bookworm",
+        ),
+        (
+            lambda d: d["vendors"]["ec2"].update(boot_until="shell"),
+            "vendors.ec2.boot_until: expected one of: systemd, login, got 'shell'",
+        ),
+        (
+            lambda d: d["publish"].update(keep_dailies=0),
+            "publish.keep_dailies: expected a whole number from 1 to 10000, got 0",
+        ),
+        (
+            lambda d: d["release"].update(instance_test=["genericcluod"]),
+            "release.instance_test[0]: unknown vendor 'genericcluod' (expected one of: generic, genericcloud, nocloud, "
+            "ec2, azure, gce)",
+        ),
+        (
+            lambda d: d["release"].update(platforms={"ec2": {"bucket": "imports"}}),
+            "release.platforms.ec2.region: missing",
+        ),
+        (
+            lambda d: d["release"].update(platforms={"ec2": {"region": "us-east-1", "bucket": "b", "public": "yes"}}),
+            "release.platforms.ec2.public: expected true or false, got 'yes'",
+        ),
+        (
+            lambda d: d["release"].update(platforms={"openstack": {}}),
+            "release.platforms.openstack: unknown key (expected one of: ec2, azure, gce)",
+        ),
+        (
+            lambda d: d["release"].update(
+                platforms={"gce": {"project": "p", "bucket": "b", "api_endpoint": "https://me:pw@example.org"}}
+            ),
+            "release.platforms.gce.api_endpoint: credentials do not belong in matrix.yaml: give them through the "
+            "environment",
+        ),
+        (
+            lambda d: d["release"].update(notify={"webhook": "hooks.example.org/x"}),
+            "release.notify.webhook: expected an http(s) URL, got 'hooks.example.org/x'",
+        ),
+        (
+            lambda d: d["release"].update(notify={"to": ["cloud team"], "from": "images@example.org"}),
+            "release.notify.to[0]: expected an e-mail address, got 'cloud team'",
+        ),
+        (
+            lambda d: d["release"].update(notify={"to": ["team@example.org"]}),
+            "release.notify.from: missing (the sender of the release mail)",
+        ),
     ],
 )
 def test_bad_entries_name_file_key_and_expectation(tmp_path, mutate, expected):
@@ -184,3 +259,40 @@ def test_unknown_tier():
     m = matrix.load(FIXTURE_MATRIX)
     with pytest.raises(MatrixError, match=r"tiers: no tier named 'nightly' \(expected one of: push, full\)"):
         m.tier("nightly")
+
+
+def test_the_readme_settings_table_is_the_schema():
+    """README.md's table of plain settings is made from tasks/model/settings.py."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- settings table: python -m tasks.model.settings -->\n")
+    end = readme.index("<!-- end of settings table -->")
+    assert readme[start:end].split("\n", 1)[1] == settings.table(), "run python -m tasks.model.settings"
+
+
+def test_defaults_live_in_the_schema_alone():
+    """The project's matrix.yaml repeats no default (tasks/model/settings.py holds them)."""
+    data = yaml.safe_load((REPO / "matrix.yaml").read_text())
+    for name, section in settings.SECTIONS.items():
+        for key, value in (data.get(name) or {}).items():
+            default = next(f.default for f in settings.settings_of(section) if f.name == key)
+            assert value != default, f"matrix.yaml: {name}.{key} repeats its default {default!r}"
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("compress", "xz_level", 12, "compress.xz_level: expected a whole number from 0 to 9, got 12"),
+        ("boot_test", "until", "kernel", "boot_test.until: expected one of: systemd, login, got 'kernel'"),
+        ("boot_test", "accelerator", "hvf", "boot_test.accelerator: expected one of: auto, kvm, tcg, got 'hvf'"),
+        ("build", "mirror", "ftp://x", "build.mirror: expected an http:// or https:// URL, got 'ftp://x'"),
+    ],
+)
+def test_settings_are_checked_as_the_schema_says(tmp_path, section, key, value, message):
+    assert error_for(tmp_path, lambda d: d.setdefault(section, {}).update({key: value})) == message
+
+
+def test_a_matrix_without_ci_section_gives_build_jobs_the_common_tags(tmp_path):
+    data = copy.deepcopy(GOOD)
+    del data["ci"]
+    m = matrix.load(write(tmp_path, data))
+    assert m.ci.runner_tags("amd64") == () and m.ci.image == "debian:bookworm"

@@ -44,8 +44,10 @@ def make_plan(tmp_path, matrix_file, **options):
 
 
 def doit_list(the_plan, capsys) -> list[str]:
-    namespace = {**graph.doit_tasks(the_plan),
-                 "DOIT_CONFIG": {"dep_file": str(the_plan.workdir / ".doit.db"), "backend": "sqlite3"}}
+    namespace = {
+        **graph.doit_tasks(the_plan),
+        "DOIT_CONFIG": {"dep_file": str(the_plan.workdir / ".doit.db"), "backend": "sqlite3"},
+    }
     the_plan.workdir.mkdir(parents=True, exist_ok=True)
     capsys.readouterr()
     assert DoitMain(ModuleTaskLoader(namespace)).run(["list", "--all", "--quiet"]) == 0
@@ -79,10 +81,14 @@ def test_a_stage_added_to_the_registry_is_benchmarked_and_summarised(tmp_path, t
     spec.loader.exec_module(benchmark)
     cell = make_plan(tmp_path, test_matrix_file).matrix.cell("bookworm-nocloud-amd64")
     assert benchmark.stage_targets(cell) == [
-        ("base", "base:bookworm-amd64"), ("build", "build:bookworm-nocloud-amd64"),
-        ("compress", "compress:bookworm-nocloud-amd64"), ("boottest", "boottest:bookworm-nocloud-amd64"),
-        ("manifest", "manifest:bookworm-nocloud-amd64"), ("sbom", "sbom:bookworm-nocloud-amd64"),
-        ("publish", "publish:bookworm-nocloud-amd64")]
+        ("base", "base:bookworm-amd64"),
+        ("build", "build:bookworm-nocloud-amd64"),
+        ("compress", "compress:bookworm-nocloud-amd64"),
+        ("boottest", "boottest:bookworm-nocloud-amd64"),
+        ("manifest", "manifest:bookworm-nocloud-amd64"),
+        ("sbom", "sbom:bookworm-nocloud-amd64"),
+        ("publish", "publish:bookworm-nocloud-amd64"),
+    ]
     reporter = summary.reporter_for(make_plan(tmp_path, test_matrix_file).matrix, tmp_path / "summary.json")
     assert "sbom" in reporter.columns.fget(reporter)
 

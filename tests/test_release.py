@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import boto3
@@ -88,18 +89,31 @@ def test_release_publishes_a_version_directory_then_latest_and_notifies(test_mat
     manifest.write(cell, files)
     nginx = servers.Nginx(tmp_path / "nginx").start()
     try:
-        settings = ReleaseSettings(instance_test=(), notify={
-            "to": ["cloud-team@example.org"], "from": "images@example.org",
-            "smtp_host": "127.0.0.1", "smtp_port": mailbox.port, "webhook": webhook.url + "/hook"})
-        record = release.release(cell, files, True, storage.Location(nginx.url), FAST, settings, BOOT,
-                                 tmp_path / "locks")
+        settings = ReleaseSettings(
+            instance_test=(),
+            notify={
+                "to": ["cloud-team@example.org"],
+                "from": "images@example.org",
+                "smtp_host": "127.0.0.1",
+                "smtp_port": mailbox.port,
+                "webhook": webhook.url + "/hook",
+            },
+        )
+        record = release.release(
+            cell, files, True, storage.Location(nginx.url), FAST, settings, BOOT, tmp_path / "locks"
+        )
         root = nginx.root / "images" / "bookworm"
         published = root / VERSION
         image = f"debian-12-nocloud-amd64-{VERSION}"
-        assert {p.name for p in published.iterdir()} == {"SHA512SUMS", f"{image}.tar.xz", f"{image}.qcow2",
-                                                         f"{image}.json"}
-        check = subprocess.run(["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published,
-                               capture_output=True, text=True)
+        assert {p.name for p in published.iterdir()} == {
+            "SHA512SUMS",
+            f"{image}.tar.xz",
+            f"{image}.qcow2",
+            f"{image}.json",
+        }
+        check = subprocess.run(
+            ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published, capture_output=True, text=True
+        )
         assert check.returncode == 0 and check.stdout.count(": OK") == 3, check.stdout + check.stderr
         assert (root / "latest").read_text() == f"{VERSION}\n"
         assert not (root / "daily").exists(), "a release is not a daily"
@@ -128,9 +142,20 @@ def test_release_publishes_a_version_directory_then_latest_and_notifies(test_mat
 def test_release_is_refused_without_confirmation(tmp_path):
     """Through doit: the release task fails at once, builds nothing, publishes nothing."""
     result = subprocess.run(
-        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "release:bookworm-nocloud-amd64",
-         f"workdir={tmp_path / 'build'}", f"storage={tmp_path / 'storage'}"],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(REPO / "dodo.py"),
+            "release:bookworm-nocloud-amd64",
+            f"workdir={tmp_path / 'build'}",
+            f"storage={tmp_path / 'storage'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "doit release:bookworm-nocloud-amd64 confirm=yes" in result.stdout + result.stderr
     assert not (tmp_path / "storage").exists()
@@ -141,8 +166,9 @@ def test_release_tasks_are_in_no_group_and_no_default_run(test_matrix, tmp_path)
     from tasks import graph, registry
     from tasks.model import plan
 
-    confirmed = plan.from_options(REPO, {"workdir": str(tmp_path), "confirm": "yes",
-                                              "matrix": str(REPO / "tests" / "data" / "matrix.yaml")}.get)
+    confirmed = plan.from_options(
+        REPO, {"workdir": str(tmp_path), "confirm": "yes", "matrix": str(REPO / "tests" / "data" / "matrix.yaml")}.get
+    )
     tasks = list(graph.stage_tasks(confirmed, registry.RELEASE))
     group = [t for t in tasks if t["name"] is None]
     assert group == [{"name": None, "doc": "release cells by name only (confirm=yes)", "task_dep": []}]
@@ -158,9 +184,16 @@ def test_nothing_is_published_when_the_instance_test_fails(test_matrix, tmp_path
     cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-genericcloud-amd64")
     with_real_disk(tmp_path, files)
     manifest.write(cell, files)
-    settings = ReleaseSettings(instance_test=("genericcloud",), instance_test_timeout=15, notify={
-        "to": ["cloud-team@example.org"], "from": "images@example.org", "smtp_host": "127.0.0.1",
-        "smtp_port": mailbox.port})
+    settings = ReleaseSettings(
+        instance_test=("genericcloud",),
+        instance_test_timeout=15,
+        notify={
+            "to": ["cloud-team@example.org"],
+            "from": "images@example.org",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": mailbox.port,
+        },
+    )
     location = storage.Location((tmp_path / "public").as_uri())
     expected = "bookworm-genericcloud-amd64: the instance test failed: SSH did not answer within 15 s"
     with pytest.raises(StageFailed, match=expected) as caught:
@@ -170,8 +203,9 @@ def test_nothing_is_published_when_the_instance_test_fails(test_matrix, tmp_path
     assert not (tmp_path / "public").exists()
     assert mailbox.messages == []
     assert not files.release_record.exists()
-    assert not [p for p in files.dir.iterdir() if p.name.startswith("instance-test-") and p.is_dir()], \
+    assert not [p for p in files.dir.iterdir() if p.name.startswith("instance-test-") and p.is_dir()], (
         "the scratch directory (overlay disk, seed, SSH key) is gone"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -182,8 +216,9 @@ def test_an_unreachable_mail_server_is_a_clear_failure(tmp_path):
     message = {"release": "bookworm", "version": VERSION, "url": "file:///srv/images/bookworm/x", "cells": []}
     port = servers.free_port()  # nothing listens there
     with pytest.raises(notify.NotifyFailed, match=f"sending the release mail through 127.0.0.1:{port}"):
-        notify.notify(message, {"to": ["a@example.org"], "from": "b@example.org", "smtp_host": "127.0.0.1",
-                                "smtp_port": port})
+        notify.notify(
+            message, {"to": ["a@example.org"], "from": "b@example.org", "smtp_host": "127.0.0.1", "smtp_port": port}
+        )
 
 
 def test_a_webhook_error_is_a_clear_failure_that_names_no_secret(monkeypatch):
@@ -225,8 +260,12 @@ def test_ec2_upload_imports_a_snapshot_and_registers_a_tagged_ami(test_matrix, t
     with_real_disk(tmp_path, files)
     manifest.write(cell, files)
     bucket = _bucket(f"imports-{public}".lower())
-    made = ec2.upload(cell, files, json.loads(files.manifest.read_text()),
-                      {"region": "us-east-1", "bucket": bucket, "prefix": "debian", "public": public})
+    made = ec2.upload(
+        cell,
+        files,
+        json.loads(files.manifest.read_text()),
+        {"region": "us-east-1", "bucket": bucket, "prefix": "debian", "public": public},
+    )
     client = boto3.client("ec2", region_name="us-east-1")
     [image] = client.describe_images(ImageIds=[made["ami"]])["Images"]
     assert image["Name"] == f"debian-12-ec2-amd64-{VERSION}"
@@ -241,8 +280,13 @@ def test_ec2_upload_imports_a_snapshot_and_registers_a_tagged_ami(test_matrix, t
     assert {"Key": "debian:vendor", "Value": "ec2"} in snapshot_tags
     objects = boto3.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])
     assert objects == [], "the uploaded disk is deleted once the snapshot holds it"
-    assert made == {"platform": "ec2", "region": "us-east-1", "ami": made["ami"], "snapshot": made["snapshot"],
-                    "public": public}
+    assert made == {
+        "platform": "ec2",
+        "region": "us-east-1",
+        "ami": made["ami"],
+        "snapshot": made["snapshot"],
+        "public": public,
+    }
 
 
 def test_a_release_run_again_after_a_failure_does_not_upload_twice(test_matrix, tmp_path, aws_env):
@@ -253,9 +297,16 @@ def test_a_release_run_again_after_a_failure_does_not_upload_twice(test_matrix, 
     manifest.write(cell, files)
     bucket = _bucket("imports-rerun")
     port = servers.free_port()
-    settings = ReleaseSettings(instance_test=(), platforms={"ec2": {"region": "us-east-1", "bucket": bucket}},
-                               notify={"to": ["cloud-team@example.org"], "from": "images@example.org",
-                                       "smtp_host": "127.0.0.1", "smtp_port": port})
+    settings = ReleaseSettings(
+        instance_test=(),
+        platforms={"ec2": {"region": "us-east-1", "bucket": bucket}},
+        notify={
+            "to": ["cloud-team@example.org"],
+            "from": "images@example.org",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+        },
+    )
     location = storage.Location((tmp_path / "public").as_uri())
     client = boto3.client("ec2", region_name="us-east-1")
     before = len(client.describe_images(Owners=["self"])["Images"])
@@ -294,10 +345,12 @@ def test_ec2_upload_from_the_tar_xz_when_the_raw_disk_is_gone(test_matrix, tmp_p
     files.raw.unlink()
     manifest.write(cell, files)
     _bucket("imports-from-tar")
-    made = ec2.upload(cell, files, json.loads(files.manifest.read_text()),
-                      {"region": "us-east-1", "bucket": "imports-from-tar"})
-    snapshot = boto3.client("ec2", region_name="us-east-1").describe_snapshots(
-        SnapshotIds=[made["snapshot"]])["Snapshots"][0]
+    made = ec2.upload(
+        cell, files, json.loads(files.manifest.read_text()), {"region": "us-east-1", "bucket": "imports-from-tar"}
+    )
+    snapshot = boto3.client("ec2", region_name="us-east-1").describe_snapshots(SnapshotIds=[made["snapshot"]])[
+        "Snapshots"
+    ][0]
     assert snapshot["State"] == "completed"
     assert not [p for p in files.dir.iterdir() if p.name.startswith("release-")], "the scratch space is gone"
 
@@ -307,8 +360,9 @@ def test_ec2_with_a_missing_bucket_fails_clearly(test_matrix, tmp_path, aws_env)
     with_real_disk(tmp_path, files)
     manifest.write(cell, files)
     with pytest.raises(StageFailed, match="uploading disk.vmdk to s3://no-such-bucket/.*NoSuchBucket"):
-        ec2.upload(cell, files, json.loads(files.manifest.read_text()), {"region": "us-east-1",
-                                                                           "bucket": "no-such-bucket"})
+        ec2.upload(
+            cell, files, json.loads(files.manifest.read_text()), {"region": "us-east-1", "bucket": "no-such-bucket"}
+        )
 
 
 def _bucket(name: str) -> str:
@@ -322,7 +376,7 @@ def _bucket(name: str) -> str:
 
 @pytest.mark.skipif(not servers.have_azurite(), reason="Azurite (npm) is installed by tools/setup-host")
 def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(test_matrix, tmp_path, monkeypatch):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
@@ -331,29 +385,45 @@ def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(test_
     manifest.write(cell, files)
     vhd = tmp_path / "expected"
     vhd.mkdir()
-    subprocess.run(["tar", "--extract", "--sparse", "--file", str(files.artifact("vhd.tar.xz")), "--directory",
-                    str(vhd)], check=True)
+    subprocess.run(
+        ["tar", "--extract", "--sparse", "--file", str(files.artifact("vhd.tar.xz")), "--directory", str(vhd)],
+        check=True,
+    )
     expected = (vhd / "disk.vhd").read_bytes()
 
     blob_server = servers.Azurite(tmp_path / "azurite").start()
 
     def arm(request, server):
         if request.method == "PUT":
-            return 201, {"Azure-AsyncOperation": server.url + "/operations/1"}, json.dumps(
-                {"id": "/subscriptions/sub-1/resourceGroups/images/providers/Microsoft.Compute/images/x"}).encode()
+            return (
+                201,
+                {"Azure-AsyncOperation": server.url + "/operations/1"},
+                json.dumps(
+                    {"id": "/subscriptions/sub-1/resourceGroups/images/providers/Microsoft.Compute/images/x"}
+                ).encode(),
+            )
         return 200, {}, b'{"status": "Succeeded"}'
 
     management = servers.RecordingServer(arm).start()
     try:
         service = BlobServiceClient.from_connection_string(blob_server.connection_string)
         service.create_container("images")
-        sas = generate_container_sas(servers.Azurite.ACCOUNT, "images", account_key=servers.Azurite.KEY,
-                                     permission=ContainerSasPermissions(read=True, write=True, create=True),
-                                     expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+        sas = generate_container_sas(
+            servers.Azurite.ACCOUNT,
+            "images",
+            account_key=servers.Azurite.KEY,
+            permission=ContainerSasPermissions(read=True, write=True, create=True),
+            expiry=datetime.now(UTC) + timedelta(hours=1),
+        )
         monkeypatch.setenv("AZURE_STORAGE_SAS", sas)
         monkeypatch.setenv("AZURE_ACCESS_TOKEN", "arm-token")
-        settings = {"subscription": "sub-1", "resource_group": "images", "location": "westeurope",
-                    "container_url": f"{blob_server.url}/images", "api_endpoint": management.url}
+        settings = {
+            "subscription": "sub-1",
+            "resource_group": "images",
+            "location": "westeurope",
+            "container_url": f"{blob_server.url}/images",
+            "api_endpoint": management.url,
+        }
         made = azure.upload(cell, files, json.loads(files.manifest.read_text()), settings)
 
         name = f"debian-12-azure-amd64-{VERSION}.vhd"
@@ -365,14 +435,19 @@ def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(test_
         put, poll = management.requests
         assert put.method == "PUT" and put.path == (
             f"/subscriptions/sub-1/resourceGroups/images/providers/Microsoft.Compute/images/"
-            f"debian-12-azure-amd64-{VERSION}?api-version={azure.COMPUTE_API}")
+            f"debian-12-azure-amd64-{VERSION}?api-version={azure.COMPUTE_API}"
+        )
         assert put.headers["Authorization"] == "Bearer arm-token"
         body = json.loads(put.body)
         assert body["location"] == "westeurope"
         assert body["properties"]["hyperVGeneration"] == "V2"
         assert body["properties"]["storageProfile"]["osDisk"] == {
-            "osType": "Linux", "osState": "Generalized", "blobUri": made["blob"], "caching": "ReadWrite",
-            "storageAccountType": "Standard_LRS"}
+            "osType": "Linux",
+            "osState": "Generalized",
+            "blobUri": made["blob"],
+            "caching": "ReadWrite",
+            "storageAccountType": "Standard_LRS",
+        }
         assert (poll.method, poll.path) == ("GET", "/operations/1")
     finally:
         management.stop()
@@ -409,22 +484,37 @@ def test_gce_upload_sends_the_tar_gz_then_asks_for_an_image(test_matrix, tmp_pat
         if request.path.startswith("/upload/storage/v1/b/"):
             return 200, {}, b'{"name": "uploaded"}'
         if request.method == "POST":
-            return 200, {}, json.dumps({"name": "op-1", "status": "RUNNING",
-                                        "selfLink": server.url + "/compute/v1/projects/p/global/operations/op-1"}
-                                       ).encode()
+            return (
+                200,
+                {},
+                json.dumps(
+                    {
+                        "name": "op-1",
+                        "status": "RUNNING",
+                        "selfLink": server.url + "/compute/v1/projects/p/global/operations/op-1",
+                    }
+                ).encode(),
+            )
         state["polls"] += 1
         return 200, {}, json.dumps({"name": "op-1", "status": "DONE" if state["polls"] > 1 else "RUNNING"}).encode()
 
     server = servers.RecordingServer(google).start()
     try:
         monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "gce-token")
-        settings = {"project": "p", "bucket": "imports", "family": "debian-13", "api_endpoint": server.url,
-                    "storage_endpoint": server.url, "poll_seconds": 0}
+        settings = {
+            "project": "p",
+            "bucket": "imports",
+            "family": "debian-13",
+            "api_endpoint": server.url,
+            "storage_endpoint": server.url,
+            "poll_seconds": 0,
+        }
         made = gce.upload(cell, files, json.loads(files.manifest.read_text()), settings)
         upload, insert, *polls = server.requests
         name = f"debian-13-gce-arm64-{VERSION}".lower()
         assert upload.method == "POST" and upload.path == (
-            f"/upload/storage/v1/b/imports/o?uploadType=media&name={name}.tar.gz")
+            f"/upload/storage/v1/b/imports/o?uploadType=media&name={name}.tar.gz"
+        )
         assert upload.body == files.artifact("tar.gz").read_bytes()
         assert upload.headers["Authorization"] == "Bearer gce-token"
         assert insert.path == "/compute/v1/projects/p/global/images"
@@ -435,8 +525,13 @@ def test_gce_upload_sends_the_tar_gz_then_asks_for_an_image(test_matrix, tmp_pat
         assert {"type": "UEFI_COMPATIBLE"} in body["guestOsFeatures"]
         assert {"type": "SEV_CAPABLE"} not in body["guestOsFeatures"], "SEV is amd64 only"
         assert len(polls) == 2 and all(p.method == "GET" for p in polls)
-        assert made == {"platform": "gce", "project": "p", "image": name, "family": "debian-13-arm64",
-                        "object": f"gs://imports/{name}.tar.gz"}
+        assert made == {
+            "platform": "gce",
+            "project": "p",
+            "image": name,
+            "family": "debian-13-arm64",
+            "object": f"gs://imports/{name}.tar.gz",
+        }
     finally:
         server.stop()
 
@@ -448,8 +543,12 @@ def test_gce_api_errors_are_reported_with_the_answer(test_matrix, tmp_path, monk
     try:
         monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "gce-token")
         with pytest.raises(StageFailed, match="uploading to Cloud Storage: HTTP 403 .*forbidden") as caught:
-            gce.upload(cell, files, json.loads(files.manifest.read_text()),
-                       {"project": "p", "bucket": "imports", "storage_endpoint": server.url})
+            gce.upload(
+                cell,
+                files,
+                json.loads(files.manifest.read_text()),
+                {"project": "p", "bucket": "imports", "storage_endpoint": server.url},
+            )
         assert "gce-token" not in str(caught.value)
     finally:
         server.stop()

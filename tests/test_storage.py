@@ -79,8 +79,11 @@ def s3_store(moto, monkeypatch, bucket="images"):
 
     def listing(directory):
         found = client.list_objects_v2(Bucket=bucket, Prefix=f"debian/{directory}/")
-        return [o["Key"].rsplit("/", 1)[1] for o in found.get("Contents", []) if "/" not in
-                o["Key"][len(f"debian/{directory}/"):]]
+        return [
+            o["Key"].rsplit("/", 1)[1]
+            for o in found.get("Contents", [])
+            if "/" not in o["Key"][len(f"debian/{directory}/") :]
+        ]
 
     def reading(path):
         try:
@@ -291,19 +294,28 @@ def test_a_full_disk_on_the_server_fails_clearly_and_keeps_what_was_published(te
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("storage", "file://BASE/storage"), ("/srv/images", "file:///srv/images"),
-    ("file:///srv/images/", "file:///srv/images"), ("https://images.example.org/debian/", "https://images.example.org/debian"),
-    ("s3://bucket/prefix", "s3://bucket/prefix")])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("storage", "file://BASE/storage"),
+        ("/srv/images", "file:///srv/images"),
+        ("file:///srv/images/", "file:///srv/images"),
+        ("https://images.example.org/debian/", "https://images.example.org/debian"),
+        ("s3://bucket/prefix", "s3://bucket/prefix"),
+    ],
+)
 def test_locations(tmp_path, text, expected):
     assert Location.parse(text, tmp_path).url == expected.replace("BASE", str(tmp_path))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("ftp://example.org/images", "expected a directory or a file://, http://, https://, s3:// URL"),
-    ("https://user:secret@example.org/x", "credentials do not belong in a storage URL"),
-    ("s3:///prefix", "an s3:// URL names a bucket"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("ftp://example.org/images", "expected a directory or a file://, http://, https://, s3:// URL"),
+        ("https://user:secret@example.org/x", "credentials do not belong in a storage URL"),
+        ("s3:///prefix", "an s3:// URL names a bucket"),
+    ],
+)
 def test_bad_locations(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as caught:
         Location.parse(text, tmp_path)
@@ -328,7 +340,8 @@ def test_credentials_in_the_matrix_are_refused(tmp_path):
 
 def test_remote_publication_is_trusted_without_asking_the_server(nocloud, tmp_path):
     cell, files = nocloud
-    files.published.write_text(json.dumps({"storage": "https://images.example.org/debian", "directory": DAILY,
-                                           "files": {}, "sizes": {}}))
+    files.published.write_text(
+        json.dumps({"storage": "https://images.example.org/debian", "directory": DAILY, "files": {}, "sizes": {}})
+    )
     assert publication.still_published(str(files.published), "https://images.example.org/debian")
     assert not publication.still_published(str(files.published), "s3://elsewhere/debian")

@@ -23,7 +23,8 @@ GOOD, BAD, KNOWN = "bookworm-nocloud-amd64", "bookworm-genericcloud-amd64", "tri
 
 def small_graph(tmp_path: Path) -> Path:
     dodo = tmp_path / "dodo.py"
-    dodo.write_text(textwrap.dedent(f"""
+    dodo.write_text(
+        textwrap.dedent(f"""
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
@@ -69,13 +70,19 @@ def small_graph(tmp_path: Path) -> Path:
                     "actions": [(graph.run_allowed_failure, ["{KNOWN}", "publish", chain, known,
                                                              str(WORK / "xfail.json")])],
                     "targets": [str(WORK / "xfail.json")]}}
-        """))
+        """)
+    )
     return dodo
 
 
 def run(dodo: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "doit", "-f", str(dodo), *args], capture_output=True, text=True,
-                          cwd=dodo.parent, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "doit", "-f", str(dodo), *args],
+        capture_output=True,
+        text=True,
+        cwd=dodo.parent,
+        timeout=120,
+    )
 
 
 def test_a_failed_cell_stops_nothing_else_and_the_run_ends_with_a_table(tmp_path):
@@ -89,15 +96,22 @@ def test_a_failed_cell_stops_nothing_else_and_the_run_ends_with_a_table(tmp_path
     assert stages[GOOD] == {"base": "done", "build": "done", "publish": "done"}
     assert stages[BAD] == {"base": "done", "build": "failed", "publish": "skipped"}
     # A known failure's chain covers every stage up to the one named: after the failure, skipped.
-    assert stages[KNOWN] == {"build": "expected failure", "compress": "skipped", "boottest": "skipped",
-                             "manifest": "skipped", "publish": "skipped"}
+    assert stages[KNOWN] == {
+        "build": "expected failure",
+        "compress": "skipped",
+        "boottest": "skipped",
+        "manifest": "skipped",
+        "publish": "skipped",
+    }
     assert record["cells"][BAD]["stages"]["build"]["log"] == str(tmp_path / "bad.log")
-    assert record["cells"][BAD]["stages"]["build"]["message"] == \
-        f"build:{BAD} failed: fai-diskimage failed (exit status 1)"
+    assert (
+        record["cells"][BAD]["stages"]["build"]["message"]
+        == f"build:{BAD} failed: fai-diskimage failed (exit status 1)"
+    )
     assert record["failed"] == [BAD]
     assert record["totals"] == {"done": 4, "failed": 1, "skipped": 5, "expected failure": 1}
 
-    table = result.stdout[result.stdout.index("run summary:"):].splitlines()
+    table = result.stdout[result.stdout.index("run summary:") :].splitlines()
     assert table[1].split() == ["cell", "base", "build", "compress", "boottest", "manifest", "publish"]
     bad_row = next(line for line in table if line.startswith(BAD))
     assert "failed: bad.log" in bad_row and "skipped" in bad_row, "the failed stage names its log"
@@ -110,7 +124,11 @@ def test_a_failed_cell_stops_nothing_else_and_the_run_ends_with_a_table(tmp_path
 
 
 def test_the_table_on_a_terminal_is_rich():
-    record = {"seconds": 12.0, "stages": ["build"], "totals": {"done": 1},
-              "cells": {GOOD: {"status": "ok", "stages": {"build": {"outcome": "done"}}}}}
+    record = {
+        "seconds": 12.0,
+        "stages": ["build"],
+        "totals": {"done": 1},
+        "cells": {GOOD: {"status": "ok", "stages": {"build": {"outcome": "done"}}}},
+    }
     text = summary.render(record, Path("/"), interactive=True)
     assert GOOD in text and "\x1b[" in text and "1 cells (1 ok); stages: 1 done; wall time 12 s" in text

@@ -91,8 +91,11 @@ def row(name: str, wall: float, cpu: float) -> str:
 
 def stage_targets(cell: Cell) -> list[tuple[str, str]]:
     """(stage, doit target) of each stage a cell goes through, from the registry."""
-    return [(stage.name, f"{stage.name}:{cell.base_name if stage.scope is registry.Scope.BASE else cell.name}")
-            for stage in registry.stages() if not stage.manual]
+    return [
+        (stage.name, f"{stage.name}:{cell.base_name if stage.scope is registry.Scope.BASE else cell.name}")
+        for stage in registry.stages()
+        if not stage.manual
+    ]
 
 
 def stages(cell: Cell, base: Path, options: list[str]) -> None:
@@ -136,8 +139,11 @@ def compress_figures(cell: str, base: Path, xz_level: int) -> None:
         ("xz -9 -T1 (baseline)", compression.Squeezer(("xz", "-9", "--threads=1", "--stdout", "-"), whole), 1),
         (f"ours, xz -{xz_level} (configured)", compression.xz(xz_level), None),
         *([("ours, xz -9", compression.xz(9), None)] if xz_level != 9 else []),
-        (f"xz -9 -T{CORES} (xz's own threads)",
-         compression.Squeezer(("xz", "-9", f"--threads={CORES}", "--stdout", "-"), whole), 1),
+        (
+            f"xz -9 -T{CORES} (xz's own threads)",
+            compression.Squeezer(("xz", "-9", f"--threads={CORES}", "--stdout", "-"), whole),
+            1,
+        ),
     ]
     baseline = None
     with tempfile.TemporaryDirectory(dir=base) as scratch:
@@ -148,8 +154,11 @@ def compress_figures(cell: str, base: Path, xz_level: int) -> None:
             wall, cpu = time.monotonic() - wall, children_cpu() - cpu
             size = out.stat().st_size
             baseline = baseline or (wall, size)
-            print(f"  {name:<34} {wall:>7.1f} {cpu:>7.1f} {size:>13,} {baseline[0] / wall:>7.2f}x "
-                  f"{100 * (size / baseline[1] - 1):>+6.1f}%", flush=True)
+            print(
+                f"  {name:<34} {wall:>7.1f} {cpu:>7.1f} {size:>13,} {baseline[0] / wall:>7.2f}x "
+                f"{100 * (size / baseline[1] - 1):>+6.1f}%",
+                flush=True,
+            )
 
 
 def boottests(cells: list[str], base: Path, options: list[str], repeat: int) -> None:
@@ -166,18 +175,21 @@ def boottests(cells: list[str], base: Path, options: list[str], repeat: int) -> 
     for cell in cells:
         timed(doit(f"build:{cell}", *options))  # the base and the build, when missing
         for label, variant in ways:
-            for attempt in range(1, repeat + 1):
+            for _ in range(repeat):
                 opts = [*options, f"matrix={variant}"]
                 timed(doit("forget", f"boottest:{cell}", *opts))
                 wall, cpu, _ = timed(doit(f"boottest:{cell}", *opts), check=False)
                 result = json.loads((base / "build" / cell / "boottest.json").read_text())
                 boots = "; ".join(
-                    f"{b['firmware']} {b['accelerator']} " +
-                    " ".join(f"{n} {t:.1f}" for n, t in b["milestones"].items()) +
-                    (f" (KVM tried {b['kvm_attempt']['seconds']:.1f} s)" if b.get("kvm_attempt") else "")
-                    for b in result["boots"])
-                print(f"  {cell:<28} {label:<34} {wall:6.1f} s wall {cpu:6.1f} s CPU "
-                      f"{result['verdict']}: {boots}", flush=True)
+                    f"{b['firmware']} {b['accelerator']} "
+                    + " ".join(f"{n} {t:.1f}" for n, t in b["milestones"].items())
+                    + (f" (KVM tried {b['kvm_attempt']['seconds']:.1f} s)" if b.get("kvm_attempt") else "")
+                    for b in result["boots"]
+                )
+                print(
+                    f"  {cell:<28} {label:<34} {wall:6.1f} s wall {cpu:6.1f} s CPU {result['verdict']}: {boots}",
+                    flush=True,
+                )
 
 
 def push(options: list[str]) -> None:
@@ -203,8 +215,11 @@ def rebuild(cells: list[str], options: list[str], repeat: int) -> None:
             assert executed(out) == 1, out
             runs.append((wall, cpu))
         walls = sorted(w for w, _ in runs)
-        print(f"  {cell:<30} wall {', '.join(f'{w:.1f}' for w, _ in runs)} s (median {walls[len(walls) // 2]:.1f}); "
-              f"CPU {', '.join(f'{c:.1f}' for _, c in runs)} s", flush=True)
+        print(
+            f"  {cell:<30} wall {', '.join(f'{w:.1f}' for w, _ in runs)} s (median {walls[len(walls) // 2]:.1f}); "
+            f"CPU {', '.join(f'{c:.1f}' for _, c in runs)} s",
+            flush=True,
+        )
 
 
 # doit reset-dep, saving also the values up-to-date checks keep (config_changed's
@@ -230,8 +245,11 @@ def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
     from tasks.model import plan as plan_module
 
     workdir, storage = base / "full-standin" / "build", base / "full-standin" / "storage"
-    opts = [o for o in options if not o.startswith(("workdir=", "storage="))] + \
-        [f"workdir={workdir}", f"storage={storage}", "tier=full"]
+    opts = [o for o in options if not o.startswith(("workdir=", "storage="))] + [
+        f"workdir={workdir}",
+        f"storage={storage}",
+        "tier=full",
+    ]
     values = dict(o.split("=", 1) for o in opts)
     the_plan = plan_module.from_options(REPO, values.get)
     for task in graph.load_tasks(the_plan).values():
@@ -241,13 +259,20 @@ def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
                 published = storage / "standin" / target.parent.name
                 published.mkdir(parents=True, exist_ok=True)
                 (published / "image").write_text(target.parent.name)
-                receipt = {"storage": the_plan.storage.url, "directory": f"standin/{target.parent.name}",
-                           "sizes": {"image": len(target.parent.name)}}
+                receipt = {
+                    "storage": the_plan.storage.url,
+                    "directory": f"standin/{target.parent.name}",
+                    "sizes": {"image": len(target.parent.name)},
+                }
                 target.write_text(json.dumps(receipt))
             else:
                 target.write_text(f"stand-in for {target.name}\n")
-    recorded = subprocess.run([sys.executable, "-c", _RECORD_STATE, "reset-dep", "-f", str(REPO / "dodo.py"), *opts],
-                              capture_output=True, text=True, cwd=REPO)
+    recorded = subprocess.run(
+        [sys.executable, "-c", _RECORD_STATE, "reset-dep", "-f", str(REPO / "dodo.py"), *opts],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     if recorded.returncode != 0:
         sys.exit(f"recording the stand-in state failed:\n{recorded.stdout[-2000:]}\n{recorded.stderr[-2000:]}")
     return opts
@@ -263,34 +288,40 @@ def noop(full_workdir: Path, base: Path, options: list[str]) -> None:
     print(f"  doit list --all: {list_wall:.2f} s wall")
     if stale:
         # Running doit there would build every stale cell: stand-ins instead of hours of builds.
-        print(f"  {full_workdir}: {len(stale)} tasks are not up to date (e.g. {', '.join(stale[:3])}); "
-              f"measuring in a work directory of stand-ins")
+        print(
+            f"  {full_workdir}: {len(stale)} tasks are not up to date (e.g. {', '.join(stale[:3])}); "
+            f"measuring in a work directory of stand-ins"
+        )
         opts = stand_in_workdir(base, options)
     for attempt in range(1, 4):
         wall, cpu, out = timed(doit(*opts), check=False)
-        print(f"  no-op doit tier=full, run {attempt}: {wall:.2f} s wall, {cpu:.2f} s CPU, "
-              f"{executed(out)} tasks executed", flush=True)
+        print(
+            f"  no-op doit tier=full, run {attempt}: {wall:.2f} s wall, {cpu:.2f} s CPU, "
+            f"{executed(out)} tasks executed",
+            flush=True,
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("sections", nargs="*", default=["stages", "compression", "boottest", "rebuild", "push", "noop"])
     parser.add_argument("--cell", default="bookworm-nocloud-amd64")
     parser.add_argument("--rebuild-cells", nargs="+", help="default: the push tier's cells")
     parser.add_argument("--repeat", type=int, default=3, help="rebuilds of each cell (rebuild section)")
     parser.add_argument("--xz-level", type=int, help="default: the matrix's compress.xz_level")
     parser.add_argument("--workdir", type=Path, help="default: a new directory under /var/tmp, removed afterwards")
-    parser.add_argument("--full-workdir", type=Path, default=REPO / "build",
-                        help="where the full tier was built (for the noop section)")
+    parser.add_argument(
+        "--full-workdir", type=Path, default=REPO / "build", help="where the full tier was built (for the noop section)"
+    )
     args = parser.parse_args()
 
     matrix = matrix_module.load(REPO / "matrix.yaml")
     xz_level = args.xz_level if args.xz_level is not None else matrix.compress.xz_level
     rebuild_cells = args.rebuild_cells or [cell.name for cell in matrix.tier("push")]
     base = args.workdir or Path(tempfile.mkdtemp(prefix="image-benchmark.", dir="/var/tmp"))
-    options = [f"workdir={base / 'build'}", f"storage={base / 'storage'}", "version=benchmark",
-               f"xz_level={xz_level}"]
+    options = [f"workdir={base / 'build'}", f"storage={base / 'storage'}", "version=benchmark", f"xz_level={xz_level}"]
     print(f"benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {CORES} cores")
     try:
         if "stages" in args.sections:

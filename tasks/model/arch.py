@@ -93,25 +93,45 @@ class ArchSpec:
 
 class Arch(enum.Enum):
     AMD64 = ArchSpec(
-        debian="amd64", uname="x86_64", qemu_user="x86_64",
+        debian="amd64",
+        uname="x86_64",
+        qemu_user="x86_64",
         machines={
             Firmware.BIOS: Machine("qemu-system-x86_64", "pc", firmware_file="/usr/share/seabios/bios-256k.bin"),
-            Firmware.UEFI: Machine("qemu-system-x86_64", "q35", uefi_code="/usr/share/OVMF/OVMF_CODE_4M.fd",
-                                   uefi_vars="/usr/share/OVMF/OVMF_VARS_4M.fd",
-                                   firmware_file="/usr/share/OVMF/OVMF_CODE_4M.fd"),
+            Firmware.UEFI: Machine(
+                "qemu-system-x86_64",
+                "q35",
+                uefi_code="/usr/share/OVMF/OVMF_CODE_4M.fd",
+                uefi_vars="/usr/share/OVMF/OVMF_VARS_4M.fd",
+                firmware_file="/usr/share/OVMF/OVMF_CODE_4M.fd",
+            ),
         },
-        efi_name="x64", grub_efi="x86_64-efi", grub_bios="i386-pc", root_partition_type="4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-        ec2="x86_64", gce="X86_64",
+        efi_name="x64",
+        grub_efi="x86_64-efi",
+        grub_bios="i386-pc",
+        root_partition_type="4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+        ec2="x86_64",
+        gce="X86_64",
     )
     ARM64 = ArchSpec(
-        debian="arm64", uname="aarch64", qemu_user="aarch64",
+        debian="arm64",
+        uname="aarch64",
+        qemu_user="aarch64",
         machines={
-            Firmware.UEFI: Machine("qemu-system-aarch64", "virt", uefi_code="/usr/share/AAVMF/AAVMF_CODE.fd",
-                                   uefi_vars="/usr/share/AAVMF/AAVMF_VARS.fd",
-                                   firmware_file="/usr/share/AAVMF/AAVMF_CODE.fd"),
+            Firmware.UEFI: Machine(
+                "qemu-system-aarch64",
+                "virt",
+                uefi_code="/usr/share/AAVMF/AAVMF_CODE.fd",
+                uefi_vars="/usr/share/AAVMF/AAVMF_VARS.fd",
+                firmware_file="/usr/share/AAVMF/AAVMF_CODE.fd",
+            ),
         },
-        efi_name="aa64", grub_efi="arm64-efi", grub_bios="", root_partition_type="B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
-        ec2="arm64", gce="ARM64",
+        efi_name="aa64",
+        grub_efi="arm64-efi",
+        grub_bios="",
+        root_partition_type="B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+        ec2="arm64",
+        gce="ARM64",
     )
 
     @classmethod

@@ -20,7 +20,7 @@ class CellFiles:
     dir: Path
 
     @classmethod
-    def of(cls, workdir: Path, cell: Cell) -> "CellFiles":
+    def of(cls, workdir: Path, cell: Cell) -> CellFiles:
         return cls(cell, workdir / cell.name)
 
     # build
@@ -117,8 +117,16 @@ class CellFiles:
     @property
     def records(self) -> list[Path]:
         """What a CI pipeline keeps for ever: logs, results and descriptions, not image data."""
-        return [self.build_log, *self.boot_logs, self.boot_result, self.build_info, self.packages, self.facts,
-                self.manifest, self.checksums]
+        return [
+            self.build_log,
+            *self.boot_logs,
+            self.boot_result,
+            self.build_info,
+            self.packages,
+            self.facts,
+            self.manifest,
+            self.checksums,
+        ]
 
     @property
     def release_records(self) -> list[Path]:

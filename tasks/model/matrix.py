@@ -11,13 +11,16 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 
-from tasks.model.arch import AUTO, Accelerator, Arch, Format, Milestone
+from tasks.model import settings
+from tasks.model.arch import Arch, Format, Milestone
+from tasks.model.settings import BootTestSettings, BuildSettings, CompressSettings, PublishSettings
 
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]*[MG]$")
 CLASS_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -83,8 +86,10 @@ class Cell:
         # belong to a vendor on one architecture or release only; they come
         # after the plain classes, so the narrower file wins.
         vendor = self.vendor.fai_classes
-        combined = (*(f"{v}+{a}" for v in vendor for a in self.arch.fai_classes),
-                    *(f"{self.release.fai_class}+{v}" for v in vendor))
+        combined = (
+            *(f"{v}+{a}" for v in vendor for a in self.arch.fai_classes),
+            *(f"{self.release.fai_class}+{v}" for v in vendor),
+        )
         return (
             "DEBIAN",
             self.release.fai_class,
@@ -143,32 +148,6 @@ class Selector:
 
 
 @dataclass(frozen=True)
-class BuildSettings:
-    mirror: str = "http://deb.debian.org/debian"
-    security_mirror: str = "http://deb.debian.org/debian-security"
-    # What the finished image's apt sources point at.
-    image_mirror: str = "http://deb.debian.org/debian"
-    image_security_mirror: str = "http://deb.debian.org/debian-security"
-    hostname: str = "debian"
-    base_max_age_days: int = 7  # the shared base system is made again after this
-
-
-@dataclass(frozen=True)
-class CompressSettings:
-    xz_level: int = 6
-    xz_threads: int = 0  # 0: one per core
-
-
-@dataclass(frozen=True)
-class BootTestSettings:
-    timeout: int = 300  # seconds
-    memory: int = 1024  # MiB
-    cpus: int = 1  # vCPUs of each boot at least (tasks/stages/boottest.py)
-    accelerator: str = "auto"  # auto: KVM when it works, else TCG
-    until: str = "login"  # the milestone that passes: systemd or login
-
-
-@dataclass(frozen=True)
 class ReleaseSettings:
     """The manual release step (tasks/release/step.py)."""
 
@@ -192,19 +171,14 @@ class CiSettings:
 
     image: str = "debian:bookworm"
     tags: tuple[str, ...] = ()  # runners for jobs that do not build images
-    build_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per architecture
+    build_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per architecture; else tags
     expire_images: str = "7 days"  # image data; records are kept for ever
     push_tier: str = "push"
     schedule_tier: str = "full"
 
-
-@dataclass(frozen=True)
-class PublishSettings:
-    # A directory (relative to dodo.py), or a file://, http(s):// (WebDAV) or s3:// URL.
-    storage: str = "storage"
-    keep_dailies: int = 14  # daily versions kept per release; older ones are deleted
-    retries: int = 5  # attempts at each transfer
-    retry_delay: float = 1.0  # seconds before the second attempt, doubled each time
+    def runner_tags(self, arch: str) -> tuple[str, ...]:
+        """The runners of the jobs that build and boot arch's images."""
+        return self.build_tags.get(arch, self.tags)
 
 
 @dataclass(frozen=True)
@@ -266,9 +240,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
@@ -355,12 +327,12 @@ class _Reader:
             lambda v, p: self.string(v, p, CLASS_PATTERN, "an upper-case FAI class name such as CLOUD"),
         )
 
-    def settings(self, value: Any, path: str, cls: type, checks: dict[str, Callable[[Any, str], Any]]):
-        """A settings section: every key optional, defaults from the dataclass."""
+    def settings(self, value: Any, path: str, cls: type):
+        """A settings section (tasks/model/settings.py): every key optional, defaults from the dataclass."""
         if value is None:
             return cls()
-        self.mapping(value, path, checks)
-        return cls(**{key: checks[key](v, _join(path, key)) for key, v in value.items()})
+        self.mapping(value, path, [f.name for f in settings.settings_of(cls)])
+        return settings.parse(self, value, cls, path)
 
 
 def _join(path: str, key: str) -> str:
@@ -398,8 +370,20 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
     top = r.mapping(
         data,
         "",
-        ["releases", "architectures", "vendors", "tiers", "known_failures", "deviations", "build", "compress",
-         "boot_test", "publish", "release", "ci"],
+        [
+            "releases",
+            "architectures",
+            "vendors",
+            "tiers",
+            "known_failures",
+            "deviations",
+            "build",
+            "compress",
+            "boot_test",
+            "publish",
+            "release",
+            "ci",
+        ],
         ["releases", "architectures", "vendors", "tiers"],
     )
 
@@ -415,17 +399,19 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
         if name not in Arch.names():
             raise r.fail(p, f"unsupported architecture (expected one of: {', '.join(Arch.names())})")
         entry = r.mapping(entry, p, ["fai_classes", "firmware"], ["fai_classes", "firmware"])
+        supported = Arch.named(name).firmware
         architectures[name] = Architecture(
             name,
             r.fai_classes(entry["fai_classes"], f"{p}.fai_classes"),
-            r.string_list(entry["firmware"], f"{p}.firmware", lambda v, q: r.choice(v, q, Arch.named(name).firmware)),
+            r.string_list(entry["firmware"], f"{p}.firmware", functools.partial(_one_of, r, supported)),
         )
 
     vendors = {}
     for name, entry in r.named_entries(top["vendors"], "vendors").items():
         p = f"vendors.{name}"
-        entry = r.mapping(entry, p, ["fai_classes", "disk_size", "formats", "boot_until"],
-                          ["fai_classes", "disk_size", "formats"])
+        entry = r.mapping(
+            entry, p, ["fai_classes", "disk_size", "formats", "boot_until"], ["fai_classes", "disk_size", "formats"]
+        )
         vendors[name] = Vendor(
             name,
             r.fai_classes(entry["fai_classes"], f"{p}.fai_classes"),
@@ -459,12 +445,11 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
         if not fnmatch.filter(cell_names, pattern):
             raise r.fail(f"{p}.cells", f"{pattern!r} matches no cell (cells are named like {cell_names[0]})")
         known_failures.append(KnownFailure(pattern, entry["reason"]))
-    deviations = [Deviation(entry["what"], entry["reason"])
-                  for _, entry in r.records(top.get("deviations"), "deviations", ("what", "reason"))]
+    deviations = [
+        Deviation(entry["what"], entry["reason"])
+        for _, entry in r.records(top.get("deviations"), "deviations", ("what", "reason"))
+    ]
 
-    positive = lambda low, high: lambda v, p: r.integer(v, p, low, high)  # noqa: E731
-    text = lambda v, p: r.string(v, p)  # noqa: E731
-    url = lambda v, p: r.string(v, p, re.compile(r"^https?://\S+$"), "an http:// or https:// URL")  # noqa: E731
     matrix = Matrix(
         path=(path or Path(display)).resolve(),
         releases=releases,
@@ -473,40 +458,10 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
         tiers=tiers,
         known_failures=tuple(known_failures),
         deviations=tuple(deviations),
-        build=r.settings(
-            top.get("build"),
-            "build",
-            BuildSettings,
-            {
-                "mirror": url,
-                "security_mirror": url,
-                "image_mirror": url,
-                "image_security_mirror": url,
-                "hostname": lambda v, p: r.string(v, p, re.compile(r"^[a-z0-9][a-z0-9-]*$"), "a host name"),
-                "base_max_age_days": positive(1, 365),
-            },
-        ),
-        compress=r.settings(
-            top.get("compress"), "compress", CompressSettings, {"xz_level": positive(0, 9), "xz_threads": positive(0, 1024)}
-        ),
-        boot_test=r.settings(
-            top.get("boot_test"),
-            "boot_test",
-            BootTestSettings,
-            {
-                "timeout": positive(10, 7200),
-                "memory": positive(256, 65536),
-                "cpus": positive(1, 64),
-                "accelerator": lambda v, p: r.choice(v, p, [AUTO, *Accelerator]),
-                "until": lambda v, p: r.choice(v, p, list(Milestone)),
-            },
-        ),
-        publish=r.settings(top.get("publish"), "publish", PublishSettings, {
-            "storage": text,
-            "keep_dailies": positive(1, 10000),
-            "retries": positive(1, 100),
-            "retry_delay": lambda v, p: r.number(v, p, 0, 600),
-        }),
+        build=r.settings(top.get("build"), "build", BuildSettings),
+        compress=r.settings(top.get("compress"), "compress", CompressSettings),
+        boot_test=r.settings(top.get("boot_test"), "boot_test", BootTestSettings),
+        publish=r.settings(top.get("publish"), "publish", PublishSettings),
         release=_release_settings(r, top.get("release"), vendors),
         ci=_ci_settings(r, top.get("ci"), architectures, tiers),
     )
@@ -527,16 +482,19 @@ def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
     entry = r.mapping(value or {}, "release", ["instance_test", "instance_test_timeout", "platforms", "notify"])
     defaults = ReleaseSettings()
     vendor_name = lambda v, p: _known_name(r, v, p, "vendors", vendors)  # noqa: E731
-    instance_test = (r.string_list(entry["instance_test"], "release.instance_test", vendor_name)
-                     if entry.get("instance_test") else tuple(v for v in defaults.instance_test if v in vendors))
+    instance_test = (
+        r.string_list(entry["instance_test"], "release.instance_test", vendor_name)
+        if entry.get("instance_test")
+        else tuple(v for v in defaults.instance_test if v in vendors)
+    )
     platforms = {}
-    for name, settings in r.mapping(entry.get("platforms") or {}, "release.platforms", PLATFORM_KEYS).items():
+    for name, given in r.mapping(entry.get("platforms") or {}, "release.platforms", PLATFORM_KEYS).items():
         p = f"release.platforms.{name}"
         if name not in vendors:
             raise r.fail(p, f"no vendor named {name!r} in this matrix")
         required, optional = PLATFORM_KEYS[name]
-        settings = r.mapping(settings, p, sorted(required | optional), sorted(required))
-        for key, item in settings.items():
+        given = r.mapping(given, p, sorted(required | optional), sorted(required))
+        for key, item in given.items():
             if key == "public":
                 if not isinstance(item, bool):
                     raise r.fail(f"{p}.{key}", f"expected true or false, got {_describe(item)}")
@@ -546,11 +504,12 @@ def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
                 _url_without_credentials(r, item, f"{p}.{key}")
             else:
                 r.string(item, f"{p}.{key}")
-        platforms[name] = dict(settings)
+        platforms[name] = dict(given)
     notify = r.mapping(entry.get("notify") or {}, "release.notify", ["to", "from", "smtp_host", "smtp_port", "webhook"])
     if notify.get("to"):
-        r.string_list(notify["to"], "release.notify.to",
-                      lambda v, p: r.string(v, p, EMAIL_PATTERN, "an e-mail address"))
+        r.string_list(
+            notify["to"], "release.notify.to", lambda v, p: r.string(v, p, EMAIL_PATTERN, "an e-mail address")
+        )
         if "from" not in notify:
             raise r.fail("release.notify.from", "missing (the sender of the release mail)")
     if "from" in notify:
@@ -558,12 +517,19 @@ def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
     if "smtp_port" in notify:
         r.integer(notify["smtp_port"], "release.notify.smtp_port", 1, 65535)
     if notify.get("webhook") is not None:
-        _url_without_credentials(r, notify["webhook"], "release.notify.webhook",
-                                 " (a webhook URL that holds a secret goes in IMAGES_WEBHOOK_URL)")
+        _url_without_credentials(
+            r,
+            notify["webhook"],
+            "release.notify.webhook",
+            " (a webhook URL that holds a secret goes in IMAGES_WEBHOOK_URL)",
+        )
     return ReleaseSettings(
         instance_test=instance_test,
-        instance_test_timeout=(r.integer(entry["instance_test_timeout"], "release.instance_test_timeout", 30, 7200)
-                               if "instance_test_timeout" in entry else defaults.instance_test_timeout),
+        instance_test_timeout=(
+            r.integer(entry["instance_test_timeout"], "release.instance_test_timeout", 30, 7200)
+            if "instance_test_timeout" in entry
+            else defaults.instance_test_timeout
+        ),
         platforms=platforms,
         notify=dict(notify),
     )
@@ -573,17 +539,18 @@ TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:/-][A-Za-z0-9 _.:/-]*$")
 # GitLab's artifacts:expire_in: "never", or amounts with units ("7 days", "1 week 2 days").
 DURATION_PATTERN = re.compile(
     r"^(never|(\d+\s*(s|sec|secs?|seconds?|m|min|mins?|minutes?|h|hrs?|hours?|d|days?|w|wks?|weeks?|"
-    r"mo|months?|y|yrs?|years?)\s*)+)$")
+    r"mo|months?|y|yrs?|years?)\s*)+)$"
+)
 
 
 def _ci_settings(r: _Reader, value: Any, architectures: dict, tiers: dict) -> CiSettings:
     if value is None:
         value = {}
-    entry = r.mapping(value, "ci", ["image", "tags", "build_tags", "expire_images", "tiers"],
-                      ["tags", "build_tags"])
+    entry = r.mapping(value, "ci", ["image", "tags", "build_tags", "expire_images", "tiers"])
     tag_list = lambda v, p: r.string_list(  # noqa: E731
-        v, p, lambda t, q: r.string(t, q, TAG_PATTERN, "a runner tag (letters, digits, ' _.:/-')"))
-    build_tags = r.mapping(entry["build_tags"], "ci.build_tags", architectures, architectures)
+        v, p, lambda t, q: r.string(t, q, TAG_PATTERN, "a runner tag (letters, digits, ' _.:/-')")
+    )
+    build_tags = r.mapping(entry.get("build_tags") or {}, "ci.build_tags", architectures)
     chosen = r.mapping(entry.get("tiers") or {}, "ci.tiers", ["push", "schedule"])
     for source, tier in chosen.items():
         if tier not in tiers:
@@ -591,14 +558,25 @@ def _ci_settings(r: _Reader, value: Any, architectures: dict, tiers: dict) -> Ci
     defaults = CiSettings()
     return CiSettings(
         image=r.string(entry["image"], "ci.image") if "image" in entry else defaults.image,
-        tags=tag_list(entry["tags"], "ci.tags"),
+        tags=tag_list(entry["tags"], "ci.tags") if "tags" in entry else defaults.tags,
         build_tags={arch: tag_list(tags, f"ci.build_tags.{arch}") for arch, tags in build_tags.items()},
-        expire_images=(r.string(entry["expire_images"], "ci.expire_images", DURATION_PATTERN,
-                                "a GitLab duration such as '7 days' or 'never'")
-                       if "expire_images" in entry else defaults.expire_images),
+        expire_images=(
+            r.string(
+                entry["expire_images"],
+                "ci.expire_images",
+                DURATION_PATTERN,
+                "a GitLab duration such as '7 days' or 'never'",
+            )
+            if "expire_images" in entry
+            else defaults.expire_images
+        ),
         push_tier=chosen.get("push", defaults.push_tier),
         schedule_tier=chosen.get("schedule", defaults.schedule_tier),
     )
+
+
+def _one_of(r: _Reader, choices: Iterable[str], value: Any, path: str) -> str:
+    return r.choice(value, path, choices)
 
 
 def _known_name_of(r: _Reader, axis: str, known: dict, value: Any, path: str) -> str:

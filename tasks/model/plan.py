@@ -32,17 +32,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterable
 
 from tasks.model import matrix as matrix_module
 from tasks.model.matrix import Cell, Matrix, MatrixError
 from tasks.storage import Location
 
-OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level", "source", "cells", "confirm", "left",
-           "right")
+OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level", "source", "cells", "confirm", "left", "right")
 DEFAULT_WORKDIR = "build"
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 
@@ -103,9 +102,7 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
     if xz_level is not None:
         if not xz_level.isdigit() or not 0 <= int(xz_level) <= 9:
             raise MatrixError("command line", "xz_level", f"expected a whole number from 0 to 9, got {xz_level!r}")
-        matrix = dataclasses.replace(
-            matrix, compress=dataclasses.replace(matrix.compress, xz_level=int(xz_level))
-        )
+        matrix = dataclasses.replace(matrix, compress=dataclasses.replace(matrix.compress, xz_level=int(xz_level)))
 
     version = get("version")
     if version is not None and not _VERSION.match(version):
@@ -125,7 +122,7 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
         workdir=(base / (get("workdir") or DEFAULT_WORKDIR)).resolve(),
         config_space=base / "fai_config",
         storage=storage,
-        build_version=version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M"),
+        build_version=version or datetime.now(UTC).strftime("%Y%m%d-%H%M"),
         version=version,
         tier=tier,
         source=get("source") or "push",

@@ -5,8 +5,9 @@ qemu boots a copy-on-write overlay of the image that is larger than the
 image, with a NoCloud seed (a FAT volume labelled CIDATA: meta-data naming
 the host, user-data giving the default user an SSH key made for this test),
 and forwards a local port to the guest's SSH. Once SSH answers, the test logs
-in as the image's own default user (admin on ec2, debian elsewhere) and checks that cloud-init finished without errors, that the host name is
-the one from meta-data, that the root file system grew to the disk, that apt
+in as the image's own default user (admin on ec2, debian elsewhere) and
+checks that cloud-init finished without errors, that the host name is the
+one from meta-data, that the root file system grew to the disk, that apt
 points at the image's release, and that systemd is running (or degraded,
 with the failed units listed). qemu is stopped on every path.
 
@@ -76,8 +77,10 @@ def make_seed(directory: Path, hostname: str, public_key: str) -> Path:
     (directory / "user-data").write_text("#cloud-config\n" + json.dumps({"ssh_authorized_keys": [public_key]}) + "\n")
     seed = directory / "seed.img"
     proc.run(["mkfs.vfat", "-n", "CIDATA", "-C", str(seed), "2048"])
-    proc.run(["mcopy", "-i", str(seed), str(directory / "meta-data"), str(directory / "user-data"), "::/"],
-             env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
+    proc.run(
+        ["mcopy", "-i", str(seed), str(directory / "meta-data"), str(directory / "user-data"), "::/"],
+        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"},
+    )
     return seed
 
 
@@ -86,8 +89,10 @@ def default_user(files: CellFiles) -> str:
     as the build measured it in the image (tasks/stages/imagefacts.py)."""
     user = atomic.read_json(files.facts)["users"]["default_user"] if files.facts.is_file() else None
     if not user:
-        raise InstanceTestFailed(f"{files.cell.name}: the image has no cloud-init default user to log in as "
-                                 f"({files.facts}); take its vendor out of release.instance_test")
+        raise InstanceTestFailed(
+            f"{files.cell.name}: the image has no cloud-init default user to log in as "
+            f"({files.facts}); take its vendor out of release.instance_test"
+        )
     return user
 
 
@@ -97,9 +102,29 @@ class Guest:
 
     def run(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["ssh", "-i", str(self.key), "-p", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-             f"{self.user}@127.0.0.1", command], capture_output=True, text=True, timeout=timeout)
+            [
+                "ssh",
+                "-i",
+                str(self.key),
+                "-p",
+                str(self.port),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                f"{self.user}@127.0.0.1",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 def checks(guest: Guest, cell: Cell, hostname: str, disk_bytes: int) -> list[Check]:
@@ -122,11 +147,17 @@ def checks(guest: Guest, cell: Cell, hostname: str, disk_bytes: int) -> list[Che
         status = r.stdout.split("\n", 1)[0]
         return "done" in status and not errors, f"{status}; errors: {errors or 'none'}"
 
-    check("cloud-init finished without errors",
-          "cloud-init status --wait >/dev/null 2>&1; cloud-init status | tr '\\n' ' '; echo; "
-          "sudo cat /run/cloud-init/result.json", cloud_init)
-    check("host name from meta-data", "hostname",
-          lambda r: (r.stdout.strip() == hostname, f"{r.stdout.strip()!r}, meta-data said {hostname!r}"))
+    check(
+        "cloud-init finished without errors",
+        "cloud-init status --wait >/dev/null 2>&1; cloud-init status | tr '\\n' ' '; echo; "
+        "sudo cat /run/cloud-init/result.json",
+        cloud_init,
+    )
+    check(
+        "host name from meta-data",
+        "hostname",
+        lambda r: (r.stdout.strip() == hostname, f"{r.stdout.strip()!r}, meta-data said {hostname!r}"),
+    )
 
     def grown(r):
         try:
@@ -136,10 +167,14 @@ def checks(guest: Guest, cell: Cell, hostname: str, disk_bytes: int) -> list[Che
         return size >= disk_bytes - (512 << 20), f"/ is {size / 2**30:.2f} GiB on a {disk_bytes / 2**30:.2f} GiB disk"
 
     check("root file system grew to the disk", "df --output=size -B1 / | tail -1", grown)
-    check("apt points at the image's release",
-          "cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources 2>/dev/null",
-          lambda r: (cell.release.name in r.stdout, " | ".join(
-              line for line in r.stdout.splitlines() if line.strip() and not line.startswith("#"))[:300]))
+    check(
+        "apt points at the image's release",
+        "cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources 2>/dev/null",
+        lambda r: (
+            cell.release.name in r.stdout,
+            " | ".join(line for line in r.stdout.splitlines() if line.strip() and not line.startswith("#"))[:300],
+        ),
+    )
 
     def systemd(r):
         state = r.stdout.strip().splitlines()[0] if r.stdout.strip() else r.stderr.strip()
@@ -162,8 +197,9 @@ def _console(path: Path, offset: int) -> bytes:
         return f.read()
 
 
-def wait_for_kernel(qemu_child: subprocess.Popen, console: Path, offset: int, choice: accel.Choice,
-                    deadline: float) -> str | None:
+def wait_for_kernel(
+    qemu_child: subprocess.Popen, console: Path, offset: int, choice: accel.Choice, deadline: float
+) -> str | None:
     """Wait until the kernel starts (or the deadline passes: SSH's wait then says so);
     under KVM, return why KVM fails here instead, if it does."""
     started = last_output = time.monotonic()
@@ -175,8 +211,9 @@ def wait_for_kernel(qemu_child: subprocess.Popen, console: Path, offset: int, ch
             seen, last_output = len(text), now
         exited = qemu_child.poll() is not None
         if choice.kvm:
-            failure = accel.kvm_failure(text, bool(text), now - started, now - last_output,
-                                        bool(kernel.search(text)), exited)
+            failure = accel.kvm_failure(
+                text, bool(text), now - started, now - last_output, bool(kernel.search(text)), exited
+            )
             if failure:
                 return failure
         if kernel.search(text):
@@ -187,8 +224,15 @@ def wait_for_kernel(qemu_child: subprocess.Popen, console: Path, offset: int, ch
     return None
 
 
-def wait_for_ssh(guest: Guest, qemu_child: subprocess.Popen, console: Path, offset: int, started: float,
-                 timeout: float, progress: StageProgress) -> float:
+def wait_for_ssh(
+    guest: Guest,
+    qemu_child: subprocess.Popen,
+    console: Path,
+    offset: int,
+    started: float,
+    timeout: float,
+    progress: StageProgress,
+) -> float:
     """Seconds from started until SSH let us in; fails at once when qemu stops or the console shows a
     failed boot."""
     while time.monotonic() - started < timeout:
@@ -221,25 +265,49 @@ class _Instance:
     user: str  # the image's cloud-init default user
 
 
-def _boot_and_check(instance: _Instance, choice: accel.Choice, console: Path, sink, result: InstanceResult,
-                    progress: StageProgress) -> str | None:
+def _boot_and_check(
+    instance: _Instance, choice: accel.Choice, console: Path, sink, result: InstanceResult, progress: StageProgress
+) -> str | None:
     """One boot of the instance: fills result, or returns why KVM fails (then nothing was checked)."""
     cell, scratch = instance.cell, instance.scratch
     # A fresh disk and variable store each attempt: a failed attempt may have written to them.
     disk = scratch / "instance.qcow2"
     disk.unlink(missing_ok=True)
     disk_bytes = instance.raw.stat().st_size + GROWTH
-    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(instance.raw.resolve()),
-              str(disk), str(disk_bytes)])
+    proc.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            str(instance.raw.resolve()),
+            str(disk),
+            str(disk_bytes),
+        ]
+    )
     uefi_vars = None
     template = qemu.uefi_vars_template(cell.arch.name, instance.firmware)
     if template:
         uefi_vars = scratch / "uefi-vars.fd"
         uefi_vars.write_bytes(template.read_bytes())
     port = _free_port()
-    command = qemu.boot_command(cell.arch.name, instance.firmware, disk, choice.name, instance.settings.memory,
-                                instance.settings.cpus, uefi_vars, image_format="qcow2", snapshot=False,
-                                extra_drives=(instance.seed,), ssh_port=port)
+    command = qemu.boot_command(
+        cell.arch.name,
+        instance.firmware,
+        disk,
+        choice.name,
+        instance.settings.memory,
+        instance.settings.cpus,
+        uefi_vars,
+        image_format="qcow2",
+        snapshot=False,
+        extra_drives=(instance.seed,),
+        ssh_port=port,
+    )
     sink.flush()
     offset = console.stat().st_size
     progress.update(status=choice.reason)
@@ -251,8 +319,7 @@ def _boot_and_check(instance: _Instance, choice: accel.Choice, console: Path, si
             kvm_failure = wait_for_kernel(child, console, offset, choice, started + instance.timeout)
             if kvm_failure:
                 return kvm_failure
-            result.seconds_to_ssh = wait_for_ssh(guest, child, console, offset, started, instance.timeout,
-                                                 progress)
+            result.seconds_to_ssh = wait_for_ssh(guest, child, console, offset, started, instance.timeout, progress)
         except InstanceTestFailed as failure:
             result.failure = str(failure)
         else:
@@ -264,8 +331,9 @@ def _boot_and_check(instance: _Instance, choice: accel.Choice, console: Path, si
         proc.stop(child, grace=5)
 
 
-def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, timeout: float,
-                  kvm_verdicts: Path | None = None) -> InstanceResult:
+def instance_test(
+    cell: Cell, files: CellFiles, settings: BootTestSettings, timeout: float, kvm_verdicts: Path | None = None
+) -> InstanceResult:
     """Boot the image as an instance, check it; write instance-test.json and its console log.
 
     Under KVM the boot is watched as the boot test's is (tasks/stages/accel.py): a
@@ -276,19 +344,24 @@ def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, time
     result = InstanceResult(cell.name, hostname, user=user)
     firmware = cell.arch.firmware[-1]  # UEFI where the image has it
     verdicts = accel.Verdicts(kvm_verdicts)
-    with tempfile.TemporaryDirectory(prefix="instance-test-", dir=files.dir) as scratch_name, \
-            diskimage.raw_disk(files) as raw:
+    with (
+        tempfile.TemporaryDirectory(prefix="instance-test-", dir=files.dir) as scratch_name,
+        diskimage.raw_disk(files) as raw,
+    ):
         scratch = Path(scratch_name)
-        proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "image-instance-test", "-f",
-                  str(scratch / "id")])
+        proc.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "image-instance-test", "-f", str(scratch / "id")]
+        )
         seed = make_seed(scratch, hostname, (scratch / "id.pub").read_text().strip())
         instance = _Instance(cell, raw, scratch, seed, firmware, settings, timeout, user)
         choice = qemu.choose_accelerator(cell.arch.name, firmware, settings.accelerator, verdicts)
         console = files.instance_console
         partial = atomic.partial_path(console)
         try:
-            with open(partial, "wb") as sink, \
-                    StageProgress(f"instance test {cell.name}", total=timeout, unit="seconds") as progress:
+            with (
+                open(partial, "wb") as sink,
+                StageProgress(f"instance test {cell.name}", total=timeout, unit="seconds") as progress,
+            ):
                 kvm_failure = _boot_and_check(instance, choice, partial, sink, result, progress)
                 if kvm_failure:
                     qemu.record_kvm_verdict(cell.arch.name, firmware, verdicts, works=False, reason=kvm_failure)
@@ -298,8 +371,9 @@ def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, time
                     sink.write(f"\n----- {choice.reason}: the instance starts again -----\n".encode())
                     _boot_and_check(instance, choice, partial, sink, result, progress)
                 elif choice.kvm and result.seconds_to_ssh is not None:
-                    qemu.record_kvm_verdict(cell.arch.name, firmware, verdicts, works=True,
-                                            reason="an instance answered SSH")
+                    qemu.record_kvm_verdict(
+                        cell.arch.name, firmware, verdicts, works=True, reason="an instance answered SSH"
+                    )
             atomic.commit(partial, console)  # complete, whatever the verdict: it is the evidence
         finally:
             atomic.remove(partial)
@@ -308,11 +382,11 @@ def instance_test(cell: Cell, files: CellFiles, settings: BootTestSettings, time
     atomic.write_json(files.instance_test, result.to_json())
     if not result.passed:
         failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed] or [result.failure or "no check ran"]
-        raise InstanceTestFailed(f"{cell.name}: the instance test failed: " + "; ".join(failed) +
-                                 f" (console: {console})", log=console)
+        raise InstanceTestFailed(
+            f"{cell.name}: the instance test failed: " + "; ".join(failed) + f" (console: {console})", log=console
+        )
     return result
 
 
 def describe(result: InstanceResult) -> str:
     return "\n".join(f"  {'ok ' if c.passed else 'BAD'} {c.name}: {c.detail}" for c in result.checks)
-

@@ -25,8 +25,12 @@ class NotifyFailed(StageFailed):
 
 
 def summary(release: dict) -> str:
-    lines = [f"Debian {release['release']} cloud images, version {release['version']}, were released.", "",
-             f"Directory: {release['url']}", ""]
+    lines = [
+        f"Debian {release['release']} cloud images, version {release['version']}, were released.",
+        "",
+        f"Directory: {release['url']}",
+        "",
+    ]
     for cell in release["cells"]:
         lines.append(f"{cell['cell']}:")
         for name, digest in cell["files"].items():

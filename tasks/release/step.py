@@ -18,7 +18,7 @@ register the image on its platform a second time.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks import storage
@@ -59,13 +59,26 @@ class Progress:
         atomic.write_json(self.path, {"image": self.image, "steps": self.steps})
 
 
-def release(cell: Cell, files: CellFiles, confirmed: bool, location: storage.Location, publish: PublishSettings,
-            settings: ReleaseSettings, boot: BootTestSettings, locks: Path, kvm_verdicts: Path | None = None) -> dict:
+def release(
+    cell: Cell,
+    files: CellFiles,
+    confirmed: bool,
+    location: storage.Location,
+    publish: PublishSettings,
+    settings: ReleaseSettings,
+    boot: BootTestSettings,
+    locks: Path,
+    kvm_verdicts: Path | None = None,
+) -> dict:
     if not confirmed:
         raise ReleaseRefused(f"a release is made on purpose only: doit release:{cell.name} confirm=yes")
     manifest = atomic.read_json(files.manifest)
-    record = {"cell": cell.name, "name": manifest["name"], "version": manifest["version"],
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record = {
+        "cell": cell.name,
+        "name": manifest["name"],
+        "version": manifest["version"],
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     progress = Progress(files.release_progress, sha512_file(files.manifest))
 
     if cell.vendor.name in settings.instance_test:
@@ -104,8 +117,12 @@ def release(cell: Cell, files: CellFiles, confirmed: bool, location: storage.Loc
         publication.point_latest(backend, cell.release.name, max(manifest["version"], latest))
     record["published"] = {"storage": location.url, "directory": directory, "files": files_published}
 
-    message = {"release": cell.release.name, "version": manifest["version"], "url": f"{location.url}/{directory}",
-               "cells": [{"cell": cell.name, "files": files_published, "platforms": platforms}]}
+    message = {
+        "release": cell.release.name,
+        "version": manifest["version"],
+        "url": f"{location.url}/{directory}",
+        "cells": [{"cell": cell.name, "files": files_published, "platforms": platforms}],
+    }
     record["notified"] = notify.notify(message, settings.notify)
     atomic.write_json(files.release_record, record)
     progress.path.unlink(missing_ok=True)

@@ -25,10 +25,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from tasks.errors import StageFailed
 from tasks.model.arch import Accelerator
@@ -44,7 +44,8 @@ STALL_SECONDS = 8.0
 # What qemu prints when KVM fails (the register dump follows the first two).
 _KVM_ERRORS = re.compile(
     rb"KVM internal error[^\r\n]*|emulation failure|KVM: entry failed[^\r\n]*|kvm run failed[^\r\n]*"
-    rb"|qemu-system-\w+: [^\r\n]*(?:[Aa]ssertion|kvm|KVM)[^\r\n]*")
+    rb"|qemu-system-\w+: [^\r\n]*(?:[Aa]ssertion|kvm|KVM)[^\r\n]*"
+)
 
 
 KVM, TCG = Accelerator.KVM, Accelerator.TCG
@@ -65,8 +66,9 @@ class Choice:
         return self.name == KVM
 
 
-def kvm_failure(new_output: bytes, any_output: bool, elapsed: float, quiet_for: float, kernel_started: bool,
-                exited: bool) -> str | None:
+def kvm_failure(
+    new_output: bytes, any_output: bool, elapsed: float, quiet_for: float, kernel_started: bool, exited: bool
+) -> str | None:
     """Why a boot under KVM shows that KVM fails here, or None.
 
     new_output: qemu's output (the serial console and qemu's own messages)
@@ -142,20 +144,24 @@ class Verdicts:
         if self.path is None:
             return
         with self._locked() as data:
-            data[key] = {"host": identity, "kvm_works": works, "reason": reason,
-                         "seen": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            data[key] = {
+                "host": identity,
+                "kvm_works": works,
+                "reason": reason,
+                "seen": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
 
 
-def choose(arch: str, firmware: str, wanted: str, qemu_binary: str, firmware_file: str,
-           verdicts: Verdicts) -> Choice:
+def choose(arch: str, firmware: str, wanted: str, qemu_binary: str, firmware_file: str, verdicts: Verdicts) -> Choice:
     """The accelerator a boot starts under. wanted: auto, kvm or tcg (boot_test.accelerator)."""
     if wanted == TCG:
         return Choice(TCG, "asked for TCG")
     why_not = kvm_unavailable(arch, qemu_binary)
     if why_not:
         if wanted == KVM:
-            raise AcceleratorUnusable(f"boot_test.accelerator is kvm, but {why_not}; "
-                                      f"set boot_test.accelerator to auto or tcg in the matrix")
+            raise AcceleratorUnusable(
+                f"boot_test.accelerator is kvm, but {why_not}; set boot_test.accelerator to auto or tcg in the matrix"
+            )
         return Choice(TCG, f"TCG: {why_not}")
     known = verdicts.get(f"{arch}/{firmware}", Verdicts.host_identity(qemu_binary, firmware_file))
     if known and not known["kvm_works"]:
@@ -168,10 +174,13 @@ def choose(arch: str, firmware: str, wanted: str, qemu_binary: str, firmware_fil
 
 
 def unusable(arch: str, firmware: str, reason: str) -> AcceleratorUnusable:
-    return AcceleratorUnusable(f"boot_test.accelerator is kvm, but KVM fails here for {arch} {firmware} boots: "
-                               f"{reason}; set boot_test.accelerator to auto (TCG where KVM fails) or tcg")
+    return AcceleratorUnusable(
+        f"boot_test.accelerator is kvm, but KVM fails here for {arch} {firmware} boots: "
+        f"{reason}; set boot_test.accelerator to auto (TCG where KVM fails) or tcg"
+    )
 
 
-def record(arch: str, firmware: str, qemu_binary: str, firmware_file: str, verdicts: Verdicts,
-           works: bool, reason: str) -> None:
+def record(
+    arch: str, firmware: str, qemu_binary: str, firmware_file: str, verdicts: Verdicts, works: bool, reason: str
+) -> None:
     verdicts.put(f"{arch}/{firmware}", Verdicts.host_identity(qemu_binary, firmware_file), works, reason)

@@ -50,7 +50,7 @@ class BaseFiles:
     dir: Path
 
     @classmethod
-    def of(cls, workdir: Path, name: str) -> "BaseFiles":
+    def of(cls, workdir: Path, name: str) -> BaseFiles:
         return cls(name, workdir / "base")
 
     @property
@@ -128,21 +128,33 @@ class BaseContent:
     sources: tuple[str, ...] = ()  # apt sources the base is upgraded from; none: no upgrade
 
     @classmethod
-    def of(cls, config_space: Path, release: Release, arch: Architecture,
-           settings: BuildSettings) -> "BaseContent":
+    def of(cls, config_space: Path, release: Release, arch: Architecture, settings: BuildSettings) -> BaseContent:
         # Every image of a release and architecture has these classes.
         classes = (COMMON_CLASS, release.fai_class, *arch.fai_classes)
         return cls(common_packages(config_space, classes), upgrade_sources(config_space, release, settings))
 
 
 def base_config(release: Release, arch: str, settings: BuildSettings, content: BaseContent = BaseContent()) -> dict:
-    return {"format": BASE_FORMAT, "release": release.name, "arch": arch, "mirror": settings.mirror,
-            "debootstrap": DEBOOTSTRAP_OPTIONS, "include": list(content.include),
-            "upgrade_from": list(content.sources)}
+    return {
+        "format": BASE_FORMAT,
+        "release": release.name,
+        "arch": arch,
+        "mirror": settings.mirror,
+        "debootstrap": DEBOOTSTRAP_OPTIONS,
+        "include": list(content.include),
+        "upgrade_from": list(content.sources),
+    }
 
 
-def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings, package_cache: Path,
-          cpu_slots: Path, content: BaseContent = BaseContent()) -> None:
+def build(
+    release: Release,
+    arch: str,
+    files: BaseFiles,
+    settings: BuildSettings,
+    package_cache: Path,
+    cpu_slots: Path,
+    content: BaseContent = BaseContent(),
+) -> None:
     from tasks.system import aptcache  # an HTTP server: imported by the builds only, not by the task graph
 
     if os.geteuid() != 0:
@@ -159,6 +171,7 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
     log.write_text(f"# {' '.join(cmd)}\n")
     try:
         with StageProgress(f"base {files.name}", unit="steps") as progress:
+
             def on_line(line: str) -> None:
                 # "I: Retrieving libc6 2.36-9", "I: Configuring apt...": the verb is the phase.
                 # Each package is retrieved, then validated: one phase, not a line per package.
@@ -183,13 +196,28 @@ def build(release: Release, arch: str, files: BaseFiles, settings: BuildSettings
         if status != 0:
             atomic.commit(log, files.log)
             tail = "\n".join(f"  {line}" for line in files.log.read_text(errors="replace").splitlines()[-15:])
-            raise BaseFailed(f"making the base {files.name} failed ({status}); full log: {files.log}\n{tail}", log=files.log)
+            raise BaseFailed(
+                f"making the base {files.name} failed ({status}); full log: {files.log}\n{tail}", log=files.log
+            )
         # Downloaded packages and indexes are not part of the base.
         for leftover in (root / "var/cache/apt/archives").glob("*.deb"):
             leftover.unlink()
         with atomic.output(files.tarball) as partial:
-            proc.run(["tar", "--create", "--zstd", "--xattrs", "--xattrs-include=*", "--numeric-owner",
-                      "--directory", str(root), "--file", str(partial), "."])
+            proc.run(
+                [
+                    "tar",
+                    "--create",
+                    "--zstd",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                    "--numeric-owner",
+                    "--directory",
+                    str(root),
+                    "--file",
+                    str(partial),
+                    ".",
+                ]
+            )
         atomic.commit(log, files.log)
     finally:
         atomic.remove(files.staging)  # the sandbox, and every mount in it, is gone

@@ -33,9 +33,13 @@ from tasks.system import atomic, cpu, proc
 # Checked in this order: the first that matches names the cause. "Unable to
 # mount root" comes with a kernel panic, but the root device is the cause.
 FAILURES = [
-    ("root-device-not-found", re.compile(
-        rb"Gave up waiting for root (file system )?device|ALERT!\s+\S+ does not exist"
-        rb"|VFS: Unable to mount root fs|Cannot open root device")),
+    (
+        "root-device-not-found",
+        re.compile(
+            rb"Gave up waiting for root (file system )?device|ALERT!\s+\S+ does not exist"
+            rb"|VFS: Unable to mount root fs|Cannot open root device"
+        ),
+    ),
     # The initramfs mounted the root file system but found no init there.
     ("init-not-found", re.compile(rb"Target filesystem doesn't have requested \S+init")),
     ("kernel-panic", re.compile(rb"Kernel panic - not syncing")),
@@ -109,15 +113,23 @@ def boot_config(settings: BootTestSettings) -> dict:
     return {"until": settings.until, "timeout": settings.timeout, "memory": settings.memory, "cpus": settings.cpus}
 
 
-def boot(arch: str, image: Path, log: Path, settings: BootTestSettings, firmware: str = "bios",
-         label: str = "boot", verdicts: accel.Verdicts = accel.Verdicts(None),
-         cancel: threading.Event | None = None) -> BootResult:
+def boot(
+    arch: str,
+    image: Path,
+    log: Path,
+    settings: BootTestSettings,
+    firmware: str = "bios",
+    label: str = "boot",
+    verdicts: accel.Verdicts | None = None,
+    cancel: threading.Event | None = None,
+) -> BootResult:
     """Boot image from firmware, writing its console to log; return the verdict.
 
     Under KVM the boot is watched (tasks/stages/accel.py): if KVM fails, the boot
     starts again under TCG at once, and the verdict is remembered in
     verdicts. cancel, once set, stops the boot (verdict "cancelled").
     """
+    verdicts = verdicts or accel.Verdicts(None)
     choice = qemu.choose_accelerator(arch, firmware, settings.accelerator, verdicts)
     result = _boot_once(arch, firmware, image, log, settings, choice, label, cancel)
     if result.verdict == KVM_FAILED:
@@ -134,8 +146,17 @@ def boot(arch: str, image: Path, log: Path, settings: BootTestSettings, firmware
     return result
 
 
-def _boot_once(arch: str, firmware: str, image: Path, log: Path, settings: BootTestSettings,
-               choice: accel.Choice, label: str, cancel: threading.Event | None, append: bool = False) -> BootResult:
+def _boot_once(
+    arch: str,
+    firmware: str,
+    image: Path,
+    log: Path,
+    settings: BootTestSettings,
+    choice: accel.Choice,
+    label: str,
+    cancel: threading.Event | None,
+    append: bool = False,
+) -> BootResult:
     with tempfile.TemporaryDirectory(prefix="boottest.") as scratch:
         template = qemu.uefi_vars_template(arch, firmware)
         uefi_vars = None
@@ -147,14 +168,24 @@ def _boot_once(arch: str, firmware: str, image: Path, log: Path, settings: BootT
         return _watch(cmd, log, settings, result, choice, label, cancel, append)
 
 
-def _watch(cmd: list[str], log: Path, settings: BootTestSettings, result: BootResult, choice: accel.Choice,
-           label: str, cancel: threading.Event | None, append: bool) -> BootResult:
+def _watch(
+    cmd: list[str],
+    log: Path,
+    settings: BootTestSettings,
+    result: BootResult,
+    choice: accel.Choice,
+    label: str,
+    cancel: threading.Event | None,
+    append: bool,
+) -> BootResult:
     """Run qemu and read its console until a verdict; qemu is stopped on every path."""
     console = bytearray()
     searched = 0
     started = last_output = time.monotonic()
-    with open(log, "ab" if append else "wb") as sink, \
-            StageProgress(label, total=settings.timeout, unit="seconds") as progress:
+    with (
+        open(log, "ab" if append else "wb") as sink,
+        StageProgress(label, total=settings.timeout, unit="seconds") as progress,
+    ):
         if append:
             sink.write(f"\n----- {result.accelerator_reason}: the boot starts again -----\n".encode())
         # The console's input is ours: it passes GRUB's menu.
@@ -180,19 +211,19 @@ def _watch(cmd: list[str], log: Path, settings: BootTestSettings, result: BootRe
                             sink.write(chunk)
                             console += chunk
                             last_output = now
-                            window = bytes(console[max(0, searched - _OVERLAP):])
+                            window = bytes(console[max(0, searched - _OVERLAP) :])
                             searched = len(console)
                     if choice.kvm:
-                        failure = accel.kvm_failure(window, bool(console), elapsed, now - last_output,
-                                                    "kernel" in result.milestones, exited)
+                        failure = accel.kvm_failure(
+                            window, bool(console), elapsed, now - last_output, "kernel" in result.milestones, exited
+                        )
                         if failure:
                             result.verdict, result.accelerator_reason = KVM_FAILED, failure
                             break
                     if exited:
                         result.verdict = _verdict(console) or "qemu-exited"
                         break
-                    if window and not menu_passed and "kernel" not in result.milestones \
-                            and GRUB_MENU.search(window):
+                    if window and not menu_passed and "kernel" not in result.milestones and GRUB_MENU.search(window):
                         menu_passed = _send(child, b"\r")
                     if window:
                         for name, pattern in PHASES:
@@ -253,14 +284,18 @@ def explain(result: BootResult, log: Path) -> str:
         "init-not-found": "the root file system has no init",
         "emergency-mode": "systemd entered emergency mode",
     }
-    lines = [f"boot test failed through {result.firmware}: {reasons.get(result.verdict, result.verdict)} "
-             f"({result.accelerator}, {result.seconds:.0f} s); console log: {log}",
-             "last console lines:", *(f"  {line}" for line in console_tail(log))]
+    lines = [
+        f"boot test failed through {result.firmware}: {reasons.get(result.verdict, result.verdict)} "
+        f"({result.accelerator}, {result.seconds:.0f} s); console log: {log}",
+        "last console lines:",
+        *(f"  {line}" for line in console_tail(log)),
+    ]
     return "\n".join(lines)
 
 
-def boot_test(cell: Cell, files: CellFiles, settings: BootTestSettings, cpu_slots: Path,
-              kvm_verdicts: Path | None = None) -> list[BootResult]:
+def boot_test(
+    cell: Cell, files: CellFiles, settings: BootTestSettings, cpu_slots: Path, kvm_verdicts: Path | None = None
+) -> list[BootResult]:
     """The doit action: boot through each firmware the image supports.
 
     The firmwares boot side by side when the CPU slots allow (each boot
@@ -276,25 +311,33 @@ def boot_test(cell: Cell, files: CellFiles, settings: BootTestSettings, cpu_slot
         side_by_side = max(1, min(len(firmwares), got // settings.cpus))
         # Free cores beyond boot_test.cpus are shared out (arm64's one firmware gets both here).
         vcpus = max(settings.cpus, min(per_boot, got // side_by_side))
-        results = _boot_each(cell, files, dataclasses.replace(settings, cpus=vcpus), verdicts, firmwares,
-                             side_by_side)
+        results = _boot_each(cell, files, dataclasses.replace(settings, cpus=vcpus), verdicts, firmwares, side_by_side)
     failed = next((r for r in results if not r.passed), None)
-    atomic.write_json(files.boot_result, {
-        "cell": cell.name,
-        "verdict": failed.verdict if failed else "passed",
-        "passed": failed is None,
-        "side_by_side": side_by_side,
-        "vcpus": vcpus,
-        "boots": [r.to_json() for r in results],
-    })
+    atomic.write_json(
+        files.boot_result,
+        {
+            "cell": cell.name,
+            "verdict": failed.verdict if failed else "passed",
+            "passed": failed is None,
+            "side_by_side": side_by_side,
+            "vcpus": vcpus,
+            "boots": [r.to_json() for r in results],
+        },
+    )
     if failed:
         log = files.boot_log(failed.firmware)
         raise BootTestFailed(explain(failed, log), log=log)
     return results
 
 
-def _boot_each(cell: Cell, files: CellFiles, settings: BootTestSettings, verdicts: accel.Verdicts,
-               firmwares: list[str], side_by_side: int) -> list[BootResult]:
+def _boot_each(
+    cell: Cell,
+    files: CellFiles,
+    settings: BootTestSettings,
+    verdicts: accel.Verdicts,
+    firmwares: list[str],
+    side_by_side: int,
+) -> list[BootResult]:
     """Boot every firmware, side_by_side at a time; return the boots that decided something.
 
     Each console goes to a partial file; the logs are committed only once
@@ -307,8 +350,16 @@ def _boot_each(cell: Cell, files: CellFiles, settings: BootTestSettings, verdict
         if cancel.is_set():
             return None
         try:
-            result = boot(cell.arch.name, files.raw, partials[firmware], settings, firmware,
-                          label=f"boot {cell.name} ({firmware})", verdicts=verdicts, cancel=cancel)
+            result = boot(
+                cell.arch.name,
+                files.raw,
+                partials[firmware],
+                settings,
+                firmware,
+                label=f"boot {cell.name} ({firmware})",
+                verdicts=verdicts,
+                cancel=cancel,
+            )
         except BaseException:
             cancel.set()
             raise

@@ -113,8 +113,9 @@ class _Segments:
         with self.lock:
             if self.stopping:
                 raise CompressFailed("stopped")
-            child = proc.start(self.squeezer.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+            child = proc.start(
+                self.squeezer.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
             self.running.add(child)
         try:
             out, err = child.communicate(data)
@@ -134,14 +135,33 @@ class _Segments:
             proc.stop(child)
 
 
-def sparse_tar(disk: Path, output: Path, squeezer: Squeezer, label: str, cpu_slots: Path | None = None,
-               fixed: int | None = None, tar_format: str = "gnu") -> None:
+def sparse_tar(
+    disk: Path,
+    output: Path,
+    squeezer: Squeezer,
+    label: str,
+    cpu_slots: Path | None = None,
+    fixed: int | None = None,
+    tar_format: str = "gnu",
+) -> None:
     """tar --sparse of disk (stored under its own name), compressed segment by segment.
 
     fixed: compress that many segments at once; None: one per free CPU slot.
     """
-    tar_cmd = ["tar", "--create", "--sparse", f"--format={tar_format}", "--numeric-owner", "--owner=0",
-               "--group=0", "--directory", str(disk.parent), "--file", "-", disk.name]
+    tar_cmd = [
+        "tar",
+        "--create",
+        "--sparse",
+        f"--format={tar_format}",
+        "--numeric-owner",
+        "--owner=0",
+        "--group=0",
+        "--directory",
+        str(disk.parent),
+        "--file",
+        "-",
+        disk.name,
+    ]
     segments = _Segments(squeezer, cpu_slots, fixed)
     pending: collections.deque[Future] = collections.deque()
     tar = proc.start(tar_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -191,20 +211,23 @@ def qemu_img_convert(args: list[str], label: str) -> None:
 
 def qcow2(raw: Path, output: Path, threads: int, label: str) -> None:
     """A compressed qcow2; -m/-W let qemu-img compress clusters in parallel."""
-    qemu_img_convert(["-f", "raw", "-O", "qcow2", "-c", "-m", str(max(2, 4 * threads)), "-W",
-                      str(raw), str(output)], label)
+    qemu_img_convert(
+        ["-f", "raw", "-O", "qcow2", "-c", "-m", str(max(2, 4 * threads)), "-W", str(raw), str(output)], label
+    )
 
 
-def vhd_tar_xz(raw: Path, output: Path, squeezer: Squeezer, label: str, cpu_slots: Path | None = None,
-               fixed: int | None = None) -> None:
+def vhd_tar_xz(
+    raw: Path, output: Path, squeezer: Squeezer, label: str, cpu_slots: Path | None = None, fixed: int | None = None
+) -> None:
     """Azure's format: a fixed VHD whose size is a whole number of MiB, in a sparse tar."""
     size = raw.stat().st_size
     if size % MIB:
         raise CompressFailed(f"{raw} is {size} bytes; Azure needs a whole number of MiB")
     with tempfile.TemporaryDirectory(prefix=".vhd.", dir=output.parent) as scratch:
         vhd = Path(scratch) / "disk.vhd"
-        qemu_img_convert(["-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on",
-                          str(raw), str(vhd)], f"{label} (vhd)")
+        qemu_img_convert(
+            ["-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", str(raw), str(vhd)], f"{label} (vhd)"
+        )
         if vhd.stat().st_size != size + 512:  # a fixed VHD is the disk plus a 512-byte footer
             raise CompressFailed(f"{vhd} is {vhd.stat().st_size} bytes, expected {size + 512}")
         sparse_tar(vhd, output, squeezer, label, cpu_slots, fixed)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
@@ -22,8 +22,11 @@ def member(files: CellFiles, fmt: str, name: str) -> Iterator[Path]:
     if not archive.exists():
         raise StageFailed(f"{files.cell.name}: no {archive.name} to take {name} from")
     with tempfile.TemporaryDirectory(prefix="release-", dir=files.dir) as scratch:
-        unpacked = subprocess.run(["tar", "--extract", "--sparse", "--file", str(archive), "--directory", scratch,
-                                   name], capture_output=True, text=True)
+        unpacked = subprocess.run(
+            ["tar", "--extract", "--sparse", "--file", str(archive), "--directory", scratch, name],
+            capture_output=True,
+            text=True,
+        )
         if unpacked.returncode != 0:
             raise StageFailed(f"{files.cell.name}: cannot take {name} from {archive}: {unpacked.stderr.strip()}")
         yield Path(scratch) / name

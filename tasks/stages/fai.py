@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.errors import StageFailed
@@ -52,8 +52,18 @@ class BuildInputs:
 
 # FAI tasks of an installation, in order: the build's progress steps.
 FAI_STEPS = [
-    "partition", "mountdisks", "extrbase", "debconf", "repository", "updatebase",
-    "instsoft", "configure", "tests", "finish", "chboot", "faiend",
+    "partition",
+    "mountdisks",
+    "extrbase",
+    "debconf",
+    "repository",
+    "updatebase",
+    "instsoft",
+    "configure",
+    "tests",
+    "finish",
+    "chboot",
+    "faiend",
 ]
 _STEP_LINE = re.compile(r"^Calling task_(\w+)")
 # Lines worth showing when a build fails.
@@ -70,8 +80,12 @@ class BuildFailed(StageFailed):
 def fai_arch_facts(cell: Cell) -> dict[str, str]:
     """The architecture registry's facts the config space reads (tasks/model/arch.py)."""
     spec = cell.arch.kind.spec
-    return {"IMAGE_FIRMWARE": " ".join(cell.arch.kind.firmware), "IMAGE_EFI_NAME": spec.efi_name,
-            "IMAGE_GRUB_EFI": spec.grub_efi, "IMAGE_ROOT_PARTITION_TYPE": spec.root_partition_type}
+    return {
+        "IMAGE_FIRMWARE": " ".join(cell.arch.kind.firmware),
+        "IMAGE_EFI_NAME": spec.efi_name,
+        "IMAGE_GRUB_EFI": spec.grub_efi,
+        "IMAGE_ROOT_PARTITION_TYPE": spec.root_partition_type,
+    }
 
 
 def build_config(cell: Cell, settings: BuildSettings) -> dict:
@@ -84,8 +98,10 @@ def build_config(cell: Cell, settings: BuildSettings) -> dict:
         "fai_classes": list(cell.fai_classes),
         "disk_size": cell.vendor.disk_size,
         "arch_facts": fai_arch_facts(cell),
-        "build": {key: getattr(settings, key) for key in
-                  ("mirror", "security_mirror", "image_mirror", "image_security_mirror", "hostname")},
+        "build": {
+            key: getattr(settings, key)
+            for key in ("mirror", "security_mirror", "image_mirror", "image_security_mirror", "hostname")
+        },
     }
 
 
@@ -119,8 +135,12 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
 def check_host() -> None:
     if os.geteuid() != 0:
         raise BuildFailed("building an image needs root (loop devices, mounts, chroot)")
-    for tool, package in (("fai-diskimage", "fai-server"), ("setup-storage", "fai-setup-storage"),
-                          ("qemu-img", "qemu-utils"), ("unshare", "util-linux")):
+    for tool, package in (
+        ("fai-diskimage", "fai-server"),
+        ("setup-storage", "fai-setup-storage"),
+        ("qemu-img", "qemu-utils"),
+        ("unshare", "util-linux"),
+    ):
         if not shutil.which(tool):
             raise BuildFailed(f"{tool} not found: install the Debian package {package} (README.md, set-up)")
 
@@ -153,16 +173,22 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
     (etc_dir / "fai.conf").write_text("# fai.conf of an image build: nothing to set\n")
     raw, log = staging / "disk.raw", staging / "build.log"
     fai_command = [
-        "fai-diskimage", "--verbose",
-        "--hostname", settings.hostname,
-        "--size", cell.vendor.disk_size,
-        "--cspace", str(inputs.config_space.resolve()),
-        "--cfdir", str(etc_dir),
-        "--class", ",".join(cell.fai_classes),
+        "fai-diskimage",
+        "--verbose",
+        "--hostname",
+        settings.hostname,
+        "--size",
+        cell.vendor.disk_size,
+        "--cspace",
+        str(inputs.config_space.resolve()),
+        "--cfdir",
+        str(etc_dir),
+        "--class",
+        ",".join(cell.fai_classes),
         str(raw),
     ]
     log.write_text(f"# {cell.name}: {' '.join(fai_command)}\n")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     clock = time.monotonic()
     try:
         with StageProgress(f"build {cell.name}", total=len(FAI_STEPS), unit="steps") as progress:
@@ -192,27 +218,35 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
     # FAI's exit status does not count its tests: a failed image check is
     # read from its test log.
     failed_checks = [line for line in _read(fai_log_dir / "test.log").splitlines() if "FAILED with" in line]
-    if returncode != 0 or failed_checks or not packages.is_file() or packages.stat().st_size == 0 \
-            or not facts.is_file():
+    if (
+        returncode != 0
+        or failed_checks
+        or not packages.is_file()
+        or packages.stat().st_size == 0
+        or not facts.is_file()
+    ):
         atomic.commit(log, files.build_log)
         raise BuildFailed(_failure_report(cell, files.build_log, returncode, failed_checks), log=files.build_log)
     loopdev.detach_all(staging)  # before disk.raw is read and committed
 
-    atomic.write_json(files.build_info, {
-        "cell": cell.name,
-        "release": cell.release.name,
-        "release_version": cell.release.version,
-        "vendor": cell.vendor.name,
-        "arch": cell.arch.name,
-        "version": inputs.version,
-        "image_name": cell.image_name(inputs.version),
-        "fai_classes": list(cell.fai_classes),
-        "disk_size": cell.vendor.disk_size,
-        "build_started": started.isoformat(timespec="seconds"),
-        "build_seconds": round(time.monotonic() - clock, 1),
-        "builder": {"fai": _package_version("fai-server"), "host_kernel": os.uname().release},
-        "mirror": settings.mirror,
-    })
+    atomic.write_json(
+        files.build_info,
+        {
+            "cell": cell.name,
+            "release": cell.release.name,
+            "release_version": cell.release.version,
+            "vendor": cell.vendor.name,
+            "arch": cell.arch.name,
+            "version": inputs.version,
+            "image_name": cell.image_name(inputs.version),
+            "fai_classes": list(cell.fai_classes),
+            "disk_size": cell.vendor.disk_size,
+            "build_started": started.isoformat(timespec="seconds"),
+            "build_seconds": round(time.monotonic() - clock, 1),
+            "builder": {"fai": _package_version("fai-server"), "host_kernel": os.uname().release},
+            "mirror": settings.mirror,
+        },
+    )
     atomic.commit(packages, files.packages)
     atomic.commit(facts, files.facts)
     atomic.commit(log, files.build_log)
@@ -233,8 +267,9 @@ def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.is_file() else ""
 
 
-def _failure_report(cell: Cell, log: Path, returncode: int, failed_checks: Sequence[str] = (), tail: int = 15,
-                    matches: int = 25) -> str:
+def _failure_report(
+    cell: Cell, log: Path, returncode: int, failed_checks: Sequence[str] = (), tail: int = 15, matches: int = 25
+) -> str:
     lines = log.read_text(errors="replace").splitlines()
     # FAI's own logs, appended to the build log, repeat lines: show each once.
     relevant = list(dict.fromkeys(line for line in lines if _RELEVANT.search(line)))[-matches:]
@@ -255,7 +290,9 @@ def _package_version(package: str) -> str:
     try:
         return subprocess.run(
             ["dpkg-query", "--show", "--showformat", "${Version}", package],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

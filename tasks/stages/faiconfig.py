@@ -12,8 +12,8 @@ than a stale image.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 _BY_NAME = {"package_config", "disk_config", "debconf", "basefiles"}
 _BY_DIRECTORY = {"scripts", "tests"}

@@ -15,33 +15,104 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from tasks.model.arch import Arch
 
 # Debian's rules (system_tests/image/test_etc.py): names from base-passwd,
 # then those the images' packages create.
 BASE_PASSWD_GROUPS = {
-    "root", "daemon", "bin", "sys", "adm", "tty", "disk", "lp", "mail", "news", "uucp", "man", "proxy", "kmem",
-    "dialout", "fax", "voice", "cdrom", "floppy", "tape", "sudo", "audio", "dip", "www-data", "backup",
-    "operator", "list", "irc", "src", "shadow", "utmp", "video", "sasl", "plugdev", "staff", "games", "users",
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "adm",
+    "tty",
+    "disk",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "man",
+    "proxy",
+    "kmem",
+    "dialout",
+    "fax",
+    "voice",
+    "cdrom",
+    "floppy",
+    "tape",
+    "sudo",
+    "audio",
+    "dip",
+    "www-data",
+    "backup",
+    "operator",
+    "list",
+    "irc",
+    "src",
+    "shadow",
+    "utmp",
+    "video",
+    "sasl",
+    "plugdev",
+    "staff",
+    "games",
+    "users",
     "nogroup",
 }
-PACKAGE_GROUPS = {"messagebus", "polkitd", "tcpdump", "input", "kvm", "render", "sgx", "uuidd",
-                  # From Debian 13: systemd's clock group; dhcpcd-base, which cloud-init depends on.
-                  "clock", "dhcpcd"}
+PACKAGE_GROUPS = {
+    "messagebus",
+    "polkitd",
+    "tcpdump",
+    "input",
+    "kvm",
+    "render",
+    "sgx",
+    "uuidd",
+    # From Debian 13: systemd's clock group; dhcpcd-base, which cloud-init depends on.
+    "clock",
+    "dhcpcd",
+}
 REQUIRED_GROUPS = {"root", "nogroup", "adm", "audio", "cdrom", "dialout", "dip", "floppy", "plugdev", "sudo", "video"}
 BASE_PASSWD_USERS = {
-    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data",
-    "backup", "list", "irc", "gnats", "nobody",
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
 }
 PACKAGE_USERS = {"messagebus", "polkitd", "sshd", "tcpdump", "uuidd", "dhcpcd"}
 NO_LOGIN_SHELLS = {"/bin/false", "/sbin/nologin", "/usr/sbin/nologin"}
 SYSTEM_PREFIXES = ("_", "systemd-")
-VAR_LOG_ALLOWED = {"apt", "btmp", "chrony", "faillog", "journal", "lastlog", "private", "runit",
-                   "unattended-upgrades", "wtmp", "README"}
+VAR_LOG_ALLOWED = {
+    "apt",
+    "btmp",
+    "chrony",
+    "faillog",
+    "journal",
+    "lastlog",
+    "private",
+    "runit",
+    "unattended-upgrades",
+    "wtmp",
+    "README",
+}
 EMPTY_DIRECTORIES = ("dev", "proc", "run", "sys", "tmp", "var/cache/apt", "var/lib/apt/lists", "var/tmp")
 ABSENT_FILES = ("etc/mailname", "initrd.img", "vmlinux", "vmlinuz")
 BOOT_FILES = ("boot/initrd.img*", "boot/vmlinu[xz]*", "boot/grub/grub.cfg")
@@ -86,6 +157,7 @@ def _system_id(value: str) -> bool:
 
 # Each check returns its problems: an empty list means it passed.
 
+
 def empty_directories(image: Image) -> list[str]:
     problems = []
     for relative in EMPTY_DIRECTORIES:
@@ -109,12 +181,14 @@ def _arch(image: Image) -> Arch | None:
 
 
 def boot_files(image: Image) -> list[str]:
-    problems = [f"nothing matches /{pattern}" for pattern in BOOT_FILES
-                if not list(image.root.glob(pattern))]
+    problems = [f"nothing matches /{pattern}" for pattern in BOOT_FILES if not list(image.root.glob(pattern))]
     arch = _arch(image)
     platforms = arch.spec.grub_platforms if arch else ()
-    problems += [f"/boot/grub/{platform} is missing" for platform in platforms
-                 if not image.path(f"boot/grub/{platform}").is_dir()]
+    problems += [
+        f"/boot/grub/{platform} is missing"
+        for platform in platforms
+        if not image.path(f"boot/grub/{platform}").is_dir()
+    ]
     return problems
 
 
@@ -143,8 +217,11 @@ def groups(image: Image) -> list[str]:
     rows = _table(image.path("etc/group"))
     names = {row[0] for row in rows}
     problems = [f"group {name} is missing" for name in sorted(REQUIRED_GROUPS - names)]
-    problems += [f"group {row[0]} is not one Debian's images have" for row in rows
-                 if not _allowed(row[0], BASE_PASSWD_GROUPS | PACKAGE_GROUPS)]
+    problems += [
+        f"group {row[0]} is not one Debian's images have"
+        for row in rows
+        if not _allowed(row[0], BASE_PASSWD_GROUPS | PACKAGE_GROUPS)
+    ]
     problems += [f"group {row[0]} has gid {row[2]}" for row in rows if not _system_id(row[2])]
     return problems
 
@@ -153,12 +230,18 @@ def users(image: Image) -> list[str]:
     rows = _table(image.path("etc/passwd"))
     names = {row[0] for row in rows}
     problems = [f"user {name} is missing" for name in ("root", "nobody") if name not in names]
-    problems += [f"user {row[0]} is not one Debian's images have" for row in rows
-                 if not _allowed(row[0], BASE_PASSWD_USERS | PACKAGE_USERS)]
+    problems += [
+        f"user {row[0]} is not one Debian's images have"
+        for row in rows
+        if not _allowed(row[0], BASE_PASSWD_USERS | PACKAGE_USERS)
+    ]
     problems += [f"user {row[0]} has uid {row[2]}" for row in rows if not _system_id(row[2])]
     expected_shell = {"root": {"/bin/bash"}, "sync": {"/bin/sync"}}
-    problems += [f"user {row[0]} has the shell {row[6]}" for row in rows
-                 if row[6] not in expected_shell.get(row[0], NO_LOGIN_SHELLS)]
+    problems += [
+        f"user {row[0]} has the shell {row[6]}"
+        for row in rows
+        if row[6] not in expected_shell.get(row[0], NO_LOGIN_SHELLS)
+    ]
     return problems
 
 
@@ -176,10 +259,14 @@ def var_log(image: Image) -> list[str]:
     log = image.path("var/log")
     if not log.is_dir():
         return ["/var/log is not a directory"]
-    problems = [f"/var/log/{p.name} is not allowed there" for p in sorted(log.iterdir())
-                if p.name not in VAR_LOG_ALLOWED]
-    problems += [f"/{p.relative_to(image.root)} is not empty" for p in sorted(log.rglob("*"))
-                 if p.is_file() and not p.is_symlink() and p.stat().st_size]
+    problems = [
+        f"/var/log/{p.name} is not allowed there" for p in sorted(log.iterdir()) if p.name not in VAR_LOG_ALLOWED
+    ]
+    problems += [
+        f"/{p.relative_to(image.root)} is not empty"
+        for p in sorted(log.rglob("*"))
+        if p.is_file() and not p.is_symlink() and p.stat().st_size
+    ]
     return problems
 
 
@@ -187,17 +274,22 @@ def init_outlives_fai(image: Image) -> list[str]:
     """FAI deletes /sbin/init at its very end and renames a diverted original
     back (scripts/DEBIAN/30-keep-init): one of the two must be there to boot."""
     diversions = image.path("var/lib/dpkg/diversions").read_text().splitlines()
-    diverted = any(diversions[i] == "/sbin/init" and diversions[i + 2] == "fai"
-                   for i in range(0, len(diversions) - 2, 3))
+    diverted = any(
+        diversions[i] == "/sbin/init" and diversions[i + 2] == "fai" for i in range(0, len(diversions) - 2, 3)
+    )
     wanted = "sbin/init.distrib" if diverted else "sbin/init"
     return [] if _lexists(image.path(wanted)) else [f"/{wanted} is missing"]
 
 
 def fstab_by_partuuid(image: Image) -> list[str]:
-    lines = [line.split() for line in image.path("etc/fstab").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
-    problems = [f"fstab mounts {fields[1]} from {fields[0]}" for fields in lines
-                if not fields[0].startswith("PARTUUID=")]
+    lines = [
+        line.split()
+        for line in image.path("etc/fstab").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    problems = [
+        f"fstab mounts {fields[1]} from {fields[0]}" for fields in lines if not fields[0].startswith("PARTUUID=")
+    ]
     mounts = {fields[1] for fields in lines}
     problems += [f"fstab does not mount {m}" for m in ("/", "/boot/efi") if m not in mounts]
     return problems
@@ -209,8 +301,12 @@ def grub_root(image: Image) -> list[str]:
     kernels = [line.split() for line in text.splitlines() if line.strip().startswith("linux")]
     if not kernels:
         return ["grub.cfg boots no kernel"]
-    return [f"grub.cfg boots with {arg}" for words in kernels for arg in words
-            if arg.startswith("root=") and not arg.startswith("root=PARTUUID=")]
+    return [
+        f"grub.cfg boots with {arg}"
+        for words in kernels
+        for arg in words
+        if arg.startswith("root=") and not arg.startswith("root=PARTUUID=")
+    ]
 
 
 def boot_loader_on_esp(image: Image) -> list[str]:
@@ -218,23 +314,34 @@ def boot_loader_on_esp(image: Image) -> list[str]:
     if arch is None:
         return []
     suffix = arch.spec.efi_name.upper()
-    wanted = (f"EFI/BOOT/BOOT{suffix}.EFI", f"EFI/BOOT/GRUB{suffix}.EFI", f"EFI/DEBIAN/SHIM{suffix}.EFI",
-              f"EFI/DEBIAN/GRUB{suffix}.EFI", "EFI/DEBIAN/GRUB.CFG")
+    wanted = (
+        f"EFI/BOOT/BOOT{suffix}.EFI",
+        f"EFI/BOOT/GRUB{suffix}.EFI",
+        f"EFI/DEBIAN/SHIM{suffix}.EFI",
+        f"EFI/DEBIAN/GRUB{suffix}.EFI",
+        "EFI/DEBIAN/GRUB.CFG",
+    )
     return [f"the ESP lacks {name}" for name in wanted if name not in image.esp_files]
 
 
 def fresh_identity(image: Image) -> list[str]:
-    problems = [f"/{r} is not empty" for r in ("etc/machine-id", "etc/hostname")
-                if not image.path(r).is_file() or image.path(r).stat().st_size]
+    problems = [
+        f"/{r} is not empty"
+        for r in ("etc/machine-id", "etc/hostname")
+        if not image.path(r).is_file() or image.path(r).stat().st_size
+    ]
     problems += [f"/{p.relative_to(image.root)} is the build's" for p in image.root.glob("etc/ssh/ssh_host_*")]
-    problems += [f"/{r} exists" for r in ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed")
-                 if _lexists(image.path(r))]
+    problems += [
+        f"/{r} exists" for r in ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed") if _lexists(image.path(r))
+    ]
     return problems
 
 
 def no_build_leftovers(image: Image) -> list[str]:
     problems = [f"/{r} is still there" for r in BUILD_HELPERS if image.path(r).exists()]
-    problems += [f"/{p.relative_to(image.root)} is still there" for p in image.root.glob("var/cache/apt/archives/*.deb")]
+    problems += [
+        f"/{p.relative_to(image.root)} is still there" for p in image.root.glob("var/cache/apt/archives/*.deb")
+    ]
     hosts = image.path("etc/hosts")
     for line in hosts.read_text().splitlines() if hosts.is_file() else []:
         names = set(line.split("#", 1)[0].split()[1:])
@@ -260,12 +367,14 @@ def root_locked(image: Image) -> list[str]:
 def absent(*relative: str) -> Callable[[Image], list[str]]:
     def check(image: Image) -> list[str]:
         return [f"/{r} exists" for r in relative if _lexists(image.path(r))]
+
     return check
 
 
 def present(*relative: str) -> Callable[[Image], list[str]]:
     def check(image: Image) -> list[str]:
         return [f"/{r} is missing" for r in relative if not _lexists(image.path(r))]
+
     return check
 
 
@@ -325,10 +434,17 @@ def run(image: Image, checks=CHECKS) -> dict[str, list[str]]:
 
 def esp_files(device: str) -> frozenset[str]:
     """Every file on a FAT file system, read with mtools (the build host may lack vfat)."""
-    listing = subprocess.run(["mdir", "-/", "-b", "-i", device, "::/"], capture_output=True, text=True,
-                             env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
-    return frozenset(line.removeprefix("::/").upper() for line in listing.stdout.splitlines()
-                     if line.startswith("::/") and not line.endswith("/"))
+    listing = subprocess.run(
+        ["mdir", "-/", "-b", "-i", device, "::/"],
+        capture_output=True,
+        text=True,
+        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"},
+    )
+    return frozenset(
+        line.removeprefix("::/").upper()
+        for line in listing.stdout.splitlines()
+        if line.startswith("::/") and not line.endswith("/")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,8 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", required=True, help="FAI's classes, separated by blanks")
     parser.add_argument("--esp", help="the EFI system partition's device or image file")
     args = parser.parse_args(argv)
-    image = Image(args.root, args.arch, frozenset(args.classes.split()),
-                  esp_files(args.esp) if args.esp else frozenset())
+    image = Image(
+        args.root, args.arch, frozenset(args.classes.split()), esp_files(args.esp) if args.esp else frozenset()
+    )
     failed = 0
     for name, problems in run(image).items():
         if problems:

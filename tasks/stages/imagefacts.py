@@ -79,18 +79,21 @@ def users(root: Path) -> dict[str, Any]:
         "default_user": default_user.get("name") if config is not None else None,
         "default_user_groups": sorted(default_user.get("groups") or []) if config is not None else None,
         "uid_1000_and_up": sorted(row[0] for row in passwd if len(row) > 2 and 1000 <= int(row[2]) < 65534),
-        "root_login": "no password" if root_password == "" else
-                      "locked" if root_password[:1] in ("*", "!") else "password",
+        "root_login": "no password"
+        if root_password == ""
+        else "locked"
+        if root_password[:1] in ("*", "!")
+        else "password",
     }
 
 
 def disk(device: str | None) -> dict[str, Any]:
     if not device:
         return {}
-    size = int(subprocess.run(["blockdev", "--getsize64", device], capture_output=True, text=True,
-                              check=True).stdout)
-    table = json.loads(subprocess.run(["sfdisk", "--json", device], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
+    size = int(subprocess.run(["blockdev", "--getsize64", device], capture_output=True, text=True, check=True).stdout)
+    table = json.loads(subprocess.run(["sfdisk", "--json", device], capture_output=True, text=True, check=True).stdout)[
+        "partitiontable"
+    ]
     parts = []
     for part in table["partitions"]:
         node = re.search(r"(\d+)$", part["node"])
@@ -98,13 +101,20 @@ def disk(device: str | None) -> dict[str, Any]:
             raise ValueError(f"sfdisk names a partition without a number: {part['node']}")
         number = int(node.group(1))
         parts.append({"number": number, "start": part["start"], "size": part["size"], "type": part["type"].upper()})
-    return {"size": size, "label": table["label"], "sector_size": table.get("sectorsize", 512),
-            "partitions": sorted(parts, key=lambda p: p["start"])}
+    return {
+        "size": size,
+        "label": table["label"],
+        "sector_size": table.get("sectorsize", 512),
+        "partitions": sorted(parts, key=lambda p: p["start"]),
+    }
 
 
 def fstab(root: Path) -> list[list[str]]:
-    return [[_mask(field) for field in line.split()] for line in _text(root / "etc/fstab").splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        [_mask(field) for field in line.split()]
+        for line in _text(root / "etc/fstab").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def grub(root: Path) -> dict[str, Any]:
@@ -118,8 +128,11 @@ def grub(root: Path) -> dict[str, Any]:
     # The one set with the menu's style: grub.cfg also has a timeout for a boot
     # after a failed one (recordfail) and a fall-back for old GRUBs.
     timeout = re.search(r"set timeout_style=\w+\s+set timeout=(\d+)", cfg)
-    return {"kernel_cmdline": cmdline, "timeout": int(timeout.group(1)) if timeout else None,
-            "serial_terminal": bool(re.search(r"^\s*terminal_output .*serial", cfg, re.MULTILINE))}
+    return {
+        "kernel_cmdline": cmdline,
+        "timeout": int(timeout.group(1)) if timeout else None,
+        "serial_terminal": bool(re.search(r"^\s*terminal_output .*serial", cfg, re.MULTILINE)),
+    }
 
 
 def _enabled(root: Path, unit: str) -> bool:
@@ -137,16 +150,24 @@ def network(root: Path, packages: set[str]) -> dict[str, Any]:
         "systemd_resolved": _enabled(root, "systemd-resolved.service"),
         "resolv_conf": str(resolv.readlink()) if resolv.is_symlink() else ("file" if resolv.exists() else None),
         "netplan_files": sorted(p.name for p in (root / "etc/netplan").glob("*.yaml")),
-        "nss_hosts": next((line.split(":", 1)[1].split() for line in _text(root / "etc/nsswitch.conf").splitlines()
-                           if line.startswith("hosts:")), []),
+        "nss_hosts": next(
+            (
+                line.split(":", 1)[1].split()
+                for line in _text(root / "etc/nsswitch.conf").splitlines()
+                if line.startswith("hosts:")
+            ),
+            [],
+        ),
     }
 
 
 def time_source(root: Path, packages: set[str]) -> dict[str, Any]:
     if "chrony" in packages:
         lines = [line.split() for line in _text(root / "etc/chrony/chrony.conf").splitlines()]
-        return {"daemon": "chrony",
-                "sources": [" ".join(w) for w in lines if w and w[0] in ("server", "pool", "refclock")]}
+        return {
+            "daemon": "chrony",
+            "sources": [" ".join(w) for w in lines if w and w[0] in ("server", "pool", "refclock")],
+        }
     if "systemd-timesyncd" in packages:
         servers = []
         for path in [root / "etc/systemd/timesyncd.conf", *sorted(root.glob("etc/systemd/timesyncd.conf.d/*.conf"))]:
@@ -161,17 +182,25 @@ def apt(root: Path) -> dict[str, Any]:
         for block in _text(path).split("\n\n"):
             fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != "#")
             if fields:
-                stanzas.append({key.lower(): fields.get(key, "").split() for key in
-                                ("Types", "URIs", "Suites", "Components")})
-    one_line = [line.split() for line in _text(root / "etc/apt/sources.list").splitlines()
-                if line.strip() and not line.startswith("#")]
+                stanzas.append(
+                    {key.lower(): fields.get(key, "").split() for key in ("Types", "URIs", "Suites", "Components")}
+                )
+    one_line = [
+        line.split()
+        for line in _text(root / "etc/apt/sources.list").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for path in sorted(root.glob("etc/apt/sources.list.d/*.list")):
         one_line += [line.split() for line in _text(path).splitlines() if line.strip() and not line.startswith("#")]
     mirrors = {p.stem: _text(p).split() for p in sorted(root.glob("etc/apt/mirrors/*.list"))}
     suites = sorted({s for stanza in stanzas for s in stanza["suites"]} | {w[2] for w in one_line if len(w) > 2})
-    return {"format": "deb822" if stanzas and not one_line else "one-line" if one_line else None,
-            "sources": stanzas, "one_line_sources": [" ".join(w) for w in one_line], "mirrors": mirrors,
-            "suites": suites}
+    return {
+        "format": "deb822" if stanzas and not one_line else "one-line" if one_line else None,
+        "sources": stanzas,
+        "one_line_sources": [" ".join(w) for w in one_line],
+        "mirrors": mirrors,
+        "suites": suites,
+    }
 
 
 def ssh(root: Path, packages: set[str]) -> dict[str, Any]:
@@ -180,9 +209,10 @@ def ssh(root: Path, packages: set[str]) -> dict[str, Any]:
         words = line.split()
         if len(words) >= 2 and not words[0].startswith("#"):
             settings.setdefault(words[0], " ".join(words[1:]))
-    return {"server": "openssh-server" in packages,
-            "settings": {k: settings.get(k) for k in ("PasswordAuthentication", "PermitRootLogin",
-                                                       "ClientAliveInterval")}}
+    return {
+        "server": "openssh-server" in packages,
+        "settings": {k: settings.get(k) for k in ("PasswordAuthentication", "PermitRootLogin", "ClientAliveInterval")},
+    }
 
 
 def cloud_release(root: Path) -> dict[str, str | None]:
@@ -198,7 +228,9 @@ def measure(root: Path, disk_device: str | None = None, esp: str | None = None) 
         "schema": SCHEMA,
         "packages": packages,
         "users": users(root),
-        "cloud_init": None if config is None else {
+        "cloud_init": None
+        if config is None
+        else {
             "datasource_list": config.get("datasource_list"),
             "apt_generate_mirrorlists": (config.get("apt") or {}).get("generate_mirrorlists"),
             "package_mirrors": (config.get("system_info") or {}).get("package_mirrors"),
@@ -215,8 +247,12 @@ def measure(root: Path, disk_device: str | None = None, esp: str | None = None) 
         "cloud_release": cloud_release(root),
         "hostname": _text(root / "etc/hostname").strip(),
         "locale": _text(root / "etc/default/locale").strip(),
-        "modprobe_blacklist": sorted(line.split()[1] for path in sorted(root.glob("etc/modprobe.d/*.conf"))
-                                     for line in _text(path).splitlines() if line.startswith("blacklist ")),
+        "modprobe_blacklist": sorted(
+            line.split()[1]
+            for path in sorted(root.glob("etc/modprobe.d/*.conf"))
+            for line in _text(path).splitlines()
+            if line.startswith("blacklist ")
+        ),
         "esp_files": sorted(esp_files(esp)) if esp else [],
     }
 

@@ -3,8 +3,9 @@
 It names the image, says how and when it was built (FAI classes, FAI
 version, mirror), lists its artifacts under their public names with size and
 SHA-512, every installed package (name, version, architecture) and the boot
-test's result, and the image's facts (tasks/stages/imagefacts.py). Published beside the artifacts, it is what a user reads to
-know what an image holds.
+test's result, and the image's facts (tasks/stages/imagefacts.py).
+Published beside the artifacts, it is what a user reads to know what an
+image holds.
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ def read_packages(path: Path) -> list[dict[str, str]]:
     for number, line in enumerate(path.read_text().splitlines(), 1):
         fields = line.split("\t")
         if len(fields) != 3 or not all(fields):
-            raise ManifestFailed(f"{path}:{number}: expected name<TAB>version<TAB>architecture, got {line!r}; "
-                                 f"the build writes this file: build the cell again", log=path)
-        packages.append(dict(zip(("name", "version", "architecture"), fields)))
+            raise ManifestFailed(
+                f"{path}:{number}: expected name<TAB>version<TAB>architecture, got {line!r}; "
+                f"the build writes this file: build the cell again",
+                log=path,
+            )
+        packages.append(dict(zip(("name", "version", "architecture"), fields, strict=True)))
     return packages
 
 
@@ -46,20 +50,24 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
     info = atomic.read_json(files.build_info)
     boot = atomic.read_json(files.boot_result)
     if not boot.get("passed"):
-        raise ManifestFailed(f"{cell.name}: no manifest for an image whose boot test did not pass "
-                          f"({boot.get('verdict')}; see {', '.join(str(log) for log in files.boot_logs)})")
+        raise ManifestFailed(
+            f"{cell.name}: no manifest for an image whose boot test did not pass "
+            f"({boot.get('verdict')}; see {', '.join(str(log) for log in files.boot_logs)})"
+        )
     version = version or info["version"]
     image_name = cell.image_name(version)
     artifacts = []
     for fmt in cell.vendor.formats:
         path = files.artifact(fmt)
-        artifacts.append({
-            "name": public_name(image_name, fmt),
-            "format": fmt,
-            "file": Format(fmt).artifact,
-            "size": path.stat().st_size,
-            "sha512": sha512_file(path),
-        })
+        artifacts.append(
+            {
+                "name": public_name(image_name, fmt),
+                "format": fmt,
+                "file": Format(fmt).artifact,
+                "size": path.stat().st_size,
+                "sha512": sha512_file(path),
+            }
+        )
     return {
         "schema": SCHEMA_VERSION,
         "name": image_name,
@@ -79,8 +87,10 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
         "boot_test": {
             "verdict": boot["verdict"],
             "passed": boot["passed"],
-            "boots": [{k: b[k] for k in ("firmware", "verdict", "accelerator", "seconds", "milestones", "until")}
-                      for b in boot["boots"]],
+            "boots": [
+                {k: b[k] for k in ("firmware", "verdict", "accelerator", "seconds", "milestones", "until")}
+                for b in boot["boots"]
+            ],
         },
         "packages": read_packages(files.packages),
         # What the image is, measured in it at build time (tasks/stages/imagefacts.py).

@@ -27,9 +27,9 @@ import fcntl
 import functools
 import hashlib
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, PublishSettings
@@ -80,8 +80,11 @@ def publish_directory(backend: Backend, directory: str, uploads: list[Upload]) -
         backend.put_text_atomically(sums_path, format_sums({n: d for n, d in listed.items() if n not in replaced}))
     for upload in uploads:
         path = posixpath.join(directory, upload.name)
-        if listed.get(upload.name) == upload.sha512 and \
-                backend.retry.run(f"checking {path}", functools.partial(backend.size, path)) == upload.source.stat().st_size:
+        if (
+            listed.get(upload.name) == upload.sha512
+            and backend.retry.run(f"checking {path}", functools.partial(backend.size, path))
+            == upload.source.stat().st_size
+        ):
             print(f"{upload.name}: already published, unchanged")
             continue
         backend.put_verified(upload.source, path, upload.sha512, f"upload {upload.name}")
@@ -153,5 +156,7 @@ def still_published(receipt_path: str, location_url: str) -> bool:
     if root is None:
         return True
     directory = root / receipt["directory"]
-    return all((directory / name).is_file() and (directory / name).stat().st_size == size
-               for name, size in receipt["sizes"].items())
+    return all(
+        (directory / name).is_file() and (directory / name).stat().st_size == size
+        for name, size in receipt["sizes"].items()
+    )

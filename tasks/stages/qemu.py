@@ -44,9 +44,20 @@ def record_kvm_verdict(arch: str, firmware: str, verdicts: accel.Verdicts, works
     accel.record(arch, firmware, qemu.binary, qemu.firmware_file, verdicts, works, reason)
 
 
-def boot_command(arch: str, firmware: str, image: Path, accel: str, memory: int, cpus: int,
-                 uefi_vars: Path | None = None, *, image_format: str = "raw", snapshot: bool = True,
-                 extra_drives: tuple[Path, ...] = (), ssh_port: int | None = None) -> list[str]:
+def boot_command(
+    arch: str,
+    firmware: str,
+    image: Path,
+    accel: str,
+    memory: int,
+    cpus: int,
+    uefi_vars: Path | None = None,
+    *,
+    image_format: str = "raw",
+    snapshot: bool = True,
+    extra_drives: tuple[Path, ...] = (),
+    ssh_port: int | None = None,
+) -> list[str]:
     """qemu booting image from its own boot loader, console on stdout.
 
     snapshot=on sends every write to a temporary overlay: the image under
@@ -58,25 +69,40 @@ def boot_command(arch: str, firmware: str, image: Path, accel: str, memory: int,
     qemu = machine(arch, firmware)
     command = [
         qemu.binary,
-        "-accel", accel,
-        "-machine", qemu.machine,
-        "-cpu", qemu.cpu(accel),
-        "-smp", str(cpus),
-        "-m", str(memory),
-        "-nodefaults", "-display", "none", "-no-reboot",
-        "-chardev", "stdio,id=console,signal=off",
-        "-serial", "chardev:console",
-        "-drive", f"file={image},format={image_format},if=virtio" + (",snapshot=on" if snapshot else ""),
+        "-accel",
+        accel,
+        "-machine",
+        qemu.machine,
+        "-cpu",
+        qemu.cpu(accel),
+        "-smp",
+        str(cpus),
+        "-m",
+        str(memory),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-chardev",
+        "stdio,id=console,signal=off",
+        "-serial",
+        "chardev:console",
+        "-drive",
+        f"file={image},format={image_format},if=virtio" + (",snapshot=on" if snapshot else ""),
         *(arg for drive in extra_drives for arg in ("-drive", f"file={drive},format=raw,if=virtio,readonly=on")),
-        "-netdev", "user,id=net0" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else ""),
-        "-device", "virtio-net-pci,netdev=net0",
+        "-netdev",
+        "user,id=net0" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else ""),
+        "-device",
+        "virtio-net-pci,netdev=net0",
     ]
     if firmware == Firmware.UEFI:
         if uefi_vars is None:
             raise ValueError("a UEFI boot needs its own copy of the variable store")
         command += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu.uefi_code}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={uefi_vars}",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={qemu.uefi_code}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={uefi_vars}",
         ]
     return command
 

@@ -31,8 +31,17 @@ CHUNK = 1 << 20
 # How long closing the cache waits for requests still being answered.
 CLOSE_GRACE_SECONDS = 10
 # Hop-by-hop headers are not forwarded (RFC 9110, 7.6.1).
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-               "transfer-encoding", "upgrade", "proxy-connection"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+}
 _FORWARDED_REQUEST_HEADERS = {"range", "if-modified-since", "if-none-match", "if-range", "user-agent", "accept"}
 
 
@@ -45,9 +54,11 @@ class Stats:
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"package cache: {self.hits} packages from the cache ({self.bytes_from_cache / 2**20:.0f} MiB), "
-                f"{self.misses} fetched and kept, {self.passed} other requests passed through"
-                + (f", {len(self.errors)} errors" if self.errors else ""))
+        return (
+            f"package cache: {self.hits} packages from the cache ({self.bytes_from_cache / 2**20:.0f} MiB), "
+            f"{self.misses} fetched and kept, {self.passed} other requests passed through"
+            + (f", {len(self.errors)} errors" if self.errors else "")
+        )
 
 
 def cacheable(url: str) -> bool:
@@ -86,7 +97,7 @@ class PackageCache:
         assert isinstance(host, str)  # an IPv4 server's address
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "PackageCache":
+    def __enter__(self) -> PackageCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._prune()
         cache = self

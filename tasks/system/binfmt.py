@@ -41,10 +41,13 @@ def ensure(arch: str) -> None:
     except (proc.CommandFailed, OSError) as error:
         raise ForeignArchUnavailable(
             f"cannot run {arch} programs here: {error} "
-            f"(needs binfmt_misc and the packages qemu-user-static, binfmt-support)") from None
+            f"(needs binfmt_misc and the packages qemu-user-static, binfmt-support)"
+        ) from None
     text = entry.read_text() if entry.exists() else ""
     if "enabled" not in text.splitlines()[:1] or not any(
-            line.startswith("flags:") and "F" in line for line in text.splitlines()):
+        line.startswith("flags:") and "F" in line for line in text.splitlines()
+    ):
         raise ForeignArchUnavailable(
             f"{entry} is not an enabled entry with the F flag:\n{text.strip()}\n"
-            "reinstall qemu-user-static, or run: update-binfmts --enable qemu-" + qemu_name)
+            "reinstall qemu-user-static, or run: update-binfmts --enable qemu-" + qemu_name
+        )

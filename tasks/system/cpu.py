@@ -17,8 +17,8 @@ import contextlib
 import fcntl
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 POLL_SECONDS = 0.5
 

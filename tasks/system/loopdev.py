@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tasks.errors import StageFailed, add_cleanup_failure
 from tasks.system import proc
@@ -65,8 +65,10 @@ def detach_all(directory: Path, timeout: float = 60.0) -> None:
         except proc.CommandFailed:
             pass  # already gone, or detached by someone else meanwhile
     if not proc.wait_until(lambda: not backed_by(directory), timeout):
-        raise LoopDevicesBusy(f"loop devices still attached to files in {directory} after {timeout:.0f} s: "
-                              f"{', '.join(backed_by(directory))} (see losetup --list; detach with losetup -d)")
+        raise LoopDevicesBusy(
+            f"loop devices still attached to files in {directory} after {timeout:.0f} s: "
+            f"{', '.join(backed_by(directory))} (see losetup --list; detach with losetup -d)"
+        )
 
 
 @contextlib.contextmanager

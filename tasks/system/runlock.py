@@ -57,8 +57,10 @@ def hold(workdir: Path) -> None:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise WorkdirBusy(f"{workdir} is in use by another doit run (pid {holder}): "
-                          "wait for it to finish, or give this run its own workdir=") from None
+        raise WorkdirBusy(
+            f"{workdir} is in use by another doit run (pid {holder}): "
+            "wait for it to finish, or give this run its own workdir="
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held.append(fd)

@@ -10,8 +10,8 @@ devices outlive it: see tasks/system/loopdev.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from tasks.system import proc
 
@@ -33,7 +33,13 @@ def environment(base: dict[str, str], keep: Iterable[Path], fai_logs: Path | Non
     return env
 
 
-def run_logged(cmd: Sequence[str], log: Path, env: dict[str, str], keep: Iterable[Path],
-               on_line: Callable[[str], None] | None = None, fai_logs: Path | None = None) -> int:
+def run_logged(
+    cmd: Sequence[str],
+    log: Path,
+    env: dict[str, str],
+    keep: Iterable[Path],
+    on_line: Callable[[str], None] | None = None,
+    fai_logs: Path | None = None,
+) -> int:
     """Run cmd in a sandbox, its output appended to log; return its exit status."""
     return proc.run_logged(command(cmd), log, on_line, env=environment(env, keep, fai_logs))

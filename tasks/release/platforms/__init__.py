@@ -8,7 +8,7 @@ image on the platform and registers it there, and returns what it made
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tasks.release.platforms import azure, ec2, gce
 

@@ -68,8 +68,10 @@ def upload_page_blob(vhd: Path, blob_url: str, sas: str, label: str) -> None:
         raise AzureFailed(f"{vhd} is not a whole number of 512-byte pages")
     session = requests.Session()
     session.headers["x-ms-version"] = BLOB_API
-    created = session.put(f"{blob_url}?{sas}", headers={"x-ms-blob-type": "PageBlob",
-                                                        "x-ms-blob-content-length": str(size), "Content-Length": "0"})
+    created = session.put(
+        f"{blob_url}?{sas}",
+        headers={"x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": str(size), "Content-Length": "0"},
+    )
     if created.status_code != 201:
         raise AzureFailed(f"creating {blob_url}: HTTP {created.status_code} {created.text[:300]}")
     pages = data_pages(vhd)
@@ -79,26 +81,39 @@ def upload_page_blob(vhd: Path, blob_url: str, sas: str, label: str) -> None:
             data = f.read(length)
             if not any(data):
                 continue  # a page blob reads zeros where nothing was written
-            answer = session.put(f"{blob_url}?comp=page&{sas}", data=data, headers={
-                "x-ms-page-write": "update", "x-ms-range": f"bytes={offset}-{offset + length - 1}"})
+            answer = session.put(
+                f"{blob_url}?comp=page&{sas}",
+                data=data,
+                headers={"x-ms-page-write": "update", "x-ms-range": f"bytes={offset}-{offset + length - 1}"},
+            )
             if answer.status_code != 201:
-                raise AzureFailed(f"writing pages {offset}+{length} of {blob_url}: HTTP {answer.status_code} "
-                                  f"{answer.text[:300]}")
+                raise AzureFailed(
+                    f"writing pages {offset}+{length} of {blob_url}: HTTP {answer.status_code} {answer.text[:300]}"
+                )
             progress.update(advance=length)
 
 
 def image_request(cell: Cell, manifest: dict, settings: dict, blob_url: str) -> tuple[str, dict]:
     """Resource Manager's URL and body for a managed image made from blob_url."""
     endpoint = settings.get("api_endpoint", "https://management.azure.com").rstrip("/")
-    url = (f"{endpoint}/subscriptions/{settings['subscription']}/resourceGroups/{settings['resource_group']}"
-           f"/providers/Microsoft.Compute/images/{manifest['name']}?api-version={COMPUTE_API}")
+    url = (
+        f"{endpoint}/subscriptions/{settings['subscription']}/resourceGroups/{settings['resource_group']}"
+        f"/providers/Microsoft.Compute/images/{manifest['name']}?api-version={COMPUTE_API}"
+    )
     body = {
         "location": settings["location"],
         "tags": {"debian-release": cell.release.name, "debian-version": manifest["version"]},
         "properties": {
             "hyperVGeneration": "V2",
-            "storageProfile": {"osDisk": {"osType": "Linux", "osState": "Generalized", "blobUri": blob_url,
-                                          "caching": "ReadWrite", "storageAccountType": "Standard_LRS"}},
+            "storageProfile": {
+                "osDisk": {
+                    "osType": "Linux",
+                    "osState": "Generalized",
+                    "blobUri": blob_url,
+                    "caching": "ReadWrite",
+                    "storageAccountType": "Standard_LRS",
+                }
+            },
         },
     }
     return url, body
@@ -132,8 +147,10 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
     else:
         with diskimage.raw_disk(files) as raw, diskimage.scratch_dir(files) as scratch:
             vhd = scratch / "disk.vhd"
-            qemu_img_convert(["-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", str(raw), str(vhd)],
-                             f"vhd {cell.name}")
+            qemu_img_convert(
+                ["-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", str(raw), str(vhd)],
+                f"vhd {cell.name}",
+            )
             upload_page_blob(vhd, blob_url, sas, f"Azure upload {manifest['name']}")
     url, body = image_request(cell, manifest, settings, blob_url)
     made = create_image(url, body, token)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import boto3
 import boto3.exceptions
@@ -38,8 +38,10 @@ def _aws(what: str) -> Iterator[None]:
     try:
         yield
     except botocore.exceptions.NoCredentialsError:
-        raise Ec2Failed(f"{what}: no AWS credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE "
-                        f"or ~/.aws/credentials)") from None
+        raise Ec2Failed(
+            f"{what}: no AWS credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE "
+            f"or ~/.aws/credentials)"
+        ) from None
     except botocore.exceptions.ClientError as error:
         info = error.response.get("Error", {})
         raise Ec2Failed(f"{what}: {info.get('Code', 'error')}: {info.get('Message', '')}".rstrip(": ")) from None
@@ -64,8 +66,12 @@ def register_request(cell: Cell, name: str, snapshot: str, description: str) -> 
         "EnaSupport": True,
         "SriovNetSupport": "simple",
         "ImdsSupport": "v2.0",
-        "BlockDeviceMappings": [{"DeviceName": ROOT_DEVICE,
-                                 "Ebs": {"SnapshotId": snapshot, "VolumeType": "gp3", "DeleteOnTermination": True}}],
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": ROOT_DEVICE,
+                "Ebs": {"SnapshotId": snapshot, "VolumeType": "gp3", "DeleteOnTermination": True},
+            }
+        ],
     }
 
 
@@ -87,36 +93,49 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
     region = settings["region"]
     bucket, prefix = settings["bucket"], settings.get("prefix", "").strip("/")
     name = manifest["name"]
-    tags = [{"Key": "Name", "Value": name}, {"Key": "debian:release", "Value": cell.release.name},
-            {"Key": "debian:vendor", "Value": cell.vendor.name},
-            {"Key": "debian:version", "Value": manifest["version"]}]
+    tags = [
+        {"Key": "Name", "Value": name},
+        {"Key": "debian:release", "Value": cell.release.name},
+        {"Key": "debian:vendor", "Value": cell.vendor.name},
+        {"Key": "debian:version", "Value": manifest["version"]},
+    ]
     s3 = boto3.client("s3", region_name=region)
     ec2 = boto3.client("ec2", region_name=region)
     key = f"{prefix}/{name}.vmdk" if prefix else f"{name}.vmdk"
     with diskimage.raw_disk(files) as raw, diskimage.scratch_dir(files) as scratch:
         vmdk = scratch / "disk.vmdk"
-        qemu_img_convert(["-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", str(raw), str(vmdk)],
-                         f"vmdk {cell.name}")
-        with StageProgress(f"S3 upload {name}", total=vmdk.stat().st_size) as progress, \
-                _aws(f"uploading {vmdk.name} to s3://{bucket}/{key}"):
+        qemu_img_convert(
+            ["-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", str(raw), str(vmdk)], f"vmdk {cell.name}"
+        )
+        with (
+            StageProgress(f"S3 upload {name}", total=vmdk.stat().st_size) as progress,
+            _aws(f"uploading {vmdk.name} to s3://{bucket}/{key}"),
+        ):
             s3.upload_file(str(vmdk), bucket, key, Callback=lambda sent: progress.update(advance=sent))
     try:
         with _aws(f"importing s3://{bucket}/{key} as a snapshot"):
             task = ec2.import_snapshot(
                 Description=name,
-                DiskContainer={"Description": name, "Format": "VMDK",
-                               "UserBucket": {"S3Bucket": bucket, "S3Key": key}},
+                DiskContainer={"Description": name, "Format": "VMDK", "UserBucket": {"S3Bucket": bucket, "S3Key": key}},
                 TagSpecifications=[{"ResourceType": "import-snapshot-task", "Tags": tags}],
             )
             snapshot = wait_for_import(ec2, task["ImportTaskId"], float(settings.get("import_timeout", 3600)))
         with _aws(f"registering {name} from {snapshot}"):
-            ami = ec2.register_image(**register_request(
-                cell, name, snapshot, f"Debian {cell.release.version} ({cell.vendor.name}, {cell.arch.name})"))
+            ami = ec2.register_image(
+                **register_request(
+                    cell, name, snapshot, f"Debian {cell.release.version} ({cell.vendor.name}, {cell.arch.name})"
+                )
+            )
             ec2.create_tags(Resources=[ami["ImageId"], snapshot], Tags=tags)
             if settings.get("public"):
                 ec2.modify_image_attribute(ImageId=ami["ImageId"], LaunchPermission={"Add": [{"Group": "all"}]})
     finally:
         with _aws(f"deleting s3://{bucket}/{key}"):
             s3.delete_object(Bucket=bucket, Key=key)  # the snapshot holds the image now
-    return {"platform": "ec2", "region": region, "ami": ami["ImageId"], "snapshot": snapshot,
-            "public": bool(settings.get("public"))}
+    return {
+        "platform": "ec2",
+        "region": region,
+        "ami": ami["ImageId"],
+        "snapshot": snapshot,
+        "public": bool(settings.get("public")),
+    }

@@ -70,6 +70,7 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
     storage = settings.get("storage_endpoint", "https://storage.googleapis.com").rstrip("/")
     object_name = f"{image_name(manifest)}.tar.gz"
     with open(archive, "rb") as f, StageProgress(f"GCS upload {object_name}", total=archive.stat().st_size) as bar:
+
         class Counted:
             len = archive.stat().st_size
 
@@ -79,11 +80,19 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
                 bar.update(advance=len(chunk))
                 return chunk
 
-        _check(requests.post(f"{storage}/upload/storage/v1/b/{settings['bucket']}/o",
-                             params={"uploadType": "media", "name": object_name}, data=Counted(),
-                             headers={**headers, "Content-Type": "application/gzip"}, timeout=(10, 600)),
-               "uploading to Cloud Storage")
-    url, body = image_request(cell, manifest, settings, f"https://storage.googleapis.com/{settings['bucket']}/{object_name}")
+        _check(
+            requests.post(
+                f"{storage}/upload/storage/v1/b/{settings['bucket']}/o",
+                params={"uploadType": "media", "name": object_name},
+                data=Counted(),
+                headers={**headers, "Content-Type": "application/gzip"},
+                timeout=(10, 600),
+            ),
+            "uploading to Cloud Storage",
+        )
+    url, body = image_request(
+        cell, manifest, settings, f"https://storage.googleapis.com/{settings['bucket']}/{object_name}"
+    )
     operation = _check(requests.post(url, json=body, headers=headers, timeout=60), "creating the image")
     status_url = operation.get("selfLink")
     deadline = time.monotonic() + float(settings.get("timeout", 1800))
@@ -96,5 +105,10 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
         operation = _check(requests.get(status_url, headers=headers, timeout=60), "waiting for the image")
     if operation.get("error"):
         raise GceFailed(f"creating the image: {operation['error']}")
-    return {"platform": "gce", "project": settings["project"], "image": body["name"],
-            "family": body.get("family"), "object": f"gs://{settings['bucket']}/{object_name}"}
+    return {
+        "platform": "gce",
+        "project": settings["project"],
+        "image": body["name"],
+        "family": body.get("family"),
+        "object": f"gs://{settings['bucket']}/{object_name}",
+    }

@@ -1,0 +1,158 @@
+"""The settings schema: each section of matrix.yaml is a dataclass, and each
+setting is declared once, with its default, what it accepts and what it means.
+
+Parsing (tasks/model/matrix.py) checks a section against its fields, the
+error messages say what a field accepts, and README.md's settings table is
+made from the same declarations (`python -m tasks.model.settings`; a test
+keeps the README in step). matrix.yaml states only what differs from these
+defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tasks.model.arch import AUTO, Accelerator, Milestone
+
+
+class Reader(Protocol):
+    """What a check needs from the matrix reader (matrix._Reader)."""
+
+    def string(self, value: Any, path: str, pattern: re.Pattern | None = None, expected: str = "a string") -> str: ...
+    def integer(self, value: Any, path: str, low: int, high: int) -> int: ...
+    def number(self, value: Any, path: str, low: float, high: float) -> float: ...
+    def choice(self, value: Any, path: str, choices: Iterable[str]) -> str: ...
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a setting accepts: in words (for the README and errors) and as a check."""
+
+    accepts: str
+    check: Callable[[Reader, Any, str], Any]
+
+
+def whole(low: int, high: int) -> Check:
+    return Check(f"a whole number from {low} to {high}", lambda r, v, p: r.integer(v, p, low, high))
+
+
+def number(low: float, high: float) -> Check:
+    return Check(f"a number from {low:g} to {high:g}", lambda r, v, p: r.number(v, p, low, high))
+
+
+def one_of(choices: Iterable[str]) -> Check:
+    options = [str(c) for c in choices]
+    return Check("one of " + ", ".join(f"`{c}`" for c in options), lambda r, v, p: r.choice(v, p, options))
+
+
+def text() -> Check:
+    return Check("text", lambda r, v, p: r.string(v, p))
+
+
+URL = re.compile(r"^https?://\S+$")
+HOSTNAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def url() -> Check:
+    return Check("an http:// or https:// URL", lambda r, v, p: r.string(v, p, URL, "an http:// or https:// URL"))
+
+
+def hostname() -> Check:
+    return Check("a host name", lambda r, v, p: r.string(v, p, HOSTNAME, "a host name"))
+
+
+def setting(default: Any, meaning: str, accepts: Check) -> Any:
+    """A dataclass field that is a setting of matrix.yaml."""
+    return field(default=default, metadata={"meaning": meaning, "accepts": accepts})
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    mirror: str = setting(
+        "http://deb.debian.org/debian", "the Debian mirror builds install from (http: see README)", url()
+    )
+    security_mirror: str = setting("http://deb.debian.org/debian-security", "the security mirror builds use", url())
+    image_mirror: str = setting(
+        "https://deb.debian.org/debian", "what the finished image's apt uses (/etc/apt/mirrors/debian.list)", url()
+    )
+    image_security_mirror: str = setting(
+        "https://deb.debian.org/debian-security", "what the finished image's apt uses for security updates", url()
+    )
+    hostname: str = setting("debian", "the host name of the build", hostname())
+    base_max_age_days: int = setting(7, "the shared base system is made again after this many days", whole(1, 365))
+
+
+@dataclass(frozen=True)
+class CompressSettings:
+    xz_level: int = setting(
+        9, "xz's level for the published images (`doit xz_level=1` for quick local runs)", whole(0, 9)
+    )
+    xz_threads: int = setting(0, "xz processes at most; 0: one per free CPU slot", whole(0, 1024))
+
+
+@dataclass(frozen=True)
+class BootTestSettings:
+    timeout: int = setting(
+        600, "seconds a silent boot may take (a failing one stops when the console says why)", whole(10, 7200)
+    )
+    memory: int = setting(1024, "MiB of each boot", whole(256, 65536))
+    cpus: int = setting(1, "vCPUs of each boot at least (a second one when a core is free)", whole(1, 64))
+    accelerator: str = setting(
+        AUTO, "`auto`: KVM when a boot shows it works here, else TCG", one_of([AUTO, *Accelerator])
+    )
+    until: str = setting(
+        Milestone.LOGIN, "the milestone that passes the boot test (a vendor's `boot_until` wins)", one_of(Milestone)
+    )
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    storage: str = setting(
+        "storage",
+        "where `doit` publishes: a directory (relative to dodo.py), or a file://, "
+        "http(s):// (WebDAV) or s3://bucket/prefix URL",
+        text(),
+    )
+    keep_dailies: int = setting(14, "daily versions kept per release; older ones are deleted", whole(1, 10000))
+    retries: int = setting(5, "attempts at each transfer", whole(1, 100))
+    retry_delay: float = setting(1.0, "seconds before the second attempt, doubled each time", number(0, 600))
+
+
+# The sections whose every key is a plain setting, as matrix.yaml names them.
+SECTIONS: dict[str, type] = {
+    "build": BuildSettings,
+    "compress": CompressSettings,
+    "boot_test": BootTestSettings,
+    "publish": PublishSettings,
+}
+
+
+def settings_of(section: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(section) if "accepts" in f.metadata]
+
+
+def parse(r: Reader, value: dict, section: type, path: str) -> Any:
+    """A section from its (already key-checked) mapping: every key optional, defaults from the dataclass."""
+    known = {f.name: f for f in settings_of(section)}
+    return section(
+        **{key: known[key].metadata["accepts"].check(r, item, f"{path}.{key}") for key, item in value.items()}
+    )
+
+
+def table() -> str:
+    """README.md's table of these settings, in Markdown."""
+    lines = ["| setting | default | accepts | meaning |", "|---|---|---|---|"]
+    for name, section in SECTIONS.items():
+        for f in settings_of(section):
+            lines.append(
+                f"| `{name}.{f.name}` | `{f.default}` | {f.metadata['accepts'].accepts} | {f.metadata['meaning']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(table(), end="")
