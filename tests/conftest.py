@@ -49,6 +49,10 @@ def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFil
         json.dumps(
             {
                 "cell": cell.name,
+                "release": cell.release.name,
+                "release_version": cell.release.version,
+                "vendor": cell.vendor.name,
+                "arch": cell.arch.name,
                 "version": version,
                 "image_name": cell.image_name(version),
                 "fai_classes": list(cell.fai_classes),

@@ -47,7 +47,9 @@ def test_given_version_names_the_image(nocloud):
 
 def test_no_manifest_for_an_image_that_failed_its_boot_test(nocloud):
     cell, files = nocloud
-    files.boot_result.write_text(json.dumps({"verdict": "kernel-panic", "passed": False}))
+    files.boot_result.write_text(
+        json.dumps({"cell": cell.name, "verdict": "kernel-panic", "passed": False, "boots": []})
+    )
     with pytest.raises(StageFailed, match="boot test did not pass \\(kernel-panic") as caught:
         manifest.describe(cell, files)
     assert str(files.boot_log("bios")) in str(caught.value), "it names the console log to read"
@@ -58,3 +60,28 @@ def test_malformed_package_list_names_the_line(nocloud):
     files.packages.write_text("bash\t5.2\tamd64\nbroken line\n")
     with pytest.raises(manifest.ManifestFailed, match=r"packages.tsv:2: expected name<TAB>version<TAB>architecture"):
         manifest.describe(cell, files)
+
+
+def test_a_record_of_another_version_or_incomplete_is_one_clear_line(nocloud):
+    cell, files = nocloud
+    data = json.loads(files.build_info.read_text())
+    files.build_info.write_text(json.dumps({**data, "record": "build-info/7"}))
+    with pytest.raises(StageFailed) as caught:
+        manifest.describe(cell, files)
+    assert str(caught.value) == (
+        f"{files.build_info}: a build-info/7 record, expected build-info/1: make it again with this version"
+    )
+    del data["mirror"]
+    files.build_info.write_text(json.dumps(data))
+    with pytest.raises(StageFailed, match="the build-info record lacks mirror"):
+        manifest.describe(cell, files)
+
+
+def test_records_round_trip(nocloud):
+    from tasks.model.records import BootRecord, BuildInfo
+
+    _, files = nocloud
+    for kind, path in ((BuildInfo, files.build_info), (BootRecord, files.boot_result)):
+        record = kind.read(path)
+        assert kind.from_json(json.loads(json.dumps(record.to_json()))) == record
+        assert record.to_json()["record"] == f"{kind.KIND}/1"

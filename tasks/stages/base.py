@@ -190,7 +190,9 @@ def build(
                     env["BASE_PACKAGES"] = " ".join(content.include)
                     with open(log, "a") as out:
                         out.write(f"# upgrade from: {'; '.join(sources)}; install: {env['BASE_PACKAGES']}\n")
-                    status = sandbox.run_logged(upgrade, log, env, keep=[files.staging], on_line=on_line)
+                    status = sandbox.run_logged(
+                        upgrade, log, env, keep=[files.staging, UPGRADE_SCRIPT.parent], on_line=on_line
+                    )
             with open(log, "a") as out:
                 out.write(f"# {cache.stats.summary()}\n")
         if status != 0:

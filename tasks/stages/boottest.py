@@ -26,6 +26,7 @@ from pathlib import Path
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import BootTestSettings, Cell
+from tasks.model.records import BootRecord
 from tasks.progress import StageProgress
 from tasks.stages import accel, qemu
 from tasks.system import atomic, cpu, proc
@@ -313,17 +314,15 @@ def boot_test(
         vcpus = max(settings.cpus, min(per_boot, got // side_by_side))
         results = _boot_each(cell, files, dataclasses.replace(settings, cpus=vcpus), verdicts, firmwares, side_by_side)
     failed = next((r for r in results if not r.passed), None)
-    atomic.write_json(
-        files.boot_result,
-        {
-            "cell": cell.name,
-            "verdict": failed.verdict if failed else "passed",
-            "passed": failed is None,
-            "side_by_side": side_by_side,
-            "vcpus": vcpus,
-            "boots": [r.to_json() for r in results],
-        },
+    record = BootRecord(
+        cell=cell.name,
+        verdict=failed.verdict if failed else "passed",
+        passed=failed is None,
+        side_by_side=side_by_side,
+        vcpus=vcpus,
+        boots=[r.to_json() for r in results],
     )
+    atomic.write_json(files.boot_result, record.to_json())
     if failed:
         log = files.boot_log(failed.firmware)
         raise BootTestFailed(explain(failed, log), log=log)

@@ -27,6 +27,7 @@ from pathlib import Path
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import BuildSettings, Cell
+from tasks.model.records import BuildInfo
 from tasks.progress import StageProgress
 from tasks.system import atomic, binfmt, cpu, loopdev, sandbox
 
@@ -229,24 +230,22 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         raise BuildFailed(_failure_report(cell, files.build_log, returncode, failed_checks), log=files.build_log)
     loopdev.detach_all(staging)  # before disk.raw is read and committed
 
-    atomic.write_json(
-        files.build_info,
-        {
-            "cell": cell.name,
-            "release": cell.release.name,
-            "release_version": cell.release.version,
-            "vendor": cell.vendor.name,
-            "arch": cell.arch.name,
-            "version": inputs.version,
-            "image_name": cell.image_name(inputs.version),
-            "fai_classes": list(cell.fai_classes),
-            "disk_size": cell.vendor.disk_size,
-            "build_started": started.isoformat(timespec="seconds"),
-            "build_seconds": round(time.monotonic() - clock, 1),
-            "builder": {"fai": _package_version("fai-server"), "host_kernel": os.uname().release},
-            "mirror": settings.mirror,
-        },
+    info = BuildInfo(
+        cell=cell.name,
+        release=cell.release.name,
+        release_version=cell.release.version,
+        vendor=cell.vendor.name,
+        arch=cell.arch.name,
+        version=inputs.version,
+        image_name=cell.image_name(inputs.version),
+        fai_classes=list(cell.fai_classes),
+        disk_size=cell.vendor.disk_size,
+        build_started=started.isoformat(timespec="seconds"),
+        build_seconds=round(time.monotonic() - clock, 1),
+        builder={"fai": _package_version("fai-server"), "host_kernel": os.uname().release},
+        mirror=settings.mirror,
     )
+    atomic.write_json(files.build_info, info.to_json())
     atomic.commit(packages, files.packages)
     atomic.commit(facts, files.facts)
     atomic.commit(log, files.build_log)

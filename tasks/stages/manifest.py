@@ -16,6 +16,7 @@ from tasks.errors import StageFailed
 from tasks.model.arch import Format
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
+from tasks.model.records import BootRecord, BuildInfo
 from tasks.system import atomic
 from tasks.system.checksum import sha512_file
 
@@ -47,14 +48,14 @@ def read_packages(path: Path) -> list[dict[str, str]]:
 
 def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
     """The manifest; version, when given, overrides the one the build recorded."""
-    info = atomic.read_json(files.build_info)
-    boot = atomic.read_json(files.boot_result)
-    if not boot.get("passed"):
+    info = BuildInfo.read(files.build_info)
+    boot = BootRecord.read(files.boot_result)
+    if not boot.passed:
         raise ManifestFailed(
             f"{cell.name}: no manifest for an image whose boot test did not pass "
-            f"({boot.get('verdict')}; see {', '.join(str(log) for log in files.boot_logs)})"
+            f"({boot.verdict}; see {', '.join(str(log) for log in files.boot_logs)})"
         )
-    version = version or info["version"]
+    version = version or info.version
     image_name = cell.image_name(version)
     artifacts = []
     for fmt in cell.vendor.formats:
@@ -76,20 +77,20 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
         "arch": cell.arch.name,
         "version": version,
         "build": {
-            "started": info["build_started"],
-            "seconds": info["build_seconds"],
-            "fai_classes": info["fai_classes"],
-            "disk_size": info["disk_size"],
-            "mirror": info["mirror"],
-            "builder": info["builder"],
+            "started": info.build_started,
+            "seconds": info.build_seconds,
+            "fai_classes": info.fai_classes,
+            "disk_size": info.disk_size,
+            "mirror": info.mirror,
+            "builder": info.builder,
         },
         "artifacts": artifacts,
         "boot_test": {
-            "verdict": boot["verdict"],
-            "passed": boot["passed"],
+            "verdict": boot.verdict,
+            "passed": boot.passed,
             "boots": [
                 {k: b[k] for k in ("firmware", "verdict", "accelerator", "seconds", "milestones", "until")}
-                for b in boot["boots"]
+                for b in boot.boots
             ],
         },
         "packages": read_packages(files.packages),

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, PublishSettings
+from tasks.model.records import PublishReceipt, RecordError
 from tasks.stages.manifest import public_name
 from tasks.storage import Backend, Location, RetryPolicy
 from tasks.system import atomic
@@ -128,14 +129,14 @@ def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishS
         pruned = prune_dailies(backend, release, settings.keep_dailies)
     if pruned:
         print(f"deleted older dailies of {release}: {', '.join(pruned)}")
-    receipt = {
-        "storage": location.url,
-        "directory": directory,
-        "files": entries,
-        "sizes": {u.name: u.source.stat().st_size for u in cell_uploads(files, manifest)},
-    }
-    atomic.write_json(files.published, receipt)
-    return receipt
+    receipt = PublishReceipt(
+        storage=location.url,
+        directory=directory,
+        files=entries,
+        sizes={u.name: u.source.stat().st_size for u in cell_uploads(files, manifest)},
+    )
+    atomic.write_json(files.published, receipt.to_json())
+    return receipt.to_json()
 
 
 def current_latest(backend: Backend, parent: str) -> str:
@@ -149,14 +150,17 @@ def still_published(receipt_path: str, location_url: str) -> bool:
     path = Path(receipt_path)
     if not path.exists():
         return False
-    receipt = atomic.read_json(path)
-    if receipt.get("storage") != location_url:
+    try:
+        receipt = PublishReceipt.read(path)
+    except RecordError:
+        return False  # another version's receipt: publish again
+    if receipt.storage != location_url:
         return False
     root = Location(location_url).local_root
     if root is None:
         return True
-    directory = root / receipt["directory"]
+    directory = root / receipt.directory
     return all(
         (directory / name).is_file() and (directory / name).stat().st_size == size
-        for name, size in receipt["sizes"].items()
+        for name, size in receipt.sizes.items()
     )

@@ -1,0 +1,117 @@
+"""The records stages hand each other, typed and versioned.
+
+build-info.json (the build stage, for the manifest), boottest.json (the boot
+test, for the manifest) and published.json (the publish stage's receipt,
+for its own up-to-date check) are each a dataclass here: written with
+to_json, read back with read, which refuses a file of another kind or
+version, or one that lacks a field, with one line naming the file. The
+manifest itself is the public document users read (tasks/stages/manifest.py,
+its own SCHEMA_VERSION).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from tasks.errors import StageFailed
+
+
+class RecordError(StageFailed):
+    pass
+
+
+R = TypeVar("R", bound="Record")
+
+
+@dataclass(frozen=True)
+class Record:
+    KIND: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+    @classmethod
+    def tag(cls) -> str:
+        return f"{cls.KIND}/{cls.VERSION}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"record": self.tag(), **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls: type[R], data: Any, source: str = "") -> R:
+        where = f"{source}: " if source else ""
+        if not isinstance(data, dict):
+            raise RecordError(f"{where}expected a {cls.KIND} record, got {type(data).__name__}")
+        # Files written before records were versioned carry no tag: version 1.
+        tag = data.get("record", f"{cls.KIND}/1")
+        if tag != cls.tag():
+            raise RecordError(f"{where}a {tag} record, expected {cls.tag()}: make it again with this version")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        missing = sorted(required - data.keys())
+        if missing:
+            raise RecordError(f"{where}the {cls.KIND} record lacks {', '.join(missing)}")
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+    @classmethod
+    def read(cls: type[R], path: Path) -> R:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RecordError(f"{path}: missing", log=None) from None
+        except json.JSONDecodeError as error:
+            raise RecordError(f"{path}: not JSON ({error})") from None
+        return cls.from_json(data, str(path))
+
+
+@dataclass(frozen=True)
+class BuildInfo(Record):
+    """build-info.json: how and when a cell's image was built."""
+
+    KIND: ClassVar[str] = "build-info"
+
+    cell: str
+    release: str
+    release_version: str
+    vendor: str
+    arch: str
+    version: str
+    image_name: str
+    fai_classes: list[str]
+    disk_size: str
+    build_started: str
+    build_seconds: float
+    builder: dict[str, str]
+    mirror: str
+
+
+@dataclass(frozen=True)
+class BootRecord(Record):
+    """boottest.json: the verdict of every boot of a cell's image."""
+
+    KIND: ClassVar[str] = "boottest"
+
+    cell: str
+    verdict: str
+    passed: bool
+    boots: list[dict[str, Any]]
+    side_by_side: int = 1
+    vcpus: int = 1
+
+
+@dataclass(frozen=True)
+class PublishReceipt(Record):
+    """published.json: where the last publication of a cell went, and what it wrote."""
+
+    KIND: ClassVar[str] = "published"
+
+    storage: str
+    directory: str
+    files: dict[str, str] = field(default_factory=dict)  # public name -> sha512
+    sizes: dict[str, int] = field(default_factory=dict)  # public name -> bytes
