@@ -65,3 +65,29 @@ def test_every_config_file_is_used_by_some_cell(test_matrix):
         used.update(faiconfig.selected_files(space, cell.fai_classes))
     unused = [str(p.relative_to(space)) for p in space.rglob("*") if p.is_file() and p not in used]
     assert unused == []
+
+
+def test_the_build_reads_its_apt_sources_from_the_builder(tmp_path, test_matrix):
+    """hooks/repository.DEBIAN writes the sources base.py computes (once) for the release."""
+    import os
+    import subprocess
+
+    from tasks.stages import base, fai
+
+    cell = test_matrix.cell("bookworm-nocloud-amd64")
+    inputs = fai.BuildInputs(REPO / "fai_config", tmp_path / "base.tar.zst", tmp_path / "apt", "1", tmp_path / "cpu")
+    env = fai.fai_environment(cell, test_matrix.build, tmp_path / "staging", inputs)
+    target = tmp_path / "target"
+    (target / "etc" / "apt").mkdir(parents=True)
+    subprocess.run(
+        ["bash", str(REPO / "fai_config" / "hooks" / "repository.DEBIAN")],
+        check=True,
+        env={**os.environ, **env, "target": str(target)},
+    )
+    written = (target / "etc" / "apt" / "sources.list").read_text().splitlines()
+    assert written == list(base.build_sources(REPO / "fai_config", cell.release, test_matrix.build))
+    assert written == [
+        "deb http://deb.debian.org/debian bookworm main",
+        "deb http://deb.debian.org/debian bookworm-updates main",
+        "deb http://deb.debian.org/debian-security bookworm-security main",
+    ]

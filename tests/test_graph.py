@@ -217,19 +217,19 @@ def test_the_base_holds_the_packages_every_image_gets(tmp_path, monkeypatch):
 def test_the_base_is_upgraded_from_the_suites_its_release_class_names(tmp_path):
     settings = BuildSettings()
     bookworm, sid = Release("bookworm", "12"), Release("sid", "sid")
-    assert base.upgrade_sources(REPO / "fai_config", bookworm, settings) == (
+    assert base.build_sources(REPO / "fai_config", bookworm, settings) == (
         f"deb {settings.mirror} bookworm main",
         f"deb {settings.mirror} bookworm-updates main",
         f"deb {settings.security_mirror} bookworm-security main",
     )
-    assert base.upgrade_sources(REPO / "fai_config", sid, settings) == (f"deb {settings.mirror} sid main",)
+    assert base.build_sources(REPO / "fai_config", sid, settings) == (f"deb {settings.mirror} sid main",)
 
     # The suites come from the config space: editing them makes the base again.
     space = tmp_path / "space"
     shutil.copytree(REPO / "fai_config", space)
     the_plan = dataclasses.replace(make_plan(tmp_path), config_space=space)
     before = config_of(load(the_plan)["base:bookworm-amd64"])
-    assert before["upgrade_from"] == list(base.upgrade_sources(space, bookworm, settings))
+    assert before["upgrade_from"] == list(base.build_sources(space, bookworm, settings))
     var = space / "class" / "BOOKWORM.var"
     var.write_text(var.read_text().replace('APT_SUITES="bookworm bookworm-updates"', 'APT_SUITES="bookworm"'))
     after = config_of(load(the_plan)["base:bookworm-amd64"])
@@ -325,3 +325,17 @@ def test_given_version_remakes_manifests_not_images(tmp_path):
     name = "bookworm-nocloud-amd64"
     assert config_of(base[f"build:{name}"]) == config_of(given[f"build:{name}"])
     assert config_of(base[f"manifest:{name}"]) != config_of(given[f"manifest:{name}"])
+
+
+def test_a_class_the_config_space_does_not_know_is_refused(tmp_path):
+    import yaml
+
+    data = yaml.safe_load(FIXTURE_MATRIX.read_text())
+    data["vendors"]["ec2"]["fai_classes"] = ["CLOUD", "EC3", "LINUX_CLOUD", "TIME_SYSTEMD"]
+    matrix_file = tmp_path / "matrix.yaml"
+    matrix_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(MatrixError) as caught:
+        make_plan(tmp_path, matrix=str(matrix_file))
+    assert str(caught.value) == (
+        f"{matrix_file}: vendors.ec2.fai_classes[1]: no file of the config space (fai_config/) belongs to class 'EC3'"
+    )

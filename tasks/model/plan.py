@@ -116,11 +116,14 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
             raise MatrixError("command line", "storage", str(error)) from None
         raise MatrixError(matrix_path, "publish.storage", str(error)) from None
 
+    config_space = base / "fai_config"
+    _check_classes(matrix, matrix_path, config_space)
+
     return Plan(
         matrix=matrix,
         base=base,
         workdir=(base / (get("workdir") or DEFAULT_WORKDIR)).resolve(),
-        config_space=base / "fai_config",
+        config_space=config_space,
         storage=storage,
         build_version=version or datetime.now(UTC).strftime("%Y%m%d-%H%M"),
         version=version,
@@ -130,3 +133,25 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
         confirmed=(get("confirm") or "").lower() in ("yes", "true", "1"),
         compare=(get("left"), get("right")),
     )
+
+
+def _check_classes(matrix: Matrix, matrix_path: Path, config_space: Path) -> None:
+    """Every FAI class the matrix names has files in the config space: a
+    misspelt class would otherwise build an image without them, silently."""
+    from tasks.stages import faiconfig  # the config space's reader; the model does not import stages at load
+
+    if not config_space.is_dir():
+        return  # a plan without a config space (tests of the model alone)
+    defined = faiconfig.defined_classes(config_space)
+    named: list[tuple[str, tuple[str, ...]]] = [
+        *((f"architectures.{name}", arch.fai_classes) for name, arch in matrix.architectures.items()),
+        *((f"vendors.{name}", vendor.fai_classes) for name, vendor in matrix.vendors.items()),
+    ]
+    for key, classes in named:
+        for index, fai_class in enumerate(classes):
+            if fai_class not in defined:
+                raise MatrixError(
+                    matrix_path,
+                    f"{key}.fai_classes[{index}]",
+                    f"no file of the config space ({config_space.name}/) belongs to class {fai_class!r}",
+                )

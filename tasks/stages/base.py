@@ -17,7 +17,6 @@ or nothing left to do.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 from tasks.errors import StageFailed
 from tasks.model.matrix import Architecture, BuildSettings, Release
 from tasks.progress import StageProgress
+from tasks.stages import faiconfig
 from tasks.system import atomic, binfmt, cpu, proc, sandbox
 
 # Bump when the way the base is made changes.
@@ -32,8 +32,6 @@ BASE_FORMAT = 4
 DEBOOTSTRAP_OPTIONS = ["--variant=minbase", "--components=main"]
 # The class whose packages every image installs; its list goes into the base.
 COMMON_CLASS = "DEBIAN"
-_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-_VARIABLE = re.compile(r"""^(APT_SUITES|APT_SECURITY_SUITE)=["']?([^"'#]*)["']?\s*(?:#.*)?$""")
 
 # Run in the sandbox once debootstrap is done: upgrade the base and install
 # the packages every image gets (the script says how).
@@ -71,20 +69,6 @@ def package_cache(workdir: Path) -> Path:
     return workdir / "cache" / "packages"
 
 
-def _package_sections(path: Path) -> list[tuple[str, tuple[str, ...], list[str]]]:
-    """(command, classes, packages) of each PACKAGES section of a package_config file."""
-    sections: list[tuple[str, tuple[str, ...], list[str]]] = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        words = line.split("#", 1)[0].split()
-        if not words:
-            continue
-        if words[0] == "PACKAGES":
-            sections.append((words[1] if len(words) > 1 else "", tuple(words[2:]), []))
-        elif sections:
-            sections[-1][2].extend(w for w in words if _PACKAGE.match(w))
-    return sections
-
-
 def common_packages(config_space: Path, classes: tuple[str, ...] = (COMMON_CLASS,)) -> tuple[str, ...]:
     """The packages every image with these classes installs: the `install` and
     `install-norec` sections of their package_config files that name no class,
@@ -92,27 +76,18 @@ def common_packages(config_space: Path, classes: tuple[str, ...] = (COMMON_CLASS
     defined)."""
     packages = []
     for cls in classes:
-        for command, condition, names in _package_sections(config_space / "package_config" / cls):
+        for command, condition, names in faiconfig.package_sections(config_space / "package_config" / cls):
             if command in ("install", "install-norec") and (not condition or set(condition) & set(classes)):
                 packages += names
     return tuple(dict.fromkeys(packages))
 
 
-def release_variables(config_space: Path, release: Release) -> dict[str, str]:
-    """APT_SUITES and APT_SECURITY_SUITE from the release class's class/<RELEASE>.var."""
-    path = config_space / "class" / f"{release.fai_class}.var"
-    found = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        match = _VARIABLE.match(line.strip())
-        if match:
-            found[match[1]] = match[2].strip()
-    return found
-
-
-def upgrade_sources(config_space: Path, release: Release, settings: BuildSettings) -> tuple[str, ...]:
-    """The apt sources the base is upgraded from: every suite the release's
-    images use (the release itself, its updates, its security suite)."""
-    variables = release_variables(config_space, release)
+def build_sources(config_space: Path, release: Release, settings: BuildSettings) -> tuple[str, ...]:
+    """The apt sources of a build: every suite the release's images use (the
+    release itself, its updates, its security suite), from the build mirrors.
+    The base is upgraded from them, and FAI's hooks/repository.DEBIAN writes
+    them into the image being built (IMAGE_BUILD_SOURCES)."""
+    variables = faiconfig.class_variables(config_space, release.fai_class)
     suites = variables.get("APT_SUITES", "").split() or [release.name]
     lines = [f"deb {settings.mirror} {suite} main" for suite in suites]
     if variables.get("APT_SECURITY_SUITE"):
@@ -131,7 +106,7 @@ class BaseContent:
     def of(cls, config_space: Path, release: Release, arch: Architecture, settings: BuildSettings) -> BaseContent:
         # Every image of a release and architecture has these classes.
         classes = (COMMON_CLASS, release.fai_class, *arch.fai_classes)
-        return cls(common_packages(config_space, classes), upgrade_sources(config_space, release, settings))
+        return cls(common_packages(config_space, classes), build_sources(config_space, release, settings))
 
 
 def base_config(release: Release, arch: str, settings: BuildSettings, content: BaseContent = BaseContent()) -> dict:

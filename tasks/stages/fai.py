@@ -29,6 +29,7 @@ from tasks.model.layout import CellFiles
 from tasks.model.matrix import BuildSettings, Cell
 from tasks.model.records import BuildInfo
 from tasks.progress import StageProgress
+from tasks.stages import base
 from tasks.system import atomic, binfmt, cpu, loopdev, sandbox
 
 # Bump when a change to the builder (not to the config space or matrix.yaml)
@@ -114,6 +115,10 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         DEBIAN_FRONTEND="noninteractive",
         IMAGE_RELEASE=cell.release.name,
         IMAGE_ARCH=cell.arch.name,
+        # What the base was made with, for FAI's own debootstrap (class/DEBIAN.var)
+        # and the build's apt sources (hooks/repository.DEBIAN): written once, in base.py.
+        IMAGE_DEBOOTSTRAP_OPTIONS=" ".join(base.DEBOOTSTRAP_OPTIONS),
+        IMAGE_BUILD_SOURCES="\n".join(base.build_sources(inputs.config_space, cell.release, settings)),
         **fai_arch_facts(cell),
         IMAGE_VENDOR=cell.vendor.name,
         IMAGE_MIRROR=settings.mirror,

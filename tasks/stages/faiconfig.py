@@ -12,8 +12,14 @@ than a stale image.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable
 from pathlib import Path
+
+# A package name in a package_config file (not a FAI directive or a class list).
+_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+# NAME=value, NAME="value" or NAME='value' in a class/<CLASS>.var file.
+_VARIABLE = re.compile(r"""^([A-Z_][A-Z0-9_]*)=["']?([^"'#]*)["']?\s*(?:#.*)?$""")
 
 _BY_NAME = {"package_config", "disk_config", "debconf", "basefiles"}
 _BY_DIRECTORY = {"scripts", "tests"}
@@ -49,7 +55,50 @@ def _files_by_owner(config_space: Path) -> tuple[tuple[Path, str | None], ...]:
     return tuple(found)
 
 
+def defined_classes(config_space: Path) -> set[str]:
+    """The classes the config space does something for: those a file belongs
+    to (EC2+ARM64 counts for both) and those a package list's PACKAGES line
+    names (LINUX_GENERIC in package_config/AMD64)."""
+    owners = {name for _, owner in _files_by_owner(config_space) if owner for name in owner.split("+")}
+    named = {
+        name
+        for path in sorted((config_space / "package_config").glob("*"))
+        for _, condition, _ in package_sections(path)
+        for name in condition
+    }
+    return owners | named
+
+
 def selected_files(config_space: Path, classes: Iterable[str]) -> list[Path]:
     """The config-space files a build with these classes reads, sorted."""
     classes = set(classes)
     return [path for path, owner in _files_by_owner(config_space) if owner is None or owner in classes]
+
+
+# --------------------------------------------------------------------------
+# Reading FAI's file formats
+
+
+def package_sections(path: Path) -> list[tuple[str, tuple[str, ...], list[str]]]:
+    """(command, classes, packages) of each PACKAGES section of a package_config file."""
+    sections: list[tuple[str, tuple[str, ...], list[str]]] = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if words[0] == "PACKAGES":
+            sections.append((words[1] if len(words) > 1 else "", tuple(words[2:]), []))
+        elif sections:
+            sections[-1][2].extend(w for w in words if _PACKAGE.match(w))
+    return sections
+
+
+def class_variables(config_space: Path, fai_class: str) -> dict[str, str]:
+    """The plain NAME=value assignments of class/<CLASS>.var (what FAI sources)."""
+    path = config_space / "class" / f"{fai_class}.var"
+    found = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        match = _VARIABLE.match(line.strip())
+        if match:
+            found[match[1]] = match[2].strip()
+    return found
