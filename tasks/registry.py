@@ -15,6 +15,7 @@ receive a typed context (BaseContext, CellContext), never positional lists.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -267,6 +268,11 @@ PUBLISH = Stage[CellContext](
 )
 
 
+def _platform_config(ctx: CellContext) -> dict | None:
+    platform = ctx.plan.matrix.release.platforms.get(ctx.cell.vendor.name)
+    return dataclasses.asdict(platform) if platform else None
+
+
 def _release_action(ctx: CellContext) -> None:
     plan = ctx.plan
     release_step.release(
@@ -295,7 +301,7 @@ RELEASE = Stage[CellContext](
     config=lambda ctx: {
         "storage": ctx.plan.storage.url,
         "version": ctx.plan.version,
-        "platforms": ctx.plan.matrix.release.platforms.get(ctx.cell.vendor.name),
+        "platforms": _platform_config(ctx),
     },
     manual=True,
 )

@@ -27,6 +27,7 @@ import pytest
 from tasks import storage
 from tasks.errors import StageFailed
 from tasks.model.matrix import BootTestSettings, PublishSettings, ReleaseSettings
+from tasks.model.settings import AzureSettings, Ec2Settings, GceSettings, NotifySettings
 from tasks.release import notify
 from tasks.release import step as release
 from tasks.release.platforms import azure, ec2, gce
@@ -91,13 +92,13 @@ def test_release_publishes_a_version_directory_then_latest_and_notifies(test_mat
     try:
         settings = ReleaseSettings(
             instance_test=(),
-            notify={
-                "to": ["cloud-team@example.org"],
-                "from": "images@example.org",
-                "smtp_host": "127.0.0.1",
-                "smtp_port": mailbox.port,
-                "webhook": webhook.url + "/hook",
-            },
+            notify=NotifySettings(
+                to=("cloud-team@example.org",),
+                sender="images@example.org",
+                smtp_host="127.0.0.1",
+                smtp_port=mailbox.port,
+                webhook=webhook.url + "/hook",
+            ),
         )
         record = release.release(
             cell, files, True, storage.Location(nginx.url), FAST, settings, BOOT, tmp_path / "locks"
@@ -187,12 +188,12 @@ def test_nothing_is_published_when_the_instance_test_fails(test_matrix, tmp_path
     settings = ReleaseSettings(
         instance_test=("genericcloud",),
         instance_test_timeout=15,
-        notify={
-            "to": ["cloud-team@example.org"],
-            "from": "images@example.org",
-            "smtp_host": "127.0.0.1",
-            "smtp_port": mailbox.port,
-        },
+        notify=NotifySettings(
+            to=("cloud-team@example.org",),
+            sender="images@example.org",
+            smtp_host="127.0.0.1",
+            smtp_port=mailbox.port,
+        ),
     )
     location = storage.Location((tmp_path / "public").as_uri())
     expected = "bookworm-genericcloud-amd64: the instance test failed: SSH did not answer within 15 s"
@@ -217,7 +218,8 @@ def test_an_unreachable_mail_server_is_a_clear_failure(tmp_path):
     port = servers.free_port()  # nothing listens there
     with pytest.raises(notify.NotifyFailed, match=f"sending the release mail through 127.0.0.1:{port}"):
         notify.notify(
-            message, {"to": ["a@example.org"], "from": "b@example.org", "smtp_host": "127.0.0.1", "smtp_port": port}
+            message,
+            NotifySettings(to=("a@example.org",), sender="b@example.org", smtp_host="127.0.0.1", smtp_port=port),
         )
 
 
@@ -227,7 +229,7 @@ def test_a_webhook_error_is_a_clear_failure_that_names_no_secret(monkeypatch):
         monkeypatch.setenv("IMAGES_WEBHOOK_URL", server.url + "/hooks/s3cr3t-token")
         message = {"release": "bookworm", "version": VERSION, "url": "file:///x", "cells": []}
         with pytest.raises(notify.NotifyFailed) as caught:
-            notify.notify(message, {})
+            notify.notify(message, NotifySettings())
         assert "HTTP 403" in str(caught.value) and "s3cr3t" not in str(caught.value)
     finally:
         server.stop()
@@ -264,7 +266,7 @@ def test_ec2_upload_imports_a_snapshot_and_registers_a_tagged_ami(test_matrix, t
         cell,
         files,
         json.loads(files.manifest.read_text()),
-        {"region": "us-east-1", "bucket": bucket, "prefix": "debian", "public": public},
+        Ec2Settings(region="us-east-1", bucket=bucket, prefix="debian", public=public),
     )
     client = boto3.client("ec2", region_name="us-east-1")
     [image] = client.describe_images(ImageIds=[made["ami"]])["Images"]
@@ -299,13 +301,13 @@ def test_a_release_run_again_after_a_failure_does_not_upload_twice(test_matrix, 
     port = servers.free_port()
     settings = ReleaseSettings(
         instance_test=(),
-        platforms={"ec2": {"region": "us-east-1", "bucket": bucket}},
-        notify={
-            "to": ["cloud-team@example.org"],
-            "from": "images@example.org",
-            "smtp_host": "127.0.0.1",
-            "smtp_port": port,
-        },
+        platforms={"ec2": Ec2Settings(region="us-east-1", bucket=bucket)},
+        notify=NotifySettings(
+            to=("cloud-team@example.org",),
+            sender="images@example.org",
+            smtp_host="127.0.0.1",
+            smtp_port=port,
+        ),
     )
     location = storage.Location((tmp_path / "public").as_uri())
     client = boto3.client("ec2", region_name="us-east-1")
@@ -346,7 +348,7 @@ def test_ec2_upload_from_the_tar_xz_when_the_raw_disk_is_gone(test_matrix, tmp_p
     manifest.write(cell, files)
     _bucket("imports-from-tar")
     made = ec2.upload(
-        cell, files, json.loads(files.manifest.read_text()), {"region": "us-east-1", "bucket": "imports-from-tar"}
+        cell, files, json.loads(files.manifest.read_text()), Ec2Settings(region="us-east-1", bucket="imports-from-tar")
     )
     snapshot = boto3.client("ec2", region_name="us-east-1").describe_snapshots(SnapshotIds=[made["snapshot"]])[
         "Snapshots"
@@ -361,7 +363,10 @@ def test_ec2_with_a_missing_bucket_fails_clearly(test_matrix, tmp_path, aws_env)
     manifest.write(cell, files)
     with pytest.raises(StageFailed, match="uploading disk.vmdk to s3://no-such-bucket/.*NoSuchBucket"):
         ec2.upload(
-            cell, files, json.loads(files.manifest.read_text()), {"region": "us-east-1", "bucket": "no-such-bucket"}
+            cell,
+            files,
+            json.loads(files.manifest.read_text()),
+            Ec2Settings(region="us-east-1", bucket="no-such-bucket"),
         )
 
 
@@ -417,13 +422,13 @@ def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(test_
         )
         monkeypatch.setenv("AZURE_STORAGE_SAS", sas)
         monkeypatch.setenv("AZURE_ACCESS_TOKEN", "arm-token")
-        settings = {
-            "subscription": "sub-1",
-            "resource_group": "images",
-            "location": "westeurope",
-            "container_url": f"{blob_server.url}/images",
-            "api_endpoint": management.url,
-        }
+        settings = AzureSettings(
+            subscription="sub-1",
+            resource_group="images",
+            location="westeurope",
+            container_url=f"{blob_server.url}/images",
+            api_endpoint=management.url,
+        )
         made = azure.upload(cell, files, json.loads(files.manifest.read_text()), settings)
 
         name = f"debian-12-azure-amd64-{VERSION}.vhd"
@@ -468,7 +473,14 @@ def test_azure_without_credentials_names_what_is_missing(test_matrix, tmp_path, 
     cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-azure-amd64")
     monkeypatch.delenv("AZURE_STORAGE_SAS", raising=False)
     with pytest.raises(StageFailed, match="AZURE_STORAGE_SAS is not set"):
-        azure.upload(cell, files, {"name": "x"}, {"container_url": "http://127.0.0.1:9/images"})
+        azure.upload(
+            cell,
+            files,
+            {"name": "x"},
+            AzureSettings(
+                subscription="s", resource_group="g", location="l", container_url="http://127.0.0.1:9/images"
+            ),
+        )
 
 
 # --------------------------------------------------------------------------
@@ -501,14 +513,14 @@ def test_gce_upload_sends_the_tar_gz_then_asks_for_an_image(test_matrix, tmp_pat
     server = servers.RecordingServer(google).start()
     try:
         monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "gce-token")
-        settings = {
-            "project": "p",
-            "bucket": "imports",
-            "family": "debian-13",
-            "api_endpoint": server.url,
-            "storage_endpoint": server.url,
-            "poll_seconds": 0,
-        }
+        settings = GceSettings(
+            project="p",
+            bucket="imports",
+            family="debian-13",
+            api_endpoint=server.url,
+            storage_endpoint=server.url,
+            poll_seconds=0,
+        )
         made = gce.upload(cell, files, json.loads(files.manifest.read_text()), settings)
         upload, insert, *polls = server.requests
         name = f"debian-13-gce-arm64-{VERSION}".lower()
@@ -547,7 +559,7 @@ def test_gce_api_errors_are_reported_with_the_answer(test_matrix, tmp_path, monk
                 cell,
                 files,
                 json.loads(files.manifest.read_text()),
-                {"project": "p", "bucket": "imports", "storage_endpoint": server.url},
+                GceSettings(project="p", bucket="imports", storage_endpoint=server.url),
             )
         assert "gce-token" not in str(caught.value)
     finally:

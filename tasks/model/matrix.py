@@ -153,16 +153,9 @@ class ReleaseSettings:
 
     instance_test: tuple[str, ...] = ("generic", "genericcloud", "ec2")  # vendors whose cloud-init reads NoCloud
     instance_test_timeout: int = 600  # seconds for SSH to answer
-    platforms: dict[str, dict] = field(default_factory=dict)  # vendor -> its platform's settings
-    notify: dict = field(default_factory=dict)  # to, from, smtp_host, smtp_port, webhook
-
-
-# Each platform's settings: (required, optional) keys.
-PLATFORM_KEYS = {
-    "ec2": ({"region", "bucket"}, {"prefix", "public", "import_timeout"}),
-    "azure": ({"subscription", "resource_group", "location", "container_url"}, {"api_endpoint"}),
-    "gce": ({"project", "bucket"}, {"family", "api_endpoint", "storage_endpoint", "timeout", "poll_seconds"}),
-}
+    # vendor -> its platform's settings (tasks/model/settings.py: Ec2Settings, ...)
+    platforms: dict[str, Any] = field(default_factory=dict)
+    notify: settings.NotifySettings = field(default_factory=settings.NotifySettings)
 
 
 @dataclass(frozen=True)
@@ -471,13 +464,6 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
-def _url_without_credentials(r: _Reader, value: Any, path: str, hint: str = "") -> str:
-    if isinstance(value, str) and "@" in value:
-        # Not echoed: what stands before the @ is a secret.
-        raise r.fail(path, "credentials do not belong in matrix.yaml: give them through the environment" + hint)
-    return r.string(value, path, re.compile(r"^https?://\S+$"), "an http(s) URL")
-
-
 def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
     entry = r.mapping(value or {}, "release", ["instance_test", "instance_test_timeout", "platforms", "notify"])
     defaults = ReleaseSettings()
@@ -488,41 +474,40 @@ def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
         else tuple(v for v in defaults.instance_test if v in vendors)
     )
     platforms = {}
-    for name, given in r.mapping(entry.get("platforms") or {}, "release.platforms", PLATFORM_KEYS).items():
+    for name, given in r.mapping(entry.get("platforms") or {}, "release.platforms", settings.PLATFORMS).items():
         p = f"release.platforms.{name}"
         if name not in vendors:
             raise r.fail(p, f"no vendor named {name!r} in this matrix")
-        required, optional = PLATFORM_KEYS[name]
-        given = r.mapping(given, p, sorted(required | optional), sorted(required))
-        for key, item in given.items():
-            if key == "public":
-                if not isinstance(item, bool):
-                    raise r.fail(f"{p}.{key}", f"expected true or false, got {_describe(item)}")
-            elif key in ("import_timeout", "timeout", "poll_seconds"):
-                r.number(item, f"{p}.{key}", 0, 86400)
-            elif key.endswith(("url", "endpoint")):
-                _url_without_credentials(r, item, f"{p}.{key}")
-            else:
-                r.string(item, f"{p}.{key}")
-        platforms[name] = dict(given)
+        section = settings.PLATFORMS[name]
+        given = r.mapping(
+            given, p, [f.name for f in settings.settings_of(section)], settings.required_settings(section)
+        )
+        platforms[name] = settings.parse(r, given, section, p)
     notify = r.mapping(entry.get("notify") or {}, "release.notify", ["to", "from", "smtp_host", "smtp_port", "webhook"])
+    to: tuple[str, ...] = ()
     if notify.get("to"):
-        r.string_list(
+        to = r.string_list(
             notify["to"], "release.notify.to", lambda v, p: r.string(v, p, EMAIL_PATTERN, "an e-mail address")
         )
         if "from" not in notify:
             raise r.fail("release.notify.from", "missing (the sender of the release mail)")
-    if "from" in notify:
-        r.string(notify["from"], "release.notify.from", EMAIL_PATTERN, "an e-mail address")
-    if "smtp_port" in notify:
-        r.integer(notify["smtp_port"], "release.notify.smtp_port", 1, 65535)
-    if notify.get("webhook") is not None:
-        _url_without_credentials(
-            r,
-            notify["webhook"],
-            "release.notify.webhook",
-            " (a webhook URL that holds a secret goes in IMAGES_WEBHOOK_URL)",
-        )
+    webhook_hint = " (a webhook URL that holds a secret goes in IMAGES_WEBHOOK_URL)"
+    defaults_notify = settings.NotifySettings()
+    notify_settings = settings.NotifySettings(
+        to=to,
+        sender=r.string(notify["from"], "release.notify.from", EMAIL_PATTERN, "an e-mail address")
+        if "from" in notify
+        else defaults_notify.sender,
+        smtp_host=r.string(notify["smtp_host"], "release.notify.smtp_host")
+        if "smtp_host" in notify
+        else defaults_notify.smtp_host,
+        smtp_port=r.integer(notify["smtp_port"], "release.notify.smtp_port", 1, 65535)
+        if "smtp_port" in notify
+        else defaults_notify.smtp_port,
+        webhook=settings.plain_url(webhook_hint).check(r, notify["webhook"], "release.notify.webhook")
+        if notify.get("webhook") is not None
+        else None,
+    )
     return ReleaseSettings(
         instance_test=instance_test,
         instance_test_timeout=(
@@ -531,7 +516,7 @@ def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
             else defaults.instance_test_timeout
         ),
         platforms=platforms,
-        notify=dict(notify),
+        notify=notify_settings,
     )
 
 

@@ -22,6 +22,7 @@ from tasks.model.arch import AUTO, Accelerator, Milestone
 class Reader(Protocol):
     """What a check needs from the matrix reader (matrix._Reader)."""
 
+    def fail(self, path: str, message: str) -> Exception: ...
     def string(self, value: Any, path: str, pattern: re.Pattern | None = None, expected: str = "a string") -> str: ...
     def integer(self, value: Any, path: str, low: int, high: int) -> int: ...
     def number(self, value: Any, path: str, low: float, high: float) -> float: ...
@@ -65,9 +66,35 @@ def hostname() -> Check:
     return Check("a host name", lambda r, v, p: r.string(v, p, HOSTNAME, "a host name"))
 
 
+def boolean() -> Check:
+    def check(r: Reader, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise r.fail(path, f"expected true or false, got {value!r}")
+        return value
+
+    return Check("true or false", check)
+
+
+def plain_url(hint: str = "") -> Check:
+    """A URL that holds no secret: credentials come from the environment."""
+
+    def check(r: Reader, value: Any, path: str) -> str:
+        if isinstance(value, str) and "@" in value:
+            # Not echoed: what stands before the @ is a secret.
+            raise r.fail(path, "credentials do not belong in matrix.yaml: give them through the environment" + hint)
+        return r.string(value, path, URL, "an http(s) URL")
+
+    return Check("an http(s) URL without credentials", check)
+
+
 def setting(default: Any, meaning: str, accepts: Check) -> Any:
     """A dataclass field that is a setting of matrix.yaml."""
     return field(default=default, metadata={"meaning": meaning, "accepts": accepts})
+
+
+def required(meaning: str, accepts: Check) -> Any:
+    """A setting without default: the section needs it."""
+    return field(metadata={"meaning": meaning, "accepts": accepts})
 
 
 @dataclass(frozen=True)
@@ -122,6 +149,53 @@ class PublishSettings:
     retry_delay: float = setting(1.0, "seconds before the second attempt, doubled each time", number(0, 600))
 
 
+# Each cloud platform's account, under release.platforms.<vendor>
+# (tasks/release/platforms/). Credentials never: they come from the environment.
+
+
+@dataclass(frozen=True)
+class Ec2Settings:
+    region: str = required("the AWS region the AMI is registered in", text())
+    bucket: str = required("the S3 bucket the disk is imported from", text())
+    prefix: str = setting("", "a key prefix in the bucket", text())
+    public: bool = setting(False, "make the AMI and its snapshot public", boolean())
+    import_timeout: float = setting(3600, "seconds the snapshot import may take", number(0, 86400))
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    subscription: str = required("the Azure subscription", text())
+    resource_group: str = required("the resource group the image goes to", text())
+    location: str = required("the Azure region", text())
+    container_url: str = required("the blob container the VHD is uploaded to", plain_url())
+    api_endpoint: str = setting("https://management.azure.com", "Azure Resource Manager", plain_url())
+
+
+@dataclass(frozen=True)
+class GceSettings:
+    project: str = required("the Google Cloud project", text())
+    bucket: str = required("the Cloud Storage bucket the disk is imported from", text())
+    family: str = setting("", "the image family (an -<arch> suffix is added); none when empty", text())
+    api_endpoint: str = setting("https://compute.googleapis.com", "the Compute Engine API", plain_url())
+    storage_endpoint: str = setting("https://storage.googleapis.com", "the Cloud Storage API", plain_url())
+    timeout: float = setting(1800, "seconds the image creation may take", number(0, 86400))
+    poll_seconds: float = setting(10, "seconds between two looks at the creation", number(0, 86400))
+
+
+PLATFORMS: dict[str, type] = {"ec2": Ec2Settings, "azure": AzureSettings, "gce": GceSettings}
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """release.notify: who hears of a release (tasks/release/notify.py)."""
+
+    to: tuple[str, ...] = ()  # e-mail addresses; none: no mail
+    sender: str = ""  # matrix.yaml's `from`
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    webhook: str | None = None  # IMAGES_WEBHOOK_URL wins (a URL holding a secret)
+
+
 # The sections whose every key is a plain setting, as matrix.yaml names them.
 SECTIONS: dict[str, type] = {
     "build": BuildSettings,
@@ -135,8 +209,12 @@ def settings_of(section: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(section) if "accepts" in f.metadata]
 
 
+def required_settings(section: type) -> list[str]:
+    return [f.name for f in settings_of(section) if f.default is dataclasses.MISSING]
+
+
 def parse(r: Reader, value: dict, section: type, path: str) -> Any:
-    """A section from its (already key-checked) mapping: every key optional, defaults from the dataclass."""
+    """A section from its (already key-checked) mapping; defaults from the dataclass."""
     known = {f.name: f for f in settings_of(section)}
     return section(
         **{key: known[key].metadata["accepts"].check(r, item, f"{path}.{key}") for key, item in value.items()}
@@ -146,11 +224,14 @@ def parse(r: Reader, value: dict, section: type, path: str) -> Any:
 def table() -> str:
     """README.md's table of these settings, in Markdown."""
     lines = ["| setting | default | accepts | meaning |", "|---|---|---|---|"]
-    for name, section in SECTIONS.items():
+    sections = [*SECTIONS.items(), *((f"release.platforms.{name}", cls) for name, cls in PLATFORMS.items())]
+    for name, section in sections:
         for f in settings_of(section):
-            lines.append(
-                f"| `{name}.{f.name}` | `{f.default}` | {f.metadata['accepts'].accepts} | {f.metadata['meaning']} |"
+            default = (
+                "(required)" if f.default is dataclasses.MISSING else "(none)" if f.default == "" else f"`{f.default}`"
             )
+            accepts, meaning = f.metadata["accepts"].accepts, f.metadata["meaning"]
+            lines.append(f"| `{name}.{f.name}` | {default} | {accepts} | {meaning} |")
     return "\n".join(lines) + "\n"
 
 

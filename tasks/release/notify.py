@@ -18,6 +18,7 @@ import smtplib
 from email.message import EmailMessage
 
 from tasks.errors import StageFailed
+from tasks.model.settings import NotifySettings
 
 
 class NotifyFailed(StageFailed):
@@ -41,13 +42,13 @@ def summary(release: dict) -> str:
     return "\n".join(lines)
 
 
-def send_mail(release: dict, settings: dict) -> None:
+def send_mail(release: dict, settings: NotifySettings) -> None:
     message = EmailMessage()
     message["Subject"] = f"Debian {release['release']} cloud images {release['version']} released"
-    message["From"] = settings["from"]
-    message["To"] = ", ".join(settings["to"])
+    message["From"] = settings.sender
+    message["To"] = ", ".join(settings.to)
     message.set_content(summary(release))
-    host, port = settings.get("smtp_host", "localhost"), int(settings.get("smtp_port", 25))
+    host, port = settings.smtp_host, settings.smtp_port
     server = f"{host}:{port}"
     try:
         with smtplib.SMTP(host, port, timeout=30) as smtp:
@@ -73,13 +74,13 @@ def call_webhook(release: dict, url: str) -> None:
         raise NotifyFailed(f"the release webhook answered HTTP {answer.status_code}")
 
 
-def notify(release: dict, settings: dict) -> list[str]:
+def notify(release: dict, settings: NotifySettings) -> list[str]:
     """Send what settings ask for; return what was done, for the release record."""
     done = []
-    if settings.get("to"):
+    if settings.to:
         send_mail(release, settings)
-        done.append(f"mail to {', '.join(settings['to'])}")
-    webhook = os.environ.get("IMAGES_WEBHOOK_URL") or settings.get("webhook")
+        done.append(f"mail to {', '.join(settings.to)}")
+    webhook = os.environ.get("IMAGES_WEBHOOK_URL") or settings.webhook
     if webhook:
         call_webhook(release, webhook)
         done.append("webhook")

@@ -18,6 +18,7 @@ register the image on its platform a second time.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def release(
     platforms = []
     if cell.vendor.name in settings.platforms:
         platform_settings = settings.platforms[cell.vendor.name]
-        made = progress.done("platform", platform_settings)
+        platform_config = dataclasses.asdict(platform_settings)
+        made = progress.done("platform", platform_config)
         # Imported here: every doit run loads this module; the clouds' clients only a release needs.
         from tasks.release.platforms import UPLOADERS
 
@@ -104,7 +106,7 @@ def release(
         else:
             made = UPLOADERS[cell.vendor.name](cell, files, manifest, platform_settings)
             print(f"{cell.vendor.name}: {made}")
-            progress.record("platform", platform_settings, made)
+            progress.record("platform", platform_config, made)
         platforms.append(made)
     record["platforms"] = platforms
 

@@ -23,6 +23,7 @@ import requests
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
+from tasks.model.settings import AzureSettings
 from tasks.progress import StageProgress
 from tasks.stages import diskimage
 from tasks.stages.compress import MIB, qemu_img_convert
@@ -93,15 +94,15 @@ def upload_page_blob(vhd: Path, blob_url: str, sas: str, label: str) -> None:
             progress.update(advance=length)
 
 
-def image_request(cell: Cell, manifest: dict, settings: dict, blob_url: str) -> tuple[str, dict]:
+def image_request(cell: Cell, manifest: dict, settings: AzureSettings, blob_url: str) -> tuple[str, dict]:
     """Resource Manager's URL and body for a managed image made from blob_url."""
-    endpoint = settings.get("api_endpoint", "https://management.azure.com").rstrip("/")
+    endpoint = settings.api_endpoint.rstrip("/")
     url = (
-        f"{endpoint}/subscriptions/{settings['subscription']}/resourceGroups/{settings['resource_group']}"
+        f"{endpoint}/subscriptions/{settings.subscription}/resourceGroups/{settings.resource_group}"
         f"/providers/Microsoft.Compute/images/{manifest['name']}?api-version={COMPUTE_API}"
     )
     body = {
-        "location": settings["location"],
+        "location": settings.location,
         "tags": {"debian-release": cell.release.name, "debian-version": manifest["version"]},
         "properties": {
             "hyperVGeneration": "V2",
@@ -138,9 +139,9 @@ def create_image(url: str, body: dict, token: str, timeout: float = 1800) -> dic
     return answer.json()
 
 
-def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict:
+def upload(cell: Cell, files: CellFiles, manifest: dict, settings: AzureSettings) -> dict:
     sas, token = _env("AZURE_STORAGE_SAS"), _env("AZURE_ACCESS_TOKEN")
-    blob_url = f"{settings['container_url'].rstrip('/')}/{manifest['name']}.vhd"
+    blob_url = f"{settings.container_url.rstrip('/')}/{manifest['name']}.vhd"
     if "vhd.tar.xz" in cell.vendor.formats:
         with diskimage.member(files, "vhd.tar.xz", "disk.vhd") as vhd:
             upload_page_blob(vhd, blob_url, sas, f"Azure upload {manifest['name']}")

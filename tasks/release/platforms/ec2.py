@@ -21,6 +21,7 @@ from tasks.errors import StageFailed
 from tasks.model.arch import Firmware
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
+from tasks.model.settings import Ec2Settings
 from tasks.progress import StageProgress
 from tasks.stages import diskimage
 from tasks.stages.compress import qemu_img_convert
@@ -89,9 +90,9 @@ def wait_for_import(ec2, task_id: str, timeout: float, interval: float = 15.0) -
         time.sleep(interval)
 
 
-def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict:
-    region = settings["region"]
-    bucket, prefix = settings["bucket"], settings.get("prefix", "").strip("/")
+def upload(cell: Cell, files: CellFiles, manifest: dict, settings: Ec2Settings) -> dict:
+    region = settings.region
+    bucket, prefix = settings.bucket, settings.prefix.strip("/")
     name = manifest["name"]
     tags = [
         {"Key": "Name", "Value": name},
@@ -119,7 +120,7 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
                 DiskContainer={"Description": name, "Format": "VMDK", "UserBucket": {"S3Bucket": bucket, "S3Key": key}},
                 TagSpecifications=[{"ResourceType": "import-snapshot-task", "Tags": tags}],
             )
-            snapshot = wait_for_import(ec2, task["ImportTaskId"], float(settings.get("import_timeout", 3600)))
+            snapshot = wait_for_import(ec2, task["ImportTaskId"], float(settings.import_timeout))
         with _aws(f"registering {name} from {snapshot}"):
             ami = ec2.register_image(
                 **register_request(
@@ -127,7 +128,7 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
                 )
             )
             ec2.create_tags(Resources=[ami["ImageId"], snapshot], Tags=tags)
-            if settings.get("public"):
+            if settings.public:
                 ec2.modify_image_attribute(ImageId=ami["ImageId"], LaunchPermission={"Add": [{"Group": "all"}]})
     finally:
         with _aws(f"deleting s3://{bucket}/{key}"):
@@ -137,5 +138,5 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
         "region": region,
         "ami": ami["ImageId"],
         "snapshot": snapshot,
-        "public": bool(settings.get("public")),
+        "public": settings.public,
     }

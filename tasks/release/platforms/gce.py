@@ -19,6 +19,7 @@ import requests
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
+from tasks.model.settings import GceSettings
 from tasks.progress import StageProgress
 
 GUEST_FEATURES = ["UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC", "SEV_CAPABLE"]
@@ -36,9 +37,9 @@ def image_name(manifest: dict) -> str:
     return name
 
 
-def image_request(cell: Cell, manifest: dict, settings: dict, object_url: str) -> tuple[str, dict]:
-    endpoint = settings.get("api_endpoint", "https://compute.googleapis.com").rstrip("/")
-    url = f"{endpoint}/compute/v1/projects/{settings['project']}/global/images"
+def image_request(cell: Cell, manifest: dict, settings: GceSettings, object_url: str) -> tuple[str, dict]:
+    endpoint = settings.api_endpoint.rstrip("/")
+    url = f"{endpoint}/compute/v1/projects/{settings.project}/global/images"
     features = [f for f in GUEST_FEATURES if cell.arch.name == "amd64" or f != "SEV_CAPABLE"]
     body = {
         "name": image_name(manifest),
@@ -48,8 +49,8 @@ def image_request(cell: Cell, manifest: dict, settings: dict, object_url: str) -
         "guestOsFeatures": [{"type": f} for f in features],
         "labels": {"debian-release": cell.release.name, "debian-version": manifest["version"].lower()},
     }
-    if settings.get("family"):
-        body["family"] = f"{settings['family']}-{cell.arch.name}"
+    if settings.family:
+        body["family"] = f"{settings.family}-{cell.arch.name}"
     return url, body
 
 
@@ -59,7 +60,7 @@ def _check(answer: requests.Response, what: str) -> dict:
     return answer.json()
 
 
-def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict:
+def upload(cell: Cell, files: CellFiles, manifest: dict, settings: GceSettings) -> dict:
     token = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN")
     if not token:
         raise GceFailed("GOOGLE_OAUTH_ACCESS_TOKEN is not set (README.md, release: GCE)")
@@ -67,7 +68,7 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
     if not archive.exists():
         raise GceFailed(f"{cell.name}: GCE imports {archive.name}, which this cell does not make")
     headers = {"Authorization": f"Bearer {token}"}
-    storage = settings.get("storage_endpoint", "https://storage.googleapis.com").rstrip("/")
+    storage = settings.storage_endpoint.rstrip("/")
     object_name = f"{image_name(manifest)}.tar.gz"
     with open(archive, "rb") as f, StageProgress(f"GCS upload {object_name}", total=archive.stat().st_size) as bar:
 
@@ -82,7 +83,7 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
 
         _check(
             requests.post(
-                f"{storage}/upload/storage/v1/b/{settings['bucket']}/o",
+                f"{storage}/upload/storage/v1/b/{settings.bucket}/o",
                 params={"uploadType": "media", "name": object_name},
                 data=Counted(),
                 headers={**headers, "Content-Type": "application/gzip"},
@@ -91,24 +92,24 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: dict) -> dict
             "uploading to Cloud Storage",
         )
     url, body = image_request(
-        cell, manifest, settings, f"https://storage.googleapis.com/{settings['bucket']}/{object_name}"
+        cell, manifest, settings, f"https://storage.googleapis.com/{settings.bucket}/{object_name}"
     )
     operation = _check(requests.post(url, json=body, headers=headers, timeout=60), "creating the image")
     status_url = operation.get("selfLink")
-    deadline = time.monotonic() + float(settings.get("timeout", 1800))
+    deadline = time.monotonic() + float(settings.timeout)
     while operation.get("status") != "DONE":
         if not status_url:
             raise GceFailed(f"creating the image: the answer names no operation to follow: {operation}")
         if time.monotonic() > deadline:
             raise GceFailed(f"the image was not created in time (operation {operation.get('name')})")
-        time.sleep(float(settings.get("poll_seconds", 10)))
+        time.sleep(float(settings.poll_seconds))
         operation = _check(requests.get(status_url, headers=headers, timeout=60), "waiting for the image")
     if operation.get("error"):
         raise GceFailed(f"creating the image: {operation['error']}")
     return {
         "platform": "gce",
-        "project": settings["project"],
+        "project": settings.project,
         "image": body["name"],
         "family": body.get("family"),
-        "object": f"gs://{settings['bucket']}/{object_name}",
+        "object": f"gs://{settings.bucket}/{object_name}",
     }
