@@ -252,7 +252,7 @@ def facts_report(plan: Plan, given: str) -> Path:
     or a manifest holding them)."""
     if given in {cell.name for cell in plan.matrix.cells}:
         return CellFiles.of(plan.workdir, plan.matrix.cell(given)).facts
-    return (plan.base / given).resolve()
+    return (plan.root / given).resolve()
 
 
 def compare_reports(plan: Plan) -> TaskFailed | None:

@@ -49,7 +49,7 @@ _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 @dataclass(frozen=True)
 class Plan:
     matrix: Matrix
-    base: Path  # the directory of dodo.py
+    root: Path  # the project's directory (dodo.py's): relative paths start here
     workdir: Path
     config_space: Path
     storage: Location
@@ -85,7 +85,7 @@ class Plan:
         return self.workdir / ".cpu"
 
 
-def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[str] = ()) -> Plan:
+def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[str] = ()) -> Plan:
     """Build the plan from doit variables; raise MatrixError on a bad option.
 
     given: the names of the options on the command line, to refuse unknown ones.
@@ -93,7 +93,7 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
     for name in given:
         if name not in OPTIONS:
             raise MatrixError("command line", name, f"unknown option (expected one of: {', '.join(OPTIONS)})")
-    matrix_path = base / (get("matrix") or "matrix.yaml")
+    matrix_path = root / (get("matrix") or "matrix.yaml")
     matrix = matrix_module.load(matrix_path)
     tier = get("tier") or "push"
     matrix.tier(tier)  # fails with the list of tiers when unknown
@@ -110,19 +110,19 @@ def from_options(base: Path, get: Callable[[str], str | None], given: Iterable[s
 
     storage_option = get("storage")
     try:
-        storage = Location.parse(storage_option or matrix.publish.storage, base)
+        storage = Location.parse(storage_option or matrix.publish.storage, root)
     except ValueError as error:
         if storage_option:
             raise MatrixError("command line", "storage", str(error)) from None
         raise MatrixError(matrix_path, "publish.storage", str(error)) from None
 
-    config_space = base / "fai_config"
+    config_space = root / "fai_config"
     _check_classes(matrix, matrix_path, config_space)
 
     return Plan(
         matrix=matrix,
-        base=base,
-        workdir=(base / (get("workdir") or DEFAULT_WORKDIR)).resolve(),
+        root=root,
+        workdir=(root / (get("workdir") or DEFAULT_WORKDIR)).resolve(),
         config_space=config_space,
         storage=storage,
         build_version=version or datetime.now(UTC).strftime("%Y%m%d-%H%M"),
