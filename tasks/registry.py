@@ -93,7 +93,7 @@ class Stage(Generic[Context]):
     checks: Callable[[Context], list] = lambda ctx: []
     # Run by name only, never by a group or the default run (the release).
     manual: bool = False
-    # A sub-task's longest run before it is stopped, when the stage needs one.
+    # Days a sub-task's output stays up to date, for outputs that age (the shared bases).
     max_age_days: Callable[[Context], int | None] = lambda ctx: None
 
     def contexts(self, plan: Plan) -> list:
