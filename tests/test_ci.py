@@ -267,7 +267,7 @@ def test_project_pipeline_passes_gitlab_schema(tmp_path):
     result = gitlab_ci_local(project, "--list", "--variable", "CI_PIPELINE_SOURCE=push")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "json schema validated" in result.stdout + result.stderr
-    assert {"quick-tests", "generate"} <= set(listed_jobs(result))
+    assert {"lint", "quick-tests", "generate"} <= set(listed_jobs(result))
 
 
 @needs_gitlab_ci_local
