@@ -110,10 +110,14 @@ class PackageCache:
         threading.Thread(target=self._server.serve_forever, name="package-cache", daemon=True).start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
         self.server.shutdown()
-        with self._idle:
-            self._idle.wait_for(lambda: self._busy == 0, timeout=CLOSE_GRACE_SECONDS)
+        if not (kind and issubclass(kind, KeyboardInterrupt)):
+            # Requests in flight end first (each fills the cache); an
+            # interrupted build does not wait for them: its cleanup (loop
+            # devices, mounts) must finish before the run gives up on it.
+            with self._idle:
+                self._idle.wait_for(lambda: self._busy == 0, timeout=CLOSE_GRACE_SECONDS)
         self.server.server_close()
         self._session.close()
 
