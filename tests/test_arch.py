@@ -5,6 +5,7 @@ import pytest
 
 from tasks.model.arch import Accelerator, Arch, Firmware, Format, Milestone
 from tasks.model.layout import CellFiles
+from tasks.model.records import Manifest
 from tasks.model.settings import GceSettings
 from tasks.release.platforms import ec2, gce
 from tasks.stages import fai, qemu
@@ -51,7 +52,8 @@ def test_the_platforms_names_come_from_the_registry(test_matrix, cell_name, ec2_
     request = ec2.register_request(cell, "name", "snap-1", "description")
     assert request["Architecture"] == ec2_arch and request["BootMode"] == boot_mode
     gce_cell = test_matrix.cell(cell_name.replace("-ec2-", "-gce-"))
-    _, body = gce.image_request(gce_cell, {"name": "debian-12-gce", "version": "1"}, GceSettings("p", "b"), "gs://b/o")
+    described = Manifest("debian-12-gce", {}, "gce", gce_cell.arch.name, "1", {}, [], {}, [], {})
+    _, body = gce.image_request(gce_cell, described, GceSettings("p", "b"), "gs://b/o")
     assert body["architecture"] == gce_arch
 
 

@@ -40,9 +40,9 @@ def test_manifest_describes_the_image(nocloud):
 
 def test_given_version_names_the_image(nocloud):
     cell, files = nocloud
-    data = manifest.describe(cell, files, version="20261201-1")
-    assert data["name"] == "debian-12-nocloud-amd64-20261201-1" and data["version"] == "20261201-1"
-    assert data["artifacts"][0]["name"] == "debian-12-nocloud-amd64-20261201-1.tar.xz"
+    described = manifest.describe(cell, files, version="20261201-1")
+    assert described.name == "debian-12-nocloud-amd64-20261201-1" and described.version == "20261201-1"
+    assert described.artifacts[0]["name"] == "debian-12-nocloud-amd64-20261201-1.tar.xz"
 
 
 def test_no_manifest_for_an_image_that_failed_its_boot_test(nocloud):
@@ -78,10 +78,13 @@ def test_a_record_of_another_version_or_incomplete_is_one_clear_line(nocloud):
 
 
 def test_records_round_trip(nocloud):
-    from tasks.model.records import BootRecord, BuildInfo
+    from tasks.model.records import BootRecord, BuildInfo, Manifest
 
     _, files = nocloud
-    for kind, path in ((BuildInfo, files.build_info), (BootRecord, files.boot_result)):
+    for kind, path in ((BuildInfo, files.build_info), (BootRecord, files.boot_result), (Manifest, files.manifest)):
         record = kind.read(path)
         assert kind.from_json(json.loads(json.dumps(record.to_json()))) == record
-        assert record.to_json()["record"] == f"{kind.KIND}/1"
+    assert BuildInfo.read(files.build_info).to_json()["record"] == "build-info/1"
+    # The manifest is the public document: its JSON is as it always was, schema number first.
+    assert list(Manifest.read(files.manifest).to_json())[:3] == ["schema", "name", "release"]
+    assert json.loads(files.manifest.read_text()) == Manifest.read(files.manifest).to_json()

@@ -27,6 +27,7 @@ import pytest
 from tasks import storage
 from tasks.errors import StageFailed
 from tasks.model.matrix import BootTestSettings, PublishSettings, ReleaseSettings
+from tasks.model.records import Manifest
 from tasks.model.settings import AzureSettings, Ec2Settings, GceSettings, NotifySettings
 from tasks.release import notify
 from tasks.release import step as release
@@ -265,7 +266,7 @@ def test_ec2_upload_imports_a_snapshot_and_registers_a_tagged_ami(test_matrix, t
     made = ec2.upload(
         cell,
         files,
-        json.loads(files.manifest.read_text()),
+        Manifest.read(files.manifest),
         Ec2Settings(region="us-east-1", bucket=bucket, prefix="debian", public=public),
     )
     client = boto3.client("ec2", region_name="us-east-1")
@@ -348,7 +349,7 @@ def test_ec2_upload_from_the_tar_xz_when_the_raw_disk_is_gone(test_matrix, tmp_p
     manifest.write(cell, files)
     _bucket("imports-from-tar")
     made = ec2.upload(
-        cell, files, json.loads(files.manifest.read_text()), Ec2Settings(region="us-east-1", bucket="imports-from-tar")
+        cell, files, Manifest.read(files.manifest), Ec2Settings(region="us-east-1", bucket="imports-from-tar")
     )
     snapshot = boto3.client("ec2", region_name="us-east-1").describe_snapshots(SnapshotIds=[made["snapshot"]])[
         "Snapshots"
@@ -365,7 +366,7 @@ def test_ec2_with_a_missing_bucket_fails_clearly(test_matrix, tmp_path, aws_env)
         ec2.upload(
             cell,
             files,
-            json.loads(files.manifest.read_text()),
+            Manifest.read(files.manifest),
             Ec2Settings(region="us-east-1", bucket="no-such-bucket"),
         )
 
@@ -429,7 +430,7 @@ def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(test_
             container_url=f"{blob_server.url}/images",
             api_endpoint=management.url,
         )
-        made = azure.upload(cell, files, json.loads(files.manifest.read_text()), settings)
+        made = azure.upload(cell, files, Manifest.read(files.manifest), settings)
 
         name = f"debian-12-azure-amd64-{VERSION}.vhd"
         blob = service.get_blob_client("images", name)
@@ -471,12 +472,13 @@ def test_azure_pages_cover_only_the_data(tmp_path):
 
 def test_azure_without_credentials_names_what_is_missing(test_matrix, tmp_path, monkeypatch):
     cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-azure-amd64")
+    manifest.write(cell, files)
     monkeypatch.delenv("AZURE_STORAGE_SAS", raising=False)
     with pytest.raises(StageFailed, match="AZURE_STORAGE_SAS is not set"):
         azure.upload(
             cell,
             files,
-            {"name": "x"},
+            Manifest.read(files.manifest),
             AzureSettings(
                 subscription="s", resource_group="g", location="l", container_url="http://127.0.0.1:9/images"
             ),
@@ -521,7 +523,7 @@ def test_gce_upload_sends_the_tar_gz_then_asks_for_an_image(test_matrix, tmp_pat
             storage_endpoint=server.url,
             poll_seconds=0,
         )
-        made = gce.upload(cell, files, json.loads(files.manifest.read_text()), settings)
+        made = gce.upload(cell, files, Manifest.read(files.manifest), settings)
         upload, insert, *polls = server.requests
         name = f"debian-13-gce-arm64-{VERSION}".lower()
         assert upload.method == "POST" and upload.path == (
@@ -558,7 +560,7 @@ def test_gce_api_errors_are_reported_with_the_answer(test_matrix, tmp_path, monk
             gce.upload(
                 cell,
                 files,
-                json.loads(files.manifest.read_text()),
+                Manifest.read(files.manifest),
                 GceSettings(project="p", bucket="imports", storage_endpoint=server.url),
             )
         assert "gce-token" not in str(caught.value)

@@ -5,8 +5,8 @@ test, for the manifest) and published.json (the publish stage's receipt,
 for its own up-to-date check) are each a dataclass here: written with
 to_json, read back with read, which refuses a file of another kind or
 version, or one that lacks a field, with one line naming the file. The
-manifest itself is the public document users read (tasks/stages/manifest.py,
-its own SCHEMA_VERSION).
+manifest (manifest.json) is one too, though it is also the public document
+users read: its JSON keeps the "schema" number it always had.
 """
 
 from __future__ import annotations
@@ -115,3 +115,33 @@ class PublishReceipt(Record):
     directory: str
     files: dict[str, str] = field(default_factory=dict)  # public name -> sha512
     sizes: dict[str, int] = field(default_factory=dict)  # public name -> bytes
+
+
+@dataclass(frozen=True)
+class Manifest(Record):
+    """manifest.json: a built and tested image, as users read it (tasks/stages/manifest.py)."""
+
+    KIND: ClassVar[str] = "manifest"
+    VERSION: ClassVar[int] = 2  # 2: the image's facts
+
+    name: str
+    release: dict[str, str]  # codename, version
+    vendor: str
+    arch: str
+    version: str
+    build: dict[str, Any]
+    artifacts: list[dict[str, Any]]  # name, format, file, size, sha512
+    boot_test: dict[str, Any]
+    packages: list[dict[str, str]]
+    facts: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "") -> Manifest:
+        if isinstance(data, dict) and "schema" in data:
+            schema = data["schema"]
+            data = {key: value for key, value in data.items() if key != "schema"}
+            data["record"] = f"{cls.KIND}/{schema}"
+        return super().from_json(data, source)

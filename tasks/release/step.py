@@ -21,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tasks import storage
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import BootTestSettings, Cell, PublishSettings, ReleaseSettings
+from tasks.model.records import Manifest
 from tasks.release import instancetest, notify
 from tasks.stages import publish as publication
 from tasks.storage.backend import RetryPolicy
@@ -73,11 +75,11 @@ def release(
 ) -> dict:
     if not confirmed:
         raise ReleaseRefused(f"a release is made on purpose only: doit release:{cell.name} confirm=yes")
-    manifest = atomic.read_json(files.manifest)
-    record = {
+    manifest = Manifest.read(files.manifest)
+    record: dict[str, Any] = {
         "cell": cell.name,
-        "name": manifest["name"],
-        "version": manifest["version"],
+        "name": manifest.name,
+        "version": manifest.version,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     progress = Progress(files.release_progress, sha512_file(files.manifest))
@@ -112,16 +114,16 @@ def release(
 
     # Uploads that are already in place are skipped by publish_directory itself.
     backend = location.open(RetryPolicy(publish.retries, publish.retry_delay))
-    directory = publication.release_dir(cell.release.name, manifest["version"])
+    directory = publication.release_dir(cell.release.name, manifest.version)
     with publication.locked(locks, location):
         files_published = publication.publish_directory(backend, directory, publication.cell_uploads(files, manifest))
         latest = publication.current_latest(backend, cell.release.name)
-        publication.point_latest(backend, cell.release.name, max(manifest["version"], latest))
+        publication.point_latest(backend, cell.release.name, max(manifest.version, latest))
     record["published"] = {"storage": location.url, "directory": directory, "files": files_published}
 
     message = {
         "release": cell.release.name,
-        "version": manifest["version"],
+        "version": manifest.version,
         "url": f"{location.url}/{directory}",
         "cells": [{"cell": cell.name, "files": files_published, "platforms": platforms}],
     }

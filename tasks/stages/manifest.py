@@ -16,11 +16,11 @@ from tasks.errors import StageFailed
 from tasks.model.arch import Format
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
-from tasks.model.records import BootRecord, BuildInfo
+from tasks.model.records import BootRecord, BuildInfo, Manifest
 from tasks.system import atomic
 from tasks.system.checksum import sha512_file
 
-SCHEMA_VERSION = 2  # 2: the image's facts
+SCHEMA_VERSION = Manifest.VERSION
 
 
 class ManifestFailed(StageFailed):
@@ -46,7 +46,7 @@ def read_packages(path: Path) -> list[dict[str, str]]:
     return packages
 
 
-def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
+def describe(cell: Cell, files: CellFiles, version: str | None = None) -> Manifest:
     """The manifest; version, when given, overrides the one the build recorded."""
     info = BuildInfo.read(files.build_info)
     boot = BootRecord.read(files.boot_result)
@@ -69,14 +69,13 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
                 "sha512": sha512_file(path),
             }
         )
-    return {
-        "schema": SCHEMA_VERSION,
-        "name": image_name,
-        "release": {"codename": cell.release.name, "version": cell.release.version},
-        "vendor": cell.vendor.name,
-        "arch": cell.arch.name,
-        "version": version,
-        "build": {
+    return Manifest(
+        name=image_name,
+        release={"codename": cell.release.name, "version": cell.release.version},
+        vendor=cell.vendor.name,
+        arch=cell.arch.name,
+        version=version,
+        build={
             "started": info.build_started,
             "seconds": info.build_seconds,
             "fai_classes": info.fai_classes,
@@ -84,8 +83,8 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
             "mirror": info.mirror,
             "builder": info.builder,
         },
-        "artifacts": artifacts,
-        "boot_test": {
+        artifacts=artifacts,
+        boot_test={
             "verdict": boot.verdict,
             "passed": boot.passed,
             "boots": [
@@ -93,11 +92,11 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> dict:
                 for b in boot.boots
             ],
         },
-        "packages": read_packages(files.packages),
+        packages=read_packages(files.packages),
         # What the image is, measured in it at build time (tasks/stages/imagefacts.py).
-        "facts": atomic.read_json(files.facts),
-    }
+        facts=atomic.read_json(files.facts),
+    )
 
 
 def write(cell: Cell, files: CellFiles, version: str | None = None) -> None:
-    atomic.write_json(files.manifest, describe(cell, files, version))
+    atomic.write_json(files.manifest, describe(cell, files, version).to_json())

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, PublishSettings
-from tasks.model.records import PublishReceipt, RecordError
+from tasks.model.records import Manifest, PublishReceipt, RecordError
 from tasks.stages.manifest import public_name
 from tasks.storage import Backend, Location, RetryPolicy
 from tasks.system import atomic
@@ -110,17 +110,17 @@ def prune_dailies(backend: Backend, release: str, keep: int) -> list[str]:
     return doomed
 
 
-def cell_uploads(files: CellFiles, manifest: dict) -> list[Upload]:
+def cell_uploads(files: CellFiles, manifest: Manifest) -> list[Upload]:
     """The artifacts and the manifest of a cell, under their public names."""
-    uploads = [Upload(files.artifact(a["format"]), a["name"], a["sha512"]) for a in manifest["artifacts"]]
-    uploads.append(Upload(files.manifest, public_name(manifest["name"], "json"), sha512_file(files.manifest)))
+    uploads = [Upload(files.artifact(a["format"]), a["name"], a["sha512"]) for a in manifest.artifacts]
+    uploads.append(Upload(files.manifest, public_name(manifest.name, "json"), sha512_file(files.manifest)))
     return uploads
 
 
 def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishSettings, lock_dir: Path) -> dict:
     """doit's publish stage: a cell as a daily build; write and return the receipt."""
-    manifest = atomic.read_json(files.manifest)
-    release, version = cell.release.name, manifest["version"]
+    manifest = Manifest.read(files.manifest)
+    release, version = cell.release.name, manifest.version
     backend = location.open(RetryPolicy(settings.retries, settings.retry_delay))
     directory = daily_dir(release, version)
     with locked(lock_dir, location):

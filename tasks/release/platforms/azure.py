@@ -23,6 +23,7 @@ import requests
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
+from tasks.model.records import Manifest
 from tasks.model.settings import AzureSettings
 from tasks.progress import StageProgress
 from tasks.stages import diskimage
@@ -94,16 +95,16 @@ def upload_page_blob(vhd: Path, blob_url: str, sas: str, label: str) -> None:
             progress.update(advance=length)
 
 
-def image_request(cell: Cell, manifest: dict, settings: AzureSettings, blob_url: str) -> tuple[str, dict]:
+def image_request(cell: Cell, manifest: Manifest, settings: AzureSettings, blob_url: str) -> tuple[str, dict]:
     """Resource Manager's URL and body for a managed image made from blob_url."""
     endpoint = settings.api_endpoint.rstrip("/")
     url = (
         f"{endpoint}/subscriptions/{settings.subscription}/resourceGroups/{settings.resource_group}"
-        f"/providers/Microsoft.Compute/images/{manifest['name']}?api-version={COMPUTE_API}"
+        f"/providers/Microsoft.Compute/images/{manifest.name}?api-version={COMPUTE_API}"
     )
     body = {
         "location": settings.location,
-        "tags": {"debian-release": cell.release.name, "debian-version": manifest["version"]},
+        "tags": {"debian-release": cell.release.name, "debian-version": manifest.version},
         "properties": {
             "hyperVGeneration": "V2",
             "storageProfile": {
@@ -139,12 +140,12 @@ def create_image(url: str, body: dict, token: str, timeout: float = 1800) -> dic
     return answer.json()
 
 
-def upload(cell: Cell, files: CellFiles, manifest: dict, settings: AzureSettings) -> dict:
+def upload(cell: Cell, files: CellFiles, manifest: Manifest, settings: AzureSettings) -> dict:
     sas, token = _env("AZURE_STORAGE_SAS"), _env("AZURE_ACCESS_TOKEN")
-    blob_url = f"{settings.container_url.rstrip('/')}/{manifest['name']}.vhd"
+    blob_url = f"{settings.container_url.rstrip('/')}/{manifest.name}.vhd"
     if "vhd.tar.xz" in cell.vendor.formats:
         with diskimage.member(files, "vhd.tar.xz", "disk.vhd") as vhd:
-            upload_page_blob(vhd, blob_url, sas, f"Azure upload {manifest['name']}")
+            upload_page_blob(vhd, blob_url, sas, f"Azure upload {manifest.name}")
     else:
         with diskimage.raw_disk(files) as raw, diskimage.scratch_dir(files) as scratch:
             vhd = scratch / "disk.vhd"
@@ -152,7 +153,7 @@ def upload(cell: Cell, files: CellFiles, manifest: dict, settings: AzureSettings
                 ["-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", str(raw), str(vhd)],
                 f"vhd {cell.name}",
             )
-            upload_page_blob(vhd, blob_url, sas, f"Azure upload {manifest['name']}")
+            upload_page_blob(vhd, blob_url, sas, f"Azure upload {manifest.name}")
     url, body = image_request(cell, manifest, settings, blob_url)
     made = create_image(url, body, token)
     return {"platform": "azure", "image": made.get("id", url.split("?")[0]), "blob": blob_url}

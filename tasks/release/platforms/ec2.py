@@ -21,6 +21,7 @@ from tasks.errors import StageFailed
 from tasks.model.arch import Firmware
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
+from tasks.model.records import Manifest
 from tasks.model.settings import Ec2Settings
 from tasks.progress import StageProgress
 from tasks.stages import diskimage
@@ -90,15 +91,15 @@ def wait_for_import(ec2, task_id: str, timeout: float, interval: float = 15.0) -
         time.sleep(interval)
 
 
-def upload(cell: Cell, files: CellFiles, manifest: dict, settings: Ec2Settings) -> dict:
+def upload(cell: Cell, files: CellFiles, manifest: Manifest, settings: Ec2Settings) -> dict:
     region = settings.region
     bucket, prefix = settings.bucket, settings.prefix.strip("/")
-    name = manifest["name"]
+    name = manifest.name
     tags = [
         {"Key": "Name", "Value": name},
         {"Key": "debian:release", "Value": cell.release.name},
         {"Key": "debian:vendor", "Value": cell.vendor.name},
-        {"Key": "debian:version", "Value": manifest["version"]},
+        {"Key": "debian:version", "Value": manifest.version},
     ]
     s3 = boto3.client("s3", region_name=region)
     ec2 = boto3.client("ec2", region_name=region)

@@ -19,6 +19,7 @@ import requests
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
+from tasks.model.records import Manifest
 from tasks.model.settings import GceSettings
 from tasks.progress import StageProgress
 
@@ -30,24 +31,24 @@ class GceFailed(StageFailed):
     pass
 
 
-def image_name(manifest: dict) -> str:
-    name = manifest["name"].lower().replace(".", "-").replace("_", "-")
+def image_name(manifest: Manifest) -> str:
+    name = manifest.name.lower().replace(".", "-").replace("_", "-")
     if not _NAME.match(name):
-        raise GceFailed(f"{manifest['name']!r} cannot be a GCE image name (lower case, digits, dashes, 63 at most)")
+        raise GceFailed(f"{manifest.name!r} cannot be a GCE image name (lower case, digits, dashes, 63 at most)")
     return name
 
 
-def image_request(cell: Cell, manifest: dict, settings: GceSettings, object_url: str) -> tuple[str, dict]:
+def image_request(cell: Cell, manifest: Manifest, settings: GceSettings, object_url: str) -> tuple[str, dict]:
     endpoint = settings.api_endpoint.rstrip("/")
     url = f"{endpoint}/compute/v1/projects/{settings.project}/global/images"
     features = [f for f in GUEST_FEATURES if cell.arch.name == "amd64" or f != "SEV_CAPABLE"]
     body = {
         "name": image_name(manifest),
-        "description": f"Debian {cell.release.version} ({cell.vendor.name}, {cell.arch.name}), {manifest['version']}",
+        "description": f"Debian {cell.release.version} ({cell.vendor.name}, {cell.arch.name}), {manifest.version}",
         "rawDisk": {"source": object_url},
         "architecture": cell.arch.kind.spec.gce,
         "guestOsFeatures": [{"type": f} for f in features],
-        "labels": {"debian-release": cell.release.name, "debian-version": manifest["version"].lower()},
+        "labels": {"debian-release": cell.release.name, "debian-version": manifest.version.lower()},
     }
     if settings.family:
         body["family"] = f"{settings.family}-{cell.arch.name}"
@@ -60,7 +61,7 @@ def _check(answer: requests.Response, what: str) -> dict:
     return answer.json()
 
 
-def upload(cell: Cell, files: CellFiles, manifest: dict, settings: GceSettings) -> dict:
+def upload(cell: Cell, files: CellFiles, manifest: Manifest, settings: GceSettings) -> dict:
     token = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN")
     if not token:
         raise GceFailed("GOOGLE_OAUTH_ACCESS_TOKEN is not set (README.md, release: GCE)")
