@@ -118,6 +118,22 @@ class PublishReceipt(Record):
 
 
 @dataclass(frozen=True)
+class ReleaseRecord(Record):
+    """release.json: what the release of a cell did (tasks/release/step.py)."""
+
+    KIND: ClassVar[str] = "release"
+
+    cell: str
+    name: str  # the image's public name
+    version: str
+    started: str
+    published: dict[str, Any]  # storage, directory, files (public name -> sha512)
+    instance_test: dict[str, Any] | None = None  # the instance test's result, when the vendor has one
+    platforms: list[dict[str, Any]] = field(default_factory=list)  # what each platform upload made
+    notified: list[str] = field(default_factory=list)  # mail to ..., webhook
+
+
+@dataclass(frozen=True)
 class Manifest(Record):
     """manifest.json: a built and tested image, as users read it (tasks/stages/manifest.py)."""
 

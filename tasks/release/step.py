@@ -21,13 +21,12 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from tasks import storage
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import BootTestSettings, Cell, PublishSettings, ReleaseSettings
-from tasks.model.records import Manifest
+from tasks.model.records import Manifest, ReleaseRecord
 from tasks.release import instancetest, notify
 from tasks.stages import publish as publication
 from tasks.storage.backend import RetryPolicy
@@ -53,7 +52,7 @@ class Progress:
         self.steps = saved.get("steps", {}) if saved.get("image") == image else {}
         self.image = image
 
-    def done(self, step: str, settings) -> dict | list | None:
+    def done(self, step: str, settings) -> dict | None:
         entry = self.steps.get(step)
         return entry["result"] if entry and entry["settings"] == settings else None
 
@@ -76,14 +75,10 @@ def release(
     if not confirmed:
         raise ReleaseRefused(f"a release is made on purpose only: doit release:{cell.name} confirm=yes")
     manifest = Manifest.read(files.manifest)
-    record: dict[str, Any] = {
-        "cell": cell.name,
-        "name": manifest.name,
-        "version": manifest.version,
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     progress = Progress(files.release_progress, sha512_file(files.manifest))
 
+    tested = None
     if cell.vendor.name in settings.instance_test:
         tested = progress.done("instance_test", {"timeout": settings.instance_test_timeout})
         if tested:
@@ -93,9 +88,8 @@ def release(
             print(f"instance test of {cell.name} passed:\n{instancetest.describe(result)}")
             tested = result.to_json()
             progress.record("instance_test", {"timeout": settings.instance_test_timeout}, tested)
-        record["instance_test"] = tested
 
-    platforms = []
+    platforms: list[dict] = []
     if cell.vendor.name in settings.platforms:
         platform_settings = settings.platforms[cell.vendor.name]
         platform_config = dataclasses.asdict(platform_settings)
@@ -110,7 +104,6 @@ def release(
             print(f"{cell.vendor.name}: {made}")
             progress.record("platform", platform_config, made)
         platforms.append(made)
-    record["platforms"] = platforms
 
     # Uploads that are already in place are skipped by publish_directory itself.
     backend = location.open(RetryPolicy(publish.retries, publish.retry_delay))
@@ -119,7 +112,6 @@ def release(
         files_published = publication.publish_directory(backend, directory, publication.cell_uploads(files, manifest))
         latest = publication.current_latest(backend, cell.release.name)
         publication.point_latest(backend, cell.release.name, max(manifest.version, latest))
-    record["published"] = {"storage": location.url, "directory": directory, "files": files_published}
 
     message = {
         "release": cell.release.name,
@@ -127,7 +119,16 @@ def release(
         "url": f"{location.url}/{directory}",
         "cells": [{"cell": cell.name, "files": files_published, "platforms": platforms}],
     }
-    record["notified"] = notify.notify(message, settings.notify)
-    atomic.write_json(files.release_record, record)
+    record = ReleaseRecord(
+        cell=cell.name,
+        name=manifest.name,
+        version=manifest.version,
+        started=started,
+        instance_test=tested,
+        platforms=platforms,
+        published={"storage": location.url, "directory": directory, "files": files_published},
+        notified=notify.notify(message, settings.notify),
+    )
+    atomic.write_json(files.release_record, record.to_json())
     progress.path.unlink(missing_ok=True)
-    return record
+    return record.to_json()
