@@ -2,8 +2,10 @@
 
 The package shows the design:
 
-    model/     what is built: the matrix (releases, vendors, architectures,
-               settings), where each cell's files live, one run's plan
+    model/     what is built: the matrix (releases, vendors, architectures),
+               the settings schema, the architecture registry and the fixed
+               vocabularies, the records stages hand each other, where each
+               cell's files live, one run's plan
     stages/    how it is built: one module per stage (base, fai, compress,
                boottest, manifest, publish) and what each needs (qemu, the
                in-build image checks and facts, the FAI config space)
@@ -11,6 +13,7 @@ The package shows the design:
     storage/   transport only: files into a directory, WebDAV or S3
     system/    OS plumbing: processes, loop devices, binfmt, CPU slots,
                atomic files, the work directory lock, checksums, apt cache
+    registry.py  the stage registry: every stage, once
     graph.py   the stage registry turned into doit tasks
     ci.py      the same registry as a GitLab CI child pipeline
     summary.py, progress.py, errors.py   what a run shows and reports
