@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from doit.task import Stream
+from doit.tools import config_changed
 
 from tasks import graph, registry
 from tasks.model import plan
@@ -32,8 +33,8 @@ CHAIN = [stage.name for stage in registry.cell_chain()]
 
 
 def config_of(task) -> dict:
-    """The configuration a config_changed up-to-date check compares."""
-    (check, _, _), *_ = task.uptodate
+    """The configuration the task's config_changed up-to-date check compares."""
+    [check] = [check for check, _, _ in task.uptodate if isinstance(check, config_changed)]
     return check.config
 
 
@@ -136,12 +137,12 @@ def test_publish_checks_storage(tmp_path):
     tasks = load(make_plan(tmp_path, storage=str(tmp_path / "public")))
     task = tasks["publish:bookworm-nocloud-amd64"]
     assert config_of(task) == {"storage": (tmp_path / "public").as_uri(), "keep_dailies": 14}
-    check, args, _ = task.uptodate[1]
-    assert check.__name__ == "still_published"
+    [(check, args)] = [(c, a) for c, a, _ in task.uptodate if getattr(c, "__name__", "") == "still_published"]
     assert args == [
         str(tmp_path / "build" / "bookworm-nocloud-amd64" / "published.json"),
         (tmp_path / "public").as_uri(),
     ]
+    assert check(*args) is False, "nothing was published: the task is stale"
 
 
 def test_vendors_and_architectures_select_their_own_files(tmp_path):
