@@ -38,6 +38,10 @@ BUILDER_FORMAT = 2
 # What the config space runs of this project (tasks/stages/imagecheck.py): a build
 # depends on these files too.
 TOOLS_ROOT = Path(__file__).resolve().parents[2]
+# The Python that runs them there: this environment's, by its real path (a
+# symlinked environment under /tmp would be hidden by the sandbox's own /tmp;
+# its real directory is bound in when it lies under /tmp).
+IN_BUILD_PYTHON = Path(sys.prefix).resolve() / "bin" / "python3"
 IN_BUILD_MODULES = tuple(Path(__file__).resolve().parent / name for name in ("imagecheck.py", "imagefacts.py"))
 
 
@@ -129,7 +133,7 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         IMAGE_OUTPUT_DIR=str(staging / "output"),
         IMAGE_BASEFILE=str(inputs.base.resolve()),
         # The image checks (tasks/stages/imagecheck.py) run with this project's Python.
-        IMAGE_PYTHON=sys.executable,
+        IMAGE_PYTHON=str(IN_BUILD_PYTHON),
         IMAGE_TOOLS=str(TOOLS_ROOT),
         # FAI looks for a base file in $NFSROOT/var/tmp, which without an
         # NFS root would be the build host's own /var/tmp.
@@ -205,7 +209,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
                     progress.update(completed=FAI_STEPS.index(step.group(1)), status=f"FAI task {step.group(1)}")
 
             env = fai_environment(cell, settings, staging, inputs)
-            keep = [staging, inputs.config_space, inputs.base.parent, TOOLS_ROOT]
+            keep = [staging, inputs.config_space, inputs.base.parent, TOOLS_ROOT, IN_BUILD_PYTHON.parents[1]]
             with aptcache.PackageCache(inputs.package_cache) as cache:
                 if settings.mirror.startswith("http://"):
                     env["IMAGE_APT_PROXY"] = cache.url
