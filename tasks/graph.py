@@ -23,7 +23,7 @@ from doit.loader import generate_tasks
 from doit.task import Task
 from doit.tools import config_changed, timeout
 
-from tasks import ci, registry
+from tasks import ci, published, registry, reproduce
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import KnownFailure
@@ -219,7 +219,26 @@ def doit_tasks(plan: Plan) -> dict[str, Callable]:
         """compare two images' facts (left=<cell or file> right=<cell or file>)"""
         return compare_task(plan)
 
-    creators.update(task_xfail=task_xfail, task_ci=task_ci, task_compare=task_compare)
+    def task_changes():
+        """list the package changes between two images (left=<cell>[@<version>] right=<cell>[@<version>])"""
+        return changes_task(plan)
+
+    def task_verify():
+        """verify a published image: signature, checksums, provenance (image=<cell>[@<version>] key=<file>)"""
+        return verify_task(plan)
+
+    def task_reproduce():
+        """build a cell again and compare the two (on demand: doit reproduce:<cell>)"""
+        yield from reproduce_tasks(plan)
+
+    creators.update(
+        task_xfail=task_xfail,
+        task_ci=task_ci,
+        task_compare=task_compare,
+        task_changes=task_changes,
+        task_verify=task_verify,
+        task_reproduce=task_reproduce,
+    )
     return creators
 
 
@@ -277,3 +296,62 @@ def compare_task(plan: Plan) -> dict:
         "verbosity": 2,
         "doc": "compare two images' facts, field by field (left=<cell or file> right=<cell or file>)",
     }
+
+
+# --------------------------------------------------------------------------
+# Published images: changes between two, verifying one; reproducing a build
+
+
+def _changes(plan: Plan) -> TaskFailed | None:
+    left, right = plan.compare
+    if not left or not right:
+        return TaskFailed(
+            "doit changes needs two images: doit changes left=<cell>[@<version>] right=<cell>[@<version>]"
+        )
+    print(published.compare(plan, left, right), end="")
+    return None
+
+
+def changes_task(plan: Plan) -> dict:
+    return {
+        "actions": [(run_stage, ["changes", _changes, plan])],
+        "uptodate": [False],
+        "verbosity": 2,
+        "doc": "list the package changes between two images (left=<cell>[@<version>] right=<cell>[@<version>])",
+    }
+
+
+def _verify(plan: Plan) -> TaskFailed | None:
+    image, key = plan.verify
+    if not image or not key:
+        return TaskFailed(
+            "doit verify needs an image and a public key: doit verify image=<cell>[@<version>] key=<file>"
+        )
+    for line in published.verify(plan, image, (plan.root / key).resolve()):
+        print(f"ok: {line}")
+    return None
+
+
+def verify_task(plan: Plan) -> dict:
+    return {
+        "actions": [(run_stage, ["verify", _verify, plan])],
+        "uptodate": [False],
+        "verbosity": 2,
+        "doc": "verify a published image: signature, checksums, provenance (image=<cell>[@<version>] key=<file>)",
+    }
+
+
+def reproduce_tasks(plan: Plan) -> Iterator[dict]:
+    """reproduce:<cell> for every cell; in no group and not in the default run."""
+    for cell in plan.matrix.cells:
+        files = CellFiles.of(plan.workdir, cell)
+        yield {
+            "name": cell.name,
+            "doc": f"build {cell.name} again from the same base and packages; compare trees and disks",
+            "actions": [(run_stage, [f"reproduce:{cell.name}", reproduce.reproduce, plan, cell])],
+            "file_dep": _paths([files.raw, files.build_info]),
+            "targets": _paths([files.reproducibility]),
+            "uptodate": [False],  # asked for on purpose: always runs
+            "clean": True,
+        }
+    yield {"name": None, "doc": "reproduce:<cell> builds a cell again and compares (by name only)", "task_dep": []}

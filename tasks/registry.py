@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from tasks.model.layout import CellFiles
 from tasks.model.matrix import Architecture, Cell, Release
 from tasks.model.plan import Plan
 from tasks.release import step as release_step
-from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, publish
+from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, provenance, publish, sbom
+from tasks.system import signing
 
 
 class Scope(enum.Enum):
@@ -178,8 +180,26 @@ BUILD = Stage[CellContext](
         *faiconfig.selected_files(ctx.plan.config_space, ctx.cell.fai_classes),
         *fai.IN_BUILD_MODULES,
     ),
-    outputs=lambda ctx: (ctx.files.raw, ctx.files.build_log, ctx.files.packages, ctx.files.facts, ctx.files.build_info),
+    outputs=lambda ctx: (ctx.files.raw, *ctx.files.build_records),
     config=lambda ctx: fai.build_config(ctx.cell, ctx.plan.matrix.build),
+)
+
+
+def _sbom_action(ctx: CellContext) -> None:
+    sbom.generate(ctx.cell, ctx.files, ctx.plan.version)
+
+
+SBOM = Stage[CellContext](
+    name="sbom",
+    doc="describe each image's packages as SPDX and CycloneDX SBOMs (debsbom)",
+    group_doc="write the SBOMs",
+    scope=Scope.CELL,
+    ci_job=CiJob.IMAGE,
+    action=_sbom_action,
+    describe=lambda ctx: f"write the SBOMs of {ctx.cell.name} (SPDX, CycloneDX)",
+    inputs=lambda ctx: (ctx.files.dpkg_status, ctx.files.build_info),
+    outputs=lambda ctx: ctx.files.sboms,
+    config=lambda ctx: {**sbom.sbom_config(ctx.cell), "version": ctx.plan.version},
 )
 
 
@@ -243,10 +263,45 @@ MANIFEST = Stage[CellContext](
         ctx.files.facts,
         ctx.files.build_info,
         ctx.files.boot_result,
+        *ctx.files.sboms,
     ),
     outputs=lambda ctx: (ctx.files.manifest,),
-    config=lambda ctx: {"schema": manifest.SCHEMA_VERSION, "version": ctx.plan.version},
+    config=lambda ctx: {
+        "schema": manifest.SCHEMA_VERSION,
+        "version": ctx.plan.version,
+        # A reproducibility report is optional: made on demand by `doit reproduce`.
+        "reproducibility": _mtime(ctx.files.reproducibility),
+    },
 )
+
+
+def _mtime(path: Path) -> float | None:
+    return path.stat().st_mtime if path.exists() else None
+
+
+def _provenance_action(ctx: CellContext) -> None:
+    provenance.write(ctx.cell, ctx.files, ctx.plan.matrix.build)
+
+
+PROVENANCE = Stage[CellContext](
+    name="provenance",
+    doc="state each image's provenance (in-toto statement, SLSA v1 predicate)",
+    group_doc="write the provenance statements",
+    scope=Scope.CELL,
+    ci_job=CiJob.IMAGE,
+    action=_provenance_action,
+    describe=lambda ctx: f"state where {ctx.cell.name} came from (in-toto, SLSA provenance)",
+    inputs=lambda ctx: (ctx.files.manifest, ctx.files.build_info),
+    outputs=lambda ctx: (ctx.files.provenance,),
+    config=lambda ctx: fai.build_config(ctx.cell, ctx.plan.matrix.build),
+)
+
+
+def _publication_inputs(ctx: CellContext) -> tuple[Path, ...]:
+    """What a publication reads: the image files, their descriptions, and what
+    the changes between versions are made from (publish.cell_uploads)."""
+    files = ctx.files
+    return (*files.artifacts, files.manifest, *files.sboms, files.provenance, files.dpkg_status, files.changelogs)
 
 
 def _publish_action(ctx: CellContext) -> None:
@@ -261,9 +316,14 @@ PUBLISH = Stage[CellContext](
     ci_job=CiJob.UPLOAD,
     action=_publish_action,
     describe=lambda ctx: f"publish {ctx.cell.name} to {ctx.plan.storage.url}",
-    inputs=lambda ctx: (*ctx.files.artifacts, ctx.files.manifest),
+    inputs=lambda ctx: _publication_inputs(ctx),
     outputs=lambda ctx: (ctx.files.published,),
-    config=lambda ctx: {"storage": ctx.plan.storage.url, "keep_dailies": ctx.plan.matrix.publish.keep_dailies},
+    config=lambda ctx: {
+        "storage": ctx.plan.storage.url,
+        "keep_dailies": ctx.plan.matrix.publish.keep_dailies,
+        # A key configured (or another one) signs what was published unsigned.
+        "signed_by": os.environ.get(signing.FINGERPRINT_ENV),
+    },
     checks=lambda ctx: [(publish.still_published, [str(ctx.files.published), ctx.plan.storage.url])],
 )
 
@@ -296,7 +356,7 @@ RELEASE = Stage[CellContext](
     ci_job=CiJob.RELEASE,
     action=_release_action,
     describe=lambda ctx: f"release {ctx.cell.name}: instance test, platform upload, publish, notify (confirm=yes)",
-    inputs=lambda ctx: (*ctx.files.artifacts, ctx.files.manifest),
+    inputs=lambda ctx: _publication_inputs(ctx),
     outputs=lambda ctx: (ctx.files.release_record,),
     config=lambda ctx: {
         "storage": ctx.plan.storage.url,
@@ -307,7 +367,7 @@ RELEASE = Stage[CellContext](
 )
 
 # In the order a cell goes through them.
-STAGES: tuple[Stage, ...] = (BASE, BUILD, COMPRESS, BOOTTEST, MANIFEST, PUBLISH, RELEASE)
+STAGES: tuple[Stage, ...] = (BASE, BUILD, SBOM, COMPRESS, BOOTTEST, MANIFEST, PROVENANCE, PUBLISH, RELEASE)
 
 
 def stages() -> tuple[Stage, ...]:

@@ -2,13 +2,17 @@
 
 import json
 import os
+import subprocess
+import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tasks.model import matrix
 from tasks.model.layout import CellFiles
-from tasks.stages import manifest
+from tasks.stages import manifest, provenance
+from tasks.system import signing
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,6 +39,20 @@ def test_matrix(test_matrix_file):
     return matrix.load(test_matrix_file)
 
 
+# dpkg's status database of the fake image: its two packages.
+DPKG_STATUS = """Package: base-files
+Status: install ok installed
+Architecture: amd64
+Version: 12.4+deb12u8
+
+Package: bash
+Status: install ok installed
+Architecture: amd64
+Version: 5.2.15-2+b7
+Source: bash (5.2.15-2)
+"""
+
+
 def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFiles:
     """What build, compress and boot test leave for a cell, as small real files."""
     files = CellFiles.of(workdir, cell)
@@ -59,11 +77,26 @@ def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFil
                 "disk_size": cell.vendor.disk_size,
                 "build_started": "2026-11-25T12:00:00+00:00",
                 "build_seconds": 90.0,
-                "builder": {"fai": "6.0.3+deb12u1", "host_kernel": "6.1.0"},
+                "builder": {"id": "test", "fai": "6.0.3+deb12u1", "host_kernel": "6.1.0"},
                 "mirror": "http://deb.debian.org/debian",
+                "source_date_epoch": 1764072000,
+                "inputs": {"project_commit": "0" * 40, "config_space_sha256": "1" * 64, "base_sha256": "2" * 64},
+                "apt_releases": [
+                    {"name": "deb.debian.org_debian_dists_bookworm_InRelease", "sha256": "3" * 64, "date": "Sat"}
+                ],
+                "build_finished": "2026-11-25T12:01:30+00:00",
+                "record": "build-info/2",
             }
         )
     )
+    files.dpkg_status.write_text(DPKG_STATUS)
+    files.apt_releases.write_text("deb.debian.org_debian_dists_bookworm_InRelease\t" + "3" * 64 + "\tSat\n")
+    with tarfile.open(files.changelogs, "w"):
+        pass  # no changelog: what the changes stage reads when an image carries none
+    for path in files.sboms:
+        path.write_text(json.dumps({"sbom": path.name}))
+    # What the provenance stage writes; the publish stage only wraps and uploads it.
+    files.provenance.write_text(json.dumps({"_type": "https://in-toto.io/Statement/v1", "subject": []}))
     files.boot_result.write_text(
         json.dumps(
             {
@@ -93,4 +126,44 @@ def nocloud(repo_matrix, tmp_path):
     cell = repo_matrix.cell("bookworm-nocloud-amd64")
     files = fake_outputs(tmp_path / "build", cell)
     manifest.write(cell, files)
+    provenance.write(cell, files, repo_matrix.build)
     return cell, files
+
+
+@dataclass(frozen=True)
+class TestKey:
+    secret: Path  # the secret key's file, as IMAGES_SIGNING_KEY names it
+    public: Path  # what a user verifies with
+    fingerprint: str
+
+    def environment(self) -> dict[str, str]:
+        return {signing.KEY_ENV: str(self.secret), signing.FINGERPRINT_ENV: self.fingerprint}
+
+
+def make_key(directory: Path, name: str = "Test images", expire: str = "1d") -> TestKey:
+    """A new OpenPGP signing key (ed25519, no passphrase), exported to files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with signing.gnupg_home() as home:
+        gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet", "--passphrase", ""]
+        subprocess.run([*gpg, "--quick-gen-key", f"{name} <images@example.org>", "ed25519", "sign", expire], check=True)
+        listing = subprocess.run([*gpg, "--with-colons", "--list-keys"], capture_output=True, text=True).stdout
+        fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
+        secret, public = directory / "secret.asc", directory / "public.asc"
+        secret.write_bytes(
+            subprocess.run([*gpg, "--armor", "--export-secret-keys", fingerprint], capture_output=True).stdout
+        )
+        public.write_bytes(subprocess.run([*gpg, "--armor", "--export", fingerprint], capture_output=True).stdout)
+    return TestKey(secret, public, fingerprint)
+
+
+@pytest.fixture(scope="session")
+def test_key(tmp_path_factory) -> TestKey:
+    return make_key(tmp_path_factory.mktemp("key"))
+
+
+@pytest.fixture
+def signing_env(test_key, monkeypatch) -> TestKey:
+    """The test key configured as the publishing key."""
+    for name, value in test_key.environment().items():
+        monkeypatch.setenv(name, value)
+    return test_key

@@ -52,7 +52,7 @@ def test_the_platforms_names_come_from_the_registry(test_matrix, cell_name, ec2_
     request = ec2.register_request(cell, "name", "snap-1", "description")
     assert request["Architecture"] == ec2_arch and request["BootMode"] == boot_mode
     gce_cell = test_matrix.cell(cell_name.replace("-ec2-", "-gce-"))
-    described = Manifest("debian-12-gce", {}, "gce", gce_cell.arch.name, "1", {}, [], {}, [], {})
+    described = Manifest("debian-12-gce", {}, "gce", gce_cell.arch.name, "1", {}, [], {}, [], {}, [], None)
     _, body = gce.image_request(gce_cell, described, GceSettings("p", "b"), "gs://b/o")
     assert body["architecture"] == gce_arch
 

@@ -55,7 +55,7 @@ def test_misspelt_option_is_refused(tmp_path):
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         "error: command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, version, "
-        "xz_level, source, cells, confirm, left, right)"
+        "xz_level, source, cells, confirm, left, right, image, key)"
     ]
 
 

@@ -7,6 +7,7 @@ repository so that a test can edit the config space. Several minutes:
 marked slow, run by CI.
 """
 
+import base64
 import hashlib
 import json
 import os
@@ -26,11 +27,15 @@ from tasks.release import instancetest
 from tasks.stages import boottest
 
 from . import imagefs, servers
+from .conftest import make_key
+from .test_sbom import check_sboms
 
 REPO = Path(__file__).resolve().parent.parent
 CELLS = ["bookworm-genericcloud-amd64", "bookworm-nocloud-amd64"]
 STAGES = tuple(stage.name for stage in registry.cell_chain())
 VERSION = "e2e-1"
+# What each cell publishes besides SHA512SUMS (tasks/stages/publish.py).
+PUBLISHED = ("tar.xz", "qcow2", "json", "spdx.json", "cdx.json", "intoto.json", "changes.json", "changes.txt")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")]
 
 
@@ -77,7 +82,12 @@ def copy_of_repo(base: Path) -> Path:
     return copy
 
 
+# The publishing key of the end-to-end runs: dailies and the release are signed with it.
+KEY: list = []
+
+
 def doit(base: Path, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(KEY[0].environment() if KEY else {})}
     result = subprocess.run(
         [
             sys.executable,
@@ -94,6 +104,7 @@ def doit(base: Path, *args) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=3600,
+        env=env,
     )
     print(result.stdout, result.stderr, sep="\n")
     return result
@@ -111,6 +122,7 @@ def up_to_date(result) -> set[str]:
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e", numbered=True)
     copy_of_repo(base)
+    KEY[:] = [make_key(base / "key")]
     one_target = doit(base, "boottest:bookworm-nocloud-amd64")
     mixed = doit(base, "tier=mixed")  # genericcloud, and a cell whose build fails
     default = doit(base)  # two jobs: one per core
@@ -148,7 +160,7 @@ def test_second_run_executes_no_task(runs):
     _, _, _, again, _ = runs
     assert again.returncode == 0, again.stderr
     assert executed(again) == set()
-    assert len(up_to_date(again)) == 1 + 5 * len(CELLS)  # the base, and every stage of every cell
+    assert len(up_to_date(again)) == 1 + len(STAGES) * len(CELLS)  # the base, and every stage of every cell
 
 
 def test_a_failed_cell_stops_nothing_else_and_the_summary_says_so(runs):
@@ -237,16 +249,48 @@ def test_published_files_and_sha512sums(runs):
     base = runs[0]
     directory = base / "storage" / "bookworm" / "daily" / VERSION
     assert (base / "storage" / "bookworm" / "daily" / "latest").read_text() == f"{VERSION}\n"
-    expected = {"SHA512SUMS"}
+    expected = {"SHA512SUMS", "SHA512SUMS.asc"}
     for cell in CELLS:
         vendor = cell.split("-")[1]
-        expected |= {f"debian-12-{vendor}-amd64-{VERSION}.{ext}" for ext in ("tar.xz", "qcow2", "json")}
+        expected |= {f"debian-12-{vendor}-amd64-{VERSION}.{ext}" for ext in PUBLISHED}
     assert {p.name for p in directory.iterdir() if not p.name.startswith(".")} == expected
     check = subprocess.run(
         ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=directory, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert check.stdout.count(": OK") == len(expected) - 1
+    assert check.stdout.count(": OK") == len(expected) - 2
+    # The first version of each cell: nothing to compare with.
+    for cell in CELLS:
+        vendor = cell.split("-")[1]
+        assert "first version" in (directory / f"debian-12-{vendor}-amd64-{VERSION}.changes.txt").read_text()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_published_sboms_validate_and_list_the_image_packages(runs, cell, repo_matrix):
+    base = runs[0]
+    files = CellFiles.of(base / "build", repo_matrix.cell(cell))
+    assert check_sboms(files) > 100
+    image = json.loads(files.manifest.read_text())["name"]
+    directory = base / "storage" / "bookworm" / "daily" / VERSION
+    for kind in ("spdx", "cdx"):
+        assert (directory / f"{image}.{kind}.json").read_bytes() == files.sbom(kind).read_bytes()
+
+
+def test_published_signature_and_provenance_verify_with_the_public_key(runs):
+    base = runs[0]
+    result = doit(base, "verify", "image=bookworm-nocloud-amd64", f"key={KEY[0].public}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SHA512SUMS: signature good" in result.stdout
+    assert "intoto.json: signature good, 2 subjects match SHA512SUMS" in result.stdout
+    # The subjects' digests are the published files' own, computed here.
+    directory = base / "storage" / "bookworm" / "daily" / VERSION
+    image = f"debian-12-nocloud-amd64-{VERSION}"
+    envelope = json.loads((directory / f"{image}.intoto.json").read_text())
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    for subject in statement["subject"]:
+        digest = hashlib.sha512((directory / subject["name"]).read_bytes()).hexdigest()
+        assert subject["digest"]["sha512"] == digest
+    assert {s["name"] for s in statement["subject"]} == {f"{image}.tar.xz", f"{image}.qcow2"}
 
 
 def test_image_tree_is_clean_and_bootable_anywhere(runs):
@@ -322,7 +366,8 @@ def test_release_tests_an_instance_then_publishes_and_notifies(runs):
     check = subprocess.run(
         ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=released, capture_output=True, text=True
     )
-    assert check.returncode == 0 and check.stdout.count(": OK") == 3, check.stdout + check.stderr
+    assert check.returncode == 0 and check.stdout.count(": OK") == len(PUBLISHED), check.stdout + check.stderr
+    assert (released / "SHA512SUMS.asc").is_file(), "a release is signed"
     assert (base / "storage" / "bookworm" / "latest").read_text() == f"{VERSION}\n"
     record = json.loads((base / "build" / cell / "release.json").read_text())
     assert record["published"]["directory"] == f"bookworm/{VERSION}"
@@ -639,3 +684,25 @@ def test_ec2_instance_test_logs_in_as_admin(vendor_builds, repo_matrix):
     assert result.user == "admin" and result.passed, instancetest.describe(result)
     recorded = json.loads((files.dir / "instance-test.json").read_text())
     assert recorded["user"] == "admin" and recorded["passed"] is True
+
+
+def test_reproduce_builds_the_cell_again_with_identical_trees(runs):
+    """doit reproduce: a second build of nocloud from the same base, packages and version,
+    compared file by file and bit by bit with the first."""
+    base = runs[0]
+    cell = "bookworm-nocloud-amd64"
+    result = doit(base, f"reproduce:{cell}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((base / "build" / cell / "reproducibility.json").read_text())
+    assert report["entries"] > 20000
+    assert report["trees"] == "identical", report["tree_differences"][:20]
+    # How far the disk is: partition table, BIOS boot partition and ESP identical. The known
+    # remaining difference is the root file system's blocks (the kernel's ext4 places inodes
+    # and directories differently on each run and stamps change times); any other fails.
+    assert set(report["disk_differences"]) <= {"partition 1: MiB differing"}, report["disk_differences"]
+    assert not (base / "build" / cell / "rebuild" / "disk.raw").exists(), "the second disk is not kept"
+    # The manifest carries the report's verdict from then on.
+    assert doit(base, f"manifest:{cell}").returncode == 0
+    manifest = json.loads((base / "build" / cell / "manifest.json").read_text())
+    assert manifest["reproducibility"]["trees"] == "identical"
+    assert manifest["reproducibility"]["report"] == "reproducibility.json"

@@ -57,7 +57,9 @@ def test_failed_build_names_its_log_and_cleans_up(tmp_path, test_matrix):
     cell = test_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
 
-    inputs = fai.BuildInputs(space, tmp_path / "no-base.tar.zst", tmp_path / "apt", "1", tmp_path / "cpu")
+    base = tmp_path / "empty-base.tar.zst"  # never read: the build fails before it unpacks the base
+    base.touch()
+    inputs = fai.BuildInputs(space, base, tmp_path / "apt", "1", tmp_path / "cpu")
     with pytest.raises(fai.BuildFailed) as caught:
         fai.build(cell, files, test_matrix.build, inputs)
     message = str(caught.value)

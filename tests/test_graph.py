@@ -12,7 +12,7 @@ from doit.tools import config_changed
 from tasks import graph, registry
 from tasks.model import plan
 from tasks.model.matrix import BuildSettings, MatrixError, Release
-from tasks.stages import base, boottest, compress, fai, manifest
+from tasks.stages import base, boottest, compress, fai, manifest, sbom
 
 REPO = Path(__file__).resolve().parent.parent
 # The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
@@ -68,9 +68,12 @@ def test_files_chain_the_stages(tmp_path):
     tasks = load(make_plan(tmp_path))
     cell_dir = tmp_path / "build" / "bookworm-genericcloud-amd64"
     f = lambda name: str(cell_dir / name)  # noqa: E731
-    build, comp, boot, man, pub = (tasks[f"{s}:bookworm-genericcloud-amd64"] for s in CHAIN)
-    assert build.targets == [f("disk.raw"), f("build.log"), f("packages.tsv"), f("facts.json"), f("build-info.json")]
+    build, sbom, comp, boot, man, prov, pub = (tasks[f"{s}:bookworm-genericcloud-amd64"] for s in CHAIN)
+    records = ["build.log", "packages.tsv", "facts.json", "dpkg-status", "apt-releases.tsv", "changelogs.tar"]
+    assert build.targets == [f("disk.raw"), *map(f, records), f("build-info.json")]
     assert str(tmp_path / "build" / "base" / "bookworm-amd64.tar.zst") in build.file_dep
+    assert sbom.file_dep == {f("dpkg-status"), f("build-info.json")}
+    assert sbom.targets == [f("sbom.spdx.json"), f("sbom.cdx.json")]
     assert comp.file_dep == {f("disk.raw")} and comp.targets == [f("image.tar.xz"), f("image.qcow2")]
     assert boot.file_dep == {f("disk.raw")}
     assert boot.targets == [f("boot-bios.log"), f("boot-uefi.log"), f("boottest.json")]
@@ -81,9 +84,22 @@ def test_files_chain_the_stages(tmp_path):
         f("facts.json"),
         f("build-info.json"),
         f("boottest.json"),
+        f("sbom.spdx.json"),
+        f("sbom.cdx.json"),
     }
     assert man.targets == [f("manifest.json")]
-    assert pub.file_dep == {f("image.tar.xz"), f("image.qcow2"), f("manifest.json")}
+    assert prov.file_dep == {f("manifest.json"), f("build-info.json")}
+    assert prov.targets == [f("provenance.json")]
+    assert pub.file_dep == {
+        f("image.tar.xz"),
+        f("image.qcow2"),
+        f("manifest.json"),
+        f("sbom.spdx.json"),
+        f("sbom.cdx.json"),
+        f("provenance.json"),
+        f("dpkg-status"),
+        f("changelogs.tar"),
+    }
     assert pub.targets == [f("published.json")]
 
 
@@ -133,10 +149,15 @@ def test_platform_images_boot_until_systemd(tmp_path, monkeypatch):
         assert settings.until == "systemd", "the boot test itself waits for what its configuration says"
 
 
-def test_publish_checks_storage(tmp_path):
+def test_publish_checks_storage(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGES_SIGNING_FINGERPRINT", raising=False)
     tasks = load(make_plan(tmp_path, storage=str(tmp_path / "public")))
     task = tasks["publish:bookworm-nocloud-amd64"]
-    assert config_of(task) == {"storage": (tmp_path / "public").as_uri(), "keep_dailies": 14}
+    assert config_of(task) == {"storage": (tmp_path / "public").as_uri(), "keep_dailies": 14, "signed_by": None}
+    # A signing key configured later publishes again, signed.
+    monkeypatch.setenv("IMAGES_SIGNING_FINGERPRINT", "A" * 40)
+    signed = load(make_plan(tmp_path, storage=str(tmp_path / "public")))["publish:bookworm-nocloud-amd64"]
+    assert config_of(signed)["signed_by"] == "A" * 40
     [(check, args)] = [(c, a) for c, a, _ in task.uptodate if getattr(c, "__name__", "") == "still_published"]
     assert args == [
         str(tmp_path / "build" / "bookworm-nocloud-amd64" / "published.json"),
@@ -262,6 +283,7 @@ def test_known_failures_join_the_groups_through_xfail_tasks(tmp_path, monkeypatc
     ran, written_to = [], set()
     for name, module, function in (
         ("build", fai, "build"),
+        ("sbom", sbom, "generate"),
         ("compress", compress, "compress"),
         ("boottest", boottest, "boot_test"),
         ("manifest", manifest, "write"),
@@ -270,7 +292,7 @@ def test_known_failures_join_the_groups_through_xfail_tasks(tmp_path, monkeypatc
             module, function, lambda cell, files, *args, name=name: (ran.append(name), written_to.add(files.dir))
         )
     assert xfail.execute(Stream(0)) is None
-    assert ran == ["build", "compress", "boottest"]
+    assert ran == ["build", "sbom", "compress", "boottest"]
     assert written_to == {cell_dir / "xfail-boottest"}
     record = json.loads((cell_dir / "xfail-boottest.json").read_text())
     assert record["outcome"] == "unexpected success"
@@ -303,7 +325,7 @@ def test_actions_are_module_level_functions(tmp_path):
         (
             {"worddir": "/x"},
             "command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, "
-            "version, xz_level, source, cells, confirm, left, right)",
+            "version, xz_level, source, cells, confirm, left, right, image, key)",
         ),
     ],
 )

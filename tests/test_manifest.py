@@ -69,7 +69,7 @@ def test_a_record_of_another_version_or_incomplete_is_one_clear_line(nocloud):
     with pytest.raises(StageFailed) as caught:
         manifest.describe(cell, files)
     assert str(caught.value) == (
-        f"{files.build_info}: a build-info/7 record, expected build-info/1: make it again with this version"
+        f"{files.build_info}: a build-info/7 record, expected build-info/2: make it again with this version"
     )
     del data["mirror"]
     files.build_info.write_text(json.dumps(data))
@@ -84,7 +84,7 @@ def test_records_round_trip(nocloud):
     for kind, path in ((BuildInfo, files.build_info), (BootRecord, files.boot_result), (Manifest, files.manifest)):
         record = kind.read(path)
         assert kind.from_json(json.loads(json.dumps(record.to_json()))) == record
-    assert BuildInfo.read(files.build_info).to_json()["record"] == "build-info/1"
+    assert BuildInfo.read(files.build_info).to_json()["record"] == "build-info/2"
     # The manifest is the public document: its JSON is as it always was, schema number first.
     assert list(Manifest.read(files.manifest).to_json())[:3] == ["schema", "name", "release"]
     assert json.loads(files.manifest.read_text()) == Manifest.read(files.manifest).to_json()

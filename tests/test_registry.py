@@ -14,27 +14,27 @@ from tasks.model import plan
 REPO = Path(__file__).resolve().parent.parent
 
 
-def write_sbom(ctx: registry.CellContext) -> None:
-    (ctx.files.dir / "sbom.json").write_text("{}")
+def write_licenses(ctx: registry.CellContext) -> None:
+    (ctx.files.dir / "licenses.json").write_text("{}")
 
 
-SBOM = registry.Stage[registry.CellContext](
-    name="sbom",
-    doc="describe each image's packages as an SBOM",
-    group_doc="write the SBOMs",
+LICENSES = registry.Stage[registry.CellContext](
+    name="licenses",
+    doc="list the licenses of each image's packages",
+    group_doc="write the license lists",
     scope=registry.Scope.CELL,
     ci_job=registry.CiJob.IMAGE,
-    action=write_sbom,
-    describe=lambda ctx: f"the SBOM of {ctx.cell.name}",
+    action=write_licenses,
+    describe=lambda ctx: f"the licenses of {ctx.cell.name}",
     inputs=lambda ctx: (ctx.files.packages,),
-    outputs=lambda ctx: (ctx.files.dir / "sbom.json",),
+    outputs=lambda ctx: (ctx.files.dir / "licenses.json",),
 )
 
 
 @pytest.fixture
-def with_sbom(monkeypatch):
+def with_licenses(monkeypatch):
     stages = list(registry.STAGES)
-    stages.insert(stages.index(registry.MANIFEST) + 1, SBOM)
+    stages.insert(stages.index(registry.MANIFEST) + 1, LICENSES)
     monkeypatch.setattr(registry, "STAGES", tuple(stages))
 
 
@@ -54,28 +54,38 @@ def doit_list(the_plan, capsys) -> list[str]:
     return capsys.readouterr().out.split()
 
 
-def test_a_stage_added_to_the_registry_is_a_doit_task(tmp_path, test_matrix_file, with_sbom, capsys):
+def test_a_stage_added_to_the_registry_is_a_doit_task(tmp_path, test_matrix_file, with_licenses, capsys):
     the_plan = make_plan(tmp_path, test_matrix_file)
     names = doit_list(the_plan, capsys)
     for cell in the_plan.matrix.cells:
-        assert f"sbom:{cell.name}" in names
-    assert "sbom" in names
-    task = graph.load_tasks(the_plan)["sbom:bookworm-nocloud-amd64"]
+        assert f"licenses:{cell.name}" in names
+    assert "licenses" in names
+    task = graph.load_tasks(the_plan)["licenses:bookworm-nocloud-amd64"]
     cell_dir = the_plan.workdir / "bookworm-nocloud-amd64"
     assert task.file_dep == {str(cell_dir / "packages.tsv")}
-    assert task.targets == [str(cell_dir / "sbom.json")]
+    assert task.targets == [str(cell_dir / "licenses.json")]
     # ... and it joins the known failures' chains, after the stage it follows.
-    assert [s.name for s in registry.cell_chain()] == ["build", "compress", "boottest", "manifest", "sbom", "publish"]
+    assert [s.name for s in registry.cell_chain()] == [
+        "build",
+        "sbom",
+        "compress",
+        "boottest",
+        "manifest",
+        "licenses",
+        "provenance",
+        "publish",
+    ]
 
 
-def test_a_stage_added_to_the_registry_runs_in_the_ci_pipeline(tmp_path, test_matrix_file, with_sbom):
+def test_a_stage_added_to_the_registry_runs_in_the_ci_pipeline(tmp_path, test_matrix_file, with_licenses):
     document = ci.pipeline(make_plan(tmp_path, test_matrix_file), "push")
     script = document["image:bookworm-nocloud-amd64"]["script"]
     commands = [line.split()[2] for line in script if line.startswith(".venv/bin/doit")]
-    assert commands == [f"{s}:bookworm-nocloud-amd64" for s in ("build", "compress", "boottest", "manifest", "sbom")]
+    stages = ("build", "sbom", "compress", "boottest", "manifest", "licenses", "provenance")
+    assert commands == [f"{s}:bookworm-nocloud-amd64" for s in stages]
 
 
-def test_a_stage_added_to_the_registry_is_benchmarked_and_summarised(tmp_path, test_matrix_file, with_sbom):
+def test_a_stage_added_to_the_registry_is_benchmarked_and_summarised(tmp_path, test_matrix_file, with_licenses):
     spec = importlib.util.spec_from_file_location("benchmark", REPO / "tools" / "benchmark.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
@@ -83,14 +93,16 @@ def test_a_stage_added_to_the_registry_is_benchmarked_and_summarised(tmp_path, t
     assert benchmark.stage_targets(cell) == [
         ("base", "base:bookworm-amd64"),
         ("build", "build:bookworm-nocloud-amd64"),
+        ("sbom", "sbom:bookworm-nocloud-amd64"),
         ("compress", "compress:bookworm-nocloud-amd64"),
         ("boottest", "boottest:bookworm-nocloud-amd64"),
         ("manifest", "manifest:bookworm-nocloud-amd64"),
-        ("sbom", "sbom:bookworm-nocloud-amd64"),
+        ("licenses", "licenses:bookworm-nocloud-amd64"),
+        ("provenance", "provenance:bookworm-nocloud-amd64"),
         ("publish", "publish:bookworm-nocloud-amd64"),
     ]
     reporter = summary.reporter_for(make_plan(tmp_path, test_matrix_file).matrix, tmp_path / "summary.json")
-    assert "sbom" in reporter.columns.fget(reporter)
+    assert "licenses" in reporter.columns.fget(reporter)
 
 
 def test_every_stage_name_is_unique_and_every_cell_stage_writes_something(tmp_path, test_matrix_file):

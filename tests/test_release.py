@@ -33,14 +33,21 @@ from tasks.release import notify
 from tasks.release import step as release
 from tasks.release.platforms import azure, ec2, gce
 from tasks.stages import compress, manifest
+from tasks.system import signing
 
 from . import servers
-from .conftest import fake_outputs
+from .conftest import TestKey, fake_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = "20261125-1200"
 FAST = PublishSettings(keep_dailies=14, retries=2, retry_delay=0.01)
 BOOT = BootTestSettings(timeout=60, memory=512, cpus=1, accelerator="auto", until="login")
+
+
+@pytest.fixture(autouse=True)
+def release_key(signing_env) -> TestKey:
+    """Releases are signed: every release here has the test key (one test takes it away)."""
+    return signing_env
 
 
 def sha512(data: bytes) -> str:
@@ -86,7 +93,9 @@ def webhook():
 
 
 @pytest.mark.skipif(not servers.have_nginx(), reason="nginx with WebDAV is installed by tools/setup-host")
-def test_release_publishes_a_version_directory_then_latest_and_notifies(test_matrix, tmp_path, mailbox, webhook):
+def test_release_publishes_a_version_directory_then_latest_and_notifies(
+    test_matrix, tmp_path, mailbox, webhook, release_key
+):
     cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-nocloud-amd64")
     manifest.write(cell, files)
     nginx = servers.Nginx(tmp_path / "nginx").start()
@@ -107,16 +116,20 @@ def test_release_publishes_a_version_directory_then_latest_and_notifies(test_mat
         root = nginx.root / "images" / "bookworm"
         published = root / VERSION
         image = f"debian-12-nocloud-amd64-{VERSION}"
+        suffixes = ("tar.xz", "qcow2", "json", "spdx.json", "cdx.json", "intoto.json", "changes.json", "changes.txt")
         assert {p.name for p in published.iterdir()} == {
             "SHA512SUMS",
-            f"{image}.tar.xz",
-            f"{image}.qcow2",
-            f"{image}.json",
+            "SHA512SUMS.asc",
+            *(f"{image}.{suffix}" for suffix in suffixes),
         }
         check = subprocess.run(
             ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published, capture_output=True, text=True
         )
-        assert check.returncode == 0 and check.stdout.count(": OK") == 3, check.stdout + check.stderr
+        assert check.returncode == 0 and check.stdout.count(": OK") == len(suffixes), check.stdout + check.stderr
+        # Signed with the release key; a user checks it with gpgv and the public key.
+        with signing.public_keyring(release_key.public) as keyring:
+            assert signing.verify_detached(keyring, published / "SHA512SUMS.asc", published / "SHA512SUMS") is None
+        assert record["published"]["signed_by"] == release_key.fingerprint
         assert (root / "latest").read_text() == f"{VERSION}\n"
         assert not (root / "daily").exists(), "a release is not a daily"
         assert json.loads(files.release_record.read_text()) == record
@@ -566,3 +579,14 @@ def test_gce_api_errors_are_reported_with_the_answer(test_matrix, tmp_path, monk
         assert "gce-token" not in str(caught.value)
     finally:
         server.stop()
+
+
+def test_a_release_without_a_signing_key_is_refused_before_anything_runs(test_matrix, tmp_path, monkeypatch):
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-nocloud-amd64")
+    manifest.write(cell, files)
+    monkeypatch.delenv(signing.KEY_ENV)
+    monkeypatch.delenv(signing.FINGERPRINT_ENV)
+    location = storage.Location((tmp_path / "public").as_uri())
+    with pytest.raises(release.ReleaseRefused, match=f"a release is signed: set {signing.KEY_ENV}"):
+        release.release(cell, files, True, location, FAST, ReleaseSettings(), BOOT, tmp_path / "locks")
+    assert not (tmp_path / "public").exists() and not files.release_progress.exists()

@@ -116,14 +116,17 @@ def sha512(data: bytes) -> str:
 
 IMAGE = "debian-12-nocloud-amd64-20261125-1200"
 DAILY = "bookworm/daily/20261125-1200"
+# What a cell publishes: image files, manifest, SBOMs, provenance, changes.
+SUFFIXES = ("tar.xz", "qcow2", "json", "spdx.json", "cdx.json", "intoto.json", "changes.json", "changes.txt")
 
 
 def test_publish_layout_checksums_and_latest(nocloud, store, tmp_path):
     cell, files = nocloud
     receipt = publish(cell, files, store, tmp_path)
-    assert store.files(DAILY) == {"SHA512SUMS", f"{IMAGE}.tar.xz", f"{IMAGE}.qcow2", f"{IMAGE}.json"}
+    # Unsigned: no key is configured here (tests/test_signing.py signs).
+    assert store.files(DAILY) == {"SHA512SUMS", *(f"{IMAGE}.{suffix}" for suffix in SUFFIXES)}
     sums = store.sums(DAILY)
-    assert set(sums) == {f"{IMAGE}.tar.xz", f"{IMAGE}.qcow2", f"{IMAGE}.json"}
+    assert set(sums) == {f"{IMAGE}.{suffix}" for suffix in SUFFIXES}
     for name, digest in sums.items():
         assert sha512(store.read(f"{DAILY}/{name}")) == digest
     assert store.read(f"{DAILY}/{IMAGE}.json") == files.manifest.read_bytes()
@@ -137,7 +140,7 @@ def test_publishing_again_uploads_nothing(nocloud, store, tmp_path, capsys):
     publish(cell, files, store, tmp_path)
     capsys.readouterr()
     publish(cell, files, store, tmp_path)
-    assert capsys.readouterr().out.count("already published, unchanged") == 3
+    assert capsys.readouterr().out.count("already published, unchanged") == len(SUFFIXES)
 
 
 def test_cells_of_a_release_share_sha512sums(test_matrix, store, tmp_path):
@@ -147,7 +150,7 @@ def test_cells_of_a_release_share_sha512sums(test_matrix, store, tmp_path):
         manifest.write(cell, files)
         publish(cell, files, store, tmp_path)
     names = store.sums(DAILY)
-    assert sum("nocloud" in n for n in names) == 3 and sum("genericcloud" in n for n in names) == 3
+    assert sum("nocloud" in n for n in names) == sum("genericcloud" in n for n in names) == len(SUFFIXES)
 
 
 def test_old_dailies_are_deleted_but_not_latest(test_matrix, store, tmp_path):
@@ -222,8 +225,8 @@ def test_server_errors_are_retried(nocloud, flaky, tmp_path):
     nginx, proxy, inside, location = flaky
     proxy.fail("PUT", "500", times=2)
     publication.publish(cell, files, location, FAST, tmp_path / "locks")
-    assert proxy.seen.count("PUT") >= 2 + 3  # two refused, then each file
-    assert set(inside.sums(DAILY)) == {f"{IMAGE}.tar.xz", f"{IMAGE}.qcow2", f"{IMAGE}.json"}
+    assert proxy.seen.count("PUT") >= 2 + len(SUFFIXES)  # two refused, then each file
+    assert set(inside.sums(DAILY)) == {f"{IMAGE}.{suffix}" for suffix in SUFFIXES}
 
 
 def test_persistent_server_errors_fail_clearly_and_a_rerun_completes(nocloud, flaky, tmp_path):
@@ -234,7 +237,7 @@ def test_persistent_server_errors_fail_clearly_and_a_rerun_completes(nocloud, fl
         publication.publish(cell, files, location, FAST, tmp_path / "locks")
     assert inside.read(f"{DAILY}/SHA512SUMS") is None and inside.read("bookworm/daily/latest") is None
     publication.publish(cell, files, location, FAST, tmp_path / "locks")
-    assert len(inside.sums(DAILY)) == 3
+    assert len(inside.sums(DAILY)) == len(SUFFIXES)
 
 
 def test_a_connection_dropped_mid_upload_is_retried(nocloud, flaky, tmp_path):
@@ -257,7 +260,7 @@ def test_wrong_credentials_fail_without_showing_them(nocloud, tmp_path, monkeypa
         assert "refused the credentials" in str(caught.value) and "secret" not in str(caught.value)
         monkeypatch.setenv("IMAGES_STORAGE_PASSWORD", "right-secret")
         publication.publish(cell, files, Location(nginx.url), FAST, tmp_path / "locks")
-        assert len(dav_store(nginx).sums(DAILY)) == 3
+        assert len(dav_store(nginx).sums(DAILY)) == len(SUFFIXES)
     finally:
         nginx.stop()
 
@@ -341,7 +344,15 @@ def test_credentials_in_the_matrix_are_refused(tmp_path):
 def test_remote_publication_is_trusted_without_asking_the_server(nocloud, tmp_path):
     cell, files = nocloud
     files.published.write_text(
-        json.dumps({"storage": "https://images.example.org/debian", "directory": DAILY, "files": {}, "sizes": {}})
+        json.dumps(
+            {
+                "record": "published/2",
+                "storage": "https://images.example.org/debian",
+                "directory": DAILY,
+                "files": {},
+                "sizes": {},
+            }
+        )
     )
     assert publication.still_published(str(files.published), "https://images.example.org/debian")
     assert not publication.still_published(str(files.published), "s3://elsewhere/debian")

@@ -98,9 +98,11 @@ def test_a_failed_cell_stops_nothing_else_and_the_run_ends_with_a_table(tmp_path
     # A known failure's chain covers every stage up to the one named: after the failure, skipped.
     assert stages[KNOWN] == {
         "build": "expected failure",
+        "sbom": "skipped",
         "compress": "skipped",
         "boottest": "skipped",
         "manifest": "skipped",
+        "provenance": "skipped",
         "publish": "skipped",
     }
     assert record["cells"][BAD]["stages"]["build"]["log"] == str(tmp_path / "bad.log")
@@ -109,10 +111,11 @@ def test_a_failed_cell_stops_nothing_else_and_the_run_ends_with_a_table(tmp_path
         == f"build:{BAD} failed: fai-diskimage failed (exit status 1)"
     )
     assert record["failed"] == [BAD]
-    assert record["totals"] == {"done": 4, "failed": 1, "skipped": 5, "expected failure": 1}
+    assert record["totals"] == {"done": 4, "failed": 1, "skipped": 7, "expected failure": 1}
 
     table = result.stdout[result.stdout.index("run summary:") :].splitlines()
-    assert table[1].split() == ["cell", "base", "build", "compress", "boottest", "manifest", "publish"]
+    columns = ["build", "sbom", "compress", "boottest", "manifest", "provenance", "publish"]
+    assert table[1].split() == ["cell", "base", *columns]
     bad_row = next(line for line in table if line.startswith(BAD))
     assert "failed: bad.log" in bad_row and "skipped" in bad_row, "the failed stage names its log"
     assert table[-1].startswith("3 cells (1 expected failure, 1 failed, 1 ok); stages: 4 done, 1 failed, ")

@@ -13,6 +13,9 @@ from pathlib import Path
 from tasks.model.arch import Format
 from tasks.model.matrix import Cell
 
+# The SBOM formats every image gets (tasks/stages/sbom.py): SPDX 2.3 and CycloneDX, as JSON.
+SBOM_FORMATS = ("spdx", "cdx")
+
 
 @dataclass(frozen=True)
 class CellFiles:
@@ -46,6 +49,34 @@ class CellFiles:
         return self.dir / "build-info.json"
 
     @property
+    def dpkg_status(self) -> Path:
+        """dpkg's status database of the image: what its SBOMs describe."""
+        return self.dir / "dpkg-status"
+
+    @property
+    def apt_releases(self) -> Path:
+        """The Release files apt used in the build: name, SHA-256, date (for the provenance)."""
+        return self.dir / "apt-releases.tsv"
+
+    @property
+    def changelogs(self) -> Path:
+        """The image's Debian changelogs, for the changes between versions."""
+        return self.dir / "changelogs.tar"
+
+    @property
+    def build_records(self) -> list[Path]:
+        """Everything a build writes besides the disk."""
+        return [
+            self.build_log,
+            self.packages,
+            self.facts,
+            self.dpkg_status,
+            self.apt_releases,
+            self.changelogs,
+            self.build_info,
+        ]
+
+    @property
     def staging(self) -> Path:
         """Scratch space of a running build; removed when it ends."""
         return self.dir / ".build"
@@ -57,6 +88,24 @@ class CellFiles:
     @property
     def artifacts(self) -> list[Path]:
         return [self.artifact(fmt) for fmt in self.cell.vendor.formats]
+
+    # SBOMs and provenance
+    def sbom(self, kind: str) -> Path:
+        return self.dir / f"sbom.{kind}.json"
+
+    @property
+    def sboms(self) -> list[Path]:
+        return [self.sbom(kind) for kind in SBOM_FORMATS]
+
+    @property
+    def provenance(self) -> Path:
+        """The in-toto statement (SLSA provenance) of the image, unsigned."""
+        return self.dir / "provenance.json"
+
+    @property
+    def provenance_envelope(self) -> Path:
+        """The statement in a DSSE envelope, signed when published with a key."""
+        return self.dir / "provenance.intoto.json"
 
     # boot test
     def boot_log(self, firmware: str) -> Path:
@@ -80,6 +129,20 @@ class CellFiles:
     def published(self) -> Path:
         """Receipt of the last publication: where, what, which checksums."""
         return self.dir / "published.json"
+
+    def changes(self, fmt: str) -> Path:
+        """What changed since the previous published version (json, txt)."""
+        return self.dir / f"changes.{fmt}"
+
+    @property
+    def reproducibility(self) -> Path:
+        """The report of `doit reproduce:<cell>`: a second build compared with the first."""
+        return self.dir / "reproducibility.json"
+
+    @property
+    def rebuild(self) -> CellFiles:
+        """Where `doit reproduce:<cell>` builds the cell a second time."""
+        return CellFiles(self.cell, self.dir / "rebuild")
 
     @property
     def release_record(self) -> Path:
@@ -124,6 +187,8 @@ class CellFiles:
             self.build_info,
             self.packages,
             self.facts,
+            *self.sboms,
+            self.provenance,
             self.manifest,
             self.checksums,
         ]

@@ -22,7 +22,12 @@ cells      for `doit ci`: cell patterns to build instead    the source's tier
 confirm    `yes` lets `doit release:<cell>` release         no
            (README.md, "Release")
 left,      for `doit compare`: two image facts reports,     (none)
-right      each a cell name, a facts.json or a manifest
+right      each a cell name, a facts.json or a manifest;
+           for `doit changes`: two images, each a cell
+           (its build here) or <cell>@<version> (storage)
+image      for `doit verify`: <cell>[@<version>] in         (none)
+           storage (no version: the newest daily)
+key        for `doit verify`: the signer's public key file  (none)
 =========  ===============================================  =====================
 
 Relative paths are relative to the directory holding dodo.py.
@@ -41,7 +46,21 @@ from tasks.model import matrix as matrix_module
 from tasks.model.matrix import Cell, Matrix, MatrixError
 from tasks.storage import Location
 
-OPTIONS = ("matrix", "tier", "workdir", "storage", "version", "xz_level", "source", "cells", "confirm", "left", "right")
+OPTIONS = (
+    "matrix",
+    "tier",
+    "workdir",
+    "storage",
+    "version",
+    "xz_level",
+    "source",
+    "cells",
+    "confirm",
+    "left",
+    "right",
+    "image",
+    "key",
+)
 DEFAULT_WORKDIR = "build"
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 
@@ -59,7 +78,8 @@ class Plan:
     source: str = "push"  # for `doit ci`
     cells: str | None = None  # for `doit ci`
     confirmed: bool = False  # confirm=yes: releases may be made
-    compare: tuple[str | None, str | None] = (None, None)  # left=, right= for `doit compare`
+    compare: tuple[str | None, str | None] = (None, None)  # left=, right= for `doit compare`, `doit changes`
+    verify: tuple[str | None, str | None] = (None, None)  # image=, key= for `doit verify`
 
     @property
     def tier_cells(self) -> list[Cell]:
@@ -132,6 +152,7 @@ def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[s
         cells=get("cells") or None,
         confirmed=(get("confirm") or "").lower() in ("yes", "true", "1"),
         compare=(get("left"), get("right")),
+        verify=(get("image"), get("key")),
     )
 
 

@@ -75,6 +75,7 @@ class BuildInfo(Record):
     """build-info.json: how and when a cell's image was built."""
 
     KIND: ClassVar[str] = "build-info"
+    VERSION: ClassVar[int] = 2  # 2: what the provenance needs (inputs, Release files, times)
 
     cell: str
     release: str
@@ -89,6 +90,10 @@ class BuildInfo(Record):
     build_seconds: float
     builder: dict[str, str]
     mirror: str
+    source_date_epoch: int
+    inputs: dict[str, str]  # project_commit, config_space_sha256, base_sha256
+    apt_releases: list[dict[str, str]]  # name, sha256, date of each Release file apt used
+    build_finished: str
 
 
 @dataclass(frozen=True)
@@ -110,11 +115,13 @@ class PublishReceipt(Record):
     """published.json: where the last publication of a cell went, and what it wrote."""
 
     KIND: ClassVar[str] = "published"
+    VERSION: ClassVar[int] = 2  # 2: SBOMs, provenance, changes, signature
 
     storage: str
     directory: str
     files: dict[str, str] = field(default_factory=dict)  # public name -> sha512
     sizes: dict[str, int] = field(default_factory=dict)  # public name -> bytes
+    signed_by: str | None = None  # the fingerprint that signed SHA512SUMS, None when unsigned
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,7 @@ class Manifest(Record):
     """manifest.json: a built and tested image, as users read it (tasks/stages/manifest.py)."""
 
     KIND: ClassVar[str] = "manifest"
-    VERSION: ClassVar[int] = 2  # 2: the image's facts
+    VERSION: ClassVar[int] = 3  # 2: the image's facts; 3: its SBOMs, its reproducibility
 
     name: str
     release: dict[str, str]  # codename, version
@@ -150,6 +157,8 @@ class Manifest(Record):
     boot_test: dict[str, Any]
     packages: list[dict[str, str]]
     facts: dict[str, Any]
+    sboms: list[dict[str, Any]]  # name, format, size, sha512
+    reproducibility: dict[str, Any] | None  # the verdict of `doit reproduce`, when it ran
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.VERSION, **dataclasses.asdict(self)}

@@ -7,7 +7,8 @@ In order, stopping at the first failure:
 2. the upload to the cell's platform, when release.platforms has an entry
    for its vendor (ec2, azure, gce) — tasks/release/platforms/;
 3. publication in storage under <release>/<version>/ with its SHA512SUMS,
-   then <release>/latest — only after the instance test passed;
+   signed (a release without a signing key is refused before anything
+   runs), then <release>/latest — only after the instance test passed;
 4. a notification (mail, webhook) — tasks/release/notify.py.
 
 Everything done is recorded in release.json, the task's target. Until then,
@@ -30,7 +31,7 @@ from tasks.model.records import Manifest, ReleaseRecord
 from tasks.release import instancetest, notify
 from tasks.stages import publish as publication
 from tasks.storage.backend import RetryPolicy
-from tasks.system import atomic
+from tasks.system import atomic, signing
 from tasks.system.checksum import sha512_file
 
 
@@ -74,6 +75,12 @@ def release(
 ) -> dict:
     if not confirmed:
         raise ReleaseRefused(f"a release is made on purpose only: doit release:{cell.name} confirm=yes")
+    key = signing.KeyConfig.from_environment()
+    if key is None:
+        raise ReleaseRefused(
+            f"a release is signed: set {signing.KEY_ENV} (the secret key's file) and "
+            f"{signing.FINGERPRINT_ENV} (its fingerprint) for the release of {cell.name}"
+        )
     manifest = Manifest.read(files.manifest)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     progress = Progress(files.release_progress, sha512_file(files.manifest))
@@ -108,8 +115,11 @@ def release(
     # Uploads that are already in place are skipped by publish_directory itself.
     backend = location.open(RetryPolicy(publish.retries, publish.retry_delay))
     directory = publication.release_dir(cell.release.name, manifest.version)
-    with publication.locked(locks, location):
-        files_published = publication.publish_directory(backend, directory, publication.cell_uploads(files, manifest))
+    with signing.signer(key) as signer, publication.locked(locks, location):
+        publication.prepare(cell, files, manifest, backend, cell.release.name, signer)
+        files_published = publication.publish_directory(
+            backend, directory, publication.cell_uploads(files, manifest), signer
+        )
         latest = publication.current_latest(backend, cell.release.name)
         publication.point_latest(backend, cell.release.name, max(manifest.version, latest))
 
@@ -126,7 +136,12 @@ def release(
         started=started,
         instance_test=tested,
         platforms=platforms,
-        published={"storage": location.url, "directory": directory, "files": files_published},
+        published={
+            "storage": location.url,
+            "directory": directory,
+            "files": files_published,
+            "signed_by": key.fingerprint,
+        },
         notified=notify.notify(message, settings.notify),
     )
     atomic.write_json(files.release_record, record.to_json())

@@ -29,12 +29,13 @@ from tasks.model.layout import CellFiles
 from tasks.model.matrix import BuildSettings, Cell
 from tasks.model.records import BuildInfo
 from tasks.progress import StageProgress
-from tasks.stages import base
+from tasks.stages import base, faiconfig, identity
 from tasks.system import atomic, binfmt, cpu, loopdev, sandbox
+from tasks.system.checksum import sha256_file
 
 # Bump when a change to the builder (not to the config space or matrix.yaml)
 # must rebuild every image.
-BUILDER_FORMAT = 2
+BUILDER_FORMAT = 3
 # What the config space runs of this project (tasks/stages/imagecheck.py): a build
 # depends on these files too.
 TOOLS_ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +131,9 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         IMAGE_APT_MIRROR=settings.image_mirror,
         IMAGE_APT_SECURITY_MIRROR=settings.image_security_mirror,
         IMAGE_VERSION=inputs.version,
+        # The build's time and the disk's identifiers, derived from its inputs (identity.py).
+        SOURCE_DATE_EPOCH=str(identity.source_date_epoch(inputs.version, inputs.base)),
+        **identity.disk_identifiers(cell.name, inputs.version),
         IMAGE_OUTPUT_DIR=str(staging / "output"),
         IMAGE_BASEFILE=str(inputs.base.resolve()),
         # The image checks (tasks/stages/imagecheck.py) run with this project's Python.
@@ -156,7 +160,7 @@ def check_host() -> None:
 
 
 def build(cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildInputs) -> None:
-    """Build one image: disk.raw, build.log, packages.tsv, facts.json and build-info.json."""
+    """Build one image: disk.raw and the build's records (CellFiles.build_records)."""
     check_host()
     binfmt.ensure(cell.arch.name)
     files.dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +228,11 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         raise
     fai_log_dir = log_dir / settings.hostname / "last"
     _append_fai_logs(log, fai_log_dir)
-    packages, facts = output_dir / "packages.tsv", output_dir / "facts.json"
+    outputs = {
+        path: output_dir / path.name
+        for path in (files.packages, files.facts, files.dpkg_status, files.apt_releases, files.changelogs)
+    }
+    packages = outputs[files.packages]
     # FAI's exit status does not count its tests: a failed image check is
     # read from its test log.
     failed_checks = [line for line in _read(fai_log_dir / "test.log").splitlines() if "FAILED with" in line]
@@ -233,7 +241,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         or failed_checks
         or not packages.is_file()
         or packages.stat().st_size == 0
-        or not facts.is_file()
+        or not all(path.is_file() for path in outputs.values())
     ):
         atomic.commit(log, files.build_log)
         raise BuildFailed(_failure_report(cell, files.build_log, returncode, failed_checks), log=files.build_log)
@@ -251,14 +259,47 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         disk_size=cell.vendor.disk_size,
         build_started=started.isoformat(timespec="seconds"),
         build_seconds=round(time.monotonic() - clock, 1),
-        builder={"fai": _package_version("fai-server"), "host_kernel": os.uname().release},
+        builder={"id": builder_id(), "fai": _package_version("fai-server"), "host_kernel": os.uname().release},
         mirror=settings.mirror,
+        source_date_epoch=int(env["SOURCE_DATE_EPOCH"]),
+        inputs={
+            "project_commit": project_commit(),
+            "config_space_sha256": faiconfig.tree_digest(inputs.config_space),
+            # Without the shared base (doit --single), FAI ran debootstrap itself.
+            **({"base_sha256": sha256_file(inputs.base)} if inputs.base.is_file() else {}),
+        },
+        apt_releases=read_apt_releases(outputs[files.apt_releases]),
+        build_finished=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     atomic.write_json(files.build_info, info.to_json())
-    atomic.commit(packages, files.packages)
-    atomic.commit(facts, files.facts)
+    for final, made in outputs.items():
+        atomic.commit(made, final)
     atomic.commit(log, files.build_log)
     atomic.commit(raw, files.raw)
+
+
+def read_apt_releases(path: Path) -> list[dict[str, str]]:
+    """apt-releases.tsv (scripts/LAST/80-build-records): name, sha256, date per Release file."""
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line]
+    return [dict(zip(("name", "sha256", "date"), row, strict=True)) for row in rows if len(row) == 3]
+
+
+def builder_id() -> str:
+    """Who built the image, for its provenance: the CI job's URL, else the host."""
+    return os.environ.get("CI_JOB_URL") or f"{identity.NAMESPACE_URL}/builders/local/{os.uname().nodename}"
+
+
+def project_commit() -> str:
+    """The git commit of this project that built the image (CI's own when CI builds it)."""
+    if os.environ.get("CI_COMMIT_SHA"):
+        return os.environ["CI_COMMIT_SHA"]
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(TOOLS_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"  # not a git checkout
+    return found.stdout.strip()
 
 
 def _append_fai_logs(log: Path, fai_log_dir: Path) -> None:

@@ -12,6 +12,7 @@ than a stale image.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -73,6 +74,17 @@ def selected_files(config_space: Path, classes: Iterable[str]) -> list[Path]:
     """The config-space files a build with these classes reads, sorted."""
     classes = set(classes)
     return [path for path, owner in _files_by_owner(config_space) if owner is None or owner in classes]
+
+
+def tree_digest(config_space: Path) -> str:
+    """SHA-256 of the whole config space: each file's path, executable bit and
+    content, in order (a checkout's own times and owners play no part)."""
+    digest = hashlib.sha256()
+    for path, _ in _files_by_owner(config_space):
+        mode = "x" if path.stat().st_mode & 0o111 else "-"
+        content = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest.update(f"{path.relative_to(config_space)}\0{mode}\0{content}\n".encode())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------

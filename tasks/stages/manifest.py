@@ -1,9 +1,11 @@
 """The manifest: one JSON document describing a built and tested image.
 
 It names the image, says how and when it was built (FAI classes, FAI
-version, mirror), lists its artifacts under their public names with size and
-SHA-512, every installed package (name, version, architecture) and the boot
-test's result, and the image's facts (tasks/stages/imagefacts.py).
+version, mirror), lists its artifacts and its SBOMs under their public names
+with size and SHA-512, every installed package (name, version,
+architecture), the boot test's result, the image's facts
+(tasks/stages/imagefacts.py) and, when `doit reproduce` made one, the
+reproducibility report's verdict.
 Published beside the artifacts, it is what a user reads to know what an
 image holds.
 """
@@ -14,9 +16,10 @@ from pathlib import Path
 
 from tasks.errors import StageFailed
 from tasks.model.arch import Format
-from tasks.model.layout import CellFiles
+from tasks.model.layout import SBOM_FORMATS, CellFiles
 from tasks.model.matrix import Cell
 from tasks.model.records import BootRecord, BuildInfo, Manifest
+from tasks.stages import sbom
 from tasks.system import atomic
 from tasks.system.checksum import sha512_file
 
@@ -69,6 +72,15 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> Manife
                 "sha512": sha512_file(path),
             }
         )
+    sboms = [
+        {
+            "name": public_name(image_name, sbom.PUBLIC_SUFFIX[kind]),
+            "format": kind,
+            "size": files.sbom(kind).stat().st_size,
+            "sha512": sha512_file(files.sbom(kind)),
+        }
+        for kind in SBOM_FORMATS
+    ]
     return Manifest(
         name=image_name,
         release={"codename": cell.release.name, "version": cell.release.version},
@@ -95,7 +107,21 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> Manife
         packages=read_packages(files.packages),
         # What the image is, measured in it at build time (tasks/stages/imagefacts.py).
         facts=atomic.read_json(files.facts),
+        sboms=sboms,
+        reproducibility=reproducibility_summary(files),
     )
+
+
+def reproducibility_summary(files: CellFiles) -> dict | None:
+    """The verdict of the cell's reproducibility report, when `doit reproduce` made one."""
+    if not files.reproducibility.is_file():
+        return None
+    report = atomic.read_json(files.reproducibility)
+    return {
+        "report": files.reproducibility.name,
+        "sha512": sha512_file(files.reproducibility),
+        **{key: report.get(key) for key in ("checked", "version", "trees", "disk")},
+    }
 
 
 def write(cell: Cell, files: CellFiles, version: str | None = None) -> None:

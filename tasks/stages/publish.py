@@ -7,7 +7,12 @@ Layout, as on cloud.debian.org::
     <release>/<version>/<files>           releases (tasks/release/step.py)
     <release>/latest                      the newest release version
 
-Each version directory has a SHA512SUMS. Every file is uploaded under a
+Each cell publishes its image files, its manifest, its SBOMs, its provenance
+(a DSSE envelope) and what changed since its previous version (changes.json,
+changes.txt). Each version directory has a SHA512SUMS listing them all and,
+when a signing key is configured (tasks/signing.py), its detached signature
+SHA512SUMS.asc, written after it; a daily without a key is published unsigned
+with a warning, a release refuses. Every file is uploaded under a
 temporary name, read back and checked, then moved to its name; SHA512SUMS is
 written after the files it lists, and `latest` after SHA512SUMS, so a reader
 never finds a SHA512SUMS listing a file that is missing or different, nor a
@@ -26,6 +31,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import json
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,9 +40,10 @@ from pathlib import Path
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, PublishSettings
 from tasks.model.records import Manifest, PublishReceipt, RecordError
+from tasks.stages import changes, provenance
 from tasks.stages.manifest import public_name
 from tasks.storage import Backend, Location, RetryPolicy
-from tasks.system import atomic
+from tasks.system import atomic, signing
 from tasks.system.checksum import format_sums, parse_sums, sha512_file
 
 SUMS = "SHA512SUMS"
@@ -70,8 +77,11 @@ class Upload:
     sha512: str
 
 
-def publish_directory(backend: Backend, directory: str, uploads: list[Upload]) -> dict[str, str]:
-    """Put uploads into directory and list them in its SHA512SUMS; return name -> digest."""
+def publish_directory(
+    backend: Backend, directory: str, uploads: list[Upload], signer: signing.Signer | None = None
+) -> dict[str, str]:
+    """Put uploads into directory and list them in its SHA512SUMS (signed when
+    there is a signer); return name -> digest."""
     sums_path = posixpath.join(directory, SUMS)
     listed = parse_sums(backend.retry.run(f"reading {sums_path}", lambda: backend.read_text(sums_path)) or "")
     entries = {u.name: u.sha512 for u in uploads}
@@ -91,7 +101,14 @@ def publish_directory(backend: Backend, directory: str, uploads: list[Upload]) -
         backend.put_verified(upload.source, path, upload.sha512, f"upload {upload.name}")
     merged = {n: d for n, d in listed.items() if n not in replaced}
     merged.update(entries)
-    backend.put_text_atomically(sums_path, format_sums(merged))  # after the files it lists
+    sums = format_sums(merged)
+    backend.put_text_atomically(sums_path, sums)  # after the files it lists
+    signature_path = sums_path + signing.SIGNATURE_SUFFIX
+    if signer:
+        backend.put_text_atomically(signature_path, signer.sign_detached(sums.encode()).decode())
+    else:
+        # A signature of an older SHA512SUMS would fail anyone who checks it.
+        backend.retry.run(f"deleting {signature_path}", functools.partial(backend.delete, signature_path))
     return entries
 
 
@@ -110,11 +127,51 @@ def prune_dailies(backend: Backend, release: str, keep: int) -> list[str]:
     return doomed
 
 
+# What a cell publishes besides its image files, manifest and SBOMs (made when it
+# is published): the public name's suffix of each.
+PROVENANCE_SUFFIX = "intoto.json"
+CHANGES_SUFFIX = {fmt: f"changes.{fmt}" for fmt in ("json", "txt")}
+
+
 def cell_uploads(files: CellFiles, manifest: Manifest) -> list[Upload]:
-    """The artifacts and the manifest of a cell, under their public names."""
+    """Everything a cell publishes, under its public name: the image files, the
+    manifest, the SBOMs, the provenance envelope and the changes."""
     uploads = [Upload(files.artifact(a["format"]), a["name"], a["sha512"]) for a in manifest.artifacts]
-    uploads.append(Upload(files.manifest, public_name(manifest.name, "json"), sha512_file(files.manifest)))
+    uploads += [Upload(files.sbom(s["format"]), s["name"], s["sha512"]) for s in manifest.sboms]
+    made = [
+        (files.manifest, "json"),
+        (files.provenance_envelope, PROVENANCE_SUFFIX),
+        *((files.changes(fmt), suffix) for fmt, suffix in CHANGES_SUFFIX.items()),
+    ]
+    uploads += [Upload(path, public_name(manifest.name, suffix), sha512_file(path)) for path, suffix in made]
     return uploads
+
+
+def previous_version(backend: Backend, parent: str, cell: Cell, version: str) -> tuple[str, dict] | None:
+    """The newest version before `version` under parent that holds this cell: its manifest."""
+    versions = backend.retry.run(f"listing {parent}", lambda: backend.list_dirs(parent))
+    for candidate in sorted((v for v in versions if v < version and v != "daily"), reverse=True):
+        path = posixpath.join(parent, candidate, public_name(cell.image_name(candidate), "json"))
+        text = backend.retry.run(f"reading {path}", functools.partial(backend.read_text, path))
+        if text:
+            return candidate, json.loads(text)
+    return None
+
+
+def prepare(cell: Cell, files: CellFiles, manifest: Manifest, backend: Backend, parent: str, signer) -> None:
+    """Make what a publication adds: the changes since the cell's previous version
+    under parent, and the provenance statement in a DSSE envelope (signed when
+    there is a signer)."""
+    new = changes.ImagePackages.of(manifest.name, manifest.version, manifest.packages, files.dpkg_status)
+    previous = previous_version(backend, parent, cell, manifest.version)
+    old = changes.ImagePackages.of(previous[1]["name"], previous[0], previous[1]["packages"]) if previous else None
+    found = changes.compare(old, new, changes.read_changelogs(files.changelogs))
+    atomic.write_json(files.changes("json"), found)
+    with atomic.output(files.changes("txt")) as partial:
+        partial.write_text(changes.render(found))
+    payload = files.provenance.read_bytes()
+    envelope = (signer or signing.Unsigned()).sign_envelope(payload, provenance.PAYLOAD_TYPE)
+    atomic.write_json(files.provenance_envelope, envelope)
 
 
 def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishSettings, lock_dir: Path) -> dict:
@@ -123,8 +180,15 @@ def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishS
     release, version = cell.release.name, manifest.version
     backend = location.open(RetryPolicy(settings.retries, settings.retry_delay))
     directory = daily_dir(release, version)
-    with locked(lock_dir, location):
-        entries = publish_directory(backend, directory, cell_uploads(files, manifest))
+    with signing.configured_signer() as signer, locked(lock_dir, location):
+        if signer is None:
+            print(
+                f"warning: no signing key ({signing.KEY_ENV}, {signing.FINGERPRINT_ENV}): "
+                f"{directory}/{SUMS} and the provenance of {cell.name} are published unsigned"
+            )
+        prepare(cell, files, manifest, backend, f"{release}/daily", signer)
+        uploads = cell_uploads(files, manifest)
+        entries = publish_directory(backend, directory, uploads, signer)
         point_latest(backend, f"{release}/daily", max(version, current_latest(backend, f"{release}/daily")))
         pruned = prune_dailies(backend, release, settings.keep_dailies)
     if pruned:
@@ -133,7 +197,8 @@ def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishS
         storage=location.url,
         directory=directory,
         files=entries,
-        sizes={u.name: u.source.stat().st_size for u in cell_uploads(files, manifest)},
+        sizes={u.name: u.source.stat().st_size for u in uploads},
+        signed_by=signer.fingerprint if signer else None,
     )
     atomic.write_json(files.published, receipt.to_json())
     return receipt.to_json()

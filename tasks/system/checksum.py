@@ -1,4 +1,5 @@
-"""Checksums: SHA-512 for what is published, xxh3 for doit's up-to-date checks."""
+"""Checksums: SHA-512 for what is published, SHA-256 where a format asks for it
+(provenance, SBOM references), xxh3 for doit's up-to-date checks."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ from doit.dependency import FileChangedChecker
 CHUNK = 4 << 20
 
 
-def sha512_file(path: Path) -> str:
-    digest = hashlib.sha512()
+def file_digest(path: Path, algorithm: str) -> str:
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def sha512_file(path: Path) -> str:
+    return file_digest(path, "sha512")
+
+
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def parse_sums(text: str) -> dict[str, str]:

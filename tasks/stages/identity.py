@@ -1,0 +1,56 @@
+"""What makes two builds of one cell and version the same: their time and identifiers.
+
+Upstream draws the disk's GUID, the partition UUIDs and the file system UUID
+at random for every build; here they derive from the cell and version
+(matrix.yaml declares the deviation), so a rebuild is identical and two
+images still never share one. SOURCE_DATE_EPOCH, the time every file of the
+tree is clamped to (hooks/faiend.LAST) and the tools that honour it
+(initramfs-tools, mke2fs, useradd) use, derives from the build's inputs: the
+version when it is a date (a daily's 20261125-1532), else the shared base's
+own time, so a rebuild from the same base gets the same (a build without the
+shared base, where FAI runs debootstrap itself, is not reproducible: it takes
+the clock's time).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+# The project's URL: our namespace for uuid5 and for the documents' URIs.
+NAMESPACE_URL = "https://salsa.debian.org/cloud-team/debian-image-matrix"
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, NAMESPACE_URL)
+
+# The environment variable each identifier reaches the config space by
+# (hooks/partition.DEBIAN), and what it names.
+IDENTIFIERS = {
+    "IMAGE_DISK_GUID": "disk",
+    "IMAGE_PARTUUID_ROOT": "partition/root",
+    "IMAGE_PARTUUID_ESP": "partition/esp",
+    "IMAGE_PARTUUID_BIOS": "partition/bios",
+    "IMAGE_FSUUID_ROOT": "filesystem/root",
+    "IMAGE_EXT4_HASH_SEED": "filesystem/root/hash-seed",
+}
+ESP_VOLUME_ID = "IMAGE_ESP_VOLUME_ID"  # vfat's 32-bit volume id, 8 hex digits
+VERSION_TIME = "%Y%m%d-%H%M"
+
+
+def identifier(cell_name: str, version: str, role: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"{cell_name}/{version}/{role}")
+
+
+def disk_identifiers(cell_name: str, version: str) -> dict[str, str]:
+    """The environment the partition hook reads: every identifier of the disk."""
+    ids = {name: str(identifier(cell_name, version, role)) for name, role in IDENTIFIERS.items()}
+    ids[ESP_VOLUME_ID] = identifier(cell_name, version, "filesystem/esp").hex[:8]
+    return ids
+
+
+def source_date_epoch(version: str, base: Path) -> int:
+    """The version's own time when it is one, else the base tarball's."""
+    try:
+        return int(datetime.strptime(version, VERSION_TIME).replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        return int(base.stat().st_mtime if base.is_file() else time.time())

@@ -1,0 +1,109 @@
+"""tasks/system/signing.py and signed publication: keys generated here, checked with gpgv."""
+
+import json
+import subprocess
+
+import pytest
+
+from tasks import published
+from tasks.model import plan
+from tasks.stages import publish as publication
+from tasks.storage import Location
+from tasks.system import signing
+
+from .conftest import REPO, make_key
+
+DAILY = "bookworm/daily/20261125-1200"
+IMAGE = "debian-12-nocloud-amd64-20261125-1200"
+
+
+def publish(cell, files, root, tmp_path):
+    from .test_storage import FAST
+
+    return publication.publish(cell, files, Location(root.as_uri()), FAST, tmp_path / "locks")
+
+
+def test_a_published_daily_is_signed_and_gpgv_accepts_it(nocloud, signing_env, tmp_path):
+    cell, files = nocloud
+    receipt = publish(cell, files, tmp_path / "public", tmp_path)
+    daily = tmp_path / "public" / DAILY
+    keyring = tmp_path / "keyring.gpg"
+    subprocess.run(["gpg", "--dearmor", "--output", str(keyring), str(signing_env.public)], check=True)
+    # What README.md tells a user to run.
+    good = subprocess.run(["gpgv", "--keyring", str(keyring), "SHA512SUMS.asc", "SHA512SUMS"], cwd=daily)
+    assert good.returncode == 0
+    assert receipt["signed_by"] == signing_env.fingerprint
+    # One changed byte in SHA512SUMS: gpgv refuses it.
+    sums = daily / "SHA512SUMS"
+    sums.write_text(sums.read_text().replace("a", "b", 1))
+    bad = subprocess.run(["gpgv", "--keyring", str(keyring), "SHA512SUMS.asc", "SHA512SUMS"], cwd=daily)
+    assert bad.returncode != 0
+
+
+def test_a_daily_without_a_key_is_published_unsigned_with_a_warning(nocloud, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(signing.KEY_ENV, raising=False)
+    monkeypatch.delenv(signing.FINGERPRINT_ENV, raising=False)
+    cell, files = nocloud
+    receipt = publish(cell, files, tmp_path / "public", tmp_path)
+    assert "warning: no signing key" in capsys.readouterr().out
+    assert receipt["signed_by"] is None
+    assert not (tmp_path / "public" / DAILY / "SHA512SUMS.asc").exists()
+    envelope = json.loads((tmp_path / "public" / DAILY / f"{IMAGE}.intoto.json").read_text())
+    assert envelope["signatures"] == []
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({signing.KEY_ENV: "{secret}"}, f"{signing.KEY_ENV} is set but {signing.FINGERPRINT_ENV} is not"),
+        ({signing.FINGERPRINT_ENV: "{fingerprint}"}, f"{signing.FINGERPRINT_ENV} is set but {signing.KEY_ENV} is not"),
+        ({signing.KEY_ENV: "/nonexistent/key.asc", signing.FINGERPRINT_ENV: "{fingerprint}"}, "is not a file"),
+        ({signing.KEY_ENV: "{secret}", signing.FINGERPRINT_ENV: "12AB"}, "expected 40 or 64 hexadecimal digits"),
+        (
+            {signing.KEY_ENV: "{secret}", signing.FINGERPRINT_ENV: "A" * 40},
+            f"not {signing.FINGERPRINT_ENV}=" + "A" * 40,
+        ),
+        ({signing.KEY_ENV: "{public}", signing.FINGERPRINT_ENV: "{fingerprint}"}, "holds no secret key"),
+        ({signing.KEY_ENV: "{garbage}", signing.FINGERPRINT_ENV: "{fingerprint}"}, "holds no usable OpenPGP key"),
+    ],
+)
+def test_a_wrong_key_configuration_is_one_clear_error(test_key, tmp_path, environment, message):
+    garbage = tmp_path / "garbage.asc"
+    garbage.write_text("not a key\n")
+    values = {"secret": test_key.secret, "public": test_key.public, "fingerprint": test_key.fingerprint}
+    env = {name: value.format(**values, garbage=garbage) for name, value in environment.items()}
+    with pytest.raises(signing.SigningError) as caught:
+        with signing.configured_signer(env):
+            pass
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_expired_key_is_refused(tmp_path):
+    key = make_key(tmp_path / "old", expire="seconds=1")
+    import time
+
+    time.sleep(2)
+    with pytest.raises(signing.SigningError, match=f"the signing key {key.fingerprint} expired"):
+        with signing.configured_signer(key.environment()):
+            pass
+
+
+def test_the_provenance_envelope_and_checksums_verify_with_doit_verify(nocloud, signing_env, tmp_path):
+    cell, files = nocloud
+    publish(cell, files, tmp_path / "public", tmp_path)
+    the_plan = plan.from_options(REPO, {"storage": (tmp_path / "public").as_uri(), "workdir": str(tmp_path)}.get)
+    checked = published.verify(the_plan, "bookworm-nocloud-amd64@20261125-1200", signing_env.public)
+    assert any("signature good" in line for line in checked)
+    assert sum("as SHA512SUMS lists" in line for line in checked) == 8
+
+    # Another key's public half does not verify either signature.
+    other = make_key(tmp_path / "other", name="Someone else")
+    with pytest.raises(signing.SigningError, match="the signature does not verify"):
+        published.verify(the_plan, "bookworm-nocloud-amd64@20261125-1200", other.public)
+
+    # A tampered image file is found by its digest.
+    image = tmp_path / "public" / DAILY / f"{IMAGE}.qcow2"
+    image.write_bytes(image.read_bytes() + b"x")
+    with pytest.raises(signing.SigningError, match=f"{IMAGE}.qcow2: SHA-512"):
+        published.verify(the_plan, "bookworm-nocloud-amd64@20261125-1200", signing_env.public)
