@@ -86,23 +86,46 @@ def signal_running(sig: int) -> None:
     KeyboardInterrupt raised after it never reaches the code that started it.
     """
     for child in list(_running):
-        if child.poll() is None:
+        if child.returncode is None:
             _kill_group(child.pid, sig)
+
+
+def reap(child: subprocess.Popen, timeout: float | None = None) -> bool:
+    """Wait until child has exited (at most timeout seconds); True once it has.
+
+    It calls waitpid itself rather than Popen.wait: a signal whose handler
+    raises (our SIGTERM and SIGINT handlers do) can land between Popen taking
+    its internal wait lock and the block that releases it, and every later
+    Popen.wait then blocks for ever on a child long dead (seen: a zombie
+    sandbox, its build's loop device never detached).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while child.returncode is None:
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            if child.returncode is None:  # reaped by Popen meanwhile, which has its status
+                child.poll()
+            if child.returncode is None:
+                child.returncode = -1  # reaped, status unknown
+            return True
+        if pid == child.pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def stop(child: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a child and everything in its process group; wait until it is gone."""
     _running.discard(child)
-    if child.poll() is not None:
-        _kill_group(child.pid, signal.SIGKILL)  # stragglers it left in its group
-        return
-    _kill_group(child.pid, signal.SIGTERM)
-    try:
-        child.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    _kill_group(child.pid, signal.SIGKILL)
-    child.wait()
+    if not reap(child, 0):
+        _kill_group(child.pid, signal.SIGTERM)
+        reap(child, grace)
+    _kill_group(child.pid, signal.SIGKILL)  # what is left in its group
+    reap(child)
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -144,7 +167,8 @@ def run_logged(
                 if on_line:
                     on_line(raw.decode(errors="replace").rstrip("\n"))
             sink.flush()
-            return child.wait()
+            reap(child)
+            return child.returncode
         finally:
             child.stdout.close()
             stop(child)
