@@ -289,56 +289,49 @@ def compare_reports(plan: Plan) -> TaskFailed | None:
     return None
 
 
+def on_demand_task(action: tuple, doc: str) -> dict:
+    """A task run by name for what it shows (compare, changes, verify): it always runs."""
+    return {"actions": [action], "uptodate": [False], "verbosity": 2, "doc": doc}
+
+
 def compare_task(plan: Plan) -> dict:
-    return {
-        "actions": [(compare_reports, [plan])],
-        "uptodate": [False],
-        "verbosity": 2,
-        "doc": "compare two images' facts, field by field (left=<cell or file> right=<cell or file>)",
-    }
+    return on_demand_task(
+        (compare_reports, [plan]),
+        "compare two images' facts, field by field (left=<cell or file> right=<cell or file>)",
+    )
 
 
 # --------------------------------------------------------------------------
 # Published images: changes between two, verifying one; reproducing a build
 
 
-def _changes(plan: Plan) -> TaskFailed | None:
+def _changes(plan: Plan) -> None:
     left, right = plan.compare
     if not left or not right:
-        return TaskFailed(
-            "doit changes needs two images: doit changes left=<cell>[@<version>] right=<cell>[@<version>]"
-        )
+        raise StageFailed("doit changes needs two images: left=<cell>[@<version>] right=<cell>[@<version>]")
     print(published.compare(plan, left, right), end="")
-    return None
 
 
 def changes_task(plan: Plan) -> dict:
-    return {
-        "actions": [(run_stage, ["changes", _changes, plan])],
-        "uptodate": [False],
-        "verbosity": 2,
-        "doc": "list the package changes between two images (left=<cell>[@<version>] right=<cell>[@<version>])",
-    }
+    return on_demand_task(
+        (run_stage, ["changes", _changes, plan]),
+        "list the package changes between two images (left=<cell>[@<version>] right=<cell>[@<version>])",
+    )
 
 
-def _verify(plan: Plan) -> TaskFailed | None:
+def _verify(plan: Plan) -> None:
     image, key = plan.verify
     if not image or not key:
-        return TaskFailed(
-            "doit verify needs an image and a public key: doit verify image=<cell>[@<version>] key=<file>"
-        )
+        raise StageFailed("doit verify needs an image and a public key: image=<cell>[@<version>] key=<file>")
     for line in published.verify(plan, image, (plan.root / key).resolve()):
         print(f"ok: {line}")
-    return None
 
 
 def verify_task(plan: Plan) -> dict:
-    return {
-        "actions": [(run_stage, ["verify", _verify, plan])],
-        "uptodate": [False],
-        "verbosity": 2,
-        "doc": "verify a published image: signature, checksums, provenance (image=<cell>[@<version>] key=<file>)",
-    }
+    return on_demand_task(
+        (run_stage, ["verify", _verify, plan]),
+        "verify a published image: signature, checksums, provenance (image=<cell>[@<version>] key=<file>)",
+    )
 
 
 def reproduce_tasks(plan: Plan) -> Iterator[dict]:

@@ -131,3 +131,22 @@ def test_a_downgrade_is_not_an_upgrade():
     found = changes.compare(old, new)
     assert found["upgraded"] == [] and [d["new"] for d in found["downgraded"]] == ["1.9-1"]
     assert changes.render(changes.compare(new, new)).endswith("No package changed.\n")
+
+
+def test_doit_changes_needs_two_images_and_names_a_missing_one(tmp_path):
+    from tasks import graph
+
+    the_plan = plan.from_options(REPO, {"workdir": str(tmp_path), "storage": str(tmp_path / "public")}.get)
+    failure = graph.run_stage("changes", graph._changes, the_plan)
+    assert "doit changes needs two images" in str(failure)
+    both = plan.from_options(
+        REPO,
+        {
+            "workdir": str(tmp_path),
+            "storage": str(tmp_path / "public"),
+            "left": "bookworm-nocloud-amd64@20261124-1200",
+            "right": "bookworm-nocloud-amd64",
+        }.get,
+    )
+    failure = graph.run_stage("changes", graph._changes, both)
+    assert "bookworm-nocloud-amd64@20261124-1200: published neither as a release nor as a daily" in str(failure)

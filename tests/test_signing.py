@@ -107,3 +107,35 @@ def test_the_provenance_envelope_and_checksums_verify_with_doit_verify(nocloud, 
     image.write_bytes(image.read_bytes() + b"x")
     with pytest.raises(signing.SigningError, match=f"{IMAGE}.qcow2: SHA-512"):
         published.verify(the_plan, "bookworm-nocloud-amd64@20261125-1200", signing_env.public)
+
+
+def test_doit_verify_refuses_an_unsigned_publication(nocloud, tmp_path, monkeypatch):
+    from tasks import graph
+
+    monkeypatch.delenv(signing.KEY_ENV, raising=False)
+    monkeypatch.delenv(signing.FINGERPRINT_ENV, raising=False)
+    cell, files = nocloud
+    publish(cell, files, tmp_path / "public", tmp_path)
+    options = {"storage": (tmp_path / "public").as_uri(), "workdir": str(tmp_path)}
+    failure = graph.run_stage("verify", graph._verify, plan.from_options(REPO, options.get))
+    assert "doit verify needs an image and a public key" in str(failure)
+    key = make_key(tmp_path / "k")
+    options.update(image="bookworm-nocloud-amd64", key=str(key.public))
+    failure = graph.run_stage("verify", graph._verify, plan.from_options(REPO, options.get))
+    assert f"{DAILY}/SHA512SUMS is not signed" in str(failure)
+
+
+def test_publishing_again_keeps_the_envelope_until_the_key_changes(nocloud, signing_env, tmp_path, capsys, monkeypatch):
+    cell, files = nocloud
+    publish(cell, files, tmp_path / "public", tmp_path)
+    envelope = (tmp_path / "public" / DAILY / f"{IMAGE}.intoto.json").read_bytes()
+    capsys.readouterr()
+    publish(cell, files, tmp_path / "public", tmp_path)
+    assert f"{IMAGE}.intoto.json: already published, unchanged" in capsys.readouterr().out
+    assert (tmp_path / "public" / DAILY / f"{IMAGE}.intoto.json").read_bytes() == envelope
+    other = make_key(tmp_path / "other", name="Next year's key")
+    for name, value in other.environment().items():
+        monkeypatch.setenv(name, value)
+    publish(cell, files, tmp_path / "public", tmp_path)
+    resigned = json.loads((tmp_path / "public" / DAILY / f"{IMAGE}.intoto.json").read_text())
+    assert [s["keyid"] for s in resigned["signatures"]] == [other.fingerprint.lower()]

@@ -11,7 +11,7 @@ end. All of it was recorded by the build itself (build-info.json).
 
 This stage writes the statement unsigned: the build jobs hold no key. The
 publish stage wraps it in a DSSE envelope signed with the publishing key
-(tasks/signing.py) and publishes it beside the image.
+(tasks/system/signing.py) and publishes it beside the image.
 """
 
 from __future__ import annotations

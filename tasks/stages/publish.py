@@ -10,7 +10,7 @@ Layout, as on cloud.debian.org::
 Each cell publishes its image files, its manifest, its SBOMs, its provenance
 (a DSSE envelope) and what changed since its previous version (changes.json,
 changes.txt). Each version directory has a SHA512SUMS listing them all and,
-when a signing key is configured (tasks/signing.py), its detached signature
+when a signing key is configured (tasks/system/signing.py), its detached signature
 SHA512SUMS.asc, written after it; a daily without a key is published unsigned
 with a warning, a release refuses. Every file is uploaded under a
 temporary name, read back and checked, then moved to its name; SHA512SUMS is
@@ -170,8 +170,9 @@ def prepare(cell: Cell, files: CellFiles, manifest: Manifest, backend: Backend, 
     with atomic.output(files.changes("txt")) as partial:
         partial.write_text(changes.render(found))
     payload = files.provenance.read_bytes()
-    envelope = (signer or signing.Unsigned()).sign_envelope(payload, provenance.PAYLOAD_TYPE)
-    atomic.write_json(files.provenance_envelope, envelope)
+    if not signing.envelope_holds(files.provenance_envelope, payload, signer):
+        envelope = (signer or signing.Unsigned()).sign_envelope(payload, provenance.PAYLOAD_TYPE)
+        atomic.write_json(files.provenance_envelope, envelope)
 
 
 def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishSettings, lock_dir: Path) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -121,6 +122,18 @@ class Unsigned:
 
     def sign_envelope(self, payload: bytes, payload_type: str) -> dict:
         return {"payload": base64.b64encode(payload).decode(), "payloadType": payload_type, "signatures": []}
+
+
+def envelope_holds(path: Path, payload: bytes, signer: Signer | None) -> bool:
+    """Whether the envelope at path already wraps payload, signed as signer would
+    (or unsigned when there is none): publishing again then signs nothing anew,
+    and the published envelope stays the same file."""
+    if not path.is_file():
+        return False
+    envelope = json.loads(path.read_text())
+    keyids = {s.get("keyid") for s in envelope.get("signatures", [])}
+    expected = {signer.fingerprint.lower()} if signer else set()
+    return envelope.get("payload") == base64.b64encode(payload).decode() and keyids == expected
 
 
 def check_key(home: Path, fingerprint: str, source: Path, now: float | None = None) -> None:
