@@ -280,7 +280,7 @@ def _mtime(path: Path) -> float | None:
 
 
 def _provenance_action(ctx: CellContext) -> None:
-    provenance.write(ctx.cell, ctx.files, ctx.plan.matrix.build)
+    provenance.write(ctx.cell, ctx.files)
 
 
 PROVENANCE = Stage[CellContext](
@@ -293,7 +293,8 @@ PROVENANCE = Stage[CellContext](
     describe=lambda ctx: f"state where {ctx.cell.name} came from (in-toto, SLSA provenance)",
     inputs=lambda ctx: (ctx.files.manifest, ctx.files.build_info),
     outputs=lambda ctx: (ctx.files.provenance,),
-    config=lambda ctx: fai.build_config(ctx.cell, ctx.plan.matrix.build),
+    # Everything it states comes from its inputs (what the build recorded).
+    config=lambda ctx: {"predicate": provenance.PREDICATE_TYPE},
 )
 
 

@@ -80,6 +80,7 @@ def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFil
                 "builder": {"id": "test", "fai": "6.0.3+deb12u1", "host_kernel": "6.1.0"},
                 "mirror": "http://deb.debian.org/debian",
                 "source_date_epoch": 1764072000,
+                "settings": {"vendor": cell.vendor.name, "fai_classes": list(cell.fai_classes)},
                 "inputs": {"project_commit": "0" * 40, "config_space_sha256": "1" * 64, "base_sha256": "2" * 64},
                 "apt_releases": [
                     {"name": "deb.debian.org_debian_dists_bookworm_InRelease", "sha256": "3" * 64, "date": "Sat"}
@@ -126,7 +127,7 @@ def nocloud(repo_matrix, tmp_path):
     cell = repo_matrix.cell("bookworm-nocloud-amd64")
     files = fake_outputs(tmp_path / "build", cell)
     manifest.write(cell, files)
-    provenance.write(cell, files, repo_matrix.build)
+    provenance.write(cell, files)
     return cell, files
 
 

@@ -48,15 +48,9 @@ def publish_version(cell, tmp_path, version, packages_tsv):
     files.dpkg_status.write_text("\n".join(stanzas))
     add_changelog(files.changelogs, "usr/share/doc/bash/changelog.Debian.gz", BASH_CHANGELOG)
     manifest.write(cell, files)
-    provenance.write(cell, files, cell_settings())
+    provenance.write(cell, files)
     publication.publish(cell, files, Location((tmp_path / "public").as_uri()), FAST, tmp_path / "locks")
     return files
-
-
-def cell_settings():
-    from tasks.model import matrix
-
-    return matrix.load(REPO / "matrix.yaml").build
 
 
 def test_two_publications_with_one_upgrade_name_exactly_that_change(repo_matrix, tmp_path):

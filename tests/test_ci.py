@@ -273,7 +273,7 @@ def test_project_pipeline_passes_gitlab_schema(tmp_path):
 @needs_gitlab_ci_local
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")
-def test_generated_pipeline_runs_for_real(tmp_path):
+def test_generated_pipeline_runs_for_real(tmp_path, test_key):
     """gitlab-ci-local's shell executor runs a generated push pipeline: real doit jobs,
     artifacts handed from job to job, and the manual release only when asked."""
     data = copy.deepcopy(GOOD)
@@ -311,8 +311,16 @@ def test_generated_pipeline_runs_for_real(tmp_path):
     assert check.returncode == 0, "keep checksummed the image job's artifacts: " + check.stdout + check.stderr
 
     released = tmp_path / "released"
+    # The release signs with the key in its CI/CD variables.
+    key = [arg for name, value in test_key.environment().items() for arg in ("--variable", f"{name}={value}")]
     release = gitlab_ci_local(
-        project, *common, "--variable", f"IMAGES_RELEASE_STORAGE={released.as_uri()}", "release:bookworm", timeout=600
+        project,
+        *common,
+        *key,
+        "--variable",
+        f"IMAGES_RELEASE_STORAGE={released.as_uri()}",
+        "release:bookworm",
+        timeout=600,
     )
     print(release.stdout[-5000:], release.stderr[-2000:])
     assert release.returncode == 0 and "PASS  release:bookworm" in release.stdout
@@ -322,6 +330,7 @@ def test_generated_pipeline_runs_for_real(tmp_path):
         ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
+    assert (published / "SHA512SUMS.asc").is_file(), "signed with the release key"
     assert (released / "bookworm" / "latest").read_text() == "ci-test-1\n"
     record = artifacts("release:bookworm") / "build" / "bookworm-nocloud-amd64" / "release.json"
     assert json.loads(record.read_text())["published"]["directory"] == "bookworm/ci-test-1"

@@ -175,7 +175,7 @@ def test_a_failed_cell_stops_nothing_else_and_the_summary_says_so(runs):
     table = mixed.stdout[mixed.stdout.index("run summary:") :].splitlines()
     failing_row = next(line for line in table if line.startswith(FAILING))
     log = base / "build" / FAILING / "build.log"
-    assert f"failed: {log}" in failing_row and failing_row.count("skipped") == 4
+    assert f"failed: {log}" in failing_row and failing_row.count("skipped") == len(STAGES) - 1  # all after build
     assert "the layout needs at least 256 MiB" in log.read_text(), "the log the summary names tells why"
     cloud_row = next(line for line in table if line.startswith(cloud))
     assert cloud_row.count("done") == len(STAGES) and "failed" not in cloud_row and "skipped" not in cloud_row
@@ -416,6 +416,7 @@ def test_matrix_edit_for_one_vendor_marks_only_that_vendor(runs):
             capture_output=True,
             text=True,
             check=True,
+            env={**os.environ, **KEY[0].environment()},  # as the runs before: the signing key is config
         ).stdout
     finally:
         matrix.write_text(original)

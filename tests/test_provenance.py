@@ -20,6 +20,8 @@ def test_the_statement_names_the_image_files_and_everything_the_build_used(noclo
     assert statement["subject"] == [{"name": a["name"], "digest": {"sha512": a["sha512"]}} for a in manifest.artifacts]
     definition = statement["predicate"]["buildDefinition"]
     assert definition["externalParameters"]["cell"] == cell.name
+    # The settings as the build recorded them.
+    assert definition["externalParameters"]["settings"] == json.loads(files.build_info.read_text())["settings"]
     assert definition["externalParameters"]["settings"]["fai_classes"] == list(cell.fai_classes)
     dependencies = {d["name"]: d for d in definition["resolvedDependencies"]}
     assert dependencies["project"]["digest"] == {"gitCommit": "0" * 40}
@@ -54,9 +56,9 @@ def test_a_changed_config_space_changes_the_statement(nocloud, repo_matrix, tmp_
 
     # The build records the digest; the statement carries it.
     info = BuildInfo.read(files.build_info)
-    first = provenance.statement(cell, repo_matrix.build, Manifest.read(files.manifest), info)
+    first = provenance.statement(cell, Manifest.read(files.manifest), info)
     rebuilt = dataclasses.replace(info, inputs={**info.inputs, "config_space_sha256": changed})
-    second = provenance.statement(cell, repo_matrix.build, Manifest.read(files.manifest), rebuilt)
+    second = provenance.statement(cell, Manifest.read(files.manifest), rebuilt)
     assert first != second
     digests = {d["name"]: d.get("digest") for d in second["predicate"]["buildDefinition"]["resolvedDependencies"]}
     assert digests["config-space"] == {"sha256": changed}

@@ -91,6 +91,7 @@ class BuildInfo(Record):
     builder: dict[str, str]
     mirror: str
     source_date_epoch: int
+    settings: dict[str, Any]  # what shaped the image besides the config space (fai.build_config)
     inputs: dict[str, str]  # project_commit, config_space_sha256, base_sha256
     apt_releases: list[dict[str, str]]  # name, sha256, date of each Release file apt used
     build_finished: str

@@ -262,6 +262,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         builder={"id": builder_id(), "fai": _package_version("fai-server"), "host_kernel": os.uname().release},
         mirror=settings.mirror,
         source_date_epoch=int(env["SOURCE_DATE_EPOCH"]),
+        settings=build_config(cell, settings),
         inputs={
             "project_commit": project_commit(),
             "config_space_sha256": faiconfig.tree_digest(inputs.config_space),

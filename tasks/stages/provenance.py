@@ -2,7 +2,8 @@
 with an SLSA provenance (v1) predicate.
 
 The subjects are the image files users download (their SHA-512 from the
-manifest). The build definition names the cell, its settings and classes;
+manifest). The build definition names the cell, its settings and classes
+as the build recorded them;
 its resolved dependencies are this project's git commit, the config space's
 tree digest, the shared base tarball, FAI and every Release file apt used
 (digest and date: the exact archive state the packages came from). The run
@@ -17,9 +18,9 @@ publish stage wraps it in a DSSE envelope signed with the publishing key
 from __future__ import annotations
 
 from tasks.model.layout import CellFiles
-from tasks.model.matrix import BuildSettings, Cell
+from tasks.model.matrix import Cell
 from tasks.model.records import BuildInfo, Manifest
-from tasks.stages import fai, identity
+from tasks.stages import identity
 from tasks.system import atomic
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -34,7 +35,8 @@ def release_file_url(list_name: str) -> str:
     return "http://" + list_name.replace("_", "/")
 
 
-def statement(cell: Cell, settings: BuildSettings, manifest: Manifest, info: BuildInfo) -> dict:
+def statement(cell: Cell, manifest: Manifest, info: BuildInfo) -> dict:
+    """The statement, from what the build recorded (not from today's matrix)."""
     subjects = [{"name": a["name"], "digest": {"sha512": a["sha512"]}} for a in manifest.artifacts]
     dependencies = [
         {
@@ -69,7 +71,7 @@ def statement(cell: Cell, settings: BuildSettings, manifest: Manifest, info: Bui
                 "externalParameters": {
                     "cell": cell.name,
                     "version": manifest.version,
-                    "settings": fai.build_config(cell, settings),
+                    "settings": info.settings,
                 },
                 "internalParameters": {
                     "source_date_epoch": info.source_date_epoch,
@@ -92,7 +94,7 @@ def statement(cell: Cell, settings: BuildSettings, manifest: Manifest, info: Bui
     }
 
 
-def write(cell: Cell, files: CellFiles, settings: BuildSettings) -> None:
+def write(cell: Cell, files: CellFiles) -> None:
     manifest = Manifest.read(files.manifest)
     info = BuildInfo.read(files.build_info)
-    atomic.write_json(files.provenance, statement(cell, settings, manifest, info))
+    atomic.write_json(files.provenance, statement(cell, manifest, info))

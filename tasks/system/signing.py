@@ -111,9 +111,6 @@ class Signer:
         envelope.sign(GPGSigner(public_key, str(self.home)))
         return envelope.to_dict()
 
-    def public_key(self) -> bytes:
-        return _gpg(self.home, "--armor", "--export", self.fingerprint).stdout
-
 
 class Unsigned:
     """What is published without a key: a DSSE envelope with no signature."""
