@@ -588,6 +588,15 @@ def test_image_has_the_official_content(vendor_builds, cell):
         }
         assert EVERY_IMAGE | {kernel} | vendor <= installed, sorted(EVERY_IMAGE | {kernel} | vendor - installed)
         assert not never & installed, never & installed
+        # Python's byte code checked by timestamp, as in Debian's images (not the
+        # checked-hash .pyc files py_compile writes under SOURCE_DATE_EPOCH).
+        pycs = list((tree / "usr/lib/python3/dist-packages").rglob("*.pyc"))
+        if "cloud-init" in installed:
+            assert len(pycs) > 100, "cloud-init's Python, compiled"
+        assert {int.from_bytes(p.read_bytes()[4:8], "little") for p in pycs} <= {0}
+        # Password ages count from the build's day, the same in every rebuild of it.
+        ages = {line.split(":")[2] for line in (tree / "etc/shadow").read_text().splitlines()}
+        assert len(ages - {"", "0"}) == 1, ages
 
         passwd = [line.split(":") for line in (tree / "etc/passwd").read_text().splitlines()]
         assert [row[0] for row in passwd if 1000 <= int(row[2]) < 65534] == [], "the default user is made at boot"

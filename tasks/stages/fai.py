@@ -132,7 +132,10 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         IMAGE_APT_SECURITY_MIRROR=settings.image_security_mirror,
         IMAGE_VERSION=inputs.version,
         # The build's time and the disk's identifiers, derived from its inputs (identity.py).
-        SOURCE_DATE_EPOCH=str(identity.source_date_epoch(inputs.version, inputs.base)),
+        # Not SOURCE_DATE_EPOCH itself: under it every package's postinst would
+        # change behaviour (py_compile writes checked-hash .pyc files, unlike
+        # Debian's images); the scripts that need it set it from this.
+        IMAGE_SOURCE_DATE_EPOCH=str(identity.source_date_epoch(inputs.version, inputs.base)),
         **identity.disk_identifiers(cell.name, inputs.version),
         IMAGE_OUTPUT_DIR=str(staging / "output"),
         IMAGE_BASEFILE=str(inputs.base.resolve()),
@@ -261,7 +264,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         build_seconds=round(time.monotonic() - clock, 1),
         builder={"id": builder_id(), "fai": _package_version("fai-server"), "host_kernel": os.uname().release},
         mirror=settings.mirror,
-        source_date_epoch=int(env["SOURCE_DATE_EPOCH"]),
+        source_date_epoch=int(env["IMAGE_SOURCE_DATE_EPOCH"]),
         settings=build_config(cell, settings),
         inputs={
             "project_commit": project_commit(),

@@ -3,9 +3,10 @@
 Upstream draws the disk's GUID, the partition UUIDs and the file system UUID
 at random for every build; here they derive from the cell and version
 (matrix.yaml declares the deviation), so a rebuild is identical and two
-images still never share one. SOURCE_DATE_EPOCH, the time every file of the
-tree is clamped to (hooks/faiend.LAST) and the tools that honour it
-(initramfs-tools, mke2fs, useradd) use, derives from the build's inputs: the
+images still never share one. The build's time (IMAGE_SOURCE_DATE_EPOCH: the
+time every file of the tree is clamped to in hooks/faiend.LAST, and the
+SOURCE_DATE_EPOCH that mke2fs, mtools and initramfs-tools get) derives from
+the build's inputs: the
 version when it is a date (a daily's 20261125-1532), else the shared base's
 own time, so a rebuild from the same base gets the same (a build without the
 shared base, where FAI runs debootstrap itself, is not reproducible: it takes
