@@ -132,7 +132,7 @@ def nocloud(repo_matrix, tmp_path):
 
 
 @dataclass(frozen=True)
-class TestKey:
+class KeyFiles:
     secret: Path  # the secret key's file, as IMAGES_SIGNING_KEY names it
     public: Path  # what a user verifies with
     fingerprint: str
@@ -141,7 +141,7 @@ class TestKey:
         return {signing.KEY_ENV: str(self.secret), signing.FINGERPRINT_ENV: self.fingerprint}
 
 
-def make_key(directory: Path, name: str = "Test images", expire: str = "1d") -> TestKey:
+def make_key(directory: Path, name: str = "Test images", expire: str = "1d") -> KeyFiles:
     """A new OpenPGP signing key (ed25519, no passphrase), exported to files."""
     directory.mkdir(parents=True, exist_ok=True)
     with signing.gnupg_home() as home:
@@ -154,16 +154,16 @@ def make_key(directory: Path, name: str = "Test images", expire: str = "1d") -> 
             subprocess.run([*gpg, "--armor", "--export-secret-keys", fingerprint], capture_output=True).stdout
         )
         public.write_bytes(subprocess.run([*gpg, "--armor", "--export", fingerprint], capture_output=True).stdout)
-    return TestKey(secret, public, fingerprint)
+    return KeyFiles(secret, public, fingerprint)
 
 
 @pytest.fixture(scope="session")
-def test_key(tmp_path_factory) -> TestKey:
+def test_key(tmp_path_factory) -> KeyFiles:
     return make_key(tmp_path_factory.mktemp("key"))
 
 
 @pytest.fixture
-def signing_env(test_key, monkeypatch) -> TestKey:
+def signing_env(test_key, monkeypatch) -> KeyFiles:
     """The test key configured as the publishing key."""
     for name, value in test_key.environment().items():
         monkeypatch.setenv(name, value)

@@ -36,7 +36,7 @@ from tasks.stages import compress, manifest
 from tasks.system import signing
 
 from . import servers
-from .conftest import TestKey, fake_outputs
+from .conftest import KeyFiles, fake_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = "20261125-1200"
@@ -45,7 +45,7 @@ BOOT = BootTestSettings(timeout=60, memory=512, cpus=1, accelerator="auto", unti
 
 
 @pytest.fixture(autouse=True)
-def release_key(signing_env) -> TestKey:
+def release_key(signing_env) -> KeyFiles:
     """Releases are signed: every release here has the test key (one test takes it away)."""
     return signing_env
 
