@@ -155,7 +155,7 @@ BASE = Stage[BaseContext](
 )
 
 
-def _build_inputs(ctx: CellContext) -> fai.BuildInputs:
+def build_inputs(ctx: CellContext) -> fai.BuildInputs:
     plan = ctx.plan
     tarball = base.BaseFiles.of(plan.workdir, ctx.cell.base_name).tarball
     return fai.BuildInputs(
@@ -164,7 +164,7 @@ def _build_inputs(ctx: CellContext) -> fai.BuildInputs:
 
 
 def _build_action(ctx: CellContext) -> None:
-    fai.build(ctx.cell, ctx.files, ctx.plan.matrix.build, _build_inputs(ctx))
+    fai.build(ctx.cell, ctx.files, ctx.plan.matrix.build, build_inputs(ctx))
 
 
 BUILD = Stage[CellContext](
@@ -176,7 +176,7 @@ BUILD = Stage[CellContext](
     action=_build_action,
     describe=lambda ctx: f"build {ctx.cell.name} with fai-diskimage",
     inputs=lambda ctx: (
-        _build_inputs(ctx).base,
+        build_inputs(ctx).base,
         *faiconfig.selected_files(ctx.plan.config_space, ctx.cell.fai_classes),
         *fai.IN_BUILD_MODULES,
     ),

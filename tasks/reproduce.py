@@ -20,6 +20,7 @@ disk is removed afterwards (its build log stays).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,12 +33,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tasks import registry
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
 from tasks.model.plan import Plan
 from tasks.model.records import BuildInfo
-from tasks.stages import base, fai, faiconfig
+from tasks.stages import fai, faiconfig, imagefacts
 from tasks.system import atomic, loopdev
 from tasks.system.checksum import sha256_file
 
@@ -47,6 +49,7 @@ DIFFOSCOPE_FILES = 20  # differing files shown by diffoscope, at most
 DIFFOSCOPE_LINES = 200  # lines of diffoscope's output kept per file
 _TYPES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
 FIELDS = ("type", "mode", "owner", "size", "content", "mtime")
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # GPT's EFI system partition
 
 
 class NotReproducible(StageFailed):
@@ -58,7 +61,9 @@ def reproduce(plan: Plan, cell: Cell) -> dict:
     if not files.raw.is_file() or not files.build_info.is_file():
         raise NotReproducible(f"{cell.name}: no first build in {files.dir}: doit build:{cell.name}")
     first = BuildInfo.read(files.build_info)
-    tarball = base.BaseFiles.of(plan.workdir, cell.base_name).tarball
+    # The build stage's own inputs, with the first build's version.
+    inputs = dataclasses.replace(registry.build_inputs(registry.cell_context(plan, cell)), version=first.version)
+    tarball = inputs.base
     if "base_sha256" not in first.inputs:
         raise NotReproducible(f"{cell.name} was built without the shared base: doit build:{cell.name}, then reproduce")
     if not tarball.is_file() or sha256_file(tarball) != first.inputs["base_sha256"]:
@@ -73,9 +78,6 @@ def reproduce(plan: Plan, cell: Cell) -> dict:
         )
     rebuild = files.rebuild
     atomic.remove(rebuild.dir)
-    inputs = fai.BuildInputs(
-        plan.config_space, tarball, base.package_cache(plan.workdir), first.version, plan.cpu_slots
-    )
     fai.build(cell, rebuild, plan.matrix.build, inputs)
     try:
         report = compare_images(files.raw, rebuild.raw)
@@ -120,16 +122,17 @@ def compare_images(first: Path, second: Path) -> dict:
 
 
 def partitions(image: Path) -> list[dict]:
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, check=True).stdout)
-    sector = table["partitiontable"].get("sectorsize", 512)
+    """Each partition's name, type and place in bytes (imagefacts reads the table)."""
+    table = imagefacts.partition_table(str(image))
+    sector = table["sector_size"]
     return [
         {
-            "name": f"partition {p['node'].removeprefix(str(image))}",
+            "name": f"partition {p['number']}",
             "type": p["type"],
             "offset": p["start"] * sector,
             "bytes": p["size"] * sector,
         }
-        for p in table["partitiontable"]["partitions"]
+        for p in table["partitions"]
     ]
 
 
@@ -209,7 +212,7 @@ def _mount_root(image: Path, mountpoint: Path) -> None:
 
 def _copy_esp(image: Path, target: Path) -> bool:
     """The EFI system partition's files, copied out with mtools (the kernel may lack vfat)."""
-    esp = [p for p in partitions(image) if p["type"].upper() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"]
+    esp = [p for p in partitions(image) if p["type"] == ESP_TYPE]
     if not esp:
         return False
     target.mkdir()

@@ -87,10 +87,9 @@ def users(root: Path) -> dict[str, Any]:
     }
 
 
-def disk(device: str | None) -> dict[str, Any]:
-    if not device:
-        return {}
-    size = int(subprocess.run(["blockdev", "--getsize64", device], capture_output=True, text=True, check=True).stdout)
+def partition_table(device: str) -> dict[str, Any]:
+    """A disk's (or disk image's) partition table as sfdisk reads it: label, sector
+    size, and each partition's number, start and size (sectors) and type, by start."""
     table = json.loads(subprocess.run(["sfdisk", "--json", device], capture_output=True, text=True, check=True).stdout)[
         "partitiontable"
     ]
@@ -102,11 +101,17 @@ def disk(device: str | None) -> dict[str, Any]:
         number = int(node.group(1))
         parts.append({"number": number, "start": part["start"], "size": part["size"], "type": part["type"].upper()})
     return {
-        "size": size,
         "label": table["label"],
         "sector_size": table.get("sectorsize", 512),
         "partitions": sorted(parts, key=lambda p: p["start"]),
     }
+
+
+def disk(device: str | None) -> dict[str, Any]:
+    if not device:
+        return {}
+    size = int(subprocess.run(["blockdev", "--getsize64", device], capture_output=True, text=True, check=True).stdout)
+    return {"size": size, **partition_table(device)}
 
 
 def fstab(root: Path) -> list[list[str]]:
