@@ -8,15 +8,20 @@ pipeline mirrors the doit graph:
     base:<release>-<arch>   the shared base             (artifact: the base tarball)
     image:<cell>            build, compress, boottest, manifest of one cell
                             (artifacts: image data, kept ci.expire_images)
-    keep:<cell>             logs, manifest, boot results, package list,
-                            checksums (artifacts kept for ever)
+    keep:<cell>             seals the cell (SHA512SUMS of what a release reads, signed with
+                            the build project's key: tasks/release/handoff.py); keeps logs,
+                            manifest, boot results, package list, the seal (for ever)
     upload:<release>        publish the release's cells as dailies (scheduled pipelines)
-    release:<release>       manual: the release step of each cell (instance test, platform
-                            upload, publication, notification) into $IMAGES_RELEASE_STORAGE
+    release:<release>       manual, and only in pipelines of protected refs: triggers the
+                            release project's pipeline (tasks/release/project.py) with what
+                            identifies this build; it alone holds platform credentials
 
 Each job runs `doit --single <task>` on the artifacts of the jobs it needs:
 a CI job starts without doit's state, and --single runs the named task
 without re-running the tasks whose outputs came as artifacts.
+
+`doit release_ci` writes the release project's own pipeline
+(RELEASE_PROJECT_PIPELINE, committed; README.md, "Releases: the release project").
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, CiSettings
 from tasks.model.plan import DEFAULT_WORKDIR, Plan
+from tasks.release import project as release_project
 from tasks.system import atomic
 
 
@@ -42,6 +48,10 @@ class CiFailed(StageFailed):
 SOURCES = ("push", "schedule", "web", "api", "trigger", "pipeline", "merge_request_event")
 # The pipeline's stages, in order; each registry stage names its job (registry.CiJob).
 PIPELINE_STAGES = ("base", "images", "keep", "upload", "release")
+# The release project's pipeline, in this repository: its CI/CD configuration file.
+RELEASE_PROJECT_PIPELINE = Path(".ci/release-project.yml")
+# A variable GitLab sets "true" in pipelines of protected branches and tags.
+PROTECTED = '$CI_COMMIT_REF_PROTECTED == "true"'
 
 
 def selected_cells(plan: Plan, source: str, cells: str | None) -> list[Cell]:
@@ -134,11 +144,8 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
             "stage": "keep",
             "tags": list(ci.tags),
             "needs": [{"job": f"image:{cell.name}", "artifacts": True}],
-            # Checksums of the image data, kept when the data itself has expired.
-            "script": [
-                f"cd {files.dir} && (sha512sum {' '.join(p.name for p in files.artifacts)} "
-                f"> {files.checksums.name} || true) && ls -l"
-            ],
+            # The seal the release project checks; kept when the image data has expired.
+            "script": [*setup, f".venv/bin/python -m tasks.release.handoff seal {cell.name} {DEFAULT_WORKDIR}"],
             "artifacts": {
                 "name": f"{cell.name}-records",
                 "paths": _paths([*files.records, *(files.xfail_record(s.name) for s in registry.cell_chain())]),
@@ -182,39 +189,80 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
                 ],
                 "artifacts": {"paths": [f"{storage}/"], "expire_in": ci.expire_images, "when": "always"},
             }
-        jobs[f"release:{release}"] = {
-            "stage": "release",
-            # The instance test boots images: the job needs a build runner.
-            "tags": list(ci.runner_tags(cells_of[0].arch.name)),
-            "needs": needs,
-            "when": "manual",
-            "allow_failure": True,  # a release not made does not fail the pipeline
-            "variables": {"STORAGE": "${IMAGES_RELEASE_STORAGE}"},
-            # A release goes where users find it, never into expiring artifacts.
-            "script": [
-                *prepare,
-                'if [ -z "$STORAGE" ]; then echo "release: set the CI/CD variable '
-                'IMAGES_RELEASE_STORAGE to the storage URL releases go to" >&2; exit 1; fi',
-                *(
-                    _if_built(CellFiles.of(workdir, c), _run(stage, c.name, options, "storage=$STORAGE", "confirm=yes"))
-                    for c in cells_of
-                    for stage in _stages_of(registry.CiJob.RELEASE)
-                ),
-            ],
-            # What the release did (instance test, platform images, publication) is kept for ever.
-            "artifacts": {
-                "paths": _paths(p for c in cells_of for p in CellFiles.of(workdir, c).release_records),
-                "expire_in": "never",
-                "when": "always",
-            },
-        }
+        if plan.protected and ci.release_project:
+            jobs[f"release:{release}"] = release_trigger(plan, cells_of)
 
     return {
         "stages": list(PIPELINE_STAGES),
         "default": {"image": ci.image},
-        "variables": {"IMAGES_VERSION": plan.version or "ci-$CI_PIPELINE_ID"},
+        "variables": {"IMAGES_VERSION": _version(plan)},
         **jobs,
     }
+
+
+def _version(plan: Plan) -> str:
+    return plan.version or "ci-$CI_PIPELINE_ID"
+
+
+def release_trigger(plan: Plan, cells: list[Cell]) -> dict:
+    """The manual job that hands a release's cells to the release project: what identifies the build, no secret."""
+    ci = plan.matrix.ci
+    variables = {
+        release_project.PROJECT: "$CI_PROJECT_PATH",
+        release_project.PIPELINE: "$CI_PIPELINE_ID",  # this (child) pipeline: its jobs hold the artifacts
+        release_project.REF: "$CI_COMMIT_REF_NAME",
+        release_project.COMMIT: "$CI_COMMIT_SHA",
+        release_project.CELLS: " ".join(c.name for c in cells),
+        release_project.VERSION: _version(plan),
+    }
+    return {
+        "stage": "release",
+        "needs": [
+            {
+                "job": f"keep:{c.name}",
+                "artifacts": False,
+                **({"optional": True} if plan.matrix.known_failure(c) else {}),
+            }
+            for c in cells
+        ],
+        # Only a pipeline of a protected ref carries it (doit ci leaves it out of the others, and GitLab
+        # would too); manual, and a release not made does not fail the pipeline.
+        "rules": [{"if": PROTECTED, "when": "manual", "allow_failure": True}],
+        # Nothing of this pipeline's own variables goes along: only what the release project reads.
+        "inherit": {"variables": False},
+        "variables": variables,
+        "trigger": {"project": ci.release_project, "branch": ci.release_branch, "strategy": "depend"},
+    }
+
+
+def release_project_pipeline(plan: Plan) -> dict:
+    """The release project's pipeline: one job that admits the trigger, fetches, checks and releases."""
+    ci = plan.matrix.ci
+    files = [p for cell in plan.matrix.cells[:1] for p in CellFiles.of(Path(DEFAULT_WORKDIR), cell).release_records]
+    records = sorted({f"{DEFAULT_WORKDIR}/*/{path.name}" for path in files})
+    return {
+        "stages": ["release"],
+        # A build pipeline's trigger starts it; nothing else (tasks/release/project.py refuses the rest too).
+        "workflow": {"rules": [{"if": f'$CI_PIPELINE_SOURCE == "{release_project.TRIGGERED_SOURCE}"'}]},
+        "default": {"image": ci.image},
+        "release": {
+            "stage": "release",
+            # The instance test boots the images: a build runner (privileged, qemu).
+            "tags": list(ci.runner_tags(next(iter(plan.matrix.architectures)))),
+            "script": ["tools/setup-host", ".ci/prepare-job", ".venv/bin/python -m tasks.release.project"],
+            # What the release did (instance tests, platform images, publication), kept for ever.
+            "artifacts": {"paths": records, "expire_in": "never", "when": "always"},
+        },
+    }
+
+
+def write_release_project(plan: Plan, target: Path) -> None:
+    header = (
+        '# The release project\'s pipeline (README.md, "Releases: the release project"): set it as the release\n'
+        f"# project's CI/CD configuration file. Generated by `doit release_ci` from {plan.matrix.path.name}. "
+        "Do not edit.\n"
+    )
+    atomic.write_text(target, header + yaml.dump(release_project_pipeline(plan), Dumper=_Dumper, sort_keys=False))
 
 
 def _relative(paths, workdir: Path, to: Path) -> list[Path]:

@@ -215,6 +215,10 @@ def doit_tasks(plan: Plan) -> dict[str, Callable]:
         """write the GitLab CI child pipeline (source=..., cells=...)"""
         return ci_task(plan)
 
+    def task_release_ci():
+        """write the release project's pipeline (.ci/release-project.yml)"""
+        return release_ci_task(plan)
+
     def task_compare():
         """compare two images' facts (left=<cell or file> right=<cell or file>)"""
         return compare_task(plan)
@@ -227,6 +231,10 @@ def doit_tasks(plan: Plan) -> dict[str, Callable]:
         """verify a published image: signature, checksums, provenance (image=<cell>[@<version>] key=<file>)"""
         return verify_task(plan)
 
+    def task_cleanup():
+        """list what platforms and storage hold beyond retention; delete it with confirm=yes"""
+        return cleanup_task(plan)
+
     def task_reproduce():
         """build a cell again and compare the two (on demand: doit reproduce:<cell>)"""
         yield from reproduce_tasks(plan)
@@ -234,10 +242,12 @@ def doit_tasks(plan: Plan) -> dict[str, Callable]:
     creators.update(
         task_xfail=task_xfail,
         task_ci=task_ci,
+        task_release_ci=task_release_ci,
         task_compare=task_compare,
         task_changes=task_changes,
         task_verify=task_verify,
         task_reproduce=task_reproduce,
+        task_cleanup=task_cleanup,
     )
     return creators
 
@@ -259,6 +269,17 @@ def ci_task(plan: Plan) -> dict:
         "targets": [str(target)],
         "doc": "write the GitLab CI child pipeline (source=push|schedule|web|api..., cells=patterns)",
         "clean": True,
+    }
+
+
+def release_ci_task(plan: Plan) -> dict:
+    """`doit release_ci`: the release project's pipeline, a file of this repository (tasks/ci.py)."""
+    target = plan.root / ci.RELEASE_PROJECT_PIPELINE
+    return {
+        "actions": [(run_stage, ["release_ci", ci.write_release_project, plan, target])],
+        "targets": [str(target)],
+        "file_dep": [str(plan.matrix.path)],
+        "doc": "write the release project's pipeline (.ci/release-project.yml) from matrix.yaml",
     }
 
 
@@ -331,6 +352,19 @@ def verify_task(plan: Plan) -> dict:
     return on_demand_task(
         (run_stage, ["verify", _verify, plan]),
         "verify a published image: signature, checksums, provenance (image=<cell>[@<version>] key=<file>)",
+    )
+
+
+def _cleanup(plan: Plan) -> None:
+    from tasks.release import cleanup  # the clouds' clients: only when asked
+
+    cleanup.cleanup(plan)
+
+
+def cleanup_task(plan: Plan) -> dict:
+    return on_demand_task(
+        (run_stage, ["cleanup", _cleanup, plan]),
+        "list what the platforms and storage hold beyond the retention settings; delete it with confirm=yes",
     )
 
 

@@ -1,7 +1,8 @@
 """moto's AWS emulator, completed with what the EC2 release uses and moto lacks.
 
 moto 5 does not implement ImportSnapshot and DescribeImportSnapshotTasks, and
-its RegisterImage keeps only an image's name and description. This module
+its RegisterImage keeps only an image's name and description; nor does it
+know EnableImageDeprecation. This module
 adds them to moto's EC2 service in the test process, before the server
 starts; the code under test still talks to it with boto3 over a real socket,
 as to AWS. The import reads the image from moto's S3 and refuses what EC2
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from datetime import UTC, datetime
 
 from moto.core.responses import ActionResult
 from moto.ec2.responses import EC2Response
@@ -81,8 +83,18 @@ def register_image(self: EC2Response) -> ActionResult:
     return ActionResult({"ImageId": ami.id})
 
 
+def enable_image_deprecation(self: EC2Response) -> ActionResult:
+    """EC2 keeps the time to the second, in UTC, and shows it in DescribeImages."""
+    [ami] = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])  # raises when unknown
+    when = self._get_param("DeprecateAt")
+    moment = when if isinstance(when, datetime) else datetime.fromisoformat(str(when).replace("Z", "+00:00"))
+    ami.deprecation_time = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return ActionResult({"Return": True})
+
+
 def install() -> None:
     """Teach moto's EC2 service these calls (idempotent)."""
     EC2Response.import_snapshot = import_snapshot
     EC2Response.describe_import_snapshot_tasks = describe_import_snapshot_tasks
     EC2Response.register_image = register_image
+    EC2Response.enable_image_deprecation = enable_image_deprecation

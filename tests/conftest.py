@@ -168,3 +168,31 @@ def signing_env(test_key, monkeypatch) -> KeyFiles:
     for name, value in test_key.environment().items():
         monkeypatch.setenv(name, value)
     return test_key
+
+
+# --------------------------------------------------------------------------
+# AWS: moto's emulator on a real socket (tests/aws_emulator.py completes it)
+
+
+@pytest.fixture(scope="session")
+def aws():
+    from . import aws_emulator, servers
+
+    aws_emulator.install()
+    server = servers.Moto().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(aws, monkeypatch):
+    """Each test starts with an empty AWS: the platform finds AMIs by name, so none may linger."""
+    import requests
+
+    from . import aws_emulator
+
+    requests.post(f"{aws.endpoint}/moto-api/reset", timeout=10).raise_for_status()
+    aws_emulator.IMPORT_TASKS.clear()
+    for key, value in aws.env().items():
+        monkeypatch.setenv(key, value)
+    return aws

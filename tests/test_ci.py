@@ -42,12 +42,17 @@ def test_push_builds_the_push_tier(tmp_path):
         "image:bookworm-nocloud-amd64",
         "keep:bookworm-genericcloud-amd64",
         "keep:bookworm-nocloud-amd64",
-        "release:bookworm",
-    ]
+    ], "a pipeline of an unprotected ref (any branch) has no release job"
+
+
+def test_only_pipelines_of_protected_refs_can_release(tmp_path):
+    for protected, expected in (("true", ["release:bookworm"]), ("false", []), ("", [])):
+        doc = ci.pipeline(make_plan(tmp_path, protected=protected), "push")
+        assert jobs(doc, "release:") == expected
 
 
 def test_schedule_builds_everything_and_uploads(tmp_path, test_matrix):
-    doc = ci.pipeline(make_plan(tmp_path), "schedule")
+    doc = ci.pipeline(make_plan(tmp_path, protected="true"), "schedule")
     assert jobs(doc, "image:") == sorted(f"image:{c.name}" for c in test_matrix.cells)
     assert len(jobs(doc, "base:")) == 6
     assert jobs(doc, "upload:") == ["upload:bookworm", "upload:sid", "upload:trixie"]
@@ -98,17 +103,35 @@ def test_artifacts_follow_the_storage_policy(tmp_path):
     assert keep["when"] == "always"
 
 
-def test_release_is_manual(tmp_path):
-    doc = ci.pipeline(make_plan(tmp_path), "schedule")
+def test_release_triggers_the_release_project_with_what_identifies_the_build_and_no_secret(tmp_path):
+    from tasks.release import project
+
+    doc = ci.pipeline(make_plan(tmp_path, protected="true", version="20261127-3"), "schedule")
     release = doc["release:bookworm"]
-    assert release["when"] == "manual" and release["stage"] == "release"
-    assert all(need["job"].startswith("image:bookworm-") for need in release["needs"])
-    script = "\n".join(release["script"])
-    assert "IMAGES_RELEASE_STORAGE" in script and "confirm=yes" in script
-    assert script.count("--single release:bookworm-") == len(release["needs"])
-    # Records are kept for ever; the images themselves are in the release storage, not in artifacts.
-    assert release["artifacts"]["expire_in"] == "never"
-    assert not any("image." in path or path.startswith("release/") for path in release["artifacts"]["paths"])
+    assert release["stage"] == "release"
+    assert release["rules"] == [{"if": '$CI_COMMIT_REF_PROTECTED == "true"', "when": "manual", "allow_failure": True}]
+    assert release["trigger"] == {"project": "cloud-team/images-release", "branch": "main", "strategy": "depend"}
+    assert "script" not in release and "tags" not in release, "a trigger job runs nothing itself"
+    assert release["inherit"] == {"variables": False}, "the build pipeline's own variables stay here"
+    assert set(release["variables"]) == set(project.TRIGGER_VARIABLES)
+    cells = release["variables"][project.CELLS].split()
+    assert all(c.startswith("bookworm-") for c in cells) and len(set(cells)) == len(cells) == 12
+    assert release["variables"][project.PIPELINE] == "$CI_PIPELINE_ID"
+    assert release["variables"][project.VERSION] == "20261127-3"
+    assert [n["job"] for n in release["needs"]] == [f"keep:{c}" for c in cells]
+    # No secret: nothing but CI's own identifiers and the cells (the release project holds the credentials).
+    text = yaml.safe_dump(release)
+    for secret in ("KEY", "TOKEN", "PASSWORD", "SECRET", "AWS_", "AZURE_", "GOOGLE_"):
+        assert secret not in text
+
+
+def test_keep_seals_each_cell(tmp_path):
+    doc = ci.pipeline(make_plan(tmp_path), "push")
+    keep = doc["keep:bookworm-nocloud-amd64"]
+    assert keep["script"][-1] == ".venv/bin/python -m tasks.release.handoff seal bookworm-nocloud-amd64 build"
+    assert {"build/bookworm-nocloud-amd64/SHA512SUMS", "build/bookworm-nocloud-amd64/SHA512SUMS.asc"} <= set(
+        keep["artifacts"]["paths"]
+    )
 
 
 def test_known_failures_are_allowed_to_fail(tmp_path):
@@ -154,7 +177,12 @@ def test_known_failures_are_allowed_to_fail(tmp_path):
         ),
         (
             lambda d: d["ci"].update(runner="x"),
-            "ci.runner: unknown key (expected one of: image, tags, build_tags, expire_images, tiers)",
+            "ci.runner: unknown key (expected one of: image, tags, build_tags, expire_images, tiers, "
+            "release_project, release_branch, build_project)",
+        ),
+        (
+            lambda d: d["ci"].update(release_project="just-a-name"),
+            "ci.release_project: expected a GitLab project path (group/name), got 'just-a-name'",
         ),
     ],
 )
@@ -213,9 +241,9 @@ def gitlab_ci_local(directory: Path, *args, timeout=120) -> subprocess.Completed
     )
 
 
-def project_with(tmp_path: Path, pipeline_text: str) -> Path:
+def project_with(tmp_path: Path, pipeline_text: str, name: str = "project") -> Path:
     """A git checkout of this project whose .gitlab-ci.yml is the given pipeline."""
-    project = tmp_path / "project"
+    project = tmp_path / name
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(project)], check=True)
     for tracked in subprocess.run(
         ["git", "ls-files", "--modified", "--others", "--exclude-standard"],
@@ -251,7 +279,7 @@ def listed_jobs(result) -> list[str]:
 @pytest.mark.parametrize("source", ["push", "schedule"])
 def test_generated_pipeline_passes_gitlab_schema(tmp_path, source):
     target = tmp_path / "pipeline.yml"
-    ci.write(make_plan(tmp_path, source=source, version="20261125-1"), target)
+    ci.write(make_plan(tmp_path, source=source, version="20261125-1", protected="true"), target)
     project = project_with(tmp_path, target.read_text())
     result = gitlab_ci_local(project, "--list")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -274,8 +302,14 @@ def test_project_pipeline_passes_gitlab_schema(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")
 def test_generated_pipeline_runs_for_real(tmp_path, test_key):
-    """gitlab-ci-local's shell executor runs a generated push pipeline: real doit jobs,
-    artifacts handed from job to job, and the manual release only when asked."""
+    """gitlab-ci-local's shell executor runs a generated push pipeline: real doit jobs, artifacts handed
+    from job to job, each cell sealed with the build key; then the release project's pipeline releases
+    the build from those artifacts, fetched through GitLab's job-artifacts API."""
+    from tasks.system import signing
+
+    from .conftest import make_key
+
+    release_key, build_key = test_key, make_key(tmp_path / "build-key", name="Test builds")
     data = copy.deepcopy(GOOD)
     data["tiers"]["push"] = [{"releases": ["bookworm"], "vendors": ["nocloud"], "architectures": ["amd64"]}]
     data["compress"]["xz_level"] = 0
@@ -287,14 +321,15 @@ def test_generated_pipeline_runs_for_real(tmp_path, test_key):
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "test matrix"], cwd=project, check=True
     )
     common = ["--force-shell-executor", "--shell-isolation", "--variable", f"IMAGES_VENV={REPO / '.venv'}"]
+    # The build project's key: a protected variable, which the keep jobs seal with.
+    sealing = [arg for name, value in build_key.environment().items() for arg in ("--variable", f"{name}={value}")]
 
-    run = gitlab_ci_local(project, *common, timeout=3600)
+    run = gitlab_ci_local(project, *common, *sealing, timeout=3600)
     print(run.stdout[-20000:], run.stderr[-5000:])
     assert run.returncode == 0
     for job in ("base:bookworm-amd64", "image:bookworm-nocloud-amd64", "keep:bookworm-nocloud-amd64"):
         assert f"PASS  {job}" in run.stdout
-    assert "release:bookworm" not in [line.split()[-1] for line in run.stdout.splitlines() if "PASS" in line]
-    assert "release:bookworm  $" not in run.stdout, "the manual job did not run"
+    assert "release:bookworm" not in run.stdout, "an unprotected ref's pipeline has no release job"
 
     def artifacts(job):  # gitlab-ci-local keeps each job's artifacts in a directory named after it
         return project / ".gitlab-ci-local" / "artifacts" / job.replace(":", "Og")
@@ -303,34 +338,73 @@ def test_generated_pipeline_runs_for_real(tmp_path, test_key):
     assert (image / "image.tar.xz").is_file() and (image / "manifest.json").is_file()
     assert not (image / "disk.raw").exists(), "the raw disk is not an artifact"
     kept = artifacts("keep:bookworm-nocloud-amd64") / "build" / "bookworm-nocloud-amd64"
-    assert {p.name for p in kept.iterdir()} >= {"build.log", "manifest.json", "boottest.json", "SHA512SUMS"}
+    assert {p.name for p in kept.iterdir()} >= {
+        "build.log",
+        "manifest.json",
+        "boottest.json",
+        "SHA512SUMS",
+        "SHA512SUMS.asc",
+    }
     assert not (kept / "image.tar.xz").exists()
     check = subprocess.run(
         ["sha512sum", "--check", str(kept / "SHA512SUMS")], cwd=image, capture_output=True, text=True
     )
-    assert check.returncode == 0, "keep checksummed the image job's artifacts: " + check.stdout + check.stderr
+    assert check.returncode == 0, "keep sealed the image job's artifacts: " + check.stdout + check.stderr
+    with signing.public_keyring(build_key.public) as keyring:
+        assert signing.verify_detached(keyring, kept / "SHA512SUMS.asc", kept / "SHA512SUMS") is None
 
-    released = tmp_path / "released"
-    # The release signs with the key in its CI/CD variables.
-    key = [arg for name, value in test_key.environment().items() for arg in ("--variable", f"{name}={value}")]
-    release = gitlab_ci_local(
-        project,
-        *common,
-        *key,
-        "--variable",
-        f"IMAGES_RELEASE_STORAGE={released.as_uri()}",
-        "release:bookworm",
-        timeout=600,
-    )
+    # The manual release job triggers the release project's pipeline: it fetches these jobs' artifacts
+    # through GitLab's API (served here from gitlab-ci-local's artifacts), checks them and releases.
+    from tasks.release import gitlab
+    from tasks.release import project as release_project
+
+    from .gitlab_api import GitLabApi, zip_directory
+
+    api = GitLabApi().start()
+    try:
+        build = api.project("cloud-team/images")
+        build.pipelines[1] = {"ref": "main", "sha": "c" * 40, "tag": False, "status": "success"}
+        build.branches["main"] = True
+        build.jobs[1] = []
+        for job_id, job in enumerate(("image:bookworm-nocloud-amd64", "keep:bookworm-nocloud-amd64"), 10):
+            build.jobs[1].append({"id": job_id, "name": job, "status": "success", "artifacts_expire_at": None})
+            build.artifacts[job_id] = zip_directory(artifacts(job), [artifacts(job) / "build"])
+        releaser = project_with(tmp_path, (REPO / ci.RELEASE_PROJECT_PIPELINE).read_text(), "release-project")
+        (releaser / "matrix.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        released = tmp_path / "released"
+        variables = {
+            "CI_PIPELINE_SOURCE": "pipeline",
+            "CI_API_V4_URL": api.url,
+            gitlab.API_TOKEN_ENV: "build-token",
+            release_project.PROJECT: "cloud-team/images",
+            release_project.PIPELINE: "1",
+            release_project.REF: "main",
+            release_project.COMMIT: "c" * 40,
+            release_project.CELLS: "bookworm-nocloud-amd64",
+            release_project.VERSION: "ci-test-1",
+            release_project.STORAGE_ENV: released.as_uri(),
+            release_project.PUBLIC_KEY_ENV: str(build_key.public),
+            **release_key.environment(),  # the release signs with its own key
+        }
+        release = gitlab_ci_local(
+            releaser,
+            *common,
+            *(arg for name, value in variables.items() for arg in ("--variable", f"{name}={value}")),
+            "release",
+            timeout=600,
+        )
+    finally:
+        api.stop()
     print(release.stdout[-5000:], release.stderr[-2000:])
-    assert release.returncode == 0 and "PASS  release:bookworm" in release.stdout
+    assert release.returncode == 0 and "PASS  release" in release.stdout
     published = released / "bookworm" / "ci-test-1"
     assert (published / "debian-12-nocloud-amd64-ci-test-1.tar.xz").is_file()
     check = subprocess.run(
         ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert (published / "SHA512SUMS.asc").is_file(), "signed with the release key"
+    with signing.public_keyring(release_key.public) as keyring:
+        assert signing.verify_detached(keyring, published / "SHA512SUMS.asc", published / "SHA512SUMS") is None
     assert (released / "bookworm" / "latest").read_text() == "ci-test-1\n"
-    record = artifacts("release:bookworm") / "build" / "bookworm-nocloud-amd64" / "release.json"
-    assert json.loads(record.read_text())["published"]["directory"] == "bookworm/ci-test-1"
+    record = releaser / ".gitlab-ci-local" / "artifacts" / "release" / "build" / "bookworm-nocloud-amd64"
+    assert json.loads((record / "release.json").read_text())["published"]["directory"] == "bookworm/ci-test-1"

@@ -200,6 +200,43 @@ def test_wildcard_selection():
             "release.platforms.ec2.public: expected true or false, got 'yes'",
         ),
         (
+            lambda d: d["release"].update(
+                platforms={"ec2": {"region": "us-east-1", "bucket": "b", "regions": ["Mars"]}}
+            ),
+            "release.platforms.ec2.regions[0]: expected region, got 'Mars'",
+        ),
+        (
+            lambda d: d["release"].update(
+                platforms={"ec2": {"region": "us-east-1", "bucket": "b", "regions": ["all", "eu-west-1"]}}
+            ),
+            "release.platforms.ec2.regions: `all` stands alone: every enabled region",
+        ),
+        (
+            lambda d: d["release"].update(
+                platforms={"ec2": {"region": "us-east-1", "bucket": "b", "ssm_prefix": "debian/images"}}
+            ),
+            "release.platforms.ec2.ssm_prefix: expected a path (/a/b), got 'debian/images'",
+        ),
+        (
+            lambda d: d["release"].update(
+                platforms={
+                    "azure": {
+                        "subscription": "s",
+                        "resource_group": "g",
+                        "location": "westeurope",
+                        "container_url": "https://a.blob.core.windows.net/images",
+                        "gallery": "debian",
+                        "storage_account_id": "/subscriptions/s/x",
+                    }
+                }
+            ),
+            "release.platforms.azure.gallery_image: needed with gallery 'debian'",
+        ),
+        (
+            lambda d: d["release"].update(keep_releases=0),
+            "release.keep_releases: expected a whole number from 1 to 1000, got 0",
+        ),
+        (
             lambda d: d["release"].update(platforms={"openstack": {}}),
             "release.platforms.openstack: unknown key (expected one of: ec2, azure, gce)",
         ),

@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -253,23 +253,6 @@ def test_a_webhook_error_is_a_clear_failure_that_names_no_secret(monkeypatch):
 # EC2 against moto, over a real socket
 
 
-@pytest.fixture(scope="module")
-def aws():
-    from . import aws_emulator
-
-    aws_emulator.install()
-    server = servers.Moto().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def aws_env(aws, monkeypatch):
-    for key, value in aws.env().items():
-        monkeypatch.setenv(key, value)
-    return aws
-
-
 @pytest.mark.parametrize("public", [False, True])
 def test_ec2_upload_imports_a_snapshot_and_registers_a_tagged_ami(test_matrix, tmp_path, aws_env, public):
     cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-ec2-amd64")
@@ -301,7 +284,10 @@ def test_ec2_upload_imports_a_snapshot_and_registers_a_tagged_ami(test_matrix, t
         "region": "us-east-1",
         "ami": made["ami"],
         "snapshot": made["snapshot"],
+        "regions": {"us-east-1": {"ami": made["ami"], "snapshot": made["snapshot"]}},
         "public": public,
+        "deprecate_at": None,
+        "ssm_parameters": {},
     }
 
 
@@ -342,6 +328,122 @@ def test_a_release_run_again_after_a_failure_does_not_upload_twice(test_matrix, 
     assert len(box.messages) == 1 and record["platforms"][0]["ami"] in box.messages[0][2].get_content()
     assert json.loads(files.release_record.read_text()) == record
     assert not (files.dir / "release-progress.json").exists()
+
+
+REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
+
+
+def _images_named(name: str, region: str) -> list[dict]:
+    client = boto3.client("ec2", region_name=region)
+    return client.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+
+
+def test_ec2_release_reaches_every_region_public_deprecated_and_resolvable(test_matrix, tmp_path, aws_env):
+    """Imported in the home region, copied to the others; in each: public (AMI and snapshot), a deprecation
+    time, tags, and SSM parameters a user resolves with boto3 to the AMI of that region."""
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-ec2-amd64")
+    with_real_disk(tmp_path, files)
+    manifest.write(cell, files)
+    settings = Ec2Settings(
+        region=REGIONS[0],
+        bucket=_bucket("imports-regions"),
+        regions=REGIONS[1:],
+        public=True,
+        deprecate_after_days=730,
+        ssm_prefix="/debian/images",
+    )
+    made = ec2.upload(cell, files, Manifest.read(files.manifest), settings)
+    name = f"debian-12-ec2-amd64-{VERSION}"
+    assert list(made["regions"]) == list(REGIONS)
+    assert len({r["ami"] for r in made["regions"].values()}) == 3
+    deprecate_at = datetime.fromisoformat(made["deprecate_at"])
+    assert abs((deprecate_at - datetime.now(UTC)).days - 730) <= 1
+    for region in REGIONS:
+        client = boto3.client("ec2", region_name=region)
+        [image] = _images_named(name, region)
+        assert image["ImageId"] == made["regions"][region]["ami"]
+        assert image["DeprecationTime"].startswith(deprecate_at.strftime("%Y-%m-%dT%H:%M:%S"))
+        tags = {t["Key"]: t["Value"] for t in image["Tags"]}
+        assert tags["debian:arch"] == "amd64" and tags["debian:cell"] == cell.name
+        permissions = client.describe_image_attribute(ImageId=image["ImageId"], Attribute="launchPermission")
+        assert {"Group": "all"} in permissions["LaunchPermissions"]
+        snapshot = made["regions"][region]["snapshot"]
+        shared = client.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")
+        assert {"Group": "all"} in shared["CreateVolumePermissions"]
+        ssm = boto3.client("ssm", region_name=region)
+        for parameter in (f"/debian/images/bookworm/ec2/amd64/{VERSION}", "/debian/images/bookworm/ec2/amd64/latest"):
+            answer = ssm.get_parameter(Name=parameter)["Parameter"]
+            assert answer["Value"] == image["ImageId"] and answer["DataType"] == "aws:ec2:image"
+
+
+def test_ec2_latest_moves_only_forward(test_matrix, tmp_path, aws_env):
+    """A re-release of an older version gets its own parameter; latest keeps naming the newest."""
+    bucket = _bucket("imports-latest")
+    settings = Ec2Settings(region="us-east-1", bucket=bucket, ssm_prefix="/images")
+    amis = {}
+    for version in ("20261126-1", "20261120-1"):
+        cell = test_matrix.cell("bookworm-ec2-amd64")
+        files = fake_outputs(tmp_path / version, cell, version=version)
+        with_real_disk(tmp_path, files)
+        manifest.write(cell, files)
+        amis[version] = ec2.upload(cell, files, Manifest.read(files.manifest), settings)["ami"]
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    assert ssm.get_parameter(Name="/images/bookworm/ec2/amd64/latest")["Parameter"]["Value"] == amis["20261126-1"]
+    assert ssm.get_parameter(Name="/images/bookworm/ec2/amd64/20261120-1")["Parameter"]["Value"] == amis["20261120-1"]
+
+
+def test_ec2_all_regions_are_the_enabled_ones(aws_env):
+    client = boto3.client("ec2", region_name="us-east-1")
+    regions = ec2.target_regions(client, Ec2Settings(region="eu-west-1", bucket="b", regions=("all",)))
+    enabled = {r["RegionName"] for r in client.describe_regions()["Regions"]}
+    assert regions[0] == "eu-west-1" and set(regions) == enabled and len(regions) == len(enabled) > 3
+
+
+def test_an_ec2_release_interrupted_after_one_region_does_the_rest_and_no_duplicate(
+    test_matrix, tmp_path, aws_env, monkeypatch
+):
+    """The copy to the third region fails (the run was cancelled there); run again, the release copies
+    only to that region. Every region holds one AMI of the name, also when the journal was lost."""
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-ec2-amd64")
+    with_real_disk(tmp_path, files)
+    manifest.write(cell, files)
+    settings = ReleaseSettings(
+        instance_test=(),
+        platforms={"ec2": Ec2Settings(region=REGIONS[0], bucket=_bucket("imports-resume"), regions=REGIONS[1:])},
+    )
+    location = storage.Location((tmp_path / "public").as_uri())
+    real_copy = ec2.copy_to
+    copies: list[str] = []
+
+    def copy_to(client, region, *args):
+        copies.append(region)
+        if region == REGIONS[2] and copies.count(region) == 1:
+            raise ec2.Ec2Failed(f"copying to {region}: the job was cancelled")
+        return real_copy(client, region, *args)
+
+    monkeypatch.setattr(ec2, "copy_to", copy_to)
+    imports = len(aws_emulator_tasks())
+    with pytest.raises(ec2.Ec2Failed, match="cancelled"):
+        release.release(cell, files, True, location, FAST, settings, BOOT, tmp_path / "locks")
+    assert [len(_images_named(f"debian-12-ec2-amd64-{VERSION}", r)) for r in REGIONS] == [1, 1, 0]
+    record = release.release(cell, files, True, location, FAST, settings, BOOT, tmp_path / "locks")
+    assert copies == [REGIONS[1], REGIONS[2], REGIONS[2]], "the second run copied to the missing region only"
+    assert len(aws_emulator_tasks()) == imports + 1, "one snapshot import in all"
+    assert list(record["platforms"][0]["regions"]) == list(REGIONS)
+
+    # Journal lost (a CI job retried from scratch): the AMIs are found by name, none is made again.
+    files.release_record.unlink()
+    files.release_progress.unlink(missing_ok=True)
+    again = release.release(cell, files, True, location, FAST, settings, BOOT, tmp_path / "locks")
+    assert again["platforms"][0]["regions"] == record["platforms"][0]["regions"]
+    assert [len(_images_named(f"debian-12-ec2-amd64-{VERSION}", r)) for r in REGIONS] == [1, 1, 1]
+    assert len(aws_emulator_tasks()) == imports + 1
+
+
+def aws_emulator_tasks() -> dict:
+    from . import aws_emulator
+
+    return aws_emulator.IMPORT_TASKS
 
 
 def test_ec2_register_request_carries_boot_mode_and_network_flags(test_matrix):
@@ -394,7 +496,10 @@ def _bucket(name: str) -> str:
 
 
 @pytest.mark.skipif(not servers.have_azurite(), reason="Azurite (npm) is installed by tools/setup-host")
-def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(test_matrix, tmp_path, monkeypatch):
+@pytest.mark.parametrize("gallery", [False, True])
+def test_azure_upload_writes_a_page_blob_and_asks_for_a_gallery_version_or_an_image(
+    test_matrix, tmp_path, monkeypatch, gallery
+):
     from datetime import datetime, timedelta
 
     from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
@@ -436,12 +541,24 @@ def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(test_
         )
         monkeypatch.setenv("AZURE_STORAGE_SAS", sas)
         monkeypatch.setenv("AZURE_ACCESS_TOKEN", "arm-token")
+        account = "/subscriptions/sub-1/resourceGroups/images/providers/Microsoft.Storage/storageAccounts/imgs"
         settings = AzureSettings(
             subscription="sub-1",
             resource_group="images",
             location="westeurope",
             container_url=f"{blob_server.url}/images",
             api_endpoint=management.url,
+            **(
+                {
+                    "gallery": "debian",
+                    "gallery_image": "debian-12",
+                    "storage_account_id": account,
+                    "target_regions": ("northeurope", "westeurope"),
+                    "managed_image": False,
+                }
+                if gallery
+                else {}
+            ),
         )
         made = azure.upload(cell, files, Manifest.read(files.manifest), settings)
 
@@ -452,6 +569,24 @@ def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(test_
         assert made["blob"] == f"{blob_server.url}/images/{name}"
 
         put, poll = management.requests
+        assert (poll.method, poll.path) == ("GET", "/operations/1")
+        if gallery:
+            # Version 12.20261125.1200 of the definition debian-12-amd64, replicated where configured.
+            assert put.method == "PUT" and put.path == (
+                "/subscriptions/sub-1/resourceGroups/images/providers/Microsoft.Compute/galleries/debian/images/"
+                f"debian-12-amd64/versions/12.20261125.1200?api-version={azure.GALLERY_API}"
+            )
+            body = json.loads(put.body)
+            assert [r["name"] for r in body["properties"]["publishingProfile"]["targetRegions"]] == [
+                "westeurope",
+                "northeurope",
+            ]
+            assert body["properties"]["storageProfile"]["osDiskImage"]["source"] == {
+                "storageAccountId": account,
+                "uri": made["blob"],
+            }
+            assert "image" not in made and made["gallery_image_version"].startswith("/subscriptions/")
+            return
         assert put.method == "PUT" and put.path == (
             f"/subscriptions/sub-1/resourceGroups/images/providers/Microsoft.Compute/images/"
             f"debian-12-azure-amd64-{VERSION}?api-version={azure.COMPUTE_API}"
@@ -467,10 +602,16 @@ def test_azure_upload_writes_a_page_blob_and_asks_for_a_generation_2_image(test_
             "caching": "ReadWrite",
             "storageAccountType": "Standard_LRS",
         }
-        assert (poll.method, poll.path) == ("GET", "/operations/1")
     finally:
         management.stop()
         blob_server.stop()
+
+
+def test_azure_gallery_versions_come_from_dated_release_versions(test_matrix):
+    assert azure.gallery_version(test_matrix.cell("trixie-azure-amd64"), "20261127-3") == "13.20261127.3"
+    assert azure.gallery_version(test_matrix.cell("sid-azure-arm64"), "20261127-1532") == "0.20261127.1532"
+    with pytest.raises(azure.AzureFailed, match="'ci-42' cannot be an Azure gallery version"):
+        azure.gallery_version(test_matrix.cell("sid-azure-arm64"), "ci-42")
 
 
 def test_azure_pages_cover_only_the_data(tmp_path):
@@ -502,30 +643,80 @@ def test_azure_without_credentials_names_what_is_missing(test_matrix, tmp_path, 
 # GCE: Cloud Storage and the Compute API, as a recording server sees them
 
 
-def test_gce_upload_sends_the_tar_gz_then_asks_for_an_image(test_matrix, tmp_path, monkeypatch):
-    cell, files = cell_with_manifest(test_matrix, tmp_path, "trixie-gce-arm64")
-    manifest.write(cell, files)
-    state = {"polls": 0}
+class FakeCompute:
+    """Compute Engine's image calls as Google documents them, with state: images (with family, labels,
+    deprecation), operations that finish on the second look, pages of two images."""
 
-    def google(request, server):
-        if request.path.startswith("/upload/storage/v1/b/"):
+    def __init__(self):
+        self.images: dict[str, dict] = {}
+        self.polls = 0
+
+    def add(self, name: str, family: str, version: str, state: str = "ACTIVE", cell: str | None = None) -> None:
+        self.images[name] = {
+            "name": name,
+            "family": family,
+            "labels": {"debian-version": version, **({"debian-cell": cell} if cell else {})},
+            "selfLink": f"https://compute.googleapis.com/compute/v1/projects/p/global/images/{name}",
+            **({"deprecated": {"state": state}} if state != "ACTIVE" else {}),
+        }
+
+    def __call__(self, request, server):
+        from urllib.parse import parse_qs, urlsplit
+
+        url = urlsplit(request.path)
+        images = "/compute/v1/projects/p/global/images"
+        operation = {"name": "op-1", "status": "RUNNING", "selfLink": server.url + "/operations/op-1"}
+        if url.path.startswith("/upload/storage/v1/b/"):
             return 200, {}, b'{"name": "uploaded"}'
-        if request.method == "POST":
+        if url.path == "/operations/op-1":
+            self.polls += 1
             return (
                 200,
                 {},
-                json.dumps(
-                    {
-                        "name": "op-1",
-                        "status": "RUNNING",
-                        "selfLink": server.url + "/compute/v1/projects/p/global/operations/op-1",
-                    }
-                ).encode(),
+                json.dumps({"name": "op-1", "status": "DONE" if self.polls % 2 == 0 else "RUNNING"}).encode(),
             )
-        state["polls"] += 1
-        return 200, {}, json.dumps({"name": "op-1", "status": "DONE" if state["polls"] > 1 else "RUNNING"}).encode()
+        if url.path == images and request.method == "POST":
+            body = json.loads(request.body)
+            labels = body["labels"]
+            self.add(body["name"], body.get("family", ""), labels["debian-version"], cell=labels.get("debian-cell"))
+            return 200, {}, json.dumps(operation).encode()
+        if url.path == images and request.method == "GET":
+            query = parse_qs(url.query)
+            wanted = query["filter"][0]
+            if wanted.startswith("labels.") and wanted.endswith(":*"):  # has the label
+                label = wanted.removeprefix("labels.").removesuffix(":*")
+                matching = sorted(n for n, i in self.images.items() if label in i["labels"])
+            else:  # family = "<name>"
+                family = wanted.split('"')[1]
+                matching = sorted(n for n, i in self.images.items() if i["family"] == family)
+            start = int(query.get("pageToken", ["0"])[0])
+            page = {"items": [self.images[n] for n in matching[start : start + 2]]}
+            if start + 2 < len(matching):
+                page["nextPageToken"] = str(start + 2)
+            return 200, {}, json.dumps(page).encode()
+        name = url.path.removeprefix(images + "/")
+        if name.endswith("/deprecate") and request.method == "POST":
+            self.images[name.removesuffix("/deprecate")]["deprecated"] = json.loads(request.body)
+            return 200, {}, json.dumps(operation).encode()
+        if request.method == "GET" and name in self.images:
+            return 200, {}, json.dumps(self.images[name]).encode()
+        if request.method == "DELETE" and name in self.images:
+            del self.images[name]
+            return 200, {}, json.dumps(operation).encode()
+        return 404, {}, b'{"error": {"code": 404}}'
 
-    server = servers.RecordingServer(google).start()
+
+def test_gce_upload_creates_the_image_in_its_family_and_deprecates_the_older_ones(test_matrix, tmp_path, monkeypatch):
+    cell, files = cell_with_manifest(test_matrix, tmp_path, "trixie-gce-arm64")
+    manifest.write(cell, files)
+    compute = FakeCompute()
+    family = "debian-13-arm64"
+    compute.add("debian-13-gce-arm64-20261001-1", family, "20261001-1", state="DEPRECATED")
+    compute.add("debian-13-gce-arm64-20261101-1", family, "20261101-1")
+    compute.add("debian-13-gce-arm64-20261115-1", family, "20261115-1")
+    compute.add("debian-13-gce-arm64-20261201-1", family, "20261201-1")  # newer: a re-release leaves it
+    compute.add("debian-13-gce-amd64-20261101-1", "debian-13-amd64", "20261101-1")  # another family
+    server = servers.RecordingServer(compute).start()
     try:
         monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "gce-token")
         settings = GceSettings(
@@ -537,28 +728,46 @@ def test_gce_upload_sends_the_tar_gz_then_asks_for_an_image(test_matrix, tmp_pat
             poll_seconds=0,
         )
         made = gce.upload(cell, files, Manifest.read(files.manifest), settings)
-        upload, insert, *polls = server.requests
         name = f"debian-13-gce-arm64-{VERSION}".lower()
+        [upload] = [r for r in server.requests if r.path.startswith("/upload/")]
         assert upload.method == "POST" and upload.path == (
             f"/upload/storage/v1/b/imports/o?uploadType=media&name={name}.tar.gz"
         )
         assert upload.body == files.artifact("tar.gz").read_bytes()
         assert upload.headers["Authorization"] == "Bearer gce-token"
-        assert insert.path == "/compute/v1/projects/p/global/images"
+        [insert] = [
+            r for r in server.requests if r.method == "POST" and r.path == "/compute/v1/projects/p/global/images"
+        ]
         body = json.loads(insert.body)
         assert body["name"] == name
         assert body["rawDisk"] == {"source": f"https://storage.googleapis.com/imports/{name}.tar.gz"}
-        assert body["architecture"] == "ARM64" and body["family"] == "debian-13-arm64"
+        assert body["architecture"] == "ARM64" and body["family"] == family
+        assert body["labels"]["debian-cell"] == "trixie-gce-arm64"
         assert {"type": "UEFI_COMPATIBLE"} in body["guestOsFeatures"]
         assert {"type": "SEV_CAPABLE"} not in body["guestOsFeatures"], "SEV is amd64 only"
-        assert len(polls) == 2 and all(p.method == "GET" for p in polls)
+        # The family's active, older images point to the new one; the newer and the other family's stay.
+        assert made["deprecated"] == ["debian-13-gce-arm64-20261101-1", "debian-13-gce-arm64-20261115-1"]
+        for old in made["deprecated"]:
+            assert compute.images[old]["deprecated"] == {
+                "state": "DEPRECATED",
+                "replacement": compute.images[name]["selfLink"],
+            }
+        assert "deprecated" not in compute.images["debian-13-gce-arm64-20261201-1"]
+        assert "deprecated" not in compute.images["debian-13-gce-amd64-20261101-1"]
         assert made == {
             "platform": "gce",
             "project": "p",
             "image": name,
-            "family": "debian-13-arm64",
+            "family": family,
             "object": f"gs://imports/{name}.tar.gz",
+            "deprecated": made["deprecated"],
         }
+
+        # Run again (the release failed later): no second upload or image, nothing deprecated twice.
+        before = len(server.requests)
+        again = gce.upload(cell, files, Manifest.read(files.manifest), settings)
+        assert again["deprecated"] == [] and again["image"] == name
+        assert all(r.method == "GET" for r in server.requests[before:])
     finally:
         server.stop()
 
@@ -566,7 +775,13 @@ def test_gce_upload_sends_the_tar_gz_then_asks_for_an_image(test_matrix, tmp_pat
 def test_gce_api_errors_are_reported_with_the_answer(test_matrix, tmp_path, monkeypatch):
     cell, files = cell_with_manifest(test_matrix, tmp_path, "bookworm-gce-amd64")
     manifest.write(cell, files)
-    server = servers.RecordingServer(lambda request, _: (403, {}, b'{"error": "bucket imports: forbidden"}')).start()
+
+    def google(request, _):
+        if request.path.startswith("/upload/"):
+            return 403, {}, b'{"error": "bucket imports: forbidden"}'
+        return 404, {}, b"{}"  # no such image yet
+
+    server = servers.RecordingServer(google).start()
     try:
         monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "gce-token")
         with pytest.raises(StageFailed, match="uploading to Cloud Storage: HTTP 403 .*forbidden") as caught:
@@ -574,7 +789,7 @@ def test_gce_api_errors_are_reported_with_the_answer(test_matrix, tmp_path, monk
                 cell,
                 files,
                 Manifest.read(files.manifest),
-                GceSettings(project="p", bucket="imports", storage_endpoint=server.url),
+                GceSettings(project="p", bucket="imports", storage_endpoint=server.url, api_endpoint=server.url),
             )
         assert "gce-token" not in str(caught.value)
     finally:

@@ -174,8 +174,14 @@ class CellFiles:
 
     @property
     def checksums(self) -> Path:
-        """SHA512SUMS of the image files, kept by CI when the files themselves expire."""
+        """SHA512SUMS of the manifest and the image files, written by CI's keep job (tasks/release/handoff.py):
+        kept when the files themselves expire, and what the release project checks what it fetched against."""
         return self.dir / "SHA512SUMS"
+
+    @property
+    def checksums_signature(self) -> Path:
+        """SHA512SUMS.asc: the keep job's signature of SHA512SUMS (with the build project's key)."""
+        return self.dir / "SHA512SUMS.asc"
 
     @property
     def records(self) -> list[Path]:
@@ -191,6 +197,7 @@ class CellFiles:
             self.provenance,
             self.manifest,
             self.checksums,
+            self.checksums_signature,
         ]
 
     @property

@@ -153,6 +153,7 @@ class ReleaseSettings:
 
     instance_test: tuple[str, ...] = ("generic", "genericcloud", "ec2")  # vendors whose cloud-init reads NoCloud
     instance_test_timeout: int = 600  # seconds for SSH to answer
+    keep_releases: int = 3  # released versions kept per cell on each platform (doit cleanup)
     # vendor -> its platform's settings (tasks/model/settings.py: Ec2Settings, ...)
     platforms: dict[str, Any] = field(default_factory=dict)
     notify: settings.NotifySettings = field(default_factory=settings.NotifySettings)
@@ -168,6 +169,11 @@ class CiSettings:
     expire_images: str = "7 days"  # image data; records are kept for ever
     push_tier: str = "push"
     schedule_tier: str = "full"
+    # The release project (README.md, "Releases: the release project"): the build pipeline's release
+    # job triggers its pipeline; it releases builds of build_project only.
+    release_project: str = ""  # its path, group/name; none: the build pipeline has no release job
+    release_branch: str = "main"
+    build_project: str = ""  # the build project's path, whose protected refs' builds are released
 
     def runner_tags(self, arch: str) -> tuple[str, ...]:
         """The runners of the jobs that build and boot arch's images."""
@@ -465,7 +471,9 @@ EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
 def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
-    entry = r.mapping(value or {}, "release", ["instance_test", "instance_test_timeout", "platforms", "notify"])
+    entry = r.mapping(
+        value or {}, "release", ["instance_test", "instance_test_timeout", "keep_releases", "platforms", "notify"]
+    )
     defaults = ReleaseSettings()
     vendor_name = lambda v, p: _known_name(r, v, p, "vendors", vendors)  # noqa: E731
     instance_test = (
@@ -483,6 +491,8 @@ def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
             given, p, [f.name for f in settings.settings_of(section)], settings.required_settings(section)
         )
         platforms[name] = settings.parse(r, given, section, p)
+        for key, message in platforms[name].conflicts():
+            raise r.fail(f"{p}.{key}", message)
     notify = r.mapping(entry.get("notify") or {}, "release.notify", ["to", "from", "smtp_host", "smtp_port", "webhook"])
     to: tuple[str, ...] = ()
     if notify.get("to"):
@@ -515,11 +525,18 @@ def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
             if "instance_test_timeout" in entry
             else defaults.instance_test_timeout
         ),
+        keep_releases=(
+            r.integer(entry["keep_releases"], "release.keep_releases", 1, 1000)
+            if "keep_releases" in entry
+            else defaults.keep_releases
+        ),
         platforms=platforms,
         notify=notify_settings,
     )
 
 
+PROJECT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
+REF_PATTERN = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$")
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:/-][A-Za-z0-9 _.:/-]*$")
 # GitLab's artifacts:expire_in: "never", or amounts with units ("7 days", "1 week 2 days").
 DURATION_PATTERN = re.compile(
@@ -531,7 +548,17 @@ DURATION_PATTERN = re.compile(
 def _ci_settings(r: _Reader, value: Any, architectures: dict, tiers: dict) -> CiSettings:
     if value is None:
         value = {}
-    entry = r.mapping(value, "ci", ["image", "tags", "build_tags", "expire_images", "tiers"])
+    defaults = CiSettings()
+    entry = r.mapping(
+        value,
+        "ci",
+        ["image", "tags", "build_tags", "expire_images", "tiers", "release_project", "release_branch", "build_project"],
+    )
+    project = lambda key: (  # noqa: E731
+        r.string(entry[key], f"ci.{key}", PROJECT_PATTERN, "a GitLab project path (group/name)")
+        if entry.get(key)
+        else getattr(defaults, key)
+    )
     tag_list = lambda v, p: r.string_list(  # noqa: E731
         v, p, lambda t, q: r.string(t, q, TAG_PATTERN, "a runner tag (letters, digits, ' _.:/-')")
     )
@@ -540,7 +567,6 @@ def _ci_settings(r: _Reader, value: Any, architectures: dict, tiers: dict) -> Ci
     for source, tier in chosen.items():
         if tier not in tiers:
             raise r.fail(f"ci.tiers.{source}", f"no tier named {_describe(tier)} (expected one of: {', '.join(tiers)})")
-    defaults = CiSettings()
     return CiSettings(
         image=r.string(entry["image"], "ci.image") if "image" in entry else defaults.image,
         tags=tag_list(entry["tags"], "ci.tags") if "tags" in entry else defaults.tags,
@@ -557,6 +583,13 @@ def _ci_settings(r: _Reader, value: Any, architectures: dict, tiers: dict) -> Ci
         ),
         push_tier=chosen.get("push", defaults.push_tier),
         schedule_tier=chosen.get("schedule", defaults.schedule_tier),
+        release_project=project("release_project"),
+        release_branch=(
+            r.string(entry["release_branch"], "ci.release_branch", REF_PATTERN, "a branch name")
+            if "release_branch" in entry
+            else defaults.release_branch
+        ),
+        build_project=project("build_project"),
     )
 
 

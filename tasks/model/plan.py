@@ -60,6 +60,7 @@ OPTIONS = (
     "right",
     "image",
     "key",
+    "protected",
 )
 DEFAULT_WORKDIR = "build"
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
@@ -77,6 +78,7 @@ class Plan:
     tier: str
     source: str = "push"  # for `doit ci`
     cells: str | None = None  # for `doit ci`
+    protected: bool = False  # for `doit ci`: the pipeline's ref is protected (CI_COMMIT_REF_PROTECTED): it may release
     confirmed: bool = False  # confirm=yes: releases may be made
     compare: tuple[str | None, str | None] = (None, None)  # left=, right= for `doit compare`, `doit changes`
     verify: tuple[str | None, str | None] = (None, None)  # image=, key= for `doit verify`
@@ -150,6 +152,7 @@ def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[s
         tier=tier,
         source=get("source") or "push",
         cells=get("cells") or None,
+        protected=(get("protected") or "").lower() == "true",
         confirmed=(get("confirm") or "").lower() in ("yes", "true", "1"),
         compare=(get("left"), get("right")),
         verify=(get("image"), get("key")),

@@ -27,6 +27,7 @@ class Reader(Protocol):
     def integer(self, value: Any, path: str, low: int, high: int) -> int: ...
     def number(self, value: Any, path: str, low: float, high: float) -> float: ...
     def choice(self, value: Any, path: str, choices: Iterable[str]) -> str: ...
+    def string_list(self, value: Any, path: str, item: Callable[[Any, str], str]) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,17 @@ def text() -> Check:
     return Check("text", lambda r, v, p: r.string(v, p))
 
 
+def names(pattern: re.Pattern, what: str) -> Check:
+    """A non-empty list of names, none twice."""
+    return Check(
+        f"a list of {what}s", lambda r, v, p: r.string_list(v, p, lambda item, q: r.string(item, q, pattern, what))
+    )
+
+
 URL = re.compile(r"^https?://\S+$")
+REGION = re.compile(r"^(all|[a-z]{2}(-[a-z]+)+-\d+)$")
+AZURE_REGION = re.compile(r"^[a-z][a-z0-9]+$")
+PATH_PREFIX = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 HOSTNAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -64,6 +75,10 @@ def url() -> Check:
 
 def hostname() -> Check:
     return Check("a host name", lambda r, v, p: r.string(v, p, HOSTNAME, "a host name"))
+
+
+def path_prefix() -> Check:
+    return Check("a path such as `/debian/images`", lambda r, v, p: r.string(v, p, PATH_PREFIX, "a path (/a/b)"))
 
 
 def boolean() -> Check:
@@ -155,11 +170,29 @@ class PublishSettings:
 
 @dataclass(frozen=True)
 class Ec2Settings:
-    region: str = required("the AWS region the AMI is registered in", text())
+    region: str = required("the AWS region the AMI is registered in (imported there, copied from there)", text())
     bucket: str = required("the S3 bucket the disk is imported from", text())
     prefix: str = setting("", "a key prefix in the bucket", text())
-    public: bool = setting(False, "make the AMI and its snapshot public", boolean())
+    regions: tuple[str, ...] = setting(
+        (), "more regions the AMI is copied to; `[all]`: every region the account has enabled", names(REGION, "region")
+    )
+    public: bool = setting(False, "make the AMIs and their snapshots public", boolean())
+    deprecate_after_days: int = setting(
+        0, "days after which EC2 marks the AMIs deprecated (hidden from searches); 0: never", whole(0, 3650)
+    )
+    ssm_prefix: str = setting(
+        "",
+        "SSM parameters under this path name the newest AMI per release, vendor and arch, and each version's "
+        "(`<prefix>/<release>/<vendor>/<arch>/latest`); none when empty",
+        path_prefix(),
+    )
     import_timeout: float = setting(3600, "seconds the snapshot import may take", number(0, 86400))
+    copy_timeout: float = setting(3600, "seconds a copy to another region may take", number(0, 86400))
+
+    def conflicts(self) -> list[tuple[str, str]]:
+        if "all" in self.regions and len(self.regions) > 1:
+            return [("regions", "`all` stands alone: every enabled region")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -168,7 +201,32 @@ class AzureSettings:
     resource_group: str = required("the resource group the image goes to", text())
     location: str = required("the Azure region", text())
     container_url: str = required("the blob container the VHD is uploaded to", plain_url())
+    gallery: str = setting(
+        "", "the Compute Gallery an image version goes to (how Debian publishes); none when empty", text()
+    )
+    gallery_image: str = setting(
+        "", "the gallery's image definition (an -<arch> suffix is added); needed with a gallery", text()
+    )
+    storage_account_id: str = setting(
+        "", "the resource id of the storage account holding container_url; needed with a gallery", text()
+    )
+    target_regions: tuple[str, ...] = setting(
+        (), "regions the gallery version is replicated to, besides location", names(AZURE_REGION, "region")
+    )
+    managed_image: bool = setting(True, "also make a managed image (the way before galleries)", boolean())
     api_endpoint: str = setting("https://management.azure.com", "Azure Resource Manager", plain_url())
+
+    def conflicts(self) -> list[tuple[str, str]]:
+        found = []
+        if self.gallery:
+            found += [
+                (key, f"needed with gallery {self.gallery!r}")
+                for key in ("gallery_image", "storage_account_id")
+                if not getattr(self, key)
+            ]
+        elif not self.managed_image:
+            found.append(("managed_image", "false without a gallery makes no image at all"))
+        return found
 
 
 @dataclass(frozen=True)
@@ -176,10 +234,16 @@ class GceSettings:
     project: str = required("the Google Cloud project", text())
     bucket: str = required("the Cloud Storage bucket the disk is imported from", text())
     family: str = setting("", "the image family (an -<arch> suffix is added); none when empty", text())
+    deprecate_previous: bool = setting(
+        True, "mark the family's previous image DEPRECATED, pointing to the new one", boolean()
+    )
     api_endpoint: str = setting("https://compute.googleapis.com", "the Compute Engine API", plain_url())
     storage_endpoint: str = setting("https://storage.googleapis.com", "the Cloud Storage API", plain_url())
     timeout: float = setting(1800, "seconds the image creation may take", number(0, 86400))
     poll_seconds: float = setting(10, "seconds between two looks at the creation", number(0, 86400))
+
+    def conflicts(self) -> list[tuple[str, str]]:
+        return []
 
 
 PLATFORMS: dict[str, type] = {"ec2": Ec2Settings, "azure": AzureSettings, "gce": GceSettings}
@@ -228,7 +292,11 @@ def table() -> str:
     for name, section in sections:
         for f in settings_of(section):
             default = (
-                "(required)" if f.default is dataclasses.MISSING else "(none)" if f.default == "" else f"`{f.default}`"
+                "(required)"
+                if f.default is dataclasses.MISSING
+                else "(none)"
+                if f.default in ("", ())
+                else f"`{f.default}`"
             )
             accepts, meaning = f.metadata["accepts"].accepts, f.metadata["meaning"]
             lines.append(f"| `{name}.{f.name}` | {default} | {accepts} | {meaning} |")

@@ -12,9 +12,9 @@ In order, stopping at the first failure:
 4. a notification (mail, webhook) — tasks/release/notify.py.
 
 Everything done is recorded in release.json, the task's target. Until then,
-release-progress.json keeps the steps done, so that a release run again
-after a failure (the mail server was down) does not test the instance or
-register the image on its platform a second time.
+release-progress.json (tasks/release/journal.py) keeps the steps done, so
+that a release run again after a failure (the mail server was down, a region
+refused a copy) does not test the instance or register an image a second time.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tasks.model.layout import CellFiles
 from tasks.model.matrix import BootTestSettings, Cell, PublishSettings, ReleaseSettings
 from tasks.model.records import Manifest, ReleaseRecord
 from tasks.release import instancetest, notify
+from tasks.release.journal import Journal
 from tasks.stages import publish as publication
 from tasks.storage.backend import RetryPolicy
 from tasks.system import atomic, signing
@@ -37,29 +38,6 @@ from tasks.system.checksum import sha512_file
 
 class ReleaseRefused(StageFailed):
     pass
-
-
-class Progress:
-    """The steps of one release already done, kept across attempts.
-
-    A release that failed part-way (the mail server was down) is run again;
-    the steps done for the same image (its manifest's checksum) and the same
-    settings are not done twice: no second instance test, no second AMI.
-    """
-
-    def __init__(self, path: Path, image: str):
-        self.path = path
-        saved = atomic.read_json(path) if path.exists() else {}
-        self.steps = saved.get("steps", {}) if saved.get("image") == image else {}
-        self.image = image
-
-    def done(self, step: str, settings) -> dict | None:
-        entry = self.steps.get(step)
-        return entry["result"] if entry and entry["settings"] == settings else None
-
-    def record(self, step: str, settings, result) -> None:
-        self.steps[step] = {"settings": settings, "result": result}
-        atomic.write_json(self.path, {"image": self.image, "steps": self.steps})
 
 
 def release(
@@ -83,7 +61,7 @@ def release(
         )
     manifest = Manifest.read(files.manifest)
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    progress = Progress(files.release_progress, sha512_file(files.manifest))
+    progress = Journal(files.release_progress, sha512_file(files.manifest))
 
     tested = None
     if cell.vendor.name in settings.instance_test:
@@ -101,13 +79,14 @@ def release(
         platform_settings = settings.platforms[cell.vendor.name]
         platform_config = dataclasses.asdict(platform_settings)
         made = progress.done("platform", platform_config)
+        parts = progress.part("platform", platform_config)
         # Imported here: every doit run loads this module; the clouds' clients only a release needs.
         from tasks.release.platforms import UPLOADERS
 
         if made:
             print(f"{cell.vendor.name}: uploaded before for this image: {made}")
         else:
-            made = UPLOADERS[cell.vendor.name](cell, files, manifest, platform_settings)
+            made = UPLOADERS[cell.vendor.name](cell, files, manifest, platform_settings, parts)
             print(f"{cell.vendor.name}: {made}")
             progress.record("platform", platform_config, made)
         platforms.append(made)
@@ -145,5 +124,5 @@ def release(
         notified=notify.notify(message, settings.notify),
     )
     atomic.write_json(files.release_record, record.to_json())
-    progress.path.unlink(missing_ok=True)
+    progress.finished()
     return record.to_json()

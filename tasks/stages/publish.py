@@ -116,12 +116,18 @@ def point_latest(backend: Backend, parent: str, version: str) -> None:
     backend.put_text_atomically(posixpath.join(parent, LATEST), version + "\n")
 
 
-def prune_dailies(backend: Backend, release: str, keep: int) -> list[str]:
-    """Delete all but the newest `keep` dailies of release (never the one `latest` names)."""
+def expired_dailies(backend: Backend, release: str, keep: int) -> list[str]:
+    """The dailies of release beyond the newest `keep` (never the one `latest` names)."""
     parent = f"{release}/daily"
     latest = (backend.retry.run("reading latest", lambda: backend.read_text(f"{parent}/{LATEST}")) or "").strip()
     versions = backend.retry.run(f"listing {parent}", lambda: backend.list_dirs(parent))
-    doomed = [v for v in sorted(versions)[:-keep] if v != latest] if keep else []
+    return [v for v in sorted(versions)[:-keep] if v != latest] if keep else []
+
+
+def prune_dailies(backend: Backend, release: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` dailies of release (never the one `latest` names)."""
+    parent = f"{release}/daily"
+    doomed = expired_dailies(backend, release, keep)
     for version in doomed:
         backend.retry.run(f"deleting {parent}/{version}", functools.partial(backend.delete_dir, f"{parent}/{version}"))
     return doomed

@@ -1,8 +1,16 @@
-"""Microsoft Azure: the image becomes a managed image.
+"""Microsoft Azure: the image becomes a Compute Gallery image version and/or a managed image.
 
 The disk, as a fixed-size VHD, is uploaded as a page blob (only the 4 MiB
-pages that hold data) to a storage container, then Azure Resource Manager
-creates an image from it (Hyper-V generation 2: UEFI). Through requests:
+pages that hold data) to a storage container. Azure Resource Manager then
+makes from it, as configured:
+
+- an image version in a Compute Gallery (how Debian publishes on Azure): the
+  version <release major>.<YYYYMMDD>.<serial> of the gallery's image
+  definition <gallery_image>-<arch>, replicated to location and target_regions;
+- a managed image (Hyper-V generation 2: UEFI), the older way.
+
+Each step is in the release journal once done, and Resource Manager's PUT is
+idempotent: a release run again does only what is left. Through requests:
 
 - AZURE_STORAGE_SAS: a SAS token for the container (write, create);
 - AZURE_ACCESS_TOKEN: a bearer token for management.azure.com.
@@ -15,6 +23,7 @@ recording server.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -26,11 +35,13 @@ from tasks.model.matrix import Cell
 from tasks.model.records import Manifest
 from tasks.model.settings import AzureSettings
 from tasks.progress import StageProgress
+from tasks.release.journal import Part, scratch
 from tasks.stages import diskimage
 from tasks.stages.compress import MIB, qemu_img_convert
 
 BLOB_API = "2021-08-06"
 COMPUTE_API = "2023-09-01"
+GALLERY_API = "2023-07-03"
 PAGE = 4 * MIB  # the largest Put Page
 
 
@@ -38,7 +49,7 @@ class AzureFailed(StageFailed):
     pass
 
 
-def _env(name: str) -> str:
+def env_value(name: str) -> str:
     value = os.environ.get(name)
     if not value:
         raise AzureFailed(f"{name} is not set (README.md, release: Azure)")
@@ -95,16 +106,30 @@ def upload_page_blob(vhd: Path, blob_url: str, sas: str, label: str) -> None:
             progress.update(advance=length)
 
 
+def _group_path(settings: AzureSettings) -> str:
+    return f"/subscriptions/{settings.subscription}/resourceGroups/{settings.resource_group}"
+
+
+def images_path(settings: AzureSettings) -> str:
+    """The resource group's managed images."""
+    return f"{_group_path(settings)}/providers/Microsoft.Compute/images"
+
+
+def gallery_versions_path(settings: AzureSettings, arch: str) -> str:
+    """The versions of the gallery's image definition for arch."""
+    return (
+        f"{_group_path(settings)}/providers/Microsoft.Compute/galleries/{settings.gallery}"
+        f"/images/{settings.gallery_image}-{arch}/versions"
+    )
+
+
 def image_request(cell: Cell, manifest: Manifest, settings: AzureSettings, blob_url: str) -> tuple[str, dict]:
     """Resource Manager's URL and body for a managed image made from blob_url."""
     endpoint = settings.api_endpoint.rstrip("/")
-    url = (
-        f"{endpoint}/subscriptions/{settings.subscription}/resourceGroups/{settings.resource_group}"
-        f"/providers/Microsoft.Compute/images/{manifest.name}?api-version={COMPUTE_API}"
-    )
+    url = f"{endpoint}{images_path(settings)}/{manifest.name}?api-version={COMPUTE_API}"
     body = {
         "location": settings.location,
-        "tags": {"debian-release": cell.release.name, "debian-version": manifest.version},
+        "tags": {"debian-release": cell.release.name, "debian-version": manifest.version, "debian-cell": cell.name},
         "properties": {
             "hyperVGeneration": "V2",
             "storageProfile": {
@@ -121,39 +146,141 @@ def image_request(cell: Cell, manifest: Manifest, settings: AzureSettings, blob_
     return url, body
 
 
-def create_image(url: str, body: dict, token: str, timeout: float = 1800) -> dict:
-    headers = {"Authorization": f"Bearer {token}"}
-    answer = requests.put(url, json=body, headers=headers, timeout=60)
-    if answer.status_code not in (200, 201):
-        raise AzureFailed(f"creating the image: HTTP {answer.status_code} {answer.text[:300]}")
-    status_url = answer.headers.get("Azure-AsyncOperation")
+def gallery_version(cell: Cell, version: str) -> str:
+    """The gallery image version of an image version: major.minor.patch, each a whole number."""
+    found = re.fullmatch(r"(\d{8})-(\d{1,9})", version)
+    if not found:
+        raise AzureFailed(
+            f"{version!r} cannot be an Azure gallery version (major.minor.patch): release versions named "
+            f"YYYYMMDD-N (doit version=...) can"
+        )
+    major = int(cell.release.version) if cell.release.version.isdigit() else 0
+    return f"{major}.{int(found[1])}.{int(found[2])}"
+
+
+def gallery_request(cell: Cell, manifest: Manifest, settings: AzureSettings, blob_url: str) -> tuple[str, dict]:
+    """Resource Manager's URL and body for the gallery image version made from blob_url."""
+    endpoint = settings.api_endpoint.rstrip("/")
+    version = gallery_version(cell, manifest.version)
+    url = f"{endpoint}{gallery_versions_path(settings, cell.arch.name)}/{version}?api-version={GALLERY_API}"
+    regions = [settings.location, *(r for r in settings.target_regions if r != settings.location)]
+    body = {
+        "location": settings.location,
+        "tags": {"debian-release": cell.release.name, "debian-version": manifest.version, "debian-cell": cell.name},
+        "properties": {
+            "publishingProfile": {
+                "targetRegions": [
+                    {"name": region, "regionalReplicaCount": 1, "storageAccountType": "Standard_LRS"}
+                    for region in regions
+                ],
+                "excludeFromLatest": False,
+            },
+            "storageProfile": {
+                "osDiskImage": {
+                    "hostCaching": "ReadWrite",
+                    "source": {"storageAccountId": settings.storage_account_id, "uri": blob_url},
+                }
+            },
+        },
+    }
+    return url, body
+
+
+def _wait(status_url: str | None, headers: dict, what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while status_url:
         status = requests.get(status_url, headers=headers, timeout=60).json()
         if status.get("status") == "Succeeded":
-            break
+            return
         if status.get("status") in ("Failed", "Canceled"):
-            raise AzureFailed(f"creating the image: {status.get('error') or status.get('status')}")
+            raise AzureFailed(f"{what}: {status.get('error') or status.get('status')}")
         if time.monotonic() > deadline:
-            raise AzureFailed(f"the image was not created within {timeout:.0f} s")
+            raise AzureFailed(f"{what}: not done within {timeout:.0f} s")
         time.sleep(10)
+
+
+class ResourceManager:
+    """Listing and deleting resources (the cleanup), waiting for asynchronous operations."""
+
+    def __init__(self, settings: AzureSettings, token: str):
+        self.endpoint = settings.api_endpoint.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def list(self, path: str, api: str) -> list[dict]:
+        found: list[dict] = []
+        url: str | None = f"{self.endpoint}{path}?api-version={api}"
+        while url:
+            answer = requests.get(url, headers=self.headers, timeout=60)
+            if answer.status_code == 404:
+                return found  # no such gallery image definition (yet)
+            if answer.status_code != 200:
+                raise AzureFailed(f"listing {path}: HTTP {answer.status_code} {answer.text[:300]}")
+            page = answer.json()
+            found += page.get("value", [])
+            url = page.get("nextLink")
+        return found
+
+    def delete(self, resource_id: str, api: str, timeout: float = 1800) -> None:
+        answer = requests.delete(f"{self.endpoint}{resource_id}?api-version={api}", headers=self.headers, timeout=60)
+        if answer.status_code not in (200, 202, 204, 404):
+            raise AzureFailed(f"deleting {resource_id}: HTTP {answer.status_code} {answer.text[:300]}")
+        _wait(answer.headers.get("Azure-AsyncOperation"), self.headers, f"deleting {resource_id}", timeout)
+
+
+def delete_blob(blob_url: str, sas: str) -> None:
+    answer = requests.delete(f"{blob_url}?{sas}", headers={"x-ms-version": BLOB_API}, timeout=60)
+    if answer.status_code not in (202, 404):  # 404: gone already (a version and an image share a blob)
+        raise AzureFailed(f"deleting {blob_url}: HTTP {answer.status_code} {answer.text[:300]}")
+
+
+def put_resource(url: str, body: dict, token: str, what: str, timeout: float = 1800) -> dict:
+    """PUT a Resource Manager resource (idempotent) and wait for its asynchronous operation."""
+    headers = {"Authorization": f"Bearer {token}"}
+    answer = requests.put(url, json=body, headers=headers, timeout=60)
+    if answer.status_code not in (200, 201):
+        raise AzureFailed(f"{what}: HTTP {answer.status_code} {answer.text[:300]}")
+    _wait(answer.headers.get("Azure-AsyncOperation"), headers, what, timeout)
     return answer.json()
 
 
-def upload(cell: Cell, files: CellFiles, manifest: Manifest, settings: AzureSettings) -> dict:
-    sas, token = _env("AZURE_STORAGE_SAS"), _env("AZURE_ACCESS_TOKEN")
-    blob_url = f"{settings.container_url.rstrip('/')}/{manifest.name}.vhd"
+def upload_vhd(cell: Cell, files: CellFiles, manifest: Manifest, blob_url: str, sas: str) -> None:
+    label = f"Azure upload {manifest.name}"
     if "vhd.tar.xz" in cell.vendor.formats:
         with diskimage.member(files, "vhd.tar.xz", "disk.vhd") as vhd:
-            upload_page_blob(vhd, blob_url, sas, f"Azure upload {manifest.name}")
+            upload_page_blob(vhd, blob_url, sas, label)
     else:
-        with diskimage.raw_disk(files) as raw, diskimage.scratch_dir(files) as scratch:
-            vhd = scratch / "disk.vhd"
+        with diskimage.raw_disk(files) as raw, diskimage.scratch_dir(files) as scratch_space:
+            vhd = scratch_space / "disk.vhd"
             qemu_img_convert(
                 ["-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", str(raw), str(vhd)],
                 f"vhd {cell.name}",
             )
-            upload_page_blob(vhd, blob_url, sas, f"Azure upload {manifest.name}")
-    url, body = image_request(cell, manifest, settings, blob_url)
-    made = create_image(url, body, token)
-    return {"platform": "azure", "image": made.get("id", url.split("?")[0]), "blob": blob_url}
+            upload_page_blob(vhd, blob_url, sas, label)
+
+
+def upload(
+    cell: Cell, files: CellFiles, manifest: Manifest, settings: AzureSettings, journal: Part | None = None
+) -> dict:
+    journal = journal or scratch()
+    sas, token = env_value("AZURE_STORAGE_SAS"), env_value("AZURE_ACCESS_TOKEN")
+    blob_url = f"{settings.container_url.rstrip('/')}/{manifest.name}.vhd"
+    if settings.gallery:
+        gallery_version(cell, manifest.version)  # refused before anything is uploaded
+    if not journal.recall("blob"):
+        upload_vhd(cell, files, manifest, blob_url, sas)
+        journal.remember("blob", blob_url)
+    made: dict = {"platform": "azure", "blob": blob_url}
+    if settings.gallery:
+        made["gallery_image_version"] = journal.recall("gallery_image_version")
+        if not made["gallery_image_version"]:
+            url, body = gallery_request(cell, manifest, settings, blob_url)
+            answer = put_resource(url, body, token, "creating the gallery image version")
+            made["gallery_image_version"] = answer.get("id", url.split("?")[0])
+            journal.remember("gallery_image_version", made["gallery_image_version"])
+    if settings.managed_image:
+        made["image"] = journal.recall("image")
+        if not made["image"]:
+            url, body = image_request(cell, manifest, settings, blob_url)
+            made["image"] = put_resource(url, body, token, "creating the image").get("id", url.split("?")[0])
+            journal.remember("image", made["image"])
+    return made

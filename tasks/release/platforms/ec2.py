@@ -1,10 +1,19 @@
-"""Amazon EC2: the image becomes an AMI.
+"""Amazon EC2: the image becomes an AMI in every configured region.
 
-The raw disk is converted to a stream-optimized VMDK (only the blocks in
-use), uploaded to S3, imported as an EBS snapshot (ImportSnapshot), and
-registered as an AMI with the boot mode, architecture, ENA and SR-IOV flags
-it needs, tagged, and optionally made public. Through boto3: credentials and
-endpoint come from its usual places (AWS_* variables, ~/.aws).
+In the home region (`region`) the raw disk is converted to a stream-optimized
+VMDK (only the blocks in use), uploaded to S3, imported as an EBS snapshot
+(ImportSnapshot) and registered as an AMI with the boot mode, architecture,
+ENA and SR-IOV flags it needs. The AMI is then copied to every other region
+(`regions`, or all the account has enabled). In each region the AMI and its
+snapshot are tagged, made public where configured, given their deprecation
+time, and SSM parameters name it (per version, and as the newest of its
+release, vendor and arch) so that users can resolve it.
+
+Resumable: each region's AMI is written in the release journal as soon as it
+exists, and an AMI of the same name already in a region is taken, not made
+again, so that a release run again after a failure in one region does the
+rest and never makes a second image. Through boto3: credentials and endpoint
+come from its usual places (AWS_* variables, ~/.aws).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import boto3.exceptions
@@ -24,6 +34,7 @@ from tasks.model.matrix import Cell
 from tasks.model.records import Manifest
 from tasks.model.settings import Ec2Settings
 from tasks.progress import StageProgress
+from tasks.release.journal import Part, scratch
 from tasks.stages import diskimage
 from tasks.stages.compress import qemu_img_convert
 
@@ -35,7 +46,7 @@ class Ec2Failed(StageFailed):
 
 
 @contextlib.contextmanager
-def _aws(what: str) -> Iterator[None]:
+def aws_errors(what: str) -> Iterator[None]:
     """AWS's errors as one line saying what was being done (boto3 retries transient ones itself)."""
     try:
         yield
@@ -91,18 +102,77 @@ def wait_for_import(ec2, task_id: str, timeout: float, interval: float = 15.0) -
         time.sleep(interval)
 
 
-def upload(cell: Cell, files: CellFiles, manifest: Manifest, settings: Ec2Settings) -> dict:
+TAG_PREFIX = "debian:"
+# The tags every AMI and snapshot of a release carries: how `doit cleanup` finds them.
+TAG_KEYS = ("release", "vendor", "arch", "version", "cell")
+
+
+def tags_of(cell: Cell, manifest: Manifest) -> list[dict]:
+    values = {
+        "release": cell.release.name,
+        "vendor": cell.vendor.name,
+        "arch": cell.arch.name,
+        "version": manifest.version,
+        "cell": cell.name,
+    }
+    return [{"Key": "Name", "Value": manifest.name}] + [
+        {"Key": TAG_PREFIX + key, "Value": values[key]} for key in TAG_KEYS
+    ]
+
+
+def client(service: str, region: str):
+    return boto3.client(service, region_name=region)
+
+
+def target_regions(ec2, settings: Ec2Settings) -> list[str]:
+    """The regions the AMI goes to, the home region first."""
+    if settings.regions == ("all",):
+        with aws_errors("listing the account's regions"):
+            answer = ec2.describe_regions(
+                Filters=[{"Name": "opt-in-status", "Values": ["opt-in-not-required", "opted-in"]}]
+            )
+        others = sorted(r["RegionName"] for r in answer["Regions"])
+    else:
+        others = list(settings.regions)
+    return [settings.region, *(r for r in others if r != settings.region)]
+
+
+def existing(ec2, name: str) -> dict | None:
+    """An AMI of this name the account already has in ec2's region (made by an earlier attempt)."""
+    images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+    usable = [i for i in images if i.get("State") in ("pending", "available")]
+    if not usable:
+        return None
+    image = usable[0]
+    return {"ami": image["ImageId"], "snapshot": _snapshot_of(image)}
+
+
+def _snapshot_of(image: dict) -> str | None:
+    for mapping in image.get("BlockDeviceMappings", []):
+        if mapping.get("DeviceName") == image.get("RootDeviceName") and "Ebs" in mapping:
+            return mapping["Ebs"].get("SnapshotId")
+    return None
+
+
+def wait_available(ec2, ami: str, timeout: float, interval: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        [image] = ec2.describe_images(ImageIds=[ami])["Images"]
+        if image["State"] == "available":
+            return image
+        if image["State"] in ("failed", "invalid", "error", "deregistered"):
+            reason = image.get("StateReason", {}).get("Message", image["State"])
+            raise Ec2Failed(f"{ami} did not become available: {reason}")
+        if time.monotonic() > deadline:
+            raise Ec2Failed(f"{ami} was not available within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def import_and_register(cell: Cell, files: CellFiles, manifest: Manifest, settings: Ec2Settings, ec2) -> dict:
     region = settings.region
     bucket, prefix = settings.bucket, settings.prefix.strip("/")
     name = manifest.name
-    tags = [
-        {"Key": "Name", "Value": name},
-        {"Key": "debian:release", "Value": cell.release.name},
-        {"Key": "debian:vendor", "Value": cell.vendor.name},
-        {"Key": "debian:version", "Value": manifest.version},
-    ]
-    s3 = boto3.client("s3", region_name=region)
-    ec2 = boto3.client("ec2", region_name=region)
+    s3 = client("s3", region)
     key = f"{prefix}/{name}.vmdk" if prefix else f"{name}.vmdk"
     with diskimage.raw_disk(files) as raw, diskimage.scratch_dir(files) as scratch:
         vmdk = scratch / "disk.vmdk"
@@ -111,33 +181,131 @@ def upload(cell: Cell, files: CellFiles, manifest: Manifest, settings: Ec2Settin
         )
         with (
             StageProgress(f"S3 upload {name}", total=vmdk.stat().st_size) as progress,
-            _aws(f"uploading {vmdk.name} to s3://{bucket}/{key}"),
+            aws_errors(f"uploading {vmdk.name} to s3://{bucket}/{key}"),
         ):
             s3.upload_file(str(vmdk), bucket, key, Callback=lambda sent: progress.update(advance=sent))
     try:
-        with _aws(f"importing s3://{bucket}/{key} as a snapshot"):
+        with aws_errors(f"importing s3://{bucket}/{key} as a snapshot"):
             task = ec2.import_snapshot(
                 Description=name,
                 DiskContainer={"Description": name, "Format": "VMDK", "UserBucket": {"S3Bucket": bucket, "S3Key": key}},
-                TagSpecifications=[{"ResourceType": "import-snapshot-task", "Tags": tags}],
+                TagSpecifications=[{"ResourceType": "import-snapshot-task", "Tags": tags_of(cell, manifest)}],
             )
             snapshot = wait_for_import(ec2, task["ImportTaskId"], float(settings.import_timeout))
-        with _aws(f"registering {name} from {snapshot}"):
-            ami = ec2.register_image(
-                **register_request(
-                    cell, name, snapshot, f"Debian {cell.release.version} ({cell.vendor.name}, {cell.arch.name})"
-                )
-            )
-            ec2.create_tags(Resources=[ami["ImageId"], snapshot], Tags=tags)
-            if settings.public:
-                ec2.modify_image_attribute(ImageId=ami["ImageId"], LaunchPermission={"Add": [{"Group": "all"}]})
+        with aws_errors(f"registering {name} from {snapshot}"):
+            ami = ec2.register_image(**register_request(cell, name, snapshot, description(cell)))["ImageId"]
     finally:
-        with _aws(f"deleting s3://{bucket}/{key}"):
+        with aws_errors(f"deleting s3://{bucket}/{key}"):
             s3.delete_object(Bucket=bucket, Key=key)  # the snapshot holds the image now
+    return {"ami": ami, "snapshot": snapshot}
+
+
+def description(cell: Cell) -> str:
+    return f"Debian {cell.release.version} ({cell.vendor.name}, {cell.arch.name})"
+
+
+def copy_to(ec2, region: str, home: str, made: dict, name: str, cell: Cell, timeout: float) -> dict:
+    with aws_errors(f"copying {made['ami']} from {home} to {region}"):
+        ami = ec2.copy_image(SourceRegion=home, SourceImageId=made["ami"], Name=name, Description=description(cell))
+        image = wait_available(ec2, ami["ImageId"], timeout)
+    return {"ami": image["ImageId"], "snapshot": _snapshot_of(image)}
+
+
+def finish(ec2, region: str, made: dict, tags: list[dict], settings: Ec2Settings, deprecate_at: str | None) -> None:
+    """What each region's AMI gets, every time (each call is idempotent): tags, publicity, deprecation."""
+    with aws_errors(f"tagging {made['ami']} in {region}"):
+        ec2.create_tags(Resources=[made["ami"], *([made["snapshot"]] if made["snapshot"] else [])], Tags=tags)
+    if settings.public:
+        with aws_errors(f"making {made['ami']} public in {region}"):
+            ec2.modify_image_attribute(ImageId=made["ami"], LaunchPermission={"Add": [{"Group": "all"}]})
+            if made["snapshot"]:
+                ec2.modify_snapshot_attribute(
+                    SnapshotId=made["snapshot"],
+                    Attribute="createVolumePermission",
+                    OperationType="add",
+                    GroupNames=["all"],
+                )
+    if deprecate_at:
+        with aws_errors(f"setting the deprecation time of {made['ami']} in {region}"):
+            ec2.enable_image_deprecation(ImageId=made["ami"], DeprecateAt=datetime.fromisoformat(deprecate_at))
+
+
+def parameter_names(cell: Cell, version: str, prefix: str) -> tuple[str, str]:
+    """The SSM parameters naming a cell's AMI: its version's, and the newest's."""
+    base = f"{prefix.rstrip('/')}/{cell.release.name}/{cell.vendor.name}/{cell.arch.name}"
+    return f"{base}/{version}", f"{base}/latest"
+
+
+def _version_of(ec2, ami: str) -> str | None:
+    try:
+        [image] = ec2.describe_images(ImageIds=[ami])["Images"]
+    except (botocore.exceptions.ClientError, ValueError):
+        return None  # gone: anything is newer
+    return next((t["Value"] for t in image.get("Tags", []) if t["Key"] == TAG_PREFIX + "version"), None)
+
+
+def point_parameters(ec2, ssm, region: str, cell: Cell, version: str, ami: str, prefix: str) -> list[str]:
+    """Write the version's parameter; move latest only forward (a re-release of an older version leaves it)."""
+    mine, latest = parameter_names(cell, version, prefix)
+    written = [mine]
+    with aws_errors(f"writing SSM parameters in {region}"):
+        ssm.put_parameter(Name=mine, Value=ami, Type="String", DataType="aws:ec2:image", Overwrite=True)
+        try:
+            current = ssm.get_parameter(Name=latest)["Parameter"]["Value"]
+        except ssm.exceptions.ParameterNotFound:
+            current = None
+        newest = _version_of(ec2, current) if current and current != ami else None
+        if current != ami and (newest is None or newest <= version):
+            ssm.put_parameter(Name=latest, Value=ami, Type="String", DataType="aws:ec2:image", Overwrite=True)
+            written.append(latest)
+    return written
+
+
+def upload(
+    cell: Cell, files: CellFiles, manifest: Manifest, settings: Ec2Settings, journal: Part | None = None
+) -> dict:
+    journal = journal or scratch()
+    home, name = settings.region, manifest.name
+    tags = tags_of(cell, manifest)
+    home_ec2 = client("ec2", home)
+    regions: dict[str, dict] = {}
+    for region in target_regions(home_ec2, settings):
+        made = journal.recall(f"ami:{region}")
+        if made is None:
+            ec2 = home_ec2 if region == home else client("ec2", region)
+            with aws_errors(f"looking for {name} in {region}"):
+                made = existing(ec2, name)
+            if made:
+                print(f"ec2: {region} has {name} already: {made['ami']}")
+            elif region == home:
+                made = import_and_register(cell, files, manifest, settings, ec2)
+            else:
+                made = copy_to(ec2, region, home, regions[home], name, cell, float(settings.copy_timeout))
+            journal.remember(f"ami:{region}", made)
+        regions[region] = made
+        print(f"ec2: {region}: {made['ami']}")
+
+    deprecate_at = journal.recall("deprecate_at")
+    if deprecate_at is None and settings.deprecate_after_days:
+        # From the first attempt: a rerun does not move it.
+        when = datetime.now(UTC).replace(microsecond=0) + timedelta(days=settings.deprecate_after_days)
+        deprecate_at = when.isoformat()
+        journal.remember("deprecate_at", deprecate_at)
+    parameters: dict[str, list[str]] = {}
+    for region, made in regions.items():
+        ec2 = home_ec2 if region == home else client("ec2", region)
+        finish(ec2, region, made, tags, settings, deprecate_at or None)
+        if settings.ssm_prefix:
+            parameters[region] = point_parameters(
+                ec2, client("ssm", region), region, cell, manifest.version, made["ami"], settings.ssm_prefix
+            )
     return {
         "platform": "ec2",
-        "region": region,
-        "ami": ami["ImageId"],
-        "snapshot": snapshot,
+        "region": home,
+        "ami": regions[home]["ami"],
+        "snapshot": regions[home]["snapshot"],
+        "regions": regions,
         "public": settings.public,
+        "deprecate_at": deprecate_at or None,
+        "ssm_parameters": parameters,
     }

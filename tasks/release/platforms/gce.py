@@ -1,11 +1,17 @@
-"""Google Compute Engine: the image becomes a GCE image.
+"""Google Compute Engine: the image becomes a GCE image in its family.
 
 The cell's image.tar.gz (disk.raw in an oldgnu tar, what GCE imports) is
 uploaded to Cloud Storage, then the Compute API creates an image from it,
 UEFI-capable, with the guest features Debian's images declare, in the
-configured family. Through requests, with GOOGLE_OAUTH_ACCESS_TOKEN as the
-bearer token. Google's APIs have no local emulator here: the requests are
-tested as built and sent to a local recording server.
+configured family (<family>-<arch>). Users find the newest image of a family
+by its name; the family's older images are then marked DEPRECATED with the
+new one as their replacement (deprecate_previous), as Debian does.
+
+Idempotent: an image of the same name already there is taken, not made again,
+and deprecating an image twice changes nothing; so a release run again after
+a failure does the rest. Through requests, with GOOGLE_OAUTH_ACCESS_TOKEN as
+the bearer token. Google's APIs have no local emulator here: the requests are
+tested as built and answered by a local recording server.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from tasks.model.matrix import Cell
 from tasks.model.records import Manifest
 from tasks.model.settings import GceSettings
 from tasks.progress import StageProgress
+from tasks.release.journal import Part, scratch
 
 GUEST_FEATURES = ["UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC", "SEV_CAPABLE"]
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -48,7 +55,11 @@ def image_request(cell: Cell, manifest: Manifest, settings: GceSettings, object_
         "rawDisk": {"source": object_url},
         "architecture": cell.arch.kind.spec.gce,
         "guestOsFeatures": [{"type": f} for f in features],
-        "labels": {"debian-release": cell.release.name, "debian-version": manifest.version.lower()},
+        "labels": {
+            "debian-release": cell.release.name,
+            "debian-version": manifest.version.lower(),
+            "debian-cell": cell.name,
+        },
     }
     if settings.family:
         body["family"] = f"{settings.family}-{cell.arch.name}"
@@ -61,16 +72,77 @@ def _check(answer: requests.Response, what: str) -> dict:
     return answer.json()
 
 
-def upload(cell: Cell, files: CellFiles, manifest: Manifest, settings: GceSettings) -> dict:
-    token = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN")
-    if not token:
+def _call(method: str, url: str, what: str, **kwargs) -> requests.Response:
+    try:
+        return requests.request(method, url, **kwargs)
+    except requests.RequestException as error:
+        raise GceFailed(f"{what}: {error}") from None
+
+
+class Compute:
+    """The few Compute Engine calls a release makes, each waiting for its operation."""
+
+    def __init__(self, settings: GceSettings, token: str):
+        self.settings = settings
+        self.images_url = f"{settings.api_endpoint.rstrip('/')}/compute/v1/projects/{settings.project}/global/images"
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def image(self, name: str) -> dict | None:
+        what = f"looking for image {name}"
+        answer = _call("GET", f"{self.images_url}/{name}", what, headers=self.headers, timeout=60)
+        return None if answer.status_code == 404 else _check(answer, what)
+
+    def images(self, filter_: str) -> list[dict]:
+        found, token = [], None
+        while True:
+            params = {"filter": filter_, **({"pageToken": token} if token else {})}
+            answer = _call("GET", self.images_url, "listing images", params=params, headers=self.headers, timeout=60)
+            page = _check(answer, "listing images")
+            found += page.get("items", [])
+            token = page.get("nextPageToken")
+            if not token:
+                return found
+
+    def wait(self, operation: dict, what: str) -> None:
+        status_url = operation.get("selfLink")
+        deadline = time.monotonic() + float(self.settings.timeout)
+        while operation.get("status") != "DONE":
+            if not status_url:
+                raise GceFailed(f"{what}: the answer names no operation to follow: {operation}")
+            if time.monotonic() > deadline:
+                raise GceFailed(f"{what}: not done in time (operation {operation.get('name')})")
+            time.sleep(float(self.settings.poll_seconds))
+            answer = _call("GET", status_url, f"waiting: {what}", headers=self.headers, timeout=60)
+            operation = _check(answer, f"waiting: {what}")
+        if operation.get("error"):
+            raise GceFailed(f"{what}: {operation['error']}")
+
+    def create(self, body: dict) -> None:
+        what = "creating the image"
+        answer = _call("POST", self.images_url, what, json=body, headers=self.headers, timeout=60)
+        self.wait(_check(answer, what), what)
+
+    def deprecate(self, name: str, replacement: str) -> None:
+        body = {"state": "DEPRECATED", "replacement": replacement}
+        what = f"deprecating {name}"
+        answer = _call("POST", f"{self.images_url}/{name}/deprecate", what, json=body, headers=self.headers, timeout=60)
+        self.wait(_check(answer, what), what)
+
+    def delete(self, name: str) -> None:
+        what = f"deleting {name}"
+        answer = _call("DELETE", f"{self.images_url}/{name}", what, headers=self.headers, timeout=60)
+        self.wait(_check(answer, what), what)
+
+
+def token() -> str:
+    value = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN")
+    if not value:
         raise GceFailed("GOOGLE_OAUTH_ACCESS_TOKEN is not set (README.md, release: GCE)")
-    archive = files.artifact("tar.gz")
-    if not archive.exists():
-        raise GceFailed(f"{cell.name}: GCE imports {archive.name}, which this cell does not make")
-    headers = {"Authorization": f"Bearer {token}"}
+    return value
+
+
+def upload_object(archive, settings: GceSettings, object_name: str, headers: dict) -> None:
     storage = settings.storage_endpoint.rstrip("/")
-    object_name = f"{image_name(manifest)}.tar.gz"
     with open(archive, "rb") as f, StageProgress(f"GCS upload {object_name}", total=archive.stat().st_size) as bar:
 
         class Counted:
@@ -83,8 +155,10 @@ def upload(cell: Cell, files: CellFiles, manifest: Manifest, settings: GceSettin
                 return chunk
 
         _check(
-            requests.post(
+            _call(
+                "POST",
                 f"{storage}/upload/storage/v1/b/{settings.bucket}/o",
+                "uploading to Cloud Storage",
                 params={"uploadType": "media", "name": object_name},
                 data=Counted(),
                 headers={**headers, "Content-Type": "application/gzip"},
@@ -92,25 +166,48 @@ def upload(cell: Cell, files: CellFiles, manifest: Manifest, settings: GceSettin
             ),
             "uploading to Cloud Storage",
         )
-    url, body = image_request(
-        cell, manifest, settings, f"https://storage.googleapis.com/{settings.bucket}/{object_name}"
+
+
+def deprecate_older(compute: Compute, family: str, new: dict, version: str) -> list[str]:
+    """Mark the family's older, still active images DEPRECATED in favour of new; their names."""
+    deprecated = []
+    for image in compute.images(f'family = "{family}"'):
+        state = (image.get("deprecated") or {}).get("state", "ACTIVE")
+        older = image.get("labels", {}).get("debian-version", "") < version.lower()
+        if image["name"] != new["name"] and state == "ACTIVE" and older:
+            compute.deprecate(image["name"], new.get("selfLink") or f"{compute.images_url}/{new['name']}")
+            deprecated.append(image["name"])
+    return deprecated
+
+
+def upload(
+    cell: Cell, files: CellFiles, manifest: Manifest, settings: GceSettings, journal: Part | None = None
+) -> dict:
+    journal = journal or scratch()
+    archive = files.artifact("tar.gz")
+    compute = Compute(settings, token())
+    name = image_name(manifest)
+    object_name = f"{name}.tar.gz"
+    _, body = image_request(cell, manifest, settings, f"https://storage.googleapis.com/{settings.bucket}/{object_name}")
+    made = journal.recall("image") or compute.image(name)
+    if made:
+        print(f"gce: {name} exists already")
+    else:
+        if not archive.exists():
+            raise GceFailed(f"{cell.name}: GCE imports {archive.name}, which this cell does not make")
+        upload_object(archive, settings, object_name, compute.headers)
+        compute.create(body)
+        made = compute.image(name) or {"name": name}
+    journal.remember("image", {"name": made["name"], "selfLink": made.get("selfLink")})
+    family = body.get("family")
+    deprecated = (
+        deprecate_older(compute, family, made, manifest.version) if family and settings.deprecate_previous else []
     )
-    operation = _check(requests.post(url, json=body, headers=headers, timeout=60), "creating the image")
-    status_url = operation.get("selfLink")
-    deadline = time.monotonic() + float(settings.timeout)
-    while operation.get("status") != "DONE":
-        if not status_url:
-            raise GceFailed(f"creating the image: the answer names no operation to follow: {operation}")
-        if time.monotonic() > deadline:
-            raise GceFailed(f"the image was not created in time (operation {operation.get('name')})")
-        time.sleep(float(settings.poll_seconds))
-        operation = _check(requests.get(status_url, headers=headers, timeout=60), "waiting for the image")
-    if operation.get("error"):
-        raise GceFailed(f"creating the image: {operation['error']}")
     return {
         "platform": "gce",
         "project": settings.project,
-        "image": body["name"],
-        "family": body.get("family"),
+        "image": name,
+        "family": family,
         "object": f"gs://{settings.bucket}/{object_name}",
+        "deprecated": deprecated,
     }
