@@ -104,14 +104,8 @@ def compare_images(first: Path, second: Path) -> dict:
     namespace (tasks/reproduce.py's main), so nothing stays mounted whatever happens."""
     with tempfile.TemporaryDirectory(prefix=".compare-", dir=first.parent) as scratch:
         out = Path(scratch) / "trees.json"
-        command = [sys.executable, "-m", "tasks.reproduce", str(first), str(second), "--output", str(out)]
-        env = {**os.environ, "PYTHONPATH": str(fai.TOOLS_ROOT)}
         with loopdev.detached_afterwards(first.parent), loopdev.detached_afterwards(second.parent):
-            result = subprocess.run(
-                ["unshare", "--mount", "--propagation", "private", *command], env=env, capture_output=True, text=True
-            )
-        if result.returncode != 0:
-            raise NotReproducible(f"comparing {first} and {second} failed:\n{result.stderr[-3000:]}")
+            _in_private_namespace([str(first), str(second)], out, f"comparing {first} and {second}")
         trees = json.loads(out.read_text())
     disk = compare_disks(first, second)
     return {**trees, **disk}
@@ -265,14 +259,48 @@ def compare_trees(first: Path, second: Path, scratch: Path) -> dict:
     }
 
 
+def list_tree(image: Path, scratch: Path) -> dict[str, dict]:
+    mountpoint = scratch / "root"
+    mountpoint.mkdir()
+    _mount_root(image, mountpoint)
+    try:
+        return dict(walk(mountpoint))
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+def _in_private_namespace(args: list[str], output: Path, what: str) -> None:
+    command = [sys.executable, "-m", "tasks.reproduce", *args, "--output", str(output)]
+    env = {**os.environ, "PYTHONPATH": str(fai.TOOLS_ROOT)}
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", *command], env=env, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise NotReproducible(f"{what} failed:\n{result.stderr[-3000:]}")
+
+
+def image_tree(image: Path) -> dict[str, dict]:
+    """The root file system's tree of a raw image (walk's entries), read in a private mount namespace."""
+    with tempfile.TemporaryDirectory(prefix=".tree-", dir=image.parent) as scratch:
+        out = Path(scratch) / "tree.json"
+        with loopdev.detached_afterwards(image.parent):
+            _in_private_namespace([str(image)], out, f"reading the tree of {image}")
+        return json.loads(out.read_text())
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="compare the file trees of two raw images (in a private namespace)")
+    parser = argparse.ArgumentParser(
+        description="list the file tree of a raw image, or compare those of two (in a private namespace)"
+    )
     parser.add_argument("first", type=Path)
-    parser.add_argument("second", type=Path)
+    parser.add_argument("second", type=Path, nargs="?")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="trees-") as scratch:
-        args.output.write_text(json.dumps(compare_trees(args.first, args.second, Path(scratch))))
+        if args.second is None:
+            args.output.write_text(json.dumps(list_tree(args.first, Path(scratch))))
+        else:
+            args.output.write_text(json.dumps(compare_trees(args.first, args.second, Path(scratch))))
 
 
 # --------------------------------------------------------------------------
