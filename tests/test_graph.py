@@ -324,8 +324,7 @@ def test_actions_are_module_level_functions(tmp_path):
         ),
         (
             {"worddir": "/x"},
-            "command line: worddir: unknown option (expected one of: matrix, tier, workdir, storage, "
-            "version, xz_level, source, cells, confirm, left, right, image, key)",
+            f"command line: worddir: unknown option (expected one of: {', '.join(plan.OPTIONS)})",
         ),
     ],
 )
