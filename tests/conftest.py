@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,17 @@ from tasks.stages import manifest, provenance
 from tasks.system import signing
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def run_doit(*args: str, timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """This project's doit, as a user runs it (its own process), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 # The unit tests' own matrix, kept apart from the project's matrix.yaml so that

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -20,7 +18,7 @@ from tasks.release.platforms import ec2
 from tasks.stages import manifest
 
 from . import servers
-from .conftest import fake_outputs
+from .conftest import fake_outputs, run_doit
 from .test_release import FakeCompute, with_real_disk
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,23 +84,8 @@ def test_cleanup_lists_exactly_the_expired_amis_and_snapshots_and_deletes_them_w
 
     # Through doit: without confirm=yes it lists and deletes nothing.
     def doit(*options):
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "doit",
-                "-f",
-                str(REPO / "dodo.py"),
-                "cleanup",
-                f"matrix={matrix}",
-                f"workdir={tmp_path / 'work'}",
-                f"storage={tmp_path / 'storage'}",
-                *options,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        options = (f"matrix={matrix}", f"workdir={tmp_path / 'work'}", f"storage={tmp_path / 'storage'}", *options)
+        return run_doit("cleanup", *options)
 
     listed = doit()
     assert listed.returncode == 0, listed.stdout + listed.stderr

@@ -6,12 +6,12 @@ partitioning step of a real FAI build.
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from .conftest import run_doit
 
 REPO = Path(__file__).resolve().parent.parent
 # The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
@@ -35,22 +35,7 @@ def setup(tmp_path):
 
 
 def doit(matrix, workdir, *args):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "doit",
-            "-f",
-            str(REPO / "dodo.py"),
-            "--single",
-            *args,
-            f"matrix={matrix}",
-            f"workdir={workdir}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_doit("--single", *args, f"matrix={matrix}", f"workdir={workdir}", timeout=600)
 
 
 def test_expected_failure_does_not_fail_the_run(setup):
