@@ -9,15 +9,20 @@ The package shows the design:
     stages/    how it is built: one module per stage (base, fai, sbom,
                compress, boottest, manifest, provenance, publish) and what
                each needs (qemu, the in-build image checks and facts, the FAI
-               config space, the build's identity, the changes between versions)
-    release/   the manual release step: instance test, cloud platforms, notify
+               config space, the build's identity, the changes between versions,
+               the initramfs's members)
+    release/   the manual release step: instance test, cloud platforms (every
+               region, deprecation, resumable through its journal), notify;
+               the release project's job (GitLab's API, the build's seal);
+               doit cleanup
     storage/   transport only: files into a directory, WebDAV or S3
     system/    OS plumbing: processes, loop devices, binfmt, CPU slots,
                atomic files, the work directory lock, checksums, apt cache,
                OpenPGP signing
     registry.py  the stage registry: every stage, once
     graph.py   the stage registry turned into doit tasks
-    ci.py      the same registry as a GitLab CI child pipeline
+    ci.py      the same registry as a GitLab CI child pipeline, and the
+               release project's pipeline
     published.py  published images read as a user would (doit verify, doit changes)
     reproduce.py  doit reproduce: a second build of a cell, compared with the first
     summary.py, progress.py, errors.py   what a run shows and reports
