@@ -47,6 +47,17 @@ def test_members_are_read_in_each_compression(tmp_path, compression):
     assert initramfs.foreign_programs(path, "amd64") == ["usr/bin/kmod"]
 
 
+def test_an_uncompressed_early_archive_before_the_main_one_is_read_too(tmp_path):
+    """What newer initramfs-tools write (trixie): an uncompressed cpio first, then the compressed main one."""
+    early = newc([("kernel", 0o40755, b""), ("kernel/x86/microcode/GenuineIntel.bin", 0o100644, b"ucode")])
+    main = subprocess.run(["zstd", "-c"], input=newc(ENTRIES), capture_output=True, check=True).stdout
+    path = tmp_path / "initrd.img"
+    path.write_bytes(early + bytes(512) + main)
+    names = [m.name for m in initramfs.members(path)]
+    assert names == ["kernel", "kernel/x86/microcode/GenuineIntel.bin", *(e[0] for e in ENTRIES)]
+    assert initramfs.foreign_programs(path, "amd64") == ["usr/bin/kmod"]
+
+
 def test_a_host_program_in_an_arm64_initramfs_fails_the_check(tmp_path, capsys):
     path = tmp_path / "initrd.img"
     path.write_bytes(gzip.compress(newc([*ENTRIES, ("usr/bin/cp", 0o100755, elf(62))])))

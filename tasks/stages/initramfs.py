@@ -35,10 +35,9 @@ class Member:
         return None
 
 
-def _decompress(path: Path) -> bytes:
-    data = path.read_bytes()
+def _decompress(data: bytes, path: Path) -> bytes:
     if data[:4] == b"\x28\xb5\x2f\xfd":
-        return subprocess.run(["zstd", "-dc", str(path)], check=True, capture_output=True).stdout
+        return subprocess.run(["zstd", "-dc"], input=data, check=True, capture_output=True).stdout
     if data[:2] == b"\x1f\x8b":
         return gzip.decompress(data)
     if data[:6] == b"\xfd7zXZ\x00":
@@ -46,8 +45,9 @@ def _decompress(path: Path) -> bytes:
     raise ValueError(f"{path}: an initramfs compressed in a way this does not read (zstd, gzip, xz)")
 
 
-def members(path: Path) -> Iterator[Member]:
-    data, offset = _decompress(path), 0
+def _archive(data: bytes, offset: int) -> tuple[list[Member], int]:
+    """The members of the uncompressed cpio archive at offset, and where it ends."""
+    found = []
     while data[offset : offset + 6] in (b"070701", b"070702"):
         header = data[offset : offset + 110]
         mode, size, name_size = int(header[14:22], 16), int(header[54:62], 16), int(header[94:102], 16)
@@ -56,8 +56,30 @@ def members(path: Path) -> Iterator[Member]:
         body = data[offset : offset + size]
         offset = (offset + size + 3) & ~3
         if name == "TRAILER!!!":
-            return
-        yield Member(name, mode, body)
+            break
+        found.append(Member(name, mode, body))
+    return found, offset
+
+
+def members(path: Path) -> Iterator[Member]:
+    """Every member of every archive in the file: uncompressed ones first (early firmware,
+    microcode), as the kernel reads them, then the compressed main archive."""
+    data, offset = path.read_bytes(), 0
+    while offset < len(data):
+        if data[offset : offset + 6] in (b"070701", b"070702"):
+            found, offset = _archive(data, offset)
+            yield from found
+            while offset < len(data) and data[offset] == 0:  # padding between archives
+                offset += 1
+            continue
+        rest = _decompress(data[offset:], path)
+        position = 0
+        while position < len(rest) and rest[position : position + 6] in (b"070701", b"070702"):
+            found, position = _archive(rest, position)
+            yield from found
+            while position < len(rest) and rest[position] == 0:
+                position += 1
+        return
 
 
 def foreign_programs(path: Path, arch: str) -> list[str]:
