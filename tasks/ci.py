@@ -238,8 +238,9 @@ def release_trigger(plan: Plan, cells: list[Cell]) -> dict:
 def release_project_pipeline(plan: Plan) -> dict:
     """The release project's pipeline: one job that admits the trigger, fetches, checks and releases."""
     ci = plan.matrix.ci
-    files = [p for cell in plan.matrix.cells[:1] for p in CellFiles.of(Path(DEFAULT_WORKDIR), cell).release_records]
-    records = sorted({f"{DEFAULT_WORKDIR}/*/{path.name}" for path in files})
+    # Every cell's release records, by their names (the same in every cell's directory).
+    any_cell = CellFiles.of(Path(DEFAULT_WORKDIR), plan.matrix.cells[0])
+    records = sorted(f"{DEFAULT_WORKDIR}/*/{path.name}" for path in any_cell.release_records)
     return {
         "stages": ["release"],
         # A build pipeline's trigger starts it; nothing else (tasks/release/project.py refuses the rest too).

@@ -164,12 +164,20 @@ class PublishSettings:
     retry_delay: float = setting(1.0, "seconds before the second attempt, doubled each time", number(0, 600))
 
 
+class PlatformSettings:
+    """What every platform account's settings answer besides their fields."""
+
+    def conflicts(self) -> list[tuple[str, str]]:
+        """(setting, why) for each combination of settings that cannot work; checked after parsing."""
+        return []
+
+
 # Each cloud platform's account, under release.platforms.<vendor>
 # (tasks/release/platforms/). Credentials never: they come from the environment.
 
 
 @dataclass(frozen=True)
-class Ec2Settings:
+class Ec2Settings(PlatformSettings):
     region: str = required("the AWS region the AMI is registered in (imported there, copied from there)", text())
     bucket: str = required("the S3 bucket the disk is imported from", text())
     prefix: str = setting("", "a key prefix in the bucket", text())
@@ -196,7 +204,7 @@ class Ec2Settings:
 
 
 @dataclass(frozen=True)
-class AzureSettings:
+class AzureSettings(PlatformSettings):
     subscription: str = required("the Azure subscription", text())
     resource_group: str = required("the resource group the image goes to", text())
     location: str = required("the Azure region", text())
@@ -230,7 +238,7 @@ class AzureSettings:
 
 
 @dataclass(frozen=True)
-class GceSettings:
+class GceSettings(PlatformSettings):
     project: str = required("the Google Cloud project", text())
     bucket: str = required("the Cloud Storage bucket the disk is imported from", text())
     family: str = setting("", "the image family (an -<arch> suffix is added); none when empty", text())
@@ -241,9 +249,6 @@ class GceSettings:
     storage_endpoint: str = setting("https://storage.googleapis.com", "the Cloud Storage API", plain_url())
     timeout: float = setting(1800, "seconds the image creation may take", number(0, 86400))
     poll_seconds: float = setting(10, "seconds between two looks at the creation", number(0, 86400))
-
-    def conflicts(self) -> list[tuple[str, str]]:
-        return []
 
 
 PLATFORMS: dict[str, type] = {"ec2": Ec2Settings, "azure": AzureSettings, "gce": GceSettings}

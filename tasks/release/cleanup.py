@@ -187,12 +187,9 @@ def _storage(plan: Plan) -> list[Expired]:
     found = []
     for release in plan.matrix.releases:
         for version in publish.expired_dailies(backend, release, plan.matrix.publish.keep_dailies):
-            directory = publish.daily_dir(release, version)
-
-            def remove(directory=directory):
-                backend.retry.run(f"deleting {directory}", lambda: backend.delete_dir(directory))
-
-            found.append(Expired("storage", plan.storage.url, f"{release} daily", version, directory, (), remove))
+            remove = functools.partial(publish.delete_daily, backend, release, version)
+            where, directory = plan.storage.url, publish.daily_dir(release, version)
+            found.append(Expired("storage", where, f"{release} daily", version, directory, (), remove))
     return found
 
 

@@ -24,7 +24,7 @@ from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.records import Manifest
 from tasks.system import atomic, signing
-from tasks.system.checksum import sha512_file
+from tasks.system.checksum import format_sums, parse_sums, sha512_file
 
 
 class HandoffRefused(StageFailed):
@@ -49,23 +49,13 @@ def seal(files: CellFiles, signer: signing.Signer | None) -> list[str]:
     if not files.manifest.exists():
         raise HandoffRefused(f"{files.cell.name}: no manifest.json in {files.dir}: the image job did not finish")
     paths = sealed(files)
-    sums = "".join(f"{sha512_file(path)}  {path.name}\n" for path in paths)
+    sums = format_sums({path.name: sha512_file(path) for path in paths})
     atomic.write_text(files.checksums, sums)
     if signer:
         atomic.write_text(files.checksums_signature, signer.sign_detached(sums.encode()).decode())
     else:
         files.checksums_signature.unlink(missing_ok=True)
     return [path.name for path in paths]
-
-
-def _parse_sums(path: Path) -> dict[str, str]:
-    listed = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        digest, _, name = line.partition("  ")
-        if len(digest) != 128 or not name or "/" in name:
-            raise HandoffRefused(f"{path}: line {number} is not '<sha512>  <file name>'")
-        listed[name] = digest
-    return listed
 
 
 def check(files: CellFiles, keyring: Path) -> int:
@@ -81,7 +71,10 @@ def check(files: CellFiles, keyring: Path) -> int:
     if complaint is not None:
         last = complaint.splitlines()[-1] if complaint else "bad signature"
         raise HandoffRefused(f"{name}: {files.checksums.name} is not signed by the build project's key: {last}")
-    listed = _parse_sums(files.checksums)
+    listed = parse_sums(files.checksums.read_text())
+    for file_name, digest in listed.items():
+        if len(digest) != 128 or not file_name or "/" in file_name:  # a file of the cell's directory, by name
+            raise HandoffRefused(f"{files.checksums}: {file_name!r} is not '<sha512>  <file name>'")
     if files.manifest.name not in listed:
         raise HandoffRefused(f"{name}: {files.checksums.name} does not list {files.manifest.name}")
     checked = 0

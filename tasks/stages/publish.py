@@ -124,12 +124,16 @@ def expired_dailies(backend: Backend, release: str, keep: int) -> list[str]:
     return [v for v in sorted(versions)[:-keep] if v != latest] if keep else []
 
 
+def delete_daily(backend: Backend, release: str, version: str) -> None:
+    directory = daily_dir(release, version)
+    backend.retry.run(f"deleting {directory}", functools.partial(backend.delete_dir, directory))
+
+
 def prune_dailies(backend: Backend, release: str, keep: int) -> list[str]:
     """Delete all but the newest `keep` dailies of release (never the one `latest` names)."""
-    parent = f"{release}/daily"
     doomed = expired_dailies(backend, release, keep)
     for version in doomed:
-        backend.retry.run(f"deleting {parent}/{version}", functools.partial(backend.delete_dir, f"{parent}/{version}"))
+        delete_daily(backend, release, version)
     return doomed
 
 

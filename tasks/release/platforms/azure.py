@@ -123,13 +123,18 @@ def gallery_versions_path(settings: AzureSettings, arch: str) -> str:
     )
 
 
+def tags(cell: Cell, manifest: Manifest) -> dict[str, str]:
+    """What a release's resources carry: how `doit cleanup` finds them and their cell and version."""
+    return {"debian-release": cell.release.name, "debian-version": manifest.version, "debian-cell": cell.name}
+
+
 def image_request(cell: Cell, manifest: Manifest, settings: AzureSettings, blob_url: str) -> tuple[str, dict]:
     """Resource Manager's URL and body for a managed image made from blob_url."""
     endpoint = settings.api_endpoint.rstrip("/")
     url = f"{endpoint}{images_path(settings)}/{manifest.name}?api-version={COMPUTE_API}"
     body = {
         "location": settings.location,
-        "tags": {"debian-release": cell.release.name, "debian-version": manifest.version, "debian-cell": cell.name},
+        "tags": tags(cell, manifest),
         "properties": {
             "hyperVGeneration": "V2",
             "storageProfile": {
@@ -166,7 +171,7 @@ def gallery_request(cell: Cell, manifest: Manifest, settings: AzureSettings, blo
     regions = [settings.location, *(r for r in settings.target_regions if r != settings.location)]
     body = {
         "location": settings.location,
-        "tags": {"debian-release": cell.release.name, "debian-version": manifest.version, "debian-cell": cell.name},
+        "tags": tags(cell, manifest),
         "properties": {
             "publishingProfile": {
                 "targetRegions": [
