@@ -61,10 +61,11 @@ def with_real_disk(tmp_path: Path, files, fmt: str | None = None) -> bytes:
         for offset in (0, 9 << 20):
             f.seek(offset)
             f.write(os.urandom(256 << 10))
-    if fmt == "tar.xz":
-        compress.sparse_tar(files.raw, files.artifact(fmt), compress.xz(0), label="test", fixed=1)
-    elif fmt == "vhd.tar.xz":
-        compress.vhd_tar_xz(files.raw, files.artifact(fmt), compress.xz(0), label="test", fixed=1)
+    with compress.Workers(1) as workers:
+        if fmt == "tar.xz":
+            compress.sparse_tar(files.raw, files.artifact(fmt), compress.xz(0), "test", workers)
+        elif fmt == "vhd.tar.xz":
+            compress.vhd_tar_xz(files.raw, files.artifact(fmt), compress.xz(0), "test", workers)
     return files.raw.read_bytes()
 
 

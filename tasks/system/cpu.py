@@ -17,7 +17,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 POLL_SECONDS = 0.5
@@ -28,8 +28,14 @@ def cores() -> int:
 
 
 @contextlib.contextmanager
-def slots(directory: Path, want: int, total: int | None = None) -> Iterator[int]:
-    """Hold between 1 and want CPU slots of directory; yield how many were got."""
+def slots(
+    directory: Path, want: int, total: int | None = None, abandon: Callable[[], bool] | None = None
+) -> Iterator[int]:
+    """Hold between 1 and want CPU slots of directory; yield how many were got.
+
+    abandon: asked while waiting for a first slot; when it says True, stop
+    waiting and yield 0 (the work was done meanwhile by those holding slots).
+    """
     total = total or cores()
     want = max(1, min(want, total))
     directory.mkdir(parents=True, exist_ok=True)
@@ -47,6 +53,8 @@ def slots(directory: Path, want: int, total: int | None = None) -> Iterator[int]
                 else:
                     held.append(fd)
             if not held:
+                if abandon is not None and abandon():
+                    break
                 time.sleep(POLL_SECONDS)
         yield len(held)
     finally:
