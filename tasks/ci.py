@@ -37,7 +37,6 @@ from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, CiSettings
 from tasks.model.plan import DEFAULT_WORKDIR, Plan
-from tasks.release import project as release_project
 from tasks.system import atomic
 
 
@@ -206,6 +205,8 @@ def _version(plan: Plan) -> str:
 
 def release_trigger(plan: Plan, cells: list[Cell]) -> dict:
     """The manual job that hands a release's cells to the release project: what identifies the build, no secret."""
+    from tasks.release import project as release_project  # requests: not needed to load the graph
+
     ci = plan.matrix.ci
     variables = {
         release_project.PROJECT: "$CI_PROJECT_PATH",
@@ -237,6 +238,8 @@ def release_trigger(plan: Plan, cells: list[Cell]) -> dict:
 
 def release_project_pipeline(plan: Plan) -> dict:
     """The release project's pipeline: one job that admits the trigger, fetches, checks and releases."""
+    from tasks.release import project as release_project  # requests: not needed to load the graph
+
     ci = plan.matrix.ci
     # Every cell's release records, by their names (the same in every cell's directory).
     any_cell = CellFiles.of(Path(DEFAULT_WORKDIR), plan.matrix.cells[0])

@@ -26,7 +26,6 @@ from typing import Any, Generic, TypeVar
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Architecture, Cell, Release
 from tasks.model.plan import Plan
-from tasks.release import step as release_step
 from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, provenance, publish, sbom
 from tasks.system import signing
 
@@ -335,6 +334,8 @@ def _platform_config(ctx: CellContext) -> dict | None:
 
 
 def _release_action(ctx: CellContext) -> None:
+    from tasks.release import step as release_step  # the release's clients: not needed to load the graph
+
     plan = ctx.plan
     release_step.release(
         ctx.cell,

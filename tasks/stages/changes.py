@@ -18,10 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from debian.changelog import Changelog
-from debian.deb822 import Deb822
-from debian.debian_support import Version
-
 SCHEMA = 1
 # A binNMU's suffix: its source version is the binary version without it.
 _BINNMU = re.compile(r"\+b\d+$")
@@ -52,6 +48,8 @@ class ImagePackages:
 
 def read_sources(dpkg_status: Path) -> dict[str, tuple[str, str]]:
     """Package -> (source, source version) from dpkg's status (Source: name (version))."""
+    from debian.deb822 import Deb822  # python-debian: only when changes are written, never at task loading
+
     sources = {}
     with open(dpkg_status, encoding="utf-8", errors="replace") as status:
         for paragraph in Deb822.iter_paragraphs(status):
@@ -86,6 +84,9 @@ def read_changelogs(tar_path: Path | None) -> dict[str, bytes]:
 
 def entries_between(changelog: bytes, old: str, new: str) -> list[str]:
     """The changelog's entries newer than old, up to and including new."""
+    from debian.changelog import Changelog
+    from debian.debian_support import Version
+
     entries = []
     for block in Changelog(changelog, strict=False):
         if block.version is None:
@@ -99,6 +100,8 @@ def entries_between(changelog: bytes, old: str, new: str) -> list[str]:
 
 def compare(old: ImagePackages | None, new: ImagePackages, changelogs: dict[str, bytes] | None = None) -> dict:
     """changes.json: what `new` adds, removes, upgrades and downgrades against `old`."""
+    from debian.debian_support import Version
+
     changelogs = changelogs or {}
     result: dict = {
         "schema": SCHEMA,
