@@ -10,8 +10,10 @@ Sections (all by default):
                every child process included) and CPU/wall; image bytes before
                and after compression; the boot test's milestones; a no-op run
                of that cell.
-  compression  the cell's disk.raw through the configured compressor and
-               through `xz -9 -T1`: seconds, bytes, speed-up, size difference.
+  compression  each of --compress-cells' disk.raw through `xz -9 -T1` and
+               through ours (one xz per core, idle cores splitting what is
+               left): seconds, how busy the cores were, bytes, speed-up and
+               size against xz -9 -T1 of the same run, the xz streams made.
   rebuild      each of --rebuild-cells (default: the push tier's cells) built
                again from the cached base and package cache, --repeat times:
                wall and CPU seconds of each.
@@ -19,9 +21,12 @@ Sections (all by default):
                times, with the firmwares side by side (1 vCPU each, the
                default) and one after the other (2 vCPUs each): wall and CPU
                seconds, each boot's accelerator and milestones.
-  push         a cold run of the push tier (fresh work directory, one job per
-               core): wall, CPU, and how busy the cores were,
-               CPU / (wall x cores).
+  arm64        bookworm-nocloud on amd64 and on arm64, each built and
+               boot-tested from its cached base alone: seconds of each, and
+               arm64's time over amd64's.
+  push         the push tier built again from its cached bases (its cells'
+               tasks forgotten; one job per core): wall, CPU, and how busy the
+               cores were, CPU / (wall x cores).
   noop         a no-op run over the full matrix, and `doit list --all`. In
                --full-workdir when the full tier was built there; otherwise
                in a work directory of stand-ins (below).
@@ -64,9 +69,15 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# Python as an installation runs it: with its bytecode cache (some shells,
+# containers among them, set PYTHONDONTWRITEBYTECODE; every doit run would
+# then compile each module of the graph again, about 0.1 s).
+ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
+
 def timed(cmd: list[str], check: bool = True) -> tuple[float, float, str]:
     cpu, wall = children_cpu(), time.monotonic()
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     wall, cpu = time.monotonic() - wall, children_cpu() - cpu
     if check and result.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -130,35 +141,41 @@ def stages(cell: Cell, base: Path, options: list[str]) -> None:
 
 
 def compress_figures(cell: str, base: Path, xz_level: int) -> None:
+    """The cell's tar stream through xz -9 -T1 (the baseline) and through ours, in this run."""
     raw = base / "build" / cell / "disk.raw"
     data = raw.stat().st_blocks * 512
-    print(f"\n== compression of {cell}'s disk.raw ({mib(data)} of data), sparse tar, {CORES} cores")
-    print(f"  {'compressor':<34} {'wall s':>7} {'CPU s':>7} {'bytes':>13} {'speed-up':>8} {'size':>7}")
-    whole = data + (64 << 20)  # one segment: the whole stream, as a plain xz -T1 pipeline
-    candidates = [
-        ("xz -9 -T1 (baseline)", compression.Squeezer(("xz", "-9", "--threads=1", "--stdout", "-"), whole), 1),
-        (f"ours, xz -{xz_level} (configured)", compression.xz(xz_level), None),
-        *([("ours, xz -9", compression.xz(9), None)] if xz_level != 9 else []),
-        (
-            f"xz -9 -T{CORES} (xz's own threads)",
-            compression.Squeezer(("xz", "-9", f"--threads={CORES}", "--stdout", "-"), whole),
-            1,
-        ),
-    ]
+    print(
+        f"\n== compression of {cell}'s disk.raw ({mib(raw.stat().st_size)} disk, {mib(data)} of data), "
+        f"sparse tar, {CORES} cores"
+    )
+    columns = f"{'wall s':>7} {'CPU s':>7} {'busy':>5} {'bytes':>13} {'speed-up':>8} {'size':>7}"
+    print(f"  {'compressor':<30} {columns}  streams")
+    one_stream = compression.Squeezer(("xz", "-9", "--threads=1", "--stdout", "-"), smallest=1 << 60, piece=1 << 60)
+    candidates = [("xz -9 -T1 (baseline)", one_stream, 1), (f"ours, xz -{xz_level}", compression.xz(xz_level), CORES)]
     baseline = None
     with tempfile.TemporaryDirectory(dir=base) as scratch:
-        for name, squeezer, fixed in candidates:
+        for name, squeezer, workers in candidates:
             out = Path(scratch) / "out.tar.xz"
             cpu, wall = children_cpu(), time.monotonic()
-            compression.sparse_tar(raw, out, squeezer, name, cpu_slots=Path(scratch) / "cpu", fixed=fixed)
+            with compression.Workers(workers, Path(scratch) / "cpu") as pool:
+                compression.sparse_tar(raw, out, squeezer, name, pool)
             wall, cpu = time.monotonic() - wall, children_cpu() - cpu
             size = out.stat().st_size
             baseline = baseline or (wall, size)
+            streams = xz_stream_sizes(out)
             print(
-                f"  {name:<34} {wall:>7.1f} {cpu:>7.1f} {size:>13,} {baseline[0] / wall:>7.2f}x "
-                f"{100 * (size / baseline[1] - 1):>+6.1f}%",
+                f"  {name:<30} {wall:>7.1f} {cpu:>7.1f} {100 * cpu / (wall * workers):>4.0f}% {size:>13,} "
+                f"{baseline[0] / wall:>7.2f}x {100 * (size / baseline[1] - 1):>+6.2f}%  "
+                f"{len(streams)}: {', '.join(f'{n / 2**20:.0f}' for n in streams)} MiB",
                 flush=True,
             )
+
+
+def xz_stream_sizes(path: Path) -> list[int]:
+    listing = subprocess.run(
+        ["xz", "--robot", "--list", "--verbose", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    return [int(line.split("\t")[6]) for line in listing.splitlines() if line.startswith("stream\t")]
 
 
 def boottests(cells: list[str], base: Path, options: list[str], repeat: int) -> None:
@@ -192,16 +209,38 @@ def boottests(cells: list[str], base: Path, options: list[str], repeat: int) -> 
                 )
 
 
-def push(options: list[str]) -> None:
-    with tempfile.TemporaryDirectory(prefix="image-benchmark-push.", dir="/var/tmp") as scratch:
-        base = Path(scratch)
-        opts = [o for o in options if not o.startswith(("workdir=", "storage="))]
-        where = [f"workdir={base / 'build'}", f"storage={base / 'storage'}"]
-        wall, cpu, out = timed(doit(*opts, *where))
-        again_wall, again_cpu, again = timed(doit(*opts, *where))
-    print(f"\n== cold run of the push tier ({executed(out)} tasks, {CORES} jobs on {CORES} cores)")
-    print(f"  {wall:.1f} s wall, {cpu:.1f} s CPU: the cores were {100 * cpu / (wall * CORES):.0f} % busy")
+def forget_cells(cells: list[str], stages: list[str], options: list[str]) -> None:
+    timed(doit("forget", *(f"{stage}:{cell}" for cell in cells for stage in stages), *options))
+
+
+def push(cells: list[str], options: list[str]) -> None:
+    """The push tier built again from its cached bases, one job per core (doit's default)."""
+    timed(doit(*options))  # whatever is missing, the bases included
+    forget_cells(cells, [stage.name for stage in registry.cell_chain()], options)
+    wall, cpu, out = timed(doit(*options))
+    again_wall, again_cpu, again = timed(doit(*options))
+    print(f"\n== the push tier from its cached bases ({executed(out)} tasks, {CORES} jobs on {CORES} cores)")
+    print(f"  {wall:.1f} s wall, {cpu:.1f} s CPU: CPU / (wall x cores) = {cpu / (wall * CORES):.2f}")
     print(f"  no-op run right after: {again_wall:.2f} s wall, {again_cpu:.2f} s CPU, {executed(again)} tasks executed")
+
+
+def arm64(vendor: str, release: str, options: list[str]) -> None:
+    """One cell's build and boot test from its cached base on each architecture, side by side."""
+    print(f"\n== {release}-{vendor} built and boot-tested from its cached base, each architecture alone")
+    walls = {}
+    for arch in ("amd64", "arm64"):
+        cell = f"{release}-{vendor}-{arch}"
+        timed(doit(f"boottest:{cell}", *options))  # the base and a first build, when missing
+        forget_cells([cell], ["build", "boottest"], options)
+        build_wall, build_cpu, _ = timed(doit(f"build:{cell}", *options))
+        boot_wall, boot_cpu, _ = timed(doit(f"boottest:{cell}", *options))
+        walls[arch] = build_wall + boot_wall
+        print(
+            f"  {cell:<28} build {build_wall:6.1f} s ({build_cpu:6.1f} s CPU), boot test {boot_wall:6.1f} s "
+            f"({boot_cpu:6.1f} s CPU): {walls[arch]:6.1f} s",
+            flush=True,
+        )
+    print(f"  arm64 / amd64: {walls['arm64'] / walls['amd64']:.2f}")
 
 
 def rebuild(cells: list[str], options: list[str], repeat: int) -> None:
@@ -243,6 +282,7 @@ def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
     """A work directory where every target of the full tier exists (see the module's doc)."""
     from tasks import graph
     from tasks.model import plan as plan_module
+    from tasks.model.records import PublishReceipt
 
     workdir, storage = base / "full-standin" / "build", base / "full-standin" / "storage"
     opts = [o for o in options if not o.startswith(("workdir=", "storage="))] + [
@@ -253,18 +293,19 @@ def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
     values = dict(o.split("=", 1) for o in opts)
     the_plan = plan_module.from_options(REPO, values.get)
     for task in graph.load_tasks(the_plan).values():
-        for target in map(Path, task.targets):
+        # Targets elsewhere (the release project's pipeline file of the repository) are left alone.
+        for target in (Path(t) for t in task.targets if Path(t).is_relative_to(workdir)):
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.name == "published.json":
                 published = storage / "standin" / target.parent.name
                 published.mkdir(parents=True, exist_ok=True)
                 (published / "image").write_text(target.parent.name)
-                receipt = {
-                    "storage": the_plan.storage.url,
-                    "directory": f"standin/{target.parent.name}",
-                    "sizes": {"image": len(target.parent.name)},
-                }
-                target.write_text(json.dumps(receipt))
+                receipt = PublishReceipt(
+                    storage=the_plan.storage.url,
+                    directory=f"standin/{target.parent.name}",
+                    sizes={"image": len(target.parent.name)},
+                )
+                target.write_text(json.dumps(receipt.to_json()))
             else:
                 target.write_text(f"stand-in for {target.name}\n")
     recorded = subprocess.run(
@@ -306,9 +347,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
-    parser.add_argument("sections", nargs="*", default=["stages", "compression", "boottest", "rebuild", "push", "noop"])
+    parser.add_argument(
+        "sections", nargs="*", default=["stages", "compression", "boottest", "rebuild", "arm64", "push", "noop"]
+    )
     parser.add_argument("--cell", default="bookworm-nocloud-amd64")
     parser.add_argument("--rebuild-cells", nargs="+", help="default: the push tier's cells")
+    parser.add_argument(
+        "--compress-cells", nargs="+", help="default: the push tier's cells and an 8 GiB one, bookworm-ec2-amd64"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="rebuilds of each cell (rebuild section)")
     parser.add_argument("--xz-level", type=int, help="default: the matrix's compress.xz_level")
     parser.add_argument("--workdir", type=Path, help="default: a new directory under /var/tmp, removed afterwards")
@@ -327,15 +373,18 @@ def main() -> None:
         if "stages" in args.sections:
             stages(matrix.cell(args.cell), base, options)
         if "compression" in args.sections:
-            if not (base / "build" / args.cell / "disk.raw").exists():
-                timed(doit(f"build:{args.cell}", *options))
-            compress_figures(args.cell, base, xz_level)
+            for cell in args.compress_cells or [*rebuild_cells, "bookworm-ec2-amd64"]:
+                if not (base / "build" / cell / "disk.raw").exists():
+                    timed(doit(f"build:{cell}", *options))
+                compress_figures(cell, base, xz_level)
         if "boottest" in args.sections:
             boottests(rebuild_cells, base, options, args.repeat)
         if "rebuild" in args.sections:
             rebuild(rebuild_cells, options, args.repeat)
         if "push" in args.sections:
-            push(options)
+            push([cell.name for cell in matrix.tier("push")], options)
+        if "arm64" in args.sections:
+            arm64("nocloud", "bookworm", options)
         if "noop" in args.sections:
             noop(args.full_workdir, base, options)
     finally:
