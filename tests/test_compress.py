@@ -87,14 +87,6 @@ def write_runs(path: Path, size: int, runs: list[tuple[int, int]]) -> None:
             f.write(b"".join(os.urandom(4096) * 16 for _ in range(length // (64 << 10))))
 
 
-def stream_sizes(path: Path) -> list[int]:
-    """The uncompressed size of each xz stream of a file, in order."""
-    listing = subprocess.run(
-        ["xz", "--robot", "--list", "--verbose", str(path)], capture_output=True, text=True, check=True
-    ).stdout
-    return [int(line.split("\t")[6]) for line in listing.splitlines() if line.startswith("stream\t")]
-
-
 # A compressor that takes its input slowly where it holds the tar header (the
 # first segment) or everywhere: equal bytes need not take equal time.
 SLOW = (
@@ -115,7 +107,7 @@ SLOW = (
 def squeeze(raw: Path, output: Path, squeezer, workers: int, slots: Path | None) -> list[int]:
     with compress.Workers(workers, slots) as pool:
         compress.sparse_tar(raw, output, squeezer, "test", pool)
-    sizes = stream_sizes(output)
+    sizes = compress.xz_stream_sizes(output)
     assert sum(sizes) == len(subprocess.run(["xz", "-dc", str(output)], capture_output=True, check=True).stdout)
     return sizes
 

@@ -162,20 +162,13 @@ def compress_figures(cell: str, base: Path, xz_level: int) -> None:
             wall, cpu = time.monotonic() - wall, children_cpu() - cpu
             size = out.stat().st_size
             baseline = baseline or (wall, size)
-            streams = xz_stream_sizes(out)
+            streams = compression.xz_stream_sizes(out)
             print(
                 f"  {name:<30} {wall:>7.1f} {cpu:>7.1f} {100 * cpu / (wall * workers):>4.0f}% {size:>13,} "
                 f"{baseline[0] / wall:>7.2f}x {100 * (size / baseline[1] - 1):>+6.2f}%  "
                 f"{len(streams)}: {', '.join(f'{n / 2**20:.0f}' for n in streams)} MiB",
                 flush=True,
             )
-
-
-def xz_stream_sizes(path: Path) -> list[int]:
-    listing = subprocess.run(
-        ["xz", "--robot", "--list", "--verbose", str(path)], capture_output=True, text=True, check=True
-    ).stdout
-    return [int(line.split("\t")[6]) for line in listing.splitlines() if line.startswith("stream\t")]
 
 
 def boottests(cells: list[str], base: Path, options: list[str], repeat: int) -> None:
@@ -225,7 +218,7 @@ def push(cells: list[str], options: list[str]) -> None:
 
 
 def arm64(vendor: str, release: str, options: list[str]) -> None:
-    """One cell's build and boot test from its cached base on each architecture, side by side."""
+    """One cell's build and boot test from its cached base on each architecture, one after the other."""
     print(f"\n== {release}-{vendor} built and boot-tested from its cached base, each architecture alone")
     walls = {}
     for arch in ("amd64", "arm64"):
@@ -249,7 +242,7 @@ def rebuild(cells: list[str], options: list[str], repeat: int) -> None:
         timed(doit(f"build:{cell}", *options))  # the base and a first build, when missing
         runs = []
         for _ in range(repeat):
-            timed(doit("forget", f"build:{cell}", *options))
+            forget_cells([cell], ["build"], options)
             wall, cpu, out = timed(doit(f"build:{cell}", *options))
             assert executed(out) == 1, out
             runs.append((wall, cpu))

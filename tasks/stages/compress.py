@@ -319,9 +319,10 @@ class _Segments:
     def take(self) -> _Segment | None:
         with self.lock:
             chosen = self._next()
-            if chosen is None or not chosen.running:
-                if chosen:
-                    chosen.running = True
+            if chosen is None:
+                return None
+            if not chosen.running:
+                chosen.running = True
                 return chosen
             # Split: the running segment stops halfway through what it has not been fed yet.
             middle = chosen.fed + self._unfed(chosen) // 2
@@ -347,10 +348,12 @@ class _Segments:
     def work(self, workers: Workers) -> None:
         """One worker: a CPU slot, then segments until none is left worth splitting."""
         with workers.slots(1, abandon=lambda: not self.left()) as got:
-            while got and self.left():
+            while got:
                 segment = self.take()
-                if segment is None:  # nothing to split yet while tar writes: wait for more
-                    self.spool.wait(timeout=0.2)
+                if segment is None:
+                    if self.spool.length is not None:
+                        return  # nothing left worth splitting, and no more to come
+                    self.spool.wait(timeout=0.2)  # nothing to split yet while tar writes: wait for more
                     continue
                 segment.output = workers.squeeze(self.squeezer, functools.partial(self.feed, segment))
 
@@ -429,6 +432,12 @@ def sparse_tar(
             workers.stop()
             wait(jobs)
         spool.file.close()  # no worker reads it any more
+
+
+def xz_stream_sizes(path: Path) -> list[int]:
+    """The uncompressed size of each xz stream of a file, in order (what the segments were)."""
+    listing = proc.run(["xz", "--robot", "--list", "--verbose", str(path)])
+    return [int(line.split("\t")[6]) for line in listing.splitlines() if line.startswith("stream\t")]
 
 
 def qemu_img_convert(args: list[str], label: str, workers: Workers | None = None) -> None:

@@ -61,25 +61,26 @@ def _archive(data: bytes, offset: int) -> tuple[list[Member], int]:
     return found, offset
 
 
+def _archives(data: bytes) -> tuple[list[Member], int]:
+    """The members of the uncompressed archives data starts with, one after the other, and where they end."""
+    found: list[Member] = []
+    offset = 0
+    while data[offset : offset + 6] in (b"070701", b"070702"):
+        members_of_one, offset = _archive(data, offset)
+        found += members_of_one
+        while offset < len(data) and data[offset] == 0:  # padding between archives
+            offset += 1
+    return found, offset
+
+
 def members(path: Path) -> Iterator[Member]:
     """Every member of every archive in the file: uncompressed ones first (early firmware,
     microcode), as the kernel reads them, then the compressed main archive."""
-    data, offset = path.read_bytes(), 0
-    while offset < len(data):
-        if data[offset : offset + 6] in (b"070701", b"070702"):
-            found, offset = _archive(data, offset)
-            yield from found
-            while offset < len(data) and data[offset] == 0:  # padding between archives
-                offset += 1
-            continue
-        rest = _decompress(data[offset:], path)
-        position = 0
-        while position < len(rest) and rest[position : position + 6] in (b"070701", b"070702"):
-            found, position = _archive(rest, position)
-            yield from found
-            while position < len(rest) and rest[position] == 0:
-                position += 1
-        return
+    data = path.read_bytes()
+    found, end = _archives(data)
+    yield from found
+    if end < len(data):
+        yield from _archives(_decompress(data[end:], path))[0]
 
 
 def foreign_programs(path: Path, arch: str) -> list[str]:
