@@ -184,3 +184,27 @@ def _eventually(predicate, timeout=30.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_phase_clock_times_each_task_hook_and_script_from_fai_output():
+    ticks = iter([0.0, 2.0, 5.0, 5.5, 9.0, 19.0, 19.25, 20.0])
+    clock = fai.PhaseClock(clock=lambda: next(ticks))
+    for line in [
+        "Calling hook: updatebase.DEBIAN",
+        "Get:1 http://deb.debian.org/debian bookworm InRelease",  # not a phase: its time stays in the hook's
+        "Calling task_updatebase",
+        "Source hook: debconf.DEBIAN.sh",
+        "Calling task_configure",
+        "Executing           shell: DEBIAN/20-initramfs",
+        "Executing   shell: LAST/90-clean",
+    ]:
+        clock.line(line)
+    assert clock.finished() == {
+        "start": 2.0,
+        "hook updatebase.DEBIAN": 3.0,
+        "task updatebase": 0.5,
+        "hook debconf.DEBIAN.sh": 3.5,
+        "task configure": 10.0,
+        "script DEBIAN/20-initramfs": 0.2,
+        "script LAST/90-clean": 0.8,
+    }

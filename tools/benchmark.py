@@ -16,14 +16,15 @@ Sections (all by default):
                size against xz -9 -T1 of the same run, the xz streams made.
   rebuild      each of --rebuild-cells (default: the push tier's cells) built
                again from the cached base and package cache, --repeat times:
-               wall and CPU seconds of each.
+               wall and CPU seconds of each, the slowest phases of the build.
   boottest     the boot-test stage of each of --rebuild-cells, --repeat
                times, with the firmwares side by side (1 vCPU each, the
                default) and one after the other (2 vCPUs each): wall and CPU
                seconds, each boot's accelerator and milestones.
-  arm64        bookworm-nocloud on amd64 and on arm64, each built and
-               boot-tested from its cached base alone: seconds of each, and
-               arm64's time over amd64's.
+  arm64        nocloud of each of --arm64-releases on amd64 and on arm64,
+               each built and boot-tested from its cached base alone: seconds
+               of each, the build's slowest phases, and arm64's time over
+               amd64's.
   push         the push tier built again from its cached bases (its cells'
                tasks forgotten; one job per core): wall, CPU, and how busy the
                cores were, CPU / (wall x cores).
@@ -217,7 +218,14 @@ def push(cells: list[str], options: list[str]) -> None:
     print(f"  no-op run right after: {again_wall:.2f} s wall, {again_cpu:.2f} s CPU, {executed(again)} tasks executed")
 
 
-def arm64(vendor: str, release: str, options: list[str]) -> None:
+def slowest_phases(base: Path, cell: str, count: int = 4) -> str:
+    """The build's longest phases, from its build-info.json (tasks/stages/fai.py, PhaseClock)."""
+    phases = json.loads((base / "build" / cell / "build-info.json").read_text()).get("phases", {})
+    slowest = sorted(phases.items(), key=lambda item: -item[1])[:count]
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in slowest)
+
+
+def arm64(vendor: str, release: str, base: Path, options: list[str]) -> None:
     """One cell's build and boot test from its cached base on each architecture, one after the other."""
     print(f"\n== {release}-{vendor} built and boot-tested from its cached base, each architecture alone")
     walls = {}
@@ -231,12 +239,13 @@ def arm64(vendor: str, release: str, options: list[str]) -> None:
         print(
             f"  {cell:<28} build {build_wall:6.1f} s ({build_cpu:6.1f} s CPU), boot test {boot_wall:6.1f} s "
             f"({boot_cpu:6.1f} s CPU): {walls[arch]:6.1f} s",
+            f"\n    slowest build phases: {slowest_phases(base, cell)}",
             flush=True,
         )
     print(f"  arm64 / amd64: {walls['arm64'] / walls['amd64']:.2f}")
 
 
-def rebuild(cells: list[str], options: list[str], repeat: int) -> None:
+def rebuild(cells: list[str], base: Path, options: list[str], repeat: int) -> None:
     print(f"\n== built again from the cached base and package cache ({repeat} times each)")
     for cell in cells:
         timed(doit(f"build:{cell}", *options))  # the base and a first build, when missing
@@ -250,6 +259,7 @@ def rebuild(cells: list[str], options: list[str], repeat: int) -> None:
         print(
             f"  {cell:<30} wall {', '.join(f'{w:.1f}' for w, _ in runs)} s (median {walls[len(walls) // 2]:.1f}); "
             f"CPU {', '.join(f'{c:.1f}' for _, c in runs)} s",
+            f"\n    slowest phases of the last: {slowest_phases(base, cell)}",
             flush=True,
         )
 
@@ -348,6 +358,7 @@ def main() -> None:
     parser.add_argument(
         "--compress-cells", nargs="+", help="default: the push tier's cells and an 8 GiB one, bookworm-ec2-amd64"
     )
+    parser.add_argument("--arm64-releases", nargs="+", default=["bookworm"], help="releases of the arm64 section")
     parser.add_argument("--repeat", type=int, default=3, help="rebuilds of each cell (rebuild section)")
     parser.add_argument("--xz-level", type=int, help="default: the matrix's compress.xz_level")
     parser.add_argument("--workdir", type=Path, help="default: a new directory under /var/tmp, removed afterwards")
@@ -373,11 +384,12 @@ def main() -> None:
         if "boottest" in args.sections:
             boottests(rebuild_cells, base, options, args.repeat)
         if "rebuild" in args.sections:
-            rebuild(rebuild_cells, options, args.repeat)
+            rebuild(rebuild_cells, base, options, args.repeat)
         if "push" in args.sections:
             push([cell.name for cell in matrix.tier("push")], options)
         if "arm64" in args.sections:
-            arm64("nocloud", "bookworm", options)
+            for release in args.arm64_releases:
+                arm64("nocloud", release, base, options)
         if "noop" in args.sections:
             noop(args.full_workdir, base, options)
     finally:

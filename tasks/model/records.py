@@ -95,6 +95,8 @@ class BuildInfo(Record):
     inputs: dict[str, str]  # project_commit, config_space_sha256, base_sha256
     apt_releases: list[dict[str, str]]  # name, sha256, date of each Release file apt used
     build_finished: str
+    # Seconds in each of FAI's tasks, hooks and scripts, in order (fai.PhaseClock).
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,7 @@ def build(
                     verb = line[3:].split(" ", 1)[0].rstrip(".")
                     progress.update(status="Retrieving" if verb == "Validating" else verb)
 
-            env = dict(os.environ)
+            env = {**os.environ, **binfmt.environment(arch)}
             with cpu.slots(cpu_slots, want=1), aptcache.PackageCache(package_cache) as cache:
                 if settings.mirror.startswith("http://"):
                     env["http_proxy"] = cache.url  # debootstrap fetches with wget

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +73,8 @@ FAI_STEPS = [
     "faiend",
 ]
 _STEP_LINE = re.compile(r"^Calling task_(\w+)")
+# A line that starts a phase of the build: a task of FAI's, a hook, or a script of configure or tests.
+_PHASE_LINE = re.compile(r"^(?:Calling task_(\w+)|(?:Calling|Source) hook: (\S+)|Executing +\w+: (\S+))")
 # Lines worth showing when a build fails.
 _RELEVANT = re.compile(
     r"^E: |ERROR|FAILED|Error in task|error processing|returned an error|Traceback|"
@@ -82,6 +84,35 @@ _RELEVANT = re.compile(
 
 class BuildFailed(StageFailed):
     pass
+
+
+class PhaseClock:
+    """Where a build's time goes: seconds from each line that starts a phase to the next.
+
+    Written into build-info.json (phases) and printed by tools/benchmark.py: under
+    emulation, the phase names say which work emulation makes slow."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._phase = "start"
+        self._since = clock()
+        self.seconds: dict[str, float] = {}
+
+    def line(self, line: str) -> None:
+        found = _PHASE_LINE.match(line)
+        if found:
+            task, hook, script = found.groups()
+            self._close()
+            self._phase = f"task {task}" if task else f"hook {hook}" if hook else f"script {script}"
+
+    def _close(self) -> None:
+        now = self._clock()
+        self.seconds[self._phase] = round(self.seconds.get(self._phase, 0.0) + now - self._since, 1)
+        self._since = now
+
+    def finished(self) -> dict[str, float]:
+        self._close()
+        return dict(self.seconds)
 
 
 def fai_arch_facts(cell: Cell) -> dict[str, str]:
@@ -145,6 +176,7 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         # FAI looks for a base file in $NFSROOT/var/tmp, which without an
         # NFS root would be the build host's own /var/tmp.
         NFSROOT="/nonexistent-nfsroot",
+        **binfmt.environment(cell.arch.name),
     )
     return env
 
@@ -207,10 +239,12 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
     log.write_text(f"# {cell.name}: {' '.join(fai_command)}\n")
     started = datetime.now(UTC)
     clock = time.monotonic()
+    phases = PhaseClock()
     try:
         with StageProgress(f"build {cell.name}", total=len(FAI_STEPS), unit="steps") as progress:
 
             def on_line(line: str) -> None:
+                phases.line(line)
                 step = _STEP_LINE.match(line)
                 if step and step.group(1) in FAI_STEPS:
                     progress.update(completed=FAI_STEPS.index(step.group(1)), status=f"FAI task {step.group(1)}")
@@ -221,6 +255,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
                 if settings.mirror.startswith("http://"):
                     env["IMAGE_APT_PROXY"] = cache.url
                 returncode = sandbox.run_logged(fai_command, log, env, keep, on_line, fai_logs=log_dir)
+            phase_seconds = phases.finished()
             with open(log, "a") as out:
                 out.write(f"\n# {cache.stats.summary()}\n")
     except KeyboardInterrupt:
@@ -262,6 +297,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         disk_size=cell.vendor.disk_size,
         build_started=started.isoformat(timespec="seconds"),
         build_seconds=round(time.monotonic() - clock, 1),
+        phases=phase_seconds,
         builder={"id": builder_id(), "fai": _package_version("fai-server"), "host_kernel": os.uname().release},
         mirror=settings.mirror,
         source_date_epoch=int(env["IMAGE_SOURCE_DATE_EPOCH"]),

@@ -27,6 +27,12 @@ def is_foreign(arch: str) -> bool:
     return Arch.named(arch).spec.uname != os.uname().machine
 
 
+def environment(arch: str) -> dict[str, str]:
+    """What a foreign build's environment tells qemu-user: the CPU it emulates (tasks/model/arch.py)."""
+    cpu = Arch.named(arch).spec.user_cpu
+    return {"QEMU_CPU": cpu} if cpu and is_foreign(arch) else {}
+
+
 def ensure(arch: str) -> None:
     """Make sure programs of arch can run here; mount and register as needed."""
     if not is_foreign(arch):
