@@ -51,6 +51,11 @@ def test_arm64_image_builds_and_boots_through_uefi(tmp_path):
     assert packages["bash"] == "arm64"
     assert {"shim-signed", "grub-efi-arm64-signed"} <= set(packages)
 
+    # The build says where its time went: each FAI task, hook and script, adding up to the build.
+    info = json.loads((cell_dir / "build-info.json").read_text())
+    assert {"task instsoft", "script DEBIAN/20-initramfs"} <= set(info["phases"])
+    assert 0.9 * info["build_seconds"] <= sum(info["phases"].values()) <= info["build_seconds"] + 1
+
     boot = json.loads((cell_dir / "boottest.json").read_text())
     assert boot["passed"] is True
     assert [(b["firmware"], b["accelerator"]) for b in boot["boots"]] == [("uefi", "tcg")]
