@@ -18,6 +18,27 @@ from tasks.system import signing
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The background runs this session started (tests/background.py).
+_STARTED = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what they leave out
+def pytest_collection_modifyitems(config, items):
+    """Tests that check a background run go last, their run started now."""
+    runs = {id(run): run for item in items if (run := getattr(getattr(item, "module", None), "BACKGROUND_RUN", None))}
+    if runs and not config.option.collectonly:
+        waiting = [item for item in items if getattr(item.module, "BACKGROUND_RUN", None)]
+        items[:] = [item for item in items if item not in waiting] + waiting
+        for run in runs.values():
+            run.start()
+        config.stash[_STARTED] = list(runs.values())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for run in session.config.stash.get(_STARTED, []):
+        run.stop(keep=exitstatus != 0)
+
+
 def run_doit(*args: str, timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """This project's doit, as a user runs it (its own process), output captured."""
     return subprocess.run(

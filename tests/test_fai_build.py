@@ -5,6 +5,7 @@ mirror) and stop them within seconds, so they belong to the quick suite. They
 need root, like every image build.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -23,11 +24,14 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")
 
 
-@pytest.fixture(autouse=True)
-def loops_before():
-    """Loop devices attached before the test: any other one is the test's."""
-    global _LOOPS_BEFORE
-    _LOOPS_BEFORE = set(loopdev.attached())
+def loop_devices_of(workdir: Path) -> list[str]:
+    """Loop devices whose backing file is, or was before it was deleted, under workdir
+    (other builds, the arm64 end-to-end run among them, may have theirs attached meanwhile)."""
+    out = subprocess.run(
+        ["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"], capture_output=True, text=True, check=True
+    ).stdout
+    devices = json.loads(out)["loopdevices"] if out.strip() else []
+    return sorted(d["name"] for d in devices if (d.get("back-file") or "").startswith(f"{workdir}/"))
 
 
 def leftovers(workdir: Path) -> dict:
@@ -38,7 +42,7 @@ def leftovers(workdir: Path) -> dict:
     processes = subprocess.run(["pgrep", "-af", str(workdir)], capture_output=True, text=True).stdout.splitlines()
     partials = [str(p) for p in workdir.rglob("*") if ".partial" in p.name]
     return {
-        "loop devices": sorted(set(loopdev.attached()) - _LOOPS_BEFORE),
+        "loop devices": loop_devices_of(workdir),
         "mounts": mounts,
         "processes": [p for p in processes if "pytest" not in p],
         "partial files": partials,
