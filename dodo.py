@@ -24,8 +24,6 @@ from tasks.model.matrix import MatrixError
 from tasks.system import cpu, proc, runlock
 from tasks.system.checksum import XXH3Checker
 
-_interrupted = []
-
 
 def _stop_on_signal(signum, frame):
     # Ctrl-C (SIGINT) or a cancelled CI job (SIGTERM). Every worker of a
@@ -36,9 +34,8 @@ def _stop_on_signal(signum, frame):
         for worker in multiprocessing.active_children():
             worker.terminate()  # a SIGTERM: the worker runs this same handler
     proc.signal_running(signal.SIGTERM)
-    if _interrupted:
+    if proc.stop_requested(signum):
         return  # a second signal while stopping: the first one is being handled
-    _interrupted.append(signum)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 

@@ -29,7 +29,7 @@ from tasks.model.layout import CellFiles
 from tasks.model.matrix import KnownFailure
 from tasks.model.plan import Plan
 from tasks.stages import imagefacts
-from tasks.system import atomic
+from tasks.system import atomic, proc
 
 
 class StageFailure(TaskFailed):
@@ -47,12 +47,19 @@ def run_stage(title: str, stage: Callable, *args) -> TaskFailed | None:
     """A doit action: run one stage; a StageFailed fails the task with its message alone.
 
     title names the task ("build:bookworm-nocloud-amd64"). Any other
-    exception is a bug, and doit shows its traceback.
+    exception is a bug, and doit shows its traceback. A stage stopped by a
+    signal ends with a KeyboardInterrupt whatever its cleanup raised instead:
+    a doit worker that took it for a failure would wait for its next task,
+    for ever when the main process was killed outright.
     """
     try:
         stage(*args)
-    except StageFailed as failure:
-        return StageFailure(title, failure)
+    except Exception as error:
+        if proc.stop_requested():
+            raise KeyboardInterrupt(f"{title} stopped") from error
+        if isinstance(error, StageFailed):
+            return StageFailure(title, error)
+        raise
     return None
 
 

@@ -8,6 +8,7 @@ in test_accel.py.) The last test runs them through doit itself, as a user sees t
 """
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,20 @@ REPO = Path(__file__).resolve().parent.parent
 def seed_over_a_directory(directory: Path) -> None:
     (directory / "seed.img").mkdir()  # mkfs.vfat will not make its image over it
     instancetest.make_seed(directory, "release-test", "ssh-ed25519 AAAA test")
+
+
+def test_a_stage_stopped_by_a_signal_ends_interrupted_whatever_its_cleanup_raised(monkeypatch):
+    def stopped_then_cleanup_failed():
+        try:
+            raise KeyboardInterrupt("SIGTERM")  # what the stop handler raises in the stage
+        finally:
+            raise StageFailed("could not detach /dev/loop7")  # a cleanup failure takes its place
+
+    assert isinstance(graph.run_stage("build:x", stopped_then_cleanup_failed), graph.StageFailure)
+    monkeypatch.setattr(proc, "_stop_signal", [])
+    assert not proc.stop_requested(signal.SIGTERM) and proc.stop_requested(signal.SIGINT)  # the first one counts
+    with pytest.raises(KeyboardInterrupt, match="build:x stopped"):
+        graph.run_stage("build:x", stopped_then_cleanup_failed)
 
 
 def test_a_failed_command_names_itself_and_what_it_said(tmp_path):

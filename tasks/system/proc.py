@@ -79,6 +79,20 @@ def start(cmd: Sequence[str], **popen_args) -> subprocess.Popen:
     return child
 
 
+# The signal that told this process to stop (dodo.py's handler of SIGINT and SIGTERM).
+_stop_signal: list[int] = []
+
+
+def stop_requested(sig: int | None = None) -> bool:
+    """Whether this process was told to stop; with sig, note that it is being told now.
+
+    Noting returns False for the first signal only: later ones find the stop under way."""
+    if sig is None or _stop_signal:
+        return bool(_stop_signal)
+    _stop_signal.append(sig)
+    return False
+
+
 def signal_running(sig: int) -> None:
     """Send sig to the process group of every child still running.
 
