@@ -202,7 +202,8 @@ def test_phase_clock_times_each_task_hook_and_script_from_fai_output():
         "Executing           shell: DEBIAN/20-initramfs",
         "Executing   shell: LAST/90-clean",
     ]:
-        clock.line(line)
+        started = clock.line(line)
+        assert started == (line.removeprefix("Calling task_") if line.startswith("Calling task_") else None)
     assert clock.finished() == {
         "start": 2.0,
         "hook updatebase.DEBIAN": 3.0,

@@ -72,7 +72,6 @@ FAI_STEPS = [
     "chboot",
     "faiend",
 ]
-_STEP_LINE = re.compile(r"^Calling task_(\w+)")
 # A line that starts a phase of the build: a task of FAI's, a hook, or a script of configure or tests.
 _PHASE_LINE = re.compile(r"^(?:Calling task_(\w+)|(?:Calling|Source) hook: (\S+)|Executing +\w+: (\S+))")
 # Lines worth showing when a build fails.
@@ -98,12 +97,15 @@ class PhaseClock:
         self._since = clock()
         self.seconds: dict[str, float] = {}
 
-    def line(self, line: str) -> None:
+    def line(self, line: str) -> str | None:
+        """Note a line of FAI's output; the name of the FAI task it starts, if it starts one."""
         found = _PHASE_LINE.match(line)
-        if found:
-            task, hook, script = found.groups()
-            self._close()
-            self._phase = f"task {task}" if task else f"hook {hook}" if hook else f"script {script}"
+        if not found:
+            return None
+        task, hook, script = found.groups()
+        self._close()
+        self._phase = f"task {task}" if task else f"hook {hook}" if hook else f"script {script}"
+        return task
 
     def _close(self) -> None:
         now = self._clock()
@@ -244,10 +246,9 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         with StageProgress(f"build {cell.name}", total=len(FAI_STEPS), unit="steps") as progress:
 
             def on_line(line: str) -> None:
-                phases.line(line)
-                step = _STEP_LINE.match(line)
-                if step and step.group(1) in FAI_STEPS:
-                    progress.update(completed=FAI_STEPS.index(step.group(1)), status=f"FAI task {step.group(1)}")
+                task = phases.line(line)
+                if task in FAI_STEPS:
+                    progress.update(completed=FAI_STEPS.index(task), status=f"FAI task {task}")
 
             env = fai_environment(cell, settings, staging, inputs)
             keep = [staging, inputs.config_space, inputs.base.parent, TOOLS_ROOT, IN_BUILD_PYTHON.parents[1]]
