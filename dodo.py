@@ -34,7 +34,7 @@ def _stop_on_signal(signum, frame):
         for worker in multiprocessing.active_children():
             worker.terminate()  # a SIGTERM: the worker runs this same handler
     proc.signal_running(signal.SIGTERM)
-    if proc.stop_requested(signum):
+    if not proc.note_stop(signum):
         return  # a second signal while stopping: the first one is being handled
     raise KeyboardInterrupt(signal.Signals(signum).name)
 

@@ -25,13 +25,13 @@ _STARTED = pytest.StashKey[list]()
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected what they leave out
 def pytest_collection_modifyitems(config, items):
     """Tests that check a background run go last, their run started now."""
-    runs = {id(run): run for item in items if (run := getattr(getattr(item, "module", None), "BACKGROUND_RUN", None))}
-    if runs and not config.option.collectonly:
-        waiting = [item for item in items if getattr(item.module, "BACKGROUND_RUN", None)]
+    waiting = [item for item in items if getattr(getattr(item, "module", None), "BACKGROUND_RUN", None)]
+    if waiting and not config.option.collectonly:
         items[:] = [item for item in items if item not in waiting] + waiting
-        for run in runs.values():
+        runs = list({id(item.module.BACKGROUND_RUN): item.module.BACKGROUND_RUN for item in waiting}.values())
+        for run in runs:
             run.start()
-        config.stash[_STARTED] = list(runs.values())
+        config.stash[_STARTED] = runs
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -240,6 +240,7 @@ def arm64(vendor: str, release: str, base: Path, options: list[str]) -> None:
             f"  {cell:<28} build {build_wall:6.1f} s ({build_cpu:6.1f} s CPU), boot test {boot_wall:6.1f} s "
             f"({boot_cpu:6.1f} s CPU): {walls[arch]:6.1f} s",
             f"\n    slowest build phases: {slowest_phases(base, cell)}",
+            sep="",
             flush=True,
         )
     print(f"  arm64 / amd64: {walls['arm64'] / walls['amd64']:.2f}")
@@ -260,6 +261,7 @@ def rebuild(cells: list[str], base: Path, options: list[str], repeat: int) -> No
             f"  {cell:<30} wall {', '.join(f'{w:.1f}' for w, _ in runs)} s (median {walls[len(walls) // 2]:.1f}); "
             f"CPU {', '.join(f'{c:.1f}' for _, c in runs)} s",
             f"\n    slowest phases of the last: {slowest_phases(base, cell)}",
+            sep="",
             flush=True,
         )
 

@@ -83,14 +83,18 @@ def start(cmd: Sequence[str], **popen_args) -> subprocess.Popen:
 _stop_signal: list[int] = []
 
 
-def stop_requested(sig: int | None = None) -> bool:
-    """Whether this process was told to stop; with sig, note that it is being told now.
+def note_stop(sig: int) -> bool:
+    """Note that sig tells this process to stop; True for the first such signal only
+    (a later one finds the stop under way)."""
+    first = not _stop_signal
+    if first:
+        _stop_signal.append(sig)
+    return first
 
-    Noting returns False for the first signal only: later ones find the stop under way."""
-    if sig is None or _stop_signal:
-        return bool(_stop_signal)
-    _stop_signal.append(sig)
-    return False
+
+def stop_requested() -> bool:
+    """Whether a signal has told this process to stop (note_stop)."""
+    return bool(_stop_signal)
 
 
 def signal_running(sig: int) -> None:
