@@ -7,8 +7,12 @@
 # cannot configure packages such as libpam-systemd, which need /proc). apt and
 # dpkg need /proc; policy-rc.d keeps upgraded daemons from starting on the
 # build host. The sources debootstrap wrote are put back afterwards: FAI's
-# hooks/repository.DEBIAN writes the build's own. The mounts end with the
-# sandbox whatever happens, before the tarball is made.
+# hooks/repository.DEBIAN writes the build's own. The package lists and
+# apt's cache of them stay: a build's `apt-get update` (FAI's updatebase)
+# then finds the indexes unchanged unless the archive moved on, instead of
+# fetching and decompressing them again (under qemu-user too, for a foreign
+# base); the finished image's lists are emptied by scripts/LAST/90-clean.
+# The mounts end with the sandbox whatever happens, before the tarball is made.
 set -eu
 root=$1; shift
 mount -t proc proc "$root/proc"
@@ -27,8 +31,6 @@ if [ ${#packages[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y --no-install-recommends \
         -o Dpkg::Options::=--force-confold install "${packages[@]}"
 fi
-chroot "$root" apt-get clean
 rm -f "$root/usr/sbin/policy-rc.d"
 mv "$root/etc/apt/sources.list.debootstrap" "$root/etc/apt/sources.list"
-find "$root/var/lib/apt/lists" -mindepth 1 -maxdepth 1 ! -name partial ! -name lock -exec rm -rf {} +
 umount "$root/dev/pts" "$root/proc"

@@ -28,7 +28,7 @@ from tasks.stages import faiconfig
 from tasks.system import atomic, binfmt, cpu, proc, sandbox
 
 # Bump when the way the base is made changes.
-BASE_FORMAT = 4
+BASE_FORMAT = 5
 DEBOOTSTRAP_OPTIONS = ["--variant=minbase", "--components=main"]
 # The class whose packages every image installs; its list goes into the base.
 COMMON_CLASS = "DEBIAN"
@@ -176,7 +176,7 @@ def build(
             raise BaseFailed(
                 f"making the base {files.name} failed ({status}); full log: {files.log}\n{tail}", log=files.log
             )
-        # Downloaded packages and indexes are not part of the base.
+        # Downloaded packages are not part of the base (its package lists are: base-upgrade.sh).
         for leftover in (root / "var/cache/apt/archives").glob("*.deb"):
             leftover.unlink()
         with atomic.output(files.tarball) as partial:
