@@ -115,7 +115,9 @@ def _one_cell_per_base(cells: Sequence[Cell]) -> list[Cell]:
 
 
 def base_context(plan: Plan, cell: Cell) -> BaseContext:
-    content = base.BaseContent.of(plan.config_space, cell.release, cell.arch, plan.matrix.build)
+    # Every image of the base in the matrix, whatever the tier: the base is the same for all tiers.
+    images = [image.fai_classes for image in plan.matrix.cells if image.base_name == cell.base_name]
+    content = base.BaseContent.of(plan.config_space, cell.release, cell.arch, plan.matrix.build, images)
     return BaseContext(plan, cell.release, cell.arch, base.BaseFiles.of(plan.workdir, cell.base_name), content)
 
 

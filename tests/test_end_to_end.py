@@ -202,6 +202,29 @@ def test_packages_fetched_once_serve_the_next_build(runs):
     assert 0 < cloud_fetched < base_fetched / 2, "cloud-init, the SSH server, the cloud kernel"
 
 
+def test_what_every_image_installs_alike_comes_with_the_base(runs):
+    """The kernel's dependencies are installed once, into the base, and still
+    marked in each image as installed automatically, as its own apt marks them."""
+    build = runs[0] / "build"
+    shared = re.search(
+        r"I: Installing what every image installs alike: (.*)", (build / "base" / "bookworm-amd64.log").read_text()
+    )
+    assert shared, "the base installed what every image installs alike"
+    assert {"udev", "kmod", "initramfs-tools", "linux-base"} <= set(shared.group(1).split())
+    assert not {"cloud-init", "openssh-server"} & set(shared.group(1).split()), "nocloud has neither"
+    for cell in CELLS:
+        new = re.search(
+            r"The following NEW packages will be installed:\n((?:  .*\n)+)", (build / cell / "build.log").read_text()
+        )
+        assert new and "linux-image-" in new.group(1) and "udev" not in new.group(1).split()
+    image = build / "bookworm-nocloud-amd64" / "disk.raw"
+    with imagefs.mounted(image, imagefs.root_partition_index(image)) as tree:
+        states = (tree / "var/lib/apt/extended_states").read_text().split("\n\n")
+    auto = {re.search(r"^Package: (\S+)", stanza, re.M).group(1) for stanza in states if "Auto-Installed: 1" in stanza}
+    assert {"udev", "kmod", "initramfs-tools", "linux-base"} <= auto
+    assert not {"linux-image-amd64", "sudo", "grub-cloud-amd64"} & auto, "what the config space names is manual"
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_image_boots_through_bios_and_uefi(runs, cell):
     base = runs[0]

@@ -236,6 +236,35 @@ def test_the_base_holds_the_packages_every_image_gets(tmp_path, monkeypatch):
     assert content.include == tuple(config["include"])
 
 
+def test_the_base_knows_what_each_of_its_images_installs_beyond_it(tmp_path, test_matrix):
+    """Each image's own selection reaches the base (base-upgrade.sh installs what
+    apt would install for all of them alike): one per distinct selection, from
+    every vendor of the matrix whatever the tier, and a vendor's list edited
+    makes the base again."""
+    space = tmp_path / "space"
+    shutil.copytree(REPO / "fai_config", space)
+    the_plan = dataclasses.replace(make_plan(tmp_path), config_space=space)
+    config = config_of(load(the_plan)["base:bookworm-amd64"])
+    images = [cell for cell in test_matrix.cells if cell.base_name == "bookworm-amd64"]
+    expected = {
+        tuple(p for p in base.common_packages(space, cell.fai_classes) if p not in config["include"]) for cell in images
+    }
+    assert sorted(map(tuple, config["shared_by"])) == sorted(expected)
+    assert len(images) > 1 and len(expected) > 1  # the fixture has vendors that differ
+    for selection in config["shared_by"]:
+        assert not set(selection) & set(config["include"])
+        assert any(name.startswith("linux-image-") for name in selection)  # every image names its kernel
+    # The push tier's base is the full tier's.
+    full = dataclasses.replace(make_plan(tmp_path, tier="full"), config_space=space)
+    assert config_of(load(full)["base:bookworm-amd64"]) == config
+
+    time_chrony = space / "package_config" / "TIME_CHRONY"
+    time_chrony.write_text(time_chrony.read_text() + "ntpsec-ntpdate\n")
+    after = config_of(load(the_plan)["base:bookworm-amd64"])
+    assert any("TIME_CHRONY" in cell.fai_classes for cell in images)
+    assert after != config and any("ntpsec-ntpdate" in selection for selection in after["shared_by"])
+
+
 def test_the_base_is_upgraded_from_the_suites_its_release_class_names(tmp_path):
     settings = BuildSettings()
     bookworm, sid = Release("bookworm", "12"), Release("sid", "sid")

@@ -1,6 +1,6 @@
 #!/bin/bash
 # base-upgrade.sh ROOT SOURCE... (tasks/stages/base.py), with BASE_PACKAGES
-# in the environment.
+# and BASE_SELECTIONS (one image's own packages per line) in the environment.
 # Run in the sandbox once debootstrap is done: the release's other suites
 # (updates, security) are added, the base is upgraded from them, and the
 # packages every image gets are installed with apt (debootstrap's --include
@@ -30,6 +30,38 @@ if [ ${#packages[@]} -gt 0 ]; then
     echo "I: Installing the packages every image gets"
     DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y --no-install-recommends \
         -o Dpkg::Options::=--force-confold install "${packages[@]}"
+fi
+# What apt would install for every image's own selection alike (the kernel's
+# dependencies) is installed once here, and marked as installed automatically
+# as each image's apt would mark it (a package an image names, its own apt
+# marks manual when it installs it). Should apt not resolve a selection (a
+# package missing from the archive: that image's build fails by itself), the
+# base shares nothing more: what it adds must be what every image would have.
+shared_dependencies() {
+    local selection names count=0 failed=0
+    while IFS= read -r selection; do
+        read -r -a names <<< "$selection"
+        count=$((count + 1))
+        if ! chroot "$root" apt-get -s --no-install-recommends install "${names[@]}" > "$root/tmp/selection.$count"; then
+            echo "I: apt does not resolve one image's selection ($selection): the base shares no more" >&2
+            failed=1
+        fi
+    done <<< "$BASE_SELECTIONS"
+    if [ "$count" -gt 0 ] && [ "$failed" = 0 ]; then
+        for ((n = 1; n <= count; n++)); do
+            awk '/^Inst / { print $2 }' "$root/tmp/selection.$n" | sort -u
+        done | sort | uniq -c | awk -v images="$count" '$1 == images { print $2 }'
+    fi
+    rm -f "$root"/tmp/selection.*
+}
+if [ -n "${BASE_SELECTIONS:-}" ]; then
+    mapfile -t shared < <(shared_dependencies)
+    if [ ${#shared[@]} -gt 0 ]; then
+        echo "I: Installing what every image installs alike: ${shared[*]}"
+        DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y --no-install-recommends \
+            -o Dpkg::Options::=--force-confold install "${shared[@]}"
+        chroot "$root" apt-mark auto "${shared[@]}" > /dev/null
+    fi
 fi
 rm -f "$root/usr/sbin/policy-rc.d"
 mv "$root/etc/apt/sources.list.debootstrap" "$root/etc/apt/sources.list"

@@ -8,16 +8,20 @@ after build.base_max_age_days (each build still dist-upgrades it).
 
 The base already holds the packages every image of its release and
 architecture gets (the package lists of the DEBIAN, release and
-architecture classes that apply whatever the vendor) and the release's updates and security fixes
-(its class's APT_SUITES and APT_SECURITY_SUITE): each vendor's build then
-installs only what its own classes add, and its dist-upgrade finds little
-or nothing left to do.
+architecture classes that apply whatever the vendor), what apt installs for
+every one of its images' own selections alike (the kernel's dependencies:
+each image names a kernel, and both kernels need the same; marked as
+installed automatically, as each image's own apt would mark them), and the
+release's updates and security fixes (its class's APT_SUITES and
+APT_SECURITY_SUITE): each vendor's build then installs only what its own
+classes add, and its dist-upgrade finds little or nothing left to do.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,12 +105,26 @@ class BaseContent:
 
     include: tuple[str, ...] = ()  # packages apt adds to debootstrap's minbase
     sources: tuple[str, ...] = ()  # apt sources the base is upgraded from; none: no upgrade
+    # What each image of the base installs beyond `include`, one selection per
+    # image: what apt would install for every one of them goes into the base too.
+    selections: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
-    def of(cls, config_space: Path, release: Release, arch: Architecture, settings: BuildSettings) -> BaseContent:
+    def of(
+        cls,
+        config_space: Path,
+        release: Release,
+        arch: Architecture,
+        settings: BuildSettings,
+        images: Sequence[tuple[str, ...]] = (),
+    ) -> BaseContent:
+        """The content of a base whose images have these classes each (Cell.fai_classes)."""
         # Every image of a release and architecture has these classes.
-        classes = (COMMON_CLASS, release.fai_class, *arch.fai_classes)
-        return cls(common_packages(config_space, classes), build_sources(config_space, release, settings))
+        include = common_packages(config_space, (COMMON_CLASS, release.fai_class, *arch.fai_classes))
+        selections = {
+            tuple(name for name in common_packages(config_space, classes) if name not in include) for classes in images
+        }
+        return cls(include, build_sources(config_space, release, settings), tuple(sorted(selections)))
 
 
 def base_config(release: Release, arch: str, settings: BuildSettings, content: BaseContent = BaseContent()) -> dict:
@@ -118,6 +136,7 @@ def base_config(release: Release, arch: str, settings: BuildSettings, content: B
         "debootstrap": DEBOOTSTRAP_OPTIONS,
         "include": list(content.include),
         "upgrade_from": list(content.sources),
+        "shared_by": [list(selection) for selection in content.selections],
     }
 
 
@@ -159,12 +178,16 @@ def build(
                 if settings.mirror.startswith("http://"):
                     env["http_proxy"] = cache.url  # debootstrap fetches with wget
                 status = sandbox.run_logged(cmd, log, env, keep=[files.staging], on_line=on_line)
-                if status == 0 and (content.sources or content.include):
+                if status == 0 and (content.sources or content.include or content.selections):
                     sources = content.sources or (f"deb {settings.mirror} {release.name} main",)
                     upgrade = ["bash", str(UPGRADE_SCRIPT), str(root), *sources]
                     env["BASE_PACKAGES"] = " ".join(content.include)
+                    env["BASE_SELECTIONS"] = "\n".join(" ".join(selection) for selection in content.selections)
                     with open(log, "a") as out:
-                        out.write(f"# upgrade from: {'; '.join(sources)}; install: {env['BASE_PACKAGES']}\n")
+                        out.write(
+                            f"# upgrade from: {'; '.join(sources)}; install: {env['BASE_PACKAGES']}; "
+                            f"and what all of these install alike: {' | '.join(env['BASE_SELECTIONS'].splitlines())}\n"
+                        )
                     status = sandbox.run_logged(
                         upgrade, log, env, keep=[files.staging, UPGRADE_SCRIPT.parent], on_line=on_line
                     )
