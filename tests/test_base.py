@@ -57,7 +57,7 @@ def run_upgrade(tmp_path: Path, selections: list[list[str]]) -> list[str]:
         "BASE_PACKAGES": "sudo",
         "BASE_SELECTIONS": "\n".join(" ".join(s) for s in selections),
     }
-    subprocess.run(
+    done = subprocess.run(
         ["bash", str(base.UPGRADE_SCRIPT), str(root), "deb http://deb.debian.org/debian bookworm main"],
         env=env,
         check=True,
@@ -65,6 +65,8 @@ def run_upgrade(tmp_path: Path, selections: list[list[str]]) -> list[str]:
         text=True,
     )
     assert not list((root / "tmp").iterdir()), "the simulations' output is left behind"
+    unresolved = "W: apt does not resolve one image's selection" in done.stderr
+    assert unresolved == any("no-such-package" in selection for selection in selections), done.stderr
     return calls.read_text().splitlines()
 
 

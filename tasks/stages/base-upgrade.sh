@@ -43,7 +43,7 @@ shared_dependencies() {
         read -r -a names <<< "$selection"
         count=$((count + 1))
         if ! chroot "$root" apt-get -s --no-install-recommends install "${names[@]}" > "$root/tmp/selection.$count"; then
-            echo "I: apt does not resolve one image's selection ($selection): the base shares no more" >&2
+            echo "W: apt does not resolve one image's selection ($selection): the base shares no more" >&2
             failed=1
         fi
     done <<< "$BASE_SELECTIONS"
