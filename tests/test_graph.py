@@ -12,7 +12,7 @@ from doit.tools import config_changed
 from tasks import graph, registry
 from tasks.model import plan
 from tasks.model.matrix import BuildSettings, MatrixError, Release
-from tasks.stages import base, boottest, compress, fai, manifest, sbom
+from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, sbom
 
 REPO = Path(__file__).resolve().parent.parent
 # The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
@@ -215,9 +215,10 @@ def test_the_base_holds_the_packages_every_image_gets(tmp_path, monkeypatch):
         "PACKAGES install-norec\ngrub-cloud-amd64\nPACKAGES install-norec LINUX_CLOUD\nlinux-image-cloud-amd64\n"
         "PACKAGES install-norec TRIXIE BOOKWORM\ndosfstools\n"
     )
-    assert base.common_packages(space) == ("systemd-sysv", "udev", "sudo", "openssh-server")
+    lists = faiconfig.package_lists(space)
+    assert base.installed_by(lists, ("DEBIAN",)) == ("systemd-sysv", "udev", "sudo", "openssh-server")
     # A section applies when any class it names is one every image of the base has.
-    assert base.common_packages(space, ("DEBIAN", "BOOKWORM", "AMD64")) == (
+    assert base.installed_by(lists, ("DEBIAN", "BOOKWORM", "AMD64")) == (
         "systemd-sysv",
         "udev",
         "sudo",
@@ -229,7 +230,8 @@ def test_the_base_holds_the_packages_every_image_gets(tmp_path, monkeypatch):
 
     tasks = load(make_plan(tmp_path))
     config = config_of(tasks["base:bookworm-amd64"])
-    assert config["include"] == list(base.common_packages(REPO / "fai_config", ("DEBIAN", "BOOKWORM", "AMD64")))
+    repo_lists = faiconfig.package_lists(REPO / "fai_config")
+    assert config["include"] == list(base.installed_by(repo_lists, ("DEBIAN", "BOOKWORM", "AMD64")))
     assert {"netplan.io", "unattended-upgrades", "grub-cloud-amd64"} <= set(config["include"])
     assert not {"linux-image-amd64", "libnss-resolve", "cloud-init"} & set(config["include"])
     content = run_task(tasks["base:bookworm-amd64"], monkeypatch, base, "build")["args"][-1]
@@ -246,8 +248,9 @@ def test_the_base_knows_what_each_of_its_images_installs_beyond_it(tmp_path, tes
     the_plan = dataclasses.replace(make_plan(tmp_path), config_space=space)
     config = config_of(load(the_plan)["base:bookworm-amd64"])
     images = [cell for cell in test_matrix.cells if cell.base_name == "bookworm-amd64"]
+    lists = faiconfig.package_lists(space)
     expected = {
-        tuple(p for p in base.common_packages(space, cell.fai_classes) if p not in config["include"]) for cell in images
+        tuple(p for p in base.installed_by(lists, cell.fai_classes) if p not in config["include"]) for cell in images
     }
     assert sorted(map(tuple, config["shared_by"])) == sorted(expected)
     assert len(images) > 1 and len(expected) > 1  # the fixture has vendors that differ

@@ -25,11 +25,14 @@ echo "I: Updating the package lists"
 chroot "$root" apt-get -o Acquire::Languages=none update
 echo "I: Upgrading from the updates and security suites"
 DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y --no-install-recommends \
+        -o Dpkg::Options::=--force-confold install "$@"
+}
 read -r -a packages <<< "$BASE_PACKAGES"
 if [ ${#packages[@]} -gt 0 ]; then
     echo "I: Installing the packages every image gets"
-    DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y --no-install-recommends \
-        -o Dpkg::Options::=--force-confold install "${packages[@]}"
+    apt_install "${packages[@]}"
 fi
 # What apt would install for every image's own selection alike (the kernel's
 # dependencies) is installed once here, and marked as installed automatically
@@ -58,8 +61,7 @@ if [ -n "${BASE_SELECTIONS:-}" ]; then
     mapfile -t shared < <(shared_dependencies)
     if [ ${#shared[@]} -gt 0 ]; then
         echo "I: Installing what every image installs alike: ${shared[*]}"
-        DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -y --no-install-recommends \
-            -o Dpkg::Options::=--force-confold install "${shared[@]}"
+        apt_install "${shared[@]}"
         chroot "$root" apt-mark auto "${shared[@]}" > /dev/null
     fi
 fi

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +73,13 @@ def package_cache(workdir: Path) -> Path:
     return workdir / "cache" / "packages"
 
 
-def common_packages(config_space: Path, classes: tuple[str, ...] = (COMMON_CLASS,)) -> tuple[str, ...]:
-    """The packages every image with these classes installs: the `install` and
-    `install-norec` sections of their package_config files that name no class,
-    or a class among them (FAI installs a section when any class it names is
-    defined)."""
+def installed_by(lists: Mapping[str, list], classes: tuple[str, ...]) -> tuple[str, ...]:
+    """What FAI installs for these classes, from the package lists (faiconfig.package_lists):
+    the `install` and `install-norec` sections of their package_config files that name no
+    class, or a class among them (FAI installs a section when any class it names is defined)."""
     packages = []
     for cls in classes:
-        for command, condition, names in faiconfig.package_sections(config_space / "package_config" / cls):
+        for command, condition, names in lists.get(cls, ()):
             if command in ("install", "install-norec") and (not condition or set(condition) & set(classes)):
                 packages += names
     return tuple(dict.fromkeys(packages))
@@ -119,11 +118,11 @@ class BaseContent:
         images: Sequence[tuple[str, ...]] = (),
     ) -> BaseContent:
         """The content of a base whose images have these classes each (Cell.fai_classes)."""
+        # Read once: the graph makes a base's content at every load, no-op runs included.
+        lists = faiconfig.package_lists(config_space)
         # Every image of a release and architecture has these classes.
-        include = common_packages(config_space, (COMMON_CLASS, release.fai_class, *arch.fai_classes))
-        selections = {
-            tuple(name for name in common_packages(config_space, classes) if name not in include) for classes in images
-        }
+        include = installed_by(lists, (COMMON_CLASS, release.fai_class, *arch.fai_classes))
+        selections = {tuple(name for name in installed_by(lists, classes) if name not in include) for classes in images}
         return cls(include, build_sources(config_space, release, settings), tuple(sorted(selections)))
 
 
@@ -185,8 +184,8 @@ def build(
                     env["BASE_SELECTIONS"] = "\n".join(" ".join(selection) for selection in content.selections)
                     with open(log, "a") as out:
                         out.write(
-                            f"# upgrade from: {'; '.join(sources)}; install: {env['BASE_PACKAGES']}; "
-                            f"and what all of these install alike: {' | '.join(env['BASE_SELECTIONS'].splitlines())}\n"
+                            f"# upgrade from: {'; '.join(sources)}; install: {env['BASE_PACKAGES']}; and what all "
+                            f"of these install alike: {' | '.join(' '.join(s) for s in content.selections)}\n"
                         )
                     status = sandbox.run_logged(
                         upgrade, log, env, keep=[files.staging, UPGRADE_SCRIPT.parent], on_line=on_line

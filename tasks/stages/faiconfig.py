@@ -62,12 +62,14 @@ def defined_classes(config_space: Path) -> set[str]:
     names (LINUX_GENERIC in package_config/AMD64)."""
     owners = {name for _, owner in _files_by_owner(config_space) if owner for name in owner.split("+")}
     named = {
-        name
-        for path in sorted((config_space / "package_config").glob("*"))
-        for _, condition, _ in package_sections(path)
-        for name in condition
+        name for sections in package_lists(config_space).values() for _, condition, _ in sections for name in condition
     }
     return owners | named
+
+
+def package_lists(config_space: Path) -> dict[str, list[tuple[str, tuple[str, ...], list[str]]]]:
+    """The PACKAGES sections of every package_config file, by file name (its class), each file read once."""
+    return {path.name: package_sections(path) for path in sorted((config_space / "package_config").glob("*"))}
 
 
 def selected_files(config_space: Path, classes: Iterable[str]) -> list[Path]:
