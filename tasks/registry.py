@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Architecture, Cell, Release
 from tasks.model.plan import Plan
-from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, provenance, publish, sbom
+from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, provenance, publish, sbom, stepcache
 from tasks.system import signing
 
 
@@ -160,7 +160,12 @@ def build_inputs(ctx: CellContext) -> fai.BuildInputs:
     plan = ctx.plan
     tarball = base.BaseFiles.of(plan.workdir, ctx.cell.base_name).tarball
     return fai.BuildInputs(
-        plan.config_space, tarball, base.package_cache(plan.workdir), plan.build_version, plan.cpu_slots
+        plan.config_space,
+        tarball,
+        base.package_cache(plan.workdir),
+        stepcache.directory(plan.workdir, ctx.cell.name),
+        plan.build_version,
+        plan.cpu_slots,
     )
 
 

@@ -61,8 +61,12 @@ def reproduce(plan: Plan, cell: Cell) -> dict:
     if not files.raw.is_file() or not files.build_info.is_file():
         raise NotReproducible(f"{cell.name}: no first build in {files.dir}: doit build:{cell.name}")
     first = BuildInfo.read(files.build_info)
-    # The build stage's own inputs, with the first build's version.
-    inputs = dataclasses.replace(registry.build_inputs(registry.cell_context(plan, cell)), version=first.version)
+    # The build stage's own inputs, with the first build's version; every step
+    # made again (none restored from the cell's step cache: tasks/stages/stepcache.py),
+    # so that a first build that restored them is compared with one that did not.
+    inputs = dataclasses.replace(
+        registry.build_inputs(registry.cell_context(plan, cell)), version=first.version, step_cache=None
+    )
     tarball = inputs.base
     if "base_sha256" not in first.inputs:
         raise NotReproducible(f"{cell.name} was built without the shared base: doit build:{cell.name}, then reproduce")

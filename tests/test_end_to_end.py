@@ -408,6 +408,12 @@ def test_class_file_edit_rebuilds_exactly_that_cell(runs):
     assert result.returncode == 0, result.stderr
     assert executed(result) == {f"{s}:bookworm-nocloud-amd64" for s in STAGES}
     assert {f"{s}:bookworm-genericcloud-amd64" for s in STAGES} | {"base:bookworm-amd64"} <= up_to_date(result)
+    # Neither the packages nor the initramfs read that file: both steps come from the
+    # cell's first build (tasks/stages/stepcache.py); test_reproduce_... compares the
+    # image with one that made them again.
+    log = (base / "build" / "bookworm-nocloud-amd64" / "build.log").read_text()
+    assert "stepcache: packages: restored" in log and "stepcache: initramfs: restored" in log
+    assert "Calling task_instsoft" not in log
 
 
 def test_matrix_edit_for_one_vendor_marks_only_that_vendor(runs):
@@ -721,11 +727,16 @@ def test_ec2_instance_test_logs_in_as_admin(vendor_builds, repo_matrix):
 
 def test_reproduce_builds_the_cell_again_with_identical_trees(runs):
     """doit reproduce: a second build of nocloud from the same base, packages and version,
-    compared file by file and bit by bit with the first."""
+    compared file by file and bit by bit with the first. The first restored its packages and
+    initramfs from the step cache (test_class_file_edit_...); the second makes every step."""
     base = runs[0]
     cell = "bookworm-nocloud-amd64"
+    first_log = (base / "build" / cell / "build.log").read_text()
+    assert "stepcache: packages: restored" in first_log and "stepcache: initramfs: restored" in first_log
     result = doit(base, f"reproduce:{cell}")
     assert result.returncode == 0, result.stdout + result.stderr
+    second_log = (base / "build" / cell / "rebuild" / "build.log").read_text()
+    assert "stepcache: packages: off" in second_log and "Calling task_instsoft" in second_log
     report = json.loads((base / "build" / cell / "reproducibility.json").read_text())
     assert report["entries"] > 20000
     assert report["trees"] == "identical", report["tree_differences"][:20]

@@ -63,7 +63,7 @@ def test_failed_build_names_its_log_and_cleans_up(tmp_path, test_matrix):
 
     base = tmp_path / "empty-base.tar.zst"  # never read: the build fails before it unpacks the base
     base.touch()
-    inputs = fai.BuildInputs(space, base, tmp_path / "apt", "1", tmp_path / "cpu")
+    inputs = fai.BuildInputs(space, base, tmp_path / "apt", tmp_path / "steps", "1", tmp_path / "cpu")
     with pytest.raises(fai.BuildFailed) as caught:
         fai.build(cell, files, test_matrix.build, inputs)
     message = str(caught.value)

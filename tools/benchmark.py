@@ -15,18 +15,21 @@ Sections (all by default):
                left): seconds, how busy the cores were, bytes, speed-up and
                size against xz -9 -T1 of the same run, the xz streams made.
   rebuild      each of --rebuild-cells (default: the push tier's cells) built
-               again from the cached base and package cache, --repeat times:
-               wall and CPU seconds of each, the slowest phases of the build.
+               again from the cached base and package cache: once making
+               every step (its step cache emptied), then --repeat times
+               restoring the steps that one kept (tasks/stages/stepcache.py):
+               wall and CPU seconds of each, the slowest phases of the build,
+               and the first's wall time over the restored ones' median.
   boottest     the boot-test stage of each of --rebuild-cells, --repeat
                times, with the firmwares side by side (1 vCPU each, the
                default) and one after the other (2 vCPUs each): wall and CPU
                seconds, each boot's accelerator and milestones.
   arm64        nocloud of each of --arm64-releases on amd64 and on arm64,
-               each built and boot-tested from its cached base alone: seconds
+               each built (every step made) and boot-tested from its cached base alone: seconds
                of each, the build's slowest phases, and arm64's time over
                amd64's.
   push         the push tier built again from its cached bases (its cells'
-               tasks forgotten; one job per core): wall, CPU, and how busy the
+               tasks forgotten, every step made; one job per core): wall, CPU, and how busy the
                cores were, CPU / (wall x cores).
   noop         a no-op run over the full matrix, and `doit list --all`. In
                --full-workdir when the full tier was built there; otherwise
@@ -61,6 +64,7 @@ from tasks import registry  # noqa: E402
 from tasks.model import matrix as matrix_module  # noqa: E402
 from tasks.model.matrix import Cell  # noqa: E402
 from tasks.stages import compress as compression  # noqa: E402
+from tasks.stages import stepcache  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -207,10 +211,17 @@ def forget_cells(cells: list[str], stages: list[str], options: list[str]) -> Non
     timed(doit("forget", *(f"{stage}:{cell}" for cell in cells for stage in stages), *options))
 
 
-def push(cells: list[str], options: list[str]) -> None:
+def forget_steps(base: Path, cells: list[str]) -> None:
+    """The cells' next builds make every step (none restored from their step cache)."""
+    for cell in cells:
+        shutil.rmtree(stepcache.directory(base / "build", cell), ignore_errors=True)
+
+
+def push(cells: list[str], base: Path, options: list[str]) -> None:
     """The push tier built again from its cached bases, one job per core (doit's default)."""
     timed(doit(*options))  # whatever is missing, the bases included
     forget_cells(cells, [stage.name for stage in registry.cell_chain()], options)
+    forget_steps(base, cells)
     wall, cpu, out = timed(doit(*options))
     again_wall, again_cpu, again = timed(doit(*options))
     print(f"\n== the push tier from its cached bases ({executed(out)} tasks, {CORES} jobs on {CORES} cores)")
@@ -233,6 +244,7 @@ def arm64(vendor: str, release: str, base: Path, options: list[str]) -> None:
         cell = f"{release}-{vendor}-{arch}"
         timed(doit(f"boottest:{cell}", *options))  # the base and a first build, when missing
         forget_cells([cell], ["build", "boottest"], options)
+        forget_steps(base, [cell])
         build_wall, build_cpu, _ = timed(doit(f"build:{cell}", *options))
         boot_wall, boot_cpu, _ = timed(doit(f"boottest:{cell}", *options))
         walls[arch] = build_wall + boot_wall
@@ -247,20 +259,29 @@ def arm64(vendor: str, release: str, base: Path, options: list[str]) -> None:
 
 
 def rebuild(cells: list[str], base: Path, options: list[str], repeat: int) -> None:
-    print(f"\n== built again from the cached base and package cache ({repeat} times each)")
+    print(
+        f"\n== built again from the cached base and package cache: every step made, then {repeat} times restoring them"
+    )
     for cell in cells:
         timed(doit(f"build:{cell}", *options))  # the base and a first build, when missing
         runs = []
-        for _ in range(repeat):
+        for attempt in range(1 + repeat):
+            if attempt == 0:
+                forget_steps(base, [cell])
             forget_cells([cell], ["build"], options)
             wall, cpu, out = timed(doit(f"build:{cell}", *options))
             assert executed(out) == 1, out
-            runs.append((wall, cpu))
-        walls = sorted(w for w, _ in runs)
+            runs.append((wall, cpu, slowest_phases(base, cell)))
+        (made_wall, made_cpu, made_phases), restored = runs[0], runs[1:]
+        walls = sorted(w for w, _, _ in restored)
+        median = walls[len(walls) // 2]
+        restored_walls = ", ".join(f"{w:.1f}" for w, _, _ in restored)
         print(
-            f"  {cell:<30} wall {', '.join(f'{w:.1f}' for w, _ in runs)} s (median {walls[len(walls) // 2]:.1f}); "
-            f"CPU {', '.join(f'{c:.1f}' for _, c in runs)} s",
-            f"\n    slowest phases of the last: {slowest_phases(base, cell)}",
+            f"  {cell:<30} every step made: wall {made_wall:.1f} s, CPU {made_cpu:.1f} s",
+            f"\n    slowest phases: {made_phases}",
+            f"\n  {'':<30} steps restored: wall {restored_walls} s (median {median:.1f});"
+            f" CPU {', '.join(f'{c:.1f}' for _, c, _ in restored)} s; made / restored {made_wall / median:.2f}",
+            f"\n    slowest phases of the last: {restored[-1][2]}",
             sep="",
             flush=True,
         )
@@ -388,7 +409,7 @@ def main() -> None:
         if "rebuild" in args.sections:
             rebuild(rebuild_cells, base, options, args.repeat)
         if "push" in args.sections:
-            push([cell.name for cell in matrix.tier("push")], options)
+            push([cell.name for cell in matrix.tier("push")], base, options)
         if "arm64" in args.sections:
             for release in args.arm64_releases:
                 arm64("nocloud", release, base, options)

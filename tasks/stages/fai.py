@@ -53,6 +53,7 @@ class BuildInputs:
     config_space: Path
     base: Path  # the base system tarball
     package_cache: Path  # shared by every build (tasks/system/aptcache.py)
+    step_cache: Path | None  # the cell's slow steps kept from its last build (stepcache.py); None: off
     version: str
     cpu_slots: Path  # a build keeps about one core busy (tasks/system/cpu.py)
 
@@ -171,6 +172,7 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         IMAGE_SOURCE_DATE_EPOCH=str(identity.source_date_epoch(inputs.version, inputs.base)),
         **identity.disk_identifiers(cell.name, inputs.version),
         IMAGE_OUTPUT_DIR=str(staging / "output"),
+        IMAGE_STEP_CACHE=str(inputs.step_cache or ""),
         IMAGE_BASEFILE=str(inputs.base.resolve()),
         # The image checks (tasks/stages/imagecheck.py) run with this project's Python.
         IMAGE_PYTHON=str(IN_BUILD_PYTHON),
@@ -252,6 +254,9 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
 
             env = fai_environment(cell, settings, staging, inputs)
             keep = [staging, inputs.config_space, inputs.base.parent, TOOLS_ROOT, IN_BUILD_PYTHON.parents[1]]
+            if inputs.step_cache:
+                inputs.step_cache.mkdir(parents=True, exist_ok=True)  # bound into the sandbox: it must exist
+                keep.append(inputs.step_cache)
             with aptcache.PackageCache(inputs.package_cache) as cache:
                 if settings.mirror.startswith("http://"):
                     env["IMAGE_APT_PROXY"] = cache.url
