@@ -111,24 +111,27 @@ def walk(root: Path, ignores: tuple[str, ...] = ()) -> Iterator[tuple[str, os.st
     """Every path of the tree (relative, sorted) and its lstat, on its own file system and FAI's ramdisks."""
     emptied = tuple(f"{path}/" for path in TRANSIENT)
 
-    def visit(directory: Path, prefix: str, device: int) -> Iterator[tuple[str, os.stat_result]]:
-        with os.scandir(directory) as entries:
-            names = sorted(entry.name for entry in entries)
-        for name in names:
-            relative = f"{prefix}{name}"
+    def visit(directory: str, prefix: str, device: int) -> Iterator[tuple[str, os.stat_result]]:
+        with os.scandir(directory) as found:
+            entries = sorted(found, key=lambda entry: entry.name)
+        for entry in entries:
+            relative = f"{prefix}{entry.name}"
             if _under(relative, ignores) or relative.startswith(emptied):
                 continue
-            info = os.lstat(directory / name)
+            info = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(info.st_mode) and info.st_dev != device and relative not in RAMDISKS:
                 continue  # another mount
             yield relative, info
             if stat.S_ISDIR(info.st_mode):
-                yield from visit(directory / name, relative + "/", info.st_dev)
+                yield from visit(entry.path, relative + "/", info.st_dev)
 
-    yield from visit(root, "", root.lstat().st_dev)
+    yield from visit(str(root), "", root.lstat().st_dev)
 
 
-def _content(path: Path) -> str:
+def _content(path: Path | str, size: int | None = None) -> str:
+    if size is not None and size <= 1 << 20:  # most files: one read
+        with open(path, "rb", buffering=0) as data:
+            return xxhash.xxh3_128_hexdigest(data.read())
     digest = xxhash.xxh3_128()
     with open(path, "rb") as data:
         while chunk := data.read(1 << 20):
@@ -140,9 +143,9 @@ def describe(root: Path, relative: str, info: os.stat_result) -> str:
     """One line for the key: the path's type, mode, owner and content, not its times."""
     mode = info.st_mode
     if stat.S_ISREG(mode):
-        what = f"f {info.st_size} {_content(root / relative)}"
+        what = f"f {info.st_size} {_content(os.path.join(root, relative), info.st_size)}"
     elif stat.S_ISLNK(mode):
-        what = f"l {os.readlink(root / relative)}"
+        what = f"l {os.readlink(os.path.join(root, relative))}"
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         what = f"d {info.st_rdev}"
     else:
