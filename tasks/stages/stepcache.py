@@ -191,7 +191,7 @@ class Build:
             f"format {FORMAT}",
             f"arch {env.get('IMAGE_ARCH', '')}",
             f"time {env.get('IMAGE_SOURCE_DATE_EPOCH', '')}",
-            f"classes {' '.join(env.get('classes', '').split())}",
+            f"classes {' '.join(env['classes'].split())}",  # FAI exports them
             f"fai {fai_version()}",
         )
         return cls(Path(env["target"]), Path(cache) if cache else None, facts, flawless)
