@@ -10,7 +10,7 @@ The package shows the design:
                compress, boottest, manifest, provenance, publish) and what
                each needs (qemu, the in-build image checks and facts, the FAI
                config space, the build's identity, the changes between versions,
-               the initramfs's members)
+               the initramfs's members, the cell's slow steps kept for its next build)
     release/   the manual release step: instance test, cloud platforms (every
                region, deprecation, resumable through its journal), notify;
                the release project's job (GitLab's API, the build's seal);
