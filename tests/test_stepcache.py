@@ -8,13 +8,15 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tasks.stages import stepcache
 
-FACTS = ("arch amd64", "time 1700000000")
+FACTS = {"arch": "amd64", "time": "1700000000"}
+PACKAGE_TIME = 1_600_000_000_123_456_789
 
 
 def make_tree(root: Path) -> None:
@@ -40,7 +42,8 @@ def make_tree(root: Path) -> None:
 
 
 def run_step(root: Path) -> None:
-    """What a package installation does: new, rewritten, replaced, removed, re-typed files."""
+    """What a package installation does: new, rewritten, replaced, removed, re-typed files,
+    and a file unpacked with its package's time."""
     (root / "usr/lib/new/deep").mkdir(parents=True)
     (root / "usr/lib/new/deep/lib.so").write_bytes(b"\x7fELF lib")
     os.chown(root / "usr/lib/new/deep/lib.so", 0, 4)
@@ -57,10 +60,12 @@ def run_step(root: Path) -> None:
     (root / "var/tmp/scratch").write_text("the step's scratch, removed by the build\n")
     (root / "var/log/dpkg.log").write_text("2026-01-01 install\n2026-11-27 install cloud-init\n")
     os.setxattr(root / "usr/lib/new/deep/lib.so", "user.stepcache", b"kept")
+    (root / "usr/bin/packaged").write_text("from a .deb\n")
+    os.utime(root / "usr/bin/packaged", ns=(PACKAGE_TIME, PACKAGE_TIME))
 
 
-def listing(root: Path) -> dict[str, tuple]:
-    """Every path (but under tmp/ and var/tmp/) with its type, mode, owner, times, links and content."""
+def listing(root: Path, times: bool = True) -> dict[str, tuple]:
+    """Every path (but under tmp/ and var/tmp/) with its type, mode, owner, links, content and time."""
     found = {}
     for relative, info in stepcache.walk(root):
         path = root / relative
@@ -72,7 +77,7 @@ def listing(root: Path) -> dict[str, tuple]:
             else None
         )
         xattrs = {name: os.getxattr(path, name) for name in os.listxattr(path)} if not path.is_symlink() else {}
-        mtime = None if stat.S_ISLNK(info.st_mode) else info.st_mtime_ns
+        mtime = None if stat.S_ISLNK(info.st_mode) or not times else info.st_mtime_ns
         found[relative] = (info.st_mode, info.st_uid, info.st_gid, info.st_nlink, mtime, content, xattrs)
     return found
 
@@ -99,10 +104,18 @@ def test_the_kept_step_restored_on_a_copy_gives_the_tree_the_step_made(trees, tm
     run_step(first)
     outcome = stepcache.save(build(first, cache), "packages")
     assert outcome.endswith("4 removed"), outcome  # usr/share/old, the directory now a link, a file in each
-    made = listing(first)
+    made, made_times = listing(first, times=False), listing(first)
 
+    restoring = time.time_ns()
     assert stepcache.begin(build(second, cache), "packages", [inputs]) == "restored"
-    assert listing(second) == made
+    assert listing(second, times=False) == made
+    # What the step wrote is stamped as if written now (the build clamps it to its own
+    # time at its end); what came with its package's time, and what it left alone, keep theirs.
+    stamped = {path for path, entry in listing(second).items() if entry != made_times[path]}
+    assert "usr/lib/new/deep/lib.so" in stamped and "var/lib/dpkg/status" in stamped
+    assert all(os.lstat(second / path).st_mtime_ns >= restoring for path in stamped)
+    assert os.lstat(second / "usr/bin/packaged").st_mtime_ns == PACKAGE_TIME
+    assert "etc/hosts" not in stamped and "usr/bin/packaged" not in stamped
     assert (second / "tmp/build-scratch").exists() and not (second / "var/tmp/scratch").exists()
     # A restored outcome is not kept again.
     assert stepcache.save(build(second, cache), "packages") == "not kept"
@@ -129,7 +142,8 @@ def test_the_key_follows_the_tree_its_inputs_and_facts_not_times_or_run_own_file
     assert outcome(lambda root: (root / "etc/hosts").write_text("127.0.1.1 other\n")) == "missing"
     assert outcome(lambda root: (root / "etc/hosts").chmod(0o600)) == "missing"
     assert outcome(lambda root: (root / "etc/new").touch()) == "missing"
-    assert outcome(facts=("arch arm64", "time 1700000000")) == "missing"
+    assert outcome(facts={**FACTS, "arch": "arm64"}) == "missing"
+    assert outcome(facts={**FACTS, "time": "1800000000"}) == "restored"  # the build's time: not read
     (inputs / "instsoft.DEBIAN").write_text("#! /bin/bash\necho changed\n")
     assert outcome() == "missing"
 
@@ -144,6 +158,7 @@ def test_the_initramfs_key_leaves_out_what_no_initramfs_hook_reads(trees):
     (second / "etc/cloud/cloud.cfg").write_text("datasource_list: [Ec2]\n")
     assert stepcache.begin(build(second, cache), "initramfs", []) == "restored"
     assert (second / "boot/initrd.img-6.1").read_bytes() == b"\x28\xb5\x2f\xfd initramfs"
+    assert stepcache.begin(build(second, cache, {**FACTS, "time": "1800000000"}), "initramfs", []) == "missing"
     (second / "usr/bin/tool").write_bytes(b"\x7fELF tool, another version")
     assert stepcache.begin(build(second, cache), "initramfs", []) == "missing"
 
@@ -188,7 +203,8 @@ def test_the_build_environment_names_the_cache_and_facts(tmp_path):
     }
     found = stepcache.Build.from_environment(env)
     assert found.cache == tmp_path / "cache" and found.target == tmp_path
-    assert {"arch arm64", "time 1700000000", "classes DEFAULT DEBIAN CLOUD"} <= set(found.facts)
+    assert found.facts["arch"] == "arm64" and found.facts["time"] == "1700000000"
+    assert found.facts["classes"] == "DEFAULT DEBIAN CLOUD"
     assert found.flawless
     (tmp_path / "task_error").write_text("471\n")  # install_packages failed
     assert not stepcache.Build.from_environment(env).flawless

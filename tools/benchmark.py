@@ -17,9 +17,11 @@ Sections (all by default):
   rebuild      each of --rebuild-cells (default: the push tier's cells) built
                again from the cached base and package cache: once making
                every step (its step cache emptied), then --repeat times
-               restoring the steps that one kept (tasks/stages/stepcache.py):
-               wall and CPU seconds of each, the slowest phases of the build,
-               and the first's wall time over the restored ones' median.
+               restoring the steps that one kept (tasks/stages/stepcache.py),
+               then once with a new dated version (a new build time: the
+               initramfs made again): wall and CPU seconds of each, the
+               slowest phases of the build, and the first's wall time over
+               the others'.
   boottest     the boot-test stage of each of --rebuild-cells, --repeat
                times, with the firmwares side by side (1 vCPU each, the
                default) and one after the other (2 vCPUs each): wall and CPU
@@ -264,15 +266,19 @@ def rebuild(cells: list[str], base: Path, options: list[str], repeat: int) -> No
     )
     for cell in cells:
         timed(doit(f"build:{cell}", *options))  # the base and a first build, when missing
+        # Last, a new dated version, as each `doit` run without version= gives: the
+        # build's time is new, so the initramfs is made again (its archive holds it).
+        dated = [option for option in options if not option.startswith("version=")]
+        dated.append(f"version={time.strftime('%Y%m%d-%H%M', time.gmtime())}")
         runs = []
-        for attempt in range(1 + repeat):
+        for attempt in range(2 + repeat):
             if attempt == 0:
                 forget_steps(base, [cell])
             forget_cells([cell], ["build"], options)
-            wall, cpu, out = timed(doit(f"build:{cell}", *options))
+            wall, cpu, out = timed(doit(f"build:{cell}", *(dated if attempt == 1 + repeat else options)))
             assert executed(out) == 1, out
             runs.append((wall, cpu, slowest_phases(base, cell)))
-        (made_wall, made_cpu, made_phases), restored = runs[0], runs[1:]
+        (made_wall, made_cpu, made_phases), restored, new_version = runs[0], runs[1:-1], runs[-1]
         walls = sorted(w for w, _, _ in restored)
         median = walls[len(walls) // 2]
         restored_walls = ", ".join(f"{w:.1f}" for w, _, _ in restored)
@@ -282,6 +288,9 @@ def rebuild(cells: list[str], base: Path, options: list[str], repeat: int) -> No
             f"\n  {'':<30} steps restored: wall {restored_walls} s (median {median:.1f});"
             f" CPU {', '.join(f'{c:.1f}' for _, c, _ in restored)} s; made / restored {made_wall / median:.2f}",
             f"\n    slowest phases of the last: {restored[-1][2]}",
+            f"\n  {'':<30} a new version: wall {new_version[0]:.1f} s, CPU {new_version[1]:.1f} s;"
+            f" made / new version {made_wall / new_version[0]:.2f}",
+            f"\n    slowest phases: {new_version[2]}",
             sep="",
             flush=True,
         )

@@ -16,10 +16,14 @@ the next build whose inputs are the same:
 - The key is everything the step reads: the tree as it begins (every path's
   type, mode, owner and content; not its times, which differ from build to
   build while content does not), the config-space files the caller names (the
-  package lists, debconf, hooks...), the build's time (IMAGE_SOURCE_DATE_EPOCH,
-  which the build clamps newer file times to), the architecture, the classes
-  and FAI's version. Each step leaves out of its key what it does not read and
-  only one build's run writes (logs, apt's binary caches, the build's proxy).
+  package lists, hooks...), the architecture, the classes and FAI's version.
+  Each step leaves out of its key what it does not read and only one build's
+  run writes (logs, apt's binary caches, the build's proxy).
+- The build's time (IMAGE_SOURCE_DATE_EPOCH, a dated version's own: a new one
+  each run by default) is in the initramfs's key, whose archive holds it. The
+  packages do not read it: the build clamps every newer file time to it at its
+  end, so what the step wrote (times after it began) is stamped with the
+  restoring build's clock, as if written then, and ends at that build's time.
 
 One outcome per step and cell (the last one made) lives in the cell's
 directory of the work directory's cache, written under a temporary name and
@@ -48,7 +52,7 @@ from pathlib import Path
 
 import xxhash
 
-FORMAT = 1
+FORMAT = 2
 # Where a step's state lives between begin and save: the build's own /tmp
 # (tasks/system/sandbox.py), outside the tree.
 STATE_ROOT = Path("/tmp/image-step-cache")
@@ -68,6 +72,7 @@ RUN_OWN = ("var/log", "var/cache/apt", "etc/apt/apt.conf.d/00image-build")
 class Step:
     key_ignores: tuple[str, ...]  # paths (and what is under them) the step does not read
     outcome_ignores: tuple[str, ...] = ()  # paths the step writes that are not kept
+    timed: bool = False  # the build's time shapes the outcome (else it is left out of the key)
 
 
 STEPS = {
@@ -93,7 +98,8 @@ STEPS = {
             "usr/share/locale",
             "usr/share/man",
             "var",
-        )
+        ),
+        timed=True,  # mkinitramfs stamps the archive's members with it (SOURCE_DATE_EPOCH)
     ),
 }
 
@@ -177,7 +183,7 @@ class Build:
 
     target: Path
     cache: Path | None  # None: the cache is off
-    facts: tuple[str, ...]  # what besides the tree and inputs shapes every step
+    facts: dict[str, str]  # what besides the tree and inputs shapes a step
     flawless: bool = True  # no task of the run has failed so far
 
     @classmethod
@@ -187,13 +193,13 @@ class Build:
         # and writes the worst error of the run so far to $LOGDIR/task_error.
         worst = Path(env.get("LOGDIR", "/nonexistent"), "task_error")
         flawless = worst.is_file() and worst.read_text().strip() == "0"
-        facts = (
-            f"format {FORMAT}",
-            f"arch {env.get('IMAGE_ARCH', '')}",
-            f"time {env.get('IMAGE_SOURCE_DATE_EPOCH', '')}",
-            f"classes {' '.join(env['classes'].split())}",  # FAI exports them
-            f"fai {fai_version()}",
-        )
+        facts = {
+            "format": str(FORMAT),
+            "arch": env.get("IMAGE_ARCH", ""),
+            "time": env.get("IMAGE_SOURCE_DATE_EPOCH", ""),
+            "classes": " ".join(env["classes"].split()),  # FAI exports them
+            "fai": fai_version(),
+        }
         return cls(Path(env["target"]), Path(cache) if cache else None, facts, flawless)
 
     def state(self, step: str) -> Path:
@@ -215,8 +221,9 @@ def begin(build: Build, step: str, inputs: list[Path]) -> str:
     # clock as it stamps them: a file's, taken before the tree is read.
     (state / "began").touch()
     key = hashlib.sha256()
-    for fact in (*build.facts, f"step {step}", f"inputs {inputs_digest(inputs)}"):
-        key.update(fact.encode() + b"\n")
+    facts = {name: value for name, value in build.facts.items() if name != "time" or rules.timed}
+    for name, value in {**facts, "step": step, "inputs": inputs_digest(inputs)}.items():
+        key.update(f"{name} {value}\n".encode())
     paths = []
     for relative, info in walk(build.target):
         paths.append(f"{relative}\0{stat.S_IFMT(info.st_mode):o}")
@@ -228,12 +235,13 @@ def begin(build: Build, step: str, inputs: list[Path]) -> str:
     kept = build.cache / name
     if not (kept / "tree.tar.zst").is_file():
         return "missing"
-    restore(build.target, kept)
+    restore(build.target, kept, stamp=not rules.timed)
     (state / "restored").touch()
     return "restored"
 
 
-def restore(target: Path, kept: Path) -> None:
+def restore(target: Path, kept: Path, stamp: bool) -> None:
+    """Remove what the step removed, unpack what it changed; stamp: what it wrote gets this moment's time."""
     for relative in (kept / "removed").read_text().split("\0"):
         if relative:
             path = target / relative
@@ -248,6 +256,13 @@ def restore(target: Path, kept: Path) -> None:
             stdin=archive,
             check=True,
         )  # fmt: skip
+    if stamp:
+        began = int((kept / "began").read_text())
+        now = time.time_ns()
+        for relative in (kept / "paths").read_text().split("\0"):
+            written = os.path.join(target, relative)
+            if os.lstat(written).st_mtime_ns >= began:
+                os.utime(written, ns=(now, now), follow_symlinks=False)
 
 
 def save(build: Build, step: str) -> str:
@@ -287,6 +302,8 @@ def save(build: Build, step: str) -> str:
     partial.mkdir()
     try:
         (partial / "removed").write_text("\0".join(removed))
+        (partial / "paths").write_text("\0".join(changed))
+        (partial / "began").write_text(str(began))
         with open(partial / "tree.tar.zst", "wb") as archive:
             subprocess.run(
                 ["tar", "--create", "--format=posix", "--directory", str(build.target), "--numeric-owner", "--xattrs",
