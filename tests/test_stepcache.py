@@ -175,6 +175,19 @@ def test_one_outcome_per_step_the_last_one(trees):
     assert len(kept) == 1 and not list(cache.glob(".*"))
 
 
+def test_an_entry_that_cannot_be_restored_fails_the_build_and_goes(trees):
+    first, second, cache = trees
+    stepcache.begin(build(first, cache), "packages", [])
+    run_step(first)
+    stepcache.save(build(first, cache), "packages")
+    [kept] = cache.glob("packages.*")
+    (kept / "tree.tar.zst").write_bytes((kept / "tree.tar.zst").read_bytes()[:100])  # cut short
+    with pytest.raises(stepcache.StepCacheFailed, match="the next build makes the step"):
+        stepcache.begin(build(second, cache), "packages", [])
+    assert not kept.exists()
+    assert stepcache.begin(build(second, cache), "packages", []) == "missing"
+
+
 def test_nothing_kept_from_a_run_with_a_failed_task(trees):
     first, second, cache = trees
     stepcache.begin(build(first, cache), "packages", [])

@@ -64,8 +64,12 @@ RAMDISKS = ("var/lib/dpkg",)
 # empties or mounts them); the directories themselves are.
 TRANSIENT = ("dev", "proc", "run", "sys", "tmp", "var/tmp")
 # Read by no step, written anew by every build's run: logs, apt's binary
-# caches, the build's package proxy (hooks/updatebase.DEBIAN), old copies.
+# caches, the build's package proxy (hooks/updatebase.DEBIAN).
 RUN_OWN = ("var/log", "var/cache/apt", "etc/apt/apt.conf.d/00image-build")
+
+
+class StepCacheFailed(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,14 @@ def begin(build: Build, step: str, inputs: list[Path]) -> str:
     kept = build.cache / name
     if not (kept / "tree.tar.zst").is_file():
         return "missing"
-    restore(build.target, kept, stamp=not rules.timed)
+    try:
+        restore(build.target, kept, stamp=not rules.timed)
+    except (OSError, ValueError, subprocess.CalledProcessError) as error:
+        # The tree is half restored: this build fails; the next one makes the step.
+        shutil.rmtree(kept, ignore_errors=True)
+        raise StepCacheFailed(
+            f"restoring {kept} failed ({error}); it is removed: the next build makes the step"
+        ) from None
     (state / "restored").touch()
     return "restored"
 
@@ -333,7 +344,11 @@ def main(argv: list[str]) -> int:
     build = Build.from_environment()
     started = time.monotonic()
     if command == "begin":
-        outcome = begin(build, step, [Path(path) for path in inputs])
+        try:
+            outcome = begin(build, step, [Path(path) for path in inputs])
+        except StepCacheFailed as error:
+            print(f"stepcache: {step}: {error}", file=sys.stderr)
+            return 1
     elif command == "save":
         outcome = save(build, step)
     else:
