@@ -52,6 +52,8 @@ from pathlib import Path
 
 import xxhash
 
+from tasks.system import atomic
+
 FORMAT = 2
 # Where a step's state lives between begin and save: the build's own /tmp
 # (tasks/system/sandbox.py), outside the tree.
@@ -306,10 +308,10 @@ def save(build: Build, step: str) -> str:
         path for path, kind in before.items() if after.get(path) != kind and not _under(path, rules.outcome_ignores)
     ]
     build.cache.mkdir(parents=True, exist_ok=True)
-    for stale in build.cache.glob(".*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in build.cache.glob(".*.partial"):  # any key's, left by an interrupted save
+        atomic.remove(stale)
     name = (state / "name").read_text()
-    partial = build.cache / f".{name}.{os.getpid()}.partial"
+    partial = atomic.partial_path(build.cache / name)
     partial.mkdir()
     try:
         (partial / "removed").write_text("\0".join(removed))
