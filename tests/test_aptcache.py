@@ -2,12 +2,14 @@
 
 import http.server
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import pytest
 import requests
 
+from tasks.system import aptcache
 from tasks.system.aptcache import PackageCache, cacheable
 
 
@@ -49,6 +51,24 @@ def test_packages_are_fetched_once_and_indexes_always(mirror, tmp_path):
     assert (cache.stats.hits, cache.stats.misses, cache.stats.passed) == (1, 1, 2)
     assert (tmp_path / "cache" / "hello_2.10-3_amd64.deb").is_file()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["hello_2.10-3_amd64.deb"]
+
+
+def test_a_package_asked_again_as_soon_as_it_arrived_comes_from_the_cache(mirror, tmp_path, monkeypatch):
+    """The client has the whole package only once it is in the cache (a slow rename shows the race)."""
+    url, _, served = mirror
+    deb = f"{url}/pool/main/h/hello_2.10-3_amd64.deb"
+    replace = aptcache.os.replace
+
+    def slow_replace(source, target):
+        time.sleep(0.3)
+        replace(source, target)
+
+    monkeypatch.setattr(aptcache.os, "replace", slow_replace)
+    with PackageCache(tmp_path / "cache") as cache:
+        for _ in range(2):
+            get(cache, deb)
+    assert [p for p in served if p.endswith(".deb")] == ["/debian/pool/main/h/hello_2.10-3_amd64.deb"]
+    assert (cache.stats.hits, cache.stats.misses) == (1, 1)
 
 
 def test_missing_files_and_dead_mirrors_are_errors_not_cache_entries(mirror, tmp_path):

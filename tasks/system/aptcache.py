@@ -224,14 +224,21 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         expected = int(upstream.headers.get("Content-Length", -1))
         partial = keep.with_name(f".{keep.name}.{os.getpid()}.{threading.get_ident()}")
         received = 0
+        # The last chunk reaches the client only once the file is in place:
+        # a client that asks again as soon as it has the whole package (apt,
+        # a second build) then finds it in the cache.
+        held = b""
         try:
             with open(partial, "wb") as sink:
                 for chunk in upstream.raw.stream(CHUNK, decode_content=False):
                     sink.write(chunk)
-                    self.wfile.write(chunk)
+                    if held:
+                        self.wfile.write(held)
+                    held = chunk
                     received += len(chunk)
             if expected in (-1, received):
                 os.replace(partial, keep)
                 stats.misses += 1
+            self.wfile.write(held)
         finally:
             partial.unlink(missing_ok=True)
