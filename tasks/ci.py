@@ -74,7 +74,8 @@ def _doit(*args: str) -> str:
 
 
 def _doit_options(plan: Plan) -> list[str]:
-    return ["version=$IMAGES_VERSION", f"xz_level={plan.matrix.compress.xz_level}"]
+    # A job's work directory is thrown away with it: keeping its steps would cost each build for nothing.
+    return ["version=$IMAGES_VERSION", f"xz_level={plan.matrix.compress.xz_level}", "step_cache=no"]
 
 
 def _run(stage: registry.Stage, name: str, options: list[str], *extra: str) -> str:

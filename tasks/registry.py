@@ -163,7 +163,7 @@ def build_inputs(ctx: CellContext) -> fai.BuildInputs:
         plan.config_space,
         tarball,
         base.package_cache(plan.workdir),
-        stepcache.directory(plan.workdir, ctx.cell.name),
+        stepcache.directory(plan.workdir, ctx.cell.name) if plan.step_cache else None,
         plan.build_version,
         plan.cpu_slots,
     )

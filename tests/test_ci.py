@@ -74,6 +74,8 @@ def test_image_job_runs_the_cells_doit_targets(tmp_path):
     script = "\n".join(job["script"])
     for stage in ("build", "compress", "boottest", "manifest"):
         assert f'.venv/bin/doit --single {stage}:bookworm-nocloud-amd64 "version=$IMAGES_VERSION"' in script
+    # The job's work directory goes with it: its builds keep no step for a next build.
+    assert all("step_cache=no" in line for line in job["script"] if line.startswith(".venv/bin/doit --single build:"))
     assert job["tags"] == ["image-builder"]
     assert ".ci/prepare-job" in job["script"]
 

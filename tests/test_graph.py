@@ -12,7 +12,7 @@ from doit.tools import config_changed
 from tasks import graph, registry
 from tasks.model import plan
 from tasks.model.matrix import BuildSettings, MatrixError, Release
-from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, sbom
+from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, sbom, stepcache
 
 REPO = Path(__file__).resolve().parent.parent
 # The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
@@ -129,6 +129,19 @@ def test_up_to_date_configuration(tmp_path):
     assert config_of(base[f"compress:{name}"]) != config_of(faster[f"compress:{name}"])
     assert config_of(base[f"build:{name}"]) != config_of(base["build:bookworm-genericcloud-amd64"])
     assert config_of(base[f"build:{name}"])["fai_classes"][-1] == "LAST"
+
+
+def test_builds_without_the_step_cache_are_not_stale(tmp_path):
+    """step_cache=no changes how a build runs, not what it makes: the build task stays up to date."""
+    on, off = make_plan(tmp_path), make_plan(tmp_path, step_cache="no")
+    cell = on.matrix.cell("bookworm-nocloud-amd64")
+
+    def step_cache(the_plan):
+        return registry.build_inputs(registry.cell_context(the_plan, cell)).step_cache
+
+    assert step_cache(on) == stepcache.directory(on.workdir, cell.name)
+    assert step_cache(off) is None
+    assert config_of(load(on)[f"build:{cell.name}"]) == config_of(load(off)[f"build:{cell.name}"])
 
 
 def run_task(task, monkeypatch, module, function: str) -> dict:
@@ -348,6 +361,7 @@ def test_actions_are_module_level_functions(tmp_path):
     "options, message",
     [
         ({"xz_level": "12"}, "command line: xz_level: expected a whole number from 0 to 9, got '12'"),
+        ({"step_cache": "off"}, "command line: step_cache: expected yes or no, got 'off'"),
         ({"version": "2026 11"}, "command line: version: expected letters, digits and .+~- only, got '2026 11'"),
         ({"tier": "nightly"}, "tiers: no tier named 'nightly' (expected one of: push, full)"),
         (

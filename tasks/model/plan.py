@@ -15,6 +15,9 @@ version    the version published images get                 the version recorded
                                                             run that built it,
                                                             YYYYMMDD-HHMM
 xz_level   override compress.xz_level                       from the matrix
+step_cache `no`: builds make every step and keep none        yes
+           (tasks/stages/stepcache.py); for builds in a
+           work directory that is thrown away (CI jobs)
 source     for `doit ci`: the pipeline's source (push,      push
            schedule, web, api, trigger, ...)
 cells      for `doit ci`: cell patterns to build instead    the source's tier
@@ -53,6 +56,7 @@ OPTIONS = (
     "storage",
     "version",
     "xz_level",
+    "step_cache",
     "source",
     "cells",
     "confirm",
@@ -76,6 +80,7 @@ class Plan:
     build_version: str  # what a build records: version= or the run's start
     version: str | None  # version= as given; it overrides what builds recorded
     tier: str
+    step_cache: bool = True  # step_cache=no: builds keep and restore no step (a work directory thrown away)
     source: str = "push"  # for `doit ci`
     cells: str | None = None  # for `doit ci`
     protected: bool = False  # for `doit ci`: the pipeline's ref is protected (CI_COMMIT_REF_PROTECTED): it may release
@@ -130,6 +135,10 @@ def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[s
     if version is not None and not _VERSION.match(version):
         raise MatrixError("command line", "version", f"expected letters, digits and .+~- only, got {version!r}")
 
+    step_cache = (get("step_cache") or "yes").lower()
+    if step_cache not in ("yes", "no"):
+        raise MatrixError("command line", "step_cache", f"expected yes or no, got {step_cache!r}")
+
     storage_option = get("storage")
     try:
         storage = Location.parse(storage_option or matrix.publish.storage, root)
@@ -150,6 +159,7 @@ def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[s
         build_version=version or datetime.now(UTC).strftime("%Y%m%d-%H%M"),
         version=version,
         tier=tier,
+        step_cache=step_cache == "yes",
         source=get("source") or "push",
         cells=get("cells") or None,
         protected=(get("protected") or "").lower() == "true",
