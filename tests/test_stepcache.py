@@ -118,7 +118,7 @@ def test_the_kept_step_restored_on_a_copy_gives_the_tree_the_step_made(trees, tm
     assert "etc/hosts" not in stamped and "usr/bin/packaged" not in stamped
     assert (second / "tmp/build-scratch").exists() and not (second / "var/tmp/scratch").exists()
     # A restored outcome is not kept again.
-    assert stepcache.save(build(second, cache), "packages") == "not kept"
+    assert stepcache.save(build(second, cache), "packages") == "not kept: restored, as kept before"
     assert len(list(cache.glob("packages.*"))) == 1
 
 
@@ -201,7 +201,7 @@ def test_off_without_a_cache_directory(trees):
     first, *_ = trees
     assert stepcache.begin(build(first, None), "packages", []) == "off"
     (first / "etc/hosts").write_text("changed\n")
-    assert stepcache.save(build(first, None), "packages") == "not kept"
+    assert stepcache.save(build(first, None), "packages") == "off"
 
 
 def test_the_build_environment_names_the_cache_and_facts(tmp_path):

@@ -282,8 +282,12 @@ def save(build: Build, step: str) -> str:
     """After the step ran: keep what it changed, unless its outcome was restored, the cache is
     off, or a task of the run failed (only what a flawless run made is kept)."""
     state = build.state(step)
-    if build.cache is None or not (state / "name").is_file() or (state / "restored").exists():
-        return "not kept"
+    if build.cache is None:
+        return "off"
+    if not (state / "name").is_file():
+        return "not kept: the step did not begin"
+    if (state / "restored").exists():
+        return "not kept: restored, as kept before"
     if not build.flawless:
         return "not kept: a task of this run failed"
     rules = STEPS[step]
