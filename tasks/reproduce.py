@@ -41,7 +41,7 @@ from tasks.model.plan import Plan
 from tasks.model.records import BuildInfo
 from tasks.stages import fai, faiconfig, imagefacts
 from tasks.system import atomic, loopdev
-from tasks.system.checksum import sha256_file
+from tasks.system.checksum import sha256_kept
 
 SCHEMA = 1
 MIB = 1 << 20
@@ -70,7 +70,7 @@ def reproduce(plan: Plan, cell: Cell) -> dict:
     tarball = inputs.base
     if "base_sha256" not in first.inputs:
         raise NotReproducible(f"{cell.name} was built without the shared base: doit build:{cell.name}, then reproduce")
-    if not tarball.is_file() or sha256_file(tarball) != first.inputs["base_sha256"]:
+    if not tarball.is_file() or sha256_kept(tarball) != first.inputs["base_sha256"]:
         raise NotReproducible(
             f"{cell.name}: the base {tarball} changed since the first build; build the cell again "
             f"(doit build:{cell.name}), then reproduce it"

@@ -1,12 +1,16 @@
-"""The xxh3 file checker and the CPU slots that parallel stages share."""
+"""The xxh3 file checker, the kept SHA-256 of a shared base, and the CPU slots that parallel stages share."""
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tasks.system import cpu
+import pytest
+
+from tasks.system import checksum, cpu
 from tasks.system.checksum import XXH3Checker, xxh3_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +57,48 @@ def test_checker_hashes_a_file_once_per_run(tmp_path):
     state = checker.get_state(str(path), None)
     os.utime(path, (1, 1))
     assert not checker.check_modified(str(path), os.stat(path), state)
+
+
+def test_a_kept_sha256_is_hashed_once_then_read(tmp_path, monkeypatch):
+    base = tmp_path / "bookworm-amd64.tar.zst"
+    base.write_bytes(os.urandom(100_000))
+    digest = hashlib.sha256(base.read_bytes()).hexdigest()
+    assert checksum.sha256_kept(base) == digest
+    assert json.loads(checksum.kept_sha256_path(base).read_text())["sha256"] == digest
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} hashed again")
+
+    monkeypatch.setattr(checksum, "sha256_file", no_hashing)
+    assert checksum.sha256_kept(base) == digest
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """As the base stage writes a base: a new file renamed over the old one."""
+    new = path.with_name("new")
+    new.write_bytes(data)
+    os.replace(new, path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda path: _replace(path, os.urandom(100_000)), id="replaced, same size"),
+        pytest.param(lambda path: path.write_bytes(os.urandom(50_000)), id="rewritten in place, another size"),
+        pytest.param(lambda path: os.utime(path, ns=(1, 1)), id="mtime changed"),
+        pytest.param(lambda path: checksum.kept_sha256_path(path).write_text("{not json"), id="record unreadable"),
+        pytest.param(lambda path: checksum.kept_sha256_path(path).write_text("[1, 2]"), id="record not a mapping"),
+    ],
+)
+def test_a_kept_sha256_follows_the_file(tmp_path, change):
+    base = tmp_path / "bookworm-amd64.tar.zst"
+    base.write_bytes(os.urandom(100_000))
+    checksum.sha256_kept(base)
+    change(base)
+    assert checksum.sha256_kept(base) == hashlib.sha256(base.read_bytes()).hexdigest()
+    record = json.loads(checksum.kept_sha256_path(base).read_text())
+    assert record["sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
+    assert record["mtime_ns"] == base.stat().st_mtime_ns
 
 
 def test_slots_share_the_cores_between_processes(tmp_path):

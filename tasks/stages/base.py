@@ -29,7 +29,7 @@ from tasks.errors import StageFailed
 from tasks.model.matrix import Architecture, BuildSettings, Release
 from tasks.progress import StageProgress
 from tasks.stages import faiconfig
-from tasks.system import atomic, binfmt, cpu, proc, sandbox
+from tasks.system import atomic, binfmt, checksum, cpu, proc, sandbox
 
 # Bump when the way the base is made changes.
 BASE_FORMAT = 5
@@ -217,6 +217,7 @@ def build(
                     ".",
                 ]
             )
+        checksum.sha256_kept(files.tarball)  # once here, instead of by the first builds of its images
         atomic.commit(log, files.log)
     finally:
         atomic.remove(files.staging)  # the sandbox, and every mount in it, is gone

@@ -31,7 +31,7 @@ from tasks.model.records import BuildInfo
 from tasks.progress import StageProgress
 from tasks.stages import base, faiconfig, identity
 from tasks.system import atomic, binfmt, cpu, loopdev, sandbox
-from tasks.system.checksum import sha256_file
+from tasks.system.checksum import sha256_kept
 
 # Bump when a change to the builder (not to the config space or matrix.yaml)
 # must rebuild every image.
@@ -312,7 +312,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
             "project_commit": project_commit(),
             "config_space_sha256": faiconfig.tree_digest(inputs.config_space),
             # Without the shared base (doit --single), FAI ran debootstrap itself.
-            **({"base_sha256": sha256_file(inputs.base)} if inputs.base.is_file() else {}),
+            **({"base_sha256": sha256_kept(inputs.base)} if inputs.base.is_file() else {}),
         },
         apt_releases=read_apt_releases(outputs[files.apt_releases]),
         build_finished=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -6,10 +6,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import xxhash
 from doit.dependency import FileChangedChecker
+
+from tasks.system import atomic
 
 CHUNK = 4 << 20
 
@@ -25,6 +28,36 @@ def sha512_file(path: Path) -> str:
 
 def sha256_file(path: Path) -> str:
     return file_digest(path, "sha256")
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def kept_sha256_path(path: Path) -> Path:
+    """Where sha256_kept keeps a file's digest: beside it, hidden."""
+    return path.with_name(f".{path.name}.sha256")
+
+
+def sha256_kept(path: Path) -> str:
+    """sha256_file of a large file that many builds name (a shared base), hashed once.
+
+    The digest is kept beside the file with the size, mtime and inode it was
+    computed for; a file changed or replaced since (or a record that does not
+    read) is hashed again and the record rewritten. A 200 MB base costs about
+    1.2 s to hash here, which every build of its images paid.
+    """
+    st = path.stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    record = kept_sha256_path(path)
+    try:
+        kept = atomic.read_json(record)
+        if {key: kept.get(key) for key in stamp} == stamp and _SHA256.fullmatch(str(kept.get("sha256"))):
+            return kept["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass  # missing or unreadable: hashed again below
+    digest = sha256_file(path)
+    atomic.write_json(record, {**stamp, "sha256": digest})
+    return digest
 
 
 def parse_sums(text: str) -> dict[str, str]:
