@@ -362,6 +362,8 @@ def test_actions_are_module_level_functions(tmp_path):
     [
         ({"xz_level": "12"}, "command line: xz_level: expected a whole number from 0 to 9, got '12'"),
         ({"step_cache": "off"}, "command line: step_cache: expected yes or no, got 'off'"),
+        ({"confirm": "ye"}, "command line: confirm: expected yes or no, got 'ye'"),
+        ({"protected": "maybe"}, "command line: protected: expected yes or no, got 'maybe'"),
         ({"version": "2026 11"}, "command line: version: expected letters, digits and .+~- only, got '2026 11'"),
         ({"tier": "nightly"}, "tiers: no tier named 'nightly' (expected one of: push, full)"),
         (
@@ -378,6 +380,18 @@ def test_bad_options(tmp_path, options, message):
     with pytest.raises(MatrixError) as caught:
         make_plan(tmp_path, **options)
     assert str(caught.value).endswith(message)
+
+
+@pytest.mark.parametrize(
+    "option, field, default",
+    [("step_cache", "step_cache", True), ("confirm", "confirmed", False), ("protected", "protected", False)],
+)
+def test_yes_or_no_options_read_alike(tmp_path, option, field, default):
+    """One reader for every yes/no option: GitLab's true/false (protected=$CI_COMMIT_REF_PROTECTED) and 1/0 too."""
+    for value, expected in [("yes", True), ("True", True), ("1", True), ("NO", False), ("false", False), ("0", False)]:
+        assert getattr(make_plan(tmp_path, **{option: value}), field) is expected, value
+    assert getattr(make_plan(tmp_path, **{option: ""}), field) is default  # a CI variable that is not set
+    assert getattr(make_plan(tmp_path), field) is default
 
 
 def test_version_defaults_to_the_run_start(tmp_path):

@@ -24,6 +24,9 @@ cells      for `doit ci`: cell patterns to build instead    the source's tier
            of a tier ("trixie-*-arm64 sid-ec2-*")
 confirm    `yes` lets `doit release:<cell>` release         no
            (README.md, "Release")
+protected  for `doit ci`: the pipeline's ref is protected   no
+           (GitLab's CI_COMMIT_REF_PROTECTED): it may
+           release
 left,      for `doit compare`: two image facts reports,     (none)
 right      each a cell name, a facts.json or a manifest;
            for `doit changes`: two images, each a cell
@@ -33,6 +36,8 @@ image      for `doit verify`: <cell>[@<version>] in         (none)
 key        for `doit verify`: the signer's public key file  (none)
 =========  ===============================================  =====================
 
+Options that are yes or no take true/false and 1/0 alike (GitLab's variables
+say true and false); an empty value is the default, anything else an error.
 Relative paths are relative to the directory holding dodo.py.
 """
 
@@ -67,6 +72,7 @@ OPTIONS = (
     "protected",
 )
 DEFAULT_WORKDIR = "build"
+_YES, _NO = ("yes", "true", "1"), ("no", "false", "0")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 
 
@@ -135,10 +141,6 @@ def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[s
     if version is not None and not _VERSION.match(version):
         raise MatrixError("command line", "version", f"expected letters, digits and .+~- only, got {version!r}")
 
-    step_cache = (get("step_cache") or "yes").lower()
-    if step_cache not in ("yes", "no"):
-        raise MatrixError("command line", "step_cache", f"expected yes or no, got {step_cache!r}")
-
     storage_option = get("storage")
     try:
         storage = Location.parse(storage_option or matrix.publish.storage, root)
@@ -159,14 +161,25 @@ def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[s
         build_version=version or datetime.now(UTC).strftime("%Y%m%d-%H%M"),
         version=version,
         tier=tier,
-        step_cache=step_cache == "yes",
+        step_cache=_yes_or_no(get, "step_cache", default=True),
         source=get("source") or "push",
         cells=get("cells") or None,
-        protected=(get("protected") or "").lower() == "true",
-        confirmed=(get("confirm") or "").lower() in ("yes", "true", "1"),
+        protected=_yes_or_no(get, "protected", default=False),
+        confirmed=_yes_or_no(get, "confirm", default=False),
         compare=(get("left"), get("right")),
         verify=(get("image"), get("key")),
     )
+
+
+def _yes_or_no(get: Callable[[str], str | None], name: str, default: bool) -> bool:
+    value = get(name)
+    if not value:
+        return default
+    if value.lower() in _YES:
+        return True
+    if value.lower() in _NO:
+        return False
+    raise MatrixError("command line", name, f"expected yes or no, got {value!r}")
 
 
 def _check_classes(matrix: Matrix, matrix_path: Path, config_space: Path) -> None:
