@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from tasks import registry
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import BootTestSettings
 from tasks.release import instancetest
-from tasks.stages import boottest
+from tasks.stages import boottest, identity
 
 from . import imagefs, servers
 from .conftest import make_key
@@ -86,7 +87,7 @@ def copy_of_repo(base: Path) -> Path:
 KEY: list = []
 
 
-def doit(base: Path, *args) -> subprocess.CompletedProcess:
+def doit(base: Path, *args, version: str = VERSION) -> subprocess.CompletedProcess:
     env = {**os.environ, **(KEY[0].environment() if KEY else {})}
     result = subprocess.run(
         [
@@ -99,7 +100,7 @@ def doit(base: Path, *args) -> subprocess.CompletedProcess:
             f"workdir={base / 'build'}",
             f"storage={base / 'storage'}",
             "xz_level=1",
-            f"version={VERSION}",
+            f"version={version}",
         ],
         capture_output=True,
         text=True,
@@ -728,9 +729,19 @@ def test_ec2_instance_test_logs_in_as_admin(vendor_builds, repo_matrix):
 def test_reproduce_builds_the_cell_again_with_identical_trees(runs):
     """doit reproduce: a second build of nocloud from the same base, packages and version,
     compared file by file and bit by bit with the first. The first restored its packages and
-    initramfs from the step cache (test_class_file_edit_...); the second makes every step."""
+    initramfs from the step cache, kept by a build of another version; the second makes every step."""
     base = runs[0]
     cell = "bookworm-nocloud-amd64"
+    # The first: built again as a daily would be, with a new dated version (after the base's
+    # time, as a run's start is), from the steps kept by the e2e-1 builds.
+    kept_time = json.loads((base / "build" / cell / "build-info.json").read_text())["source_date_epoch"]
+    tarball = base / "build" / "base" / "bookworm-amd64.tar.zst"
+    dated = datetime.fromtimestamp(tarball.stat().st_mtime + 60, UTC).strftime(identity.VERSION_TIME)
+    assert doit(base, "forget", f"build:{cell}").returncode == 0
+    result = doit(base, f"build:{cell}", version=dated)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first = json.loads((base / "build" / cell / "build-info.json").read_text())
+    assert first["version"] == dated and first["source_date_epoch"] != kept_time
     first_log = (base / "build" / cell / "build.log").read_text()
     assert "stepcache: packages: restored" in first_log and "stepcache: initramfs: restored" in first_log
     result = doit(base, f"reproduce:{cell}")

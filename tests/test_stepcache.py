@@ -156,8 +156,12 @@ def test_the_initramfs_key_leaves_out_what_no_initramfs_hook_reads(trees):
     stepcache.save(build(first, cache), "initramfs")
 
     (second / "etc/cloud/cloud.cfg").write_text("datasource_list: [Ec2]\n")
+    restoring = time.time_ns()
     assert stepcache.begin(build(second, cache), "initramfs", []) == "restored"
     assert (second / "boot/initrd.img-6.1").read_bytes() == b"\x28\xb5\x2f\xfd initramfs"
+    # Kept by a build of another version, maybe days ago: stamped as if written now, so that
+    # the build clamps it to its own time like an initramfs it made.
+    assert os.lstat(second / "boot/initrd.img-6.1").st_mtime_ns >= restoring
     assert stepcache.begin(build(second, cache, {**FACTS, "time": "1800000000"}), "initramfs", []) == "missing"
     (second / "usr/bin/tool").write_bytes(b"\x7fELF tool, another version")
     assert stepcache.begin(build(second, cache), "initramfs", []) == "missing"
@@ -211,7 +215,8 @@ def test_the_build_environment_names_the_cache_and_facts(tmp_path):
         "target": str(tmp_path),
         "IMAGE_STEP_CACHE": str(tmp_path / "cache"),
         "IMAGE_ARCH": "arm64",
-        "IMAGE_SOURCE_DATE_EPOCH": "1700000000",
+        "IMAGE_SOURCE_DATE_EPOCH": "1800000000",  # the build's: in no key
+        "IMAGE_INITRAMFS_EPOCH": "1700000000",
         "classes": "DEFAULT  DEBIAN CLOUD",
     }
     found = stepcache.Build.from_environment(env)

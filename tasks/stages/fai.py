@@ -170,6 +170,7 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         # change behaviour (py_compile writes checked-hash .pyc files, unlike
         # Debian's images); the scripts that need it set it from this.
         IMAGE_SOURCE_DATE_EPOCH=str(identity.source_date_epoch(inputs.version, inputs.base)),
+        IMAGE_INITRAMFS_EPOCH=str(identity.initramfs_epoch(inputs.version, inputs.base)),
         **identity.disk_identifiers(cell.name, inputs.version),
         IMAGE_OUTPUT_DIR=str(staging / "output"),
         IMAGE_STEP_CACHE=str(inputs.step_cache or ""),

@@ -19,11 +19,12 @@ the next build whose inputs are the same:
   package lists, hooks...), the architecture, the classes and FAI's version.
   Each step leaves out of its key what it does not read and only one build's
   run writes (logs, apt's binary caches, the build's proxy).
-- The build's time (IMAGE_SOURCE_DATE_EPOCH, a dated version's own: a new one
-  each run by default) is in the initramfs's key, whose archive holds it. The
-  packages do not read it: the build clamps every newer file time to it at its
-  end, so what the step wrote (times after it began) is stamped with the
-  restoring build's clock, as if written then, and ends at that build's time.
+- The time mkinitramfs clamps its members to (IMAGE_INITRAMFS_EPOCH: the
+  base's, the same for every version built from it) is in the initramfs's key,
+  whose archive holds it. The build's own time (a dated version's: a new one
+  each run by default) is in no key: the build clamps every newer file time to
+  it at its end, so what a step wrote (times after it began) is stamped with
+  the restoring build's clock, as if written then, and ends at that build's time.
 
 One outcome per step and cell (the last one made) lives in the cell's
 directory of the work directory's cache, written under a temporary name and
@@ -78,7 +79,7 @@ class StepCacheFailed(Exception):
 class Step:
     key_ignores: tuple[str, ...]  # paths (and what is under them) the step does not read
     outcome_ignores: tuple[str, ...] = ()  # paths the step writes that are not kept
-    timed: bool = False  # the build's time shapes the outcome (else it is left out of the key)
+    timed: bool = False  # the initramfs's time shapes the outcome (else it is left out of the key)
 
 
 STEPS = {
@@ -105,7 +106,7 @@ STEPS = {
             "usr/share/man",
             "var",
         ),
-        timed=True,  # mkinitramfs stamps the archive's members with it (SOURCE_DATE_EPOCH)
+        timed=True,  # mkinitramfs clamps the archive's member times to it (SOURCE_DATE_EPOCH)
     ),
 }
 
@@ -202,7 +203,7 @@ class Build:
         facts = {
             "format": str(FORMAT),
             "arch": env.get("IMAGE_ARCH", ""),
-            "time": env.get("IMAGE_SOURCE_DATE_EPOCH", ""),
+            "time": env.get("IMAGE_INITRAMFS_EPOCH", ""),
             "classes": " ".join(env["classes"].split()),  # FAI exports them
             "fai": fai_version(),
         }
@@ -242,7 +243,7 @@ def begin(build: Build, step: str, inputs: list[Path]) -> str:
     if not (kept / "tree.tar.zst").is_file():
         return "missing"
     try:
-        restore(build.target, kept, stamp=not rules.timed)
+        restore(build.target, kept)
     except (OSError, ValueError, subprocess.CalledProcessError) as error:
         # The tree is half restored: this build fails; the next one makes the step.
         shutil.rmtree(kept, ignore_errors=True)
@@ -253,8 +254,8 @@ def begin(build: Build, step: str, inputs: list[Path]) -> str:
     return "restored"
 
 
-def restore(target: Path, kept: Path, stamp: bool) -> None:
-    """Remove what the step removed, unpack what it changed; stamp: what it wrote gets this moment's time."""
+def restore(target: Path, kept: Path) -> None:
+    """Remove what the step removed, unpack what it changed; what it wrote gets this moment's time."""
     for relative in (kept / "removed").read_text().split("\0"):
         if relative:
             path = target / relative
@@ -269,13 +270,12 @@ def restore(target: Path, kept: Path, stamp: bool) -> None:
             stdin=archive,
             check=True,
         )  # fmt: skip
-    if stamp:
-        began = int((kept / "began").read_text())
-        now = time.time_ns()
-        for relative in (kept / "paths").read_text().split("\0"):
-            written = os.path.join(target, relative)
-            if os.lstat(written).st_mtime_ns >= began:
-                os.utime(written, ns=(now, now), follow_symlinks=False)
+    began = int((kept / "began").read_text())
+    now = time.time_ns()
+    for relative in (kept / "paths").read_text().split("\0"):
+        written = os.path.join(target, relative)
+        if os.lstat(written).st_mtime_ns >= began:
+            os.utime(written, ns=(now, now), follow_symlinks=False)
 
 
 def save(build: Build, step: str) -> str:
