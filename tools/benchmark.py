@@ -18,8 +18,8 @@ Sections (all by default):
                again from the cached base and package cache: once making
                every step (its step cache emptied), then --repeat times
                restoring the steps that one kept (tasks/stages/stepcache.py),
-               then once with a new dated version (a new build time: the
-               initramfs made again): wall and CPU seconds of each, the
+               then once with a new dated version (a new build time, as
+               every run without version= has): wall and CPU seconds of each, the
                slowest phases of the build, and the first's wall time over
                the others'.
   boottest     the boot-test stage of each of --rebuild-cells, --repeat
@@ -267,7 +267,8 @@ def rebuild(cells: list[str], base: Path, options: list[str], repeat: int) -> No
     for cell in cells:
         timed(doit(f"build:{cell}", *options))  # the base and a first build, when missing
         # Last, a new dated version, as each `doit` run without version= gives: the
-        # build's time is new, so the initramfs is made again (its archive holds it).
+        # build's time and the disk's identifiers are new, the steps still restored
+        # (the initramfs holds the base's time, not the build's: identity.py).
         dated = [option for option in options if not option.startswith("version=")]
         dated.append(f"version={time.strftime('%Y%m%d-%H%M', time.gmtime())}")
         runs = []
