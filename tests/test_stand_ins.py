@@ -83,7 +83,7 @@ def test_host_programs_run_in_the_image_read_only_and_leave_nothing(image):
         $ROOTCMD /usr/bin/modinfo --version | head -1
         $ROOTCMD /usr/bin/zstd --version
         test ! -e "$target/usr/bin/dash" && echo "dash stays the image's"
-        for inside in /usr/lib/x86_64-linux-gnu /usr/bin/cp; do  # asked, not tried: a write would reach the host
+        for inside in /usr/libexec/native-libs /usr/bin/cp; do  # asked, not tried: a write would reach the host
             findmnt --noheadings --output OPTIONS --mountpoint "$target$inside" | grep -q '^ro,' && echo "read-only"
         done
         stand_ins_end
@@ -118,3 +118,23 @@ def test_no_stand_ins_for_a_native_image(image):
     checks = "stand_ins_begin && echo began || echo emulated\nstand_ins_end\n"
     assert run(image, checks, image_versions="", arch="arm64").stdout.strip() == "began"
     assert run(image, checks, image_versions="", arch="amd64").stdout.strip() == "emulated"
+
+
+def test_no_initramfs_hook_finds_a_host_library(image):
+    """trixie's udev hook copies every /usr/lib/*/libkmod.so.* into the initramfs, whatever its
+    architecture: with the host's libraries there, the host's libkmod went into an arm64 initramfs."""
+    result = run(
+        image,
+        """
+        stand_ins_begin
+        stand_in /usr/bin/kmod /usr/bin/modinfo
+        $ROOTCMD /usr/bin/modinfo --version | head -1
+        ls "$target"/usr/lib/*/libkmod.so.* "$target"/lib*/libkmod.so.* 2>/dev/null || echo "no host library found"
+        stand_ins_end
+        """,
+        image_versions="",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("kmod version"), lines  # the host's kmod found its libkmod, elsewhere
+    assert lines[1:] == ["no host library found"]

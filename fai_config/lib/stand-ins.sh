@@ -9,16 +9,20 @@
 # program that only reads and writes data can run as the host's own copy:
 # bind-mounted, read-only, over the image's, with the host's libraries beside.
 # Nothing may appear at the image's top level (mkinitramfs links every /lib*
-# it finds into the initramfs) or where ldconfig looks (/usr/lib), so the
-# host's loader goes to $STAND_IN_LOADER and the copies are told so (their ELF
-# interpreter path, rewritten in place). What was mounted and made is listed
-# in $STAND_IN_STATE, so that a later step can undo it (stand_ins_end); the
-# build's mount namespace ends the mounts in any case.
+# it finds into the initramfs), where ldconfig looks, or where an initramfs
+# hook looks for libraries (trixie's udev hook copies /usr/lib/*/libkmod.so.*,
+# whatever its architecture), so the host's loader goes to $STAND_IN_LOADER and
+# its libraries to $STAND_IN_LIBS, and each copy is told so by patchelf (its
+# ELF interpreter, and a DT_RPATH, which the loader follows for every library
+# the program loads). What was mounted and made is listed in $STAND_IN_STATE,
+# so that a later step can undo it (stand_ins_end); the build's mount
+# namespace ends the mounts in any case.
 
-STAND_IN_LIBS=/usr/lib/x86_64-linux-gnu
+HOST_LIBS=/usr/lib/x86_64-linux-gnu
 HOST_LOADER=/lib64/ld-linux-x86-64.so.2
-STAND_IN_LOADER=/usr/libexec/ld-native.so # no longer than the path it replaces
-STAND_IN_STATE=/tmp/image-stand-ins       # /tmp is the build's own (tasks/system/sandbox.py)
+STAND_IN_LIBS=/usr/libexec/native-libs
+STAND_IN_LOADER=/usr/libexec/ld-native.so
+STAND_IN_STATE=/tmp/image-stand-ins # /tmp is the build's own (tasks/system/sandbox.py)
 
 # True when host programs can stand in for the image's (a foreign image, a
 # layout this knows); the host's libraries and loader are then in place.
@@ -28,10 +32,14 @@ stand_ins_begin() {
         [ -e "$STAND_IN_STATE" ]; then
         return 1
     fi
+    if ! command -v patchelf > /dev/null; then
+        echo "stand-ins: patchelf is not installed (tools/setup-host): everything stays emulated"
+        return 1
+    fi
     mkdir -p "$STAND_IN_STATE/copies"
     : > "$STAND_IN_STATE/mounted"
     : > "$STAND_IN_STATE/created"
-    _stand_in_bind "$STAND_IN_LIBS" "$STAND_IN_LIBS"
+    _stand_in_bind "$HOST_LIBS" "$STAND_IN_LIBS"
     _stand_in_bind "$HOST_LOADER" "$STAND_IN_LOADER"
     # The host's C library, run in the image through the host's loader: every copy will run.
     if ! $ROOTCMD "$STAND_IN_LOADER" "$STAND_IN_LIBS/libc.so.6" > /dev/null; then
@@ -50,16 +58,11 @@ stand_in() {
         return 0
     fi
     copy=$STAND_IN_STATE/copies/${inside##*/}
-    python3 - "$source" "$copy" "$HOST_LOADER" "$STAND_IN_LOADER" <<'PY' || return 0
-import shutil, sys
-source, copy, old, new = sys.argv[1:]
-data = open(source, "rb").read()
-old_path, new_path = old.encode() + b"\0", new.encode() + b"\0"
-if data.count(old_path) != 1 or len(new_path) > len(old_path):
-    sys.exit(f"{source}: its ELF interpreter is not {old} once: it stays emulated")
-open(copy, "wb").write(data.replace(old_path, new_path.ljust(len(old_path), b"\0")))
-shutil.copymode(source, copy)
-PY
+    cp "$source" "$copy"
+    if ! patchelf --set-interpreter "$STAND_IN_LOADER" --force-rpath --set-rpath "$STAND_IN_LIBS" "$copy"; then
+        echo "stand-ins: patchelf cannot rewrite $source: it stays emulated"
+        return 0
+    fi
     _stand_in_bind "$copy" "$inside"
 }
 
