@@ -2,9 +2,13 @@
 
 The arm64 build takes shortcuts past emulation (fai_config/scripts/DEBIAN/20-initramfs);
 its image must not change for it. tests/data/arm64/ keeps the lists of an image built
-the slow way (everything emulated); the arm64 test compares its own image's with them.
+the slow way (everything emulated); the arm64 test (bookworm) and the benchmark's arm64
+section (each release recorded here) compare an image's with them.
 
     python -m tests.imagelists <cell directory> <output prefix>    (records the lists)
+
+The slow way, to record from: `doit build:<cell> step_cache=no` with stand_ins_begin
+(fai_config/lib/stand-ins.sh) made to return 1 at once, then that edit undone.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from pathlib import Path
 
 from tasks import reproduce
 
+# The lists of images built the slow way, one prefix per cell (tests/data/arm64/<cell>.<kind>.xz).
+RECORDED = Path(__file__).resolve().parent / "data" / "arm64"
 # The kernel's ABI name (6.1.0-56-arm64) changes with every kernel update of a release.
 KERNEL = re.compile(r"\d+\.\d+\.\d+-\d+-(arm64|amd64|cloud-arm64|cloud-amd64)")
 
@@ -60,6 +66,15 @@ def recorded(prefix: Path, kind: str) -> Path:
 
 def read(prefix: Path, kind: str) -> list[str]:
     return lzma.decompress(recorded(prefix, kind).read_bytes()).decode().splitlines()
+
+
+def differences(cell_dir: Path, prefix: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """Per list, what the recorded one has and the image lacks, and what the image has besides."""
+    found = {}
+    for kind, lister in LISTS.items():
+        listed, expected = set(lister(cell_dir)), set(read(prefix, kind))
+        found[kind] = (sorted(expected - listed), sorted(listed - expected))
+    return found
 
 
 def main(cell_dir: Path, prefix: Path) -> None:

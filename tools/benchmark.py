@@ -67,6 +67,7 @@ from tasks.model import matrix as matrix_module  # noqa: E402
 from tasks.model.matrix import Cell  # noqa: E402
 from tasks.stages import compress as compression  # noqa: E402
 from tasks.stages import stepcache  # noqa: E402
+from tests import imagelists  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -258,6 +259,12 @@ def arm64(vendor: str, release: str, base: Path, options: list[str]) -> None:
             flush=True,
         )
     print(f"  arm64 / amd64: {walls['arm64'] / walls['amd64']:.2f}")
+    recorded = imagelists.RECORDED / cell
+    if imagelists.recorded(recorded, "packages").is_file():
+        # Faster must not mean different: the lists of an image built entirely under emulation.
+        for kind, (missing, extra) in imagelists.differences(base / "build" / cell, recorded).items():
+            verdict = "the same" if not (missing or extra) else f"DIFFER: missing {missing[:10]}, extra {extra[:10]}"
+            print(f"  {kind} against the slow way's ({recorded.name}): {verdict}")
 
 
 def rebuild(cells: list[str], base: Path, options: list[str], repeat: int) -> None:
