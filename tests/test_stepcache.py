@@ -167,6 +167,29 @@ def test_the_initramfs_key_leaves_out_what_no_initramfs_hook_reads(trees):
     assert stepcache.begin(build(second, cache), "initramfs", []) == "missing"
 
 
+def test_the_initramfs_key_masks_the_version_s_identifiers_in_fstab(trees):
+    """A new version's disk gets new PARTUUIDs (identity.py): fstab names them, the initramfs
+    does not hold them, so its key masks them; a new file system type is a new key."""
+    first, second, cache = trees
+
+    def with_fstab(root, uuid, fstype="ext4", version="1"):
+        (root / "etc/fstab").write_text(f"PARTUUID={uuid} / {fstype} rw 0 1\n")
+        (root / "etc/cloud-release").write_text(f'ID=nocloud\nVERSION="{version}"\n')
+        return stepcache.Build(root, cache, FACTS, identifiers=(uuid,))
+
+    stepcache.begin(with_fstab(first, "11111111-aaaa"), "initramfs", [])
+    (first / "boot").mkdir()
+    (first / "boot/initrd.img-6.1").write_bytes(b"initramfs")
+    stepcache.save(with_fstab(first, "11111111-aaaa"), "initramfs")
+
+    assert stepcache.begin(with_fstab(second, "22222222-bbbb", version="2"), "initramfs", []) == "restored"
+    assert stepcache.begin(with_fstab(second, "22222222-bbbb", "btrfs"), "initramfs", []) == "missing"
+    # Only the build's own identifiers are masked: another value in fstab is content.
+    other = stepcache.Build(second, cache, FACTS, identifiers=("33333333-cccc",))
+    (second / "etc/fstab").write_text("PARTUUID=22222222-bbbb / ext4 rw 0 1\n")
+    assert stepcache.begin(other, "initramfs", []) == "missing"
+
+
 def test_one_outcome_per_step_the_last_one(trees):
     first, _, cache = trees
     for version in ("1", "2"):
@@ -217,12 +240,15 @@ def test_the_build_environment_names_the_cache_and_facts(tmp_path):
         "IMAGE_ARCH": "arm64",
         "IMAGE_SOURCE_DATE_EPOCH": "1800000000",  # the build's: in no key
         "IMAGE_INITRAMFS_EPOCH": "1700000000",
+        "IMAGE_PARTUUID_ROOT": "11111111-aaaa",
+        "IMAGE_ESP_VOLUME_ID": "1234abcd",
         "classes": "DEFAULT  DEBIAN CLOUD",
     }
     found = stepcache.Build.from_environment(env)
     assert found.cache == tmp_path / "cache" and found.target == tmp_path
     assert found.facts["arch"] == "arm64" and found.facts["time"] == "1700000000"
     assert found.facts["classes"] == "DEFAULT DEBIAN CLOUD"
+    assert found.identifiers == ("11111111-aaaa", "1234abcd")
     assert found.flawless
     (tmp_path / "task_error").write_text("471\n")  # install_packages failed
     assert not stepcache.Build.from_environment(env).flawless

@@ -21,10 +21,12 @@ the next build whose inputs are the same:
   run writes (logs, apt's binary caches, the build's proxy).
 - The time mkinitramfs clamps its members to (IMAGE_INITRAMFS_EPOCH: the
   base's, the same for every version built from it) is in the initramfs's key,
-  whose archive holds it. The build's own time (a dated version's: a new one
-  each run by default) is in no key: the build clamps every newer file time to
-  it at its end, so what a step wrote (times after it began) is stamped with
-  the restoring build's clock, as if written then, and ends at that build's time.
+  whose archive holds it. Neither the build's own time (a dated version's: a
+  new one each run by default) nor the disk's identifiers, which also derive
+  from the version, are in a key (the initramfs's masks them in the fstab it
+  reads). The build clamps every newer file time to its own time at its end,
+  so what a restored step wrote (times after it began) is stamped with the
+  restoring build's clock, as if written then, and ends at that build's time.
 
 One outcome per step and cell (the last one made) lives in the cell's
 directory of the work directory's cache, written under a temporary name and
@@ -53,6 +55,7 @@ from pathlib import Path
 
 import xxhash
 
+from tasks.stages import identity
 from tasks.system import atomic
 
 FORMAT = 2
@@ -79,6 +82,9 @@ class StepCacheFailed(Exception):
 class Step:
     key_ignores: tuple[str, ...]  # paths (and what is under them) the step does not read
     outcome_ignores: tuple[str, ...] = ()  # paths the step writes that are not kept
+    # Files the step reads whose content names the disk's identifiers (derived from the
+    # version: identity.py), which the step does not use: keyed with them masked.
+    key_masks: tuple[str, ...] = ()
     timed: bool = False  # the initramfs's time shapes the outcome (else it is left out of the key)
 
 
@@ -105,7 +111,11 @@ STEPS = {
             "usr/share/locale",
             "usr/share/man",
             "var",
+            "etc/cloud-release",  # the version, for cloud-init
         ),
+        # initramfs-tools reads the file system types of / and /usr (its fsck hook), not the
+        # PARTUUIDs that name them: a new version's identifiers keep the initramfs.
+        key_masks=("etc/fstab",),
         timed=True,  # mkinitramfs clamps the archive's member times to it (SOURCE_DATE_EPOCH)
     ),
 }
@@ -152,10 +162,16 @@ def _content(path: Path | str, size: int | None = None) -> str:
     return digest.hexdigest()
 
 
-def describe(root: Path, relative: str, info: os.stat_result) -> str:
-    """One line for the key: the path's type, mode, owner and content, not its times."""
+def describe(root: Path, relative: str, info: os.stat_result, masks: tuple[str, ...] = ()) -> str:
+    """One line for the key: the path's type, mode, owner and content (with each of masks
+    replaced by a placeholder), not its times."""
     mode = info.st_mode
-    if stat.S_ISREG(mode):
+    if stat.S_ISREG(mode) and masks:
+        content = Path(root, relative).read_bytes()
+        for mask in masks:
+            content = content.replace(mask.encode(), b"<masked>")
+        what = f"f masked {xxhash.xxh3_128_hexdigest(content)}"
+    elif stat.S_ISREG(mode):
         what = f"f {info.st_size} {_content(os.path.join(root, relative), info.st_size)}"
     elif stat.S_ISLNK(mode):
         what = f"l {os.readlink(os.path.join(root, relative))}"
@@ -192,6 +208,7 @@ class Build:
     cache: Path | None  # None: the cache is off
     facts: dict[str, str]  # what besides the tree and inputs shapes a step
     flawless: bool = True  # no task of the run has failed so far
+    identifiers: tuple[str, ...] = ()  # the disk's, which a step's key_masks mask
 
     @classmethod
     def from_environment(cls, env=os.environ) -> Build:
@@ -207,7 +224,9 @@ class Build:
             "classes": " ".join(env["classes"].split()),  # FAI exports them
             "fai": fai_version(),
         }
-        return cls(Path(env["target"]), Path(cache) if cache else None, facts, flawless)
+        names = (*identity.IDENTIFIERS, identity.ESP_VOLUME_ID)
+        identifiers = tuple(env[name] for name in names if env.get(name))
+        return cls(Path(env["target"]), Path(cache) if cache else None, facts, flawless, identifiers)
 
     def state(self, step: str) -> Path:
         return STATE_ROOT / step
@@ -235,7 +254,8 @@ def begin(build: Build, step: str, inputs: list[Path]) -> str:
     for relative, info in walk(build.target):
         paths.append(f"{relative}\0{stat.S_IFMT(info.st_mode):o}")
         if not _under(relative, rules.key_ignores):
-            key.update(describe(build.target, relative, info).encode())
+            masks = build.identifiers if relative in rules.key_masks else ()
+            key.update(describe(build.target, relative, info, masks).encode())
     (state / "paths").write_text("\n".join(paths))
     name = f"{step}.{key.hexdigest()[:32]}"
     (state / "name").write_text(name)
