@@ -24,18 +24,8 @@ def mirror(tmp_path):
     served = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        """Like Debian's mirrors here: no Last-Modified, and If-Modified-Since is ignored."""
-
         def log_message(self, *args):
             served.append(self.path)
-
-        def send_head(self):
-            del self.headers["If-Modified-Since"]
-            return super().send_head()
-
-        def send_header(self, keyword, value):
-            if keyword != "Last-Modified":
-                super().send_header(keyword, value)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -110,65 +100,3 @@ def test_builds_side_by_side_share_the_cache(mirror, tmp_path):
 )
 def test_what_is_cacheable(url, expected):
     assert cacheable(url) is expected
-
-
-def test_a_release_file_is_dated_by_its_date_field_and_not_sent_again_to_who_has_it(mirror, tmp_path):
-    """The mirror sends InRelease without Last-Modified; the proxy dates it by its signed Date field
-    and answers 304 to a client that has that very file, asking the mirror every time."""
-    url, root, served = mirror
-    inrelease = root / "debian/dists/bookworm/InRelease"
-    inrelease.write_text("Suite: bookworm\nDate: Sun, 22 Nov 2026 10:05:07 UTC\n")
-    index = f"{url}/dists/bookworm/InRelease"
-    with PackageCache(tmp_path / "cache") as cache:
-        first = get(cache, index)
-        assert first.status_code == 200 and first.text == inrelease.read_text()
-        assert first.headers["Last-Modified"] == "Sun, 22 Nov 2026 10:05:07 GMT"
-        again = requests.get(
-            index,
-            proxies={"http": cache.url},
-            timeout=10,
-            headers={"If-Modified-Since": first.headers["Last-Modified"]},
-        )
-        assert again.status_code == 304 and again.content == b""
-        # Any other time (apt's file from elsewhere) gets the file.
-        other = requests.get(
-            index,
-            proxies={"http": cache.url},
-            timeout=10,
-            headers={"If-Modified-Since": "Mon, 23 Nov 2026 10:05:07 GMT"},
-        )
-        assert other.status_code == 200 and other.text == inrelease.read_text()
-        # The mirror publishes anew: the client that had the old one gets the new one.
-        inrelease.write_text("Suite: bookworm\nDate: Sun, 22 Nov 2026 16:00:00 UTC\n")
-        newer = requests.get(
-            index,
-            proxies={"http": cache.url},
-            timeout=10,
-            headers={"If-Modified-Since": first.headers["Last-Modified"]},
-        )
-        assert newer.status_code == 200 and "16:00:00" in newer.text
-        assert newer.headers["Last-Modified"] == "Sun, 22 Nov 2026 16:00:00 GMT"
-        # Without a Date field it passes as the mirror sent it, undated.
-        inrelease.write_text("Suite: bookworm\n")
-        undated = requests.get(
-            index,
-            proxies={"http": cache.url},
-            timeout=10,
-            headers={"If-Modified-Since": first.headers["Last-Modified"]},
-        )
-        assert undated.status_code == 200 and undated.text == "Suite: bookworm\n"
-    assert [p for p in served if "InRelease" in p] == ["/debian/dists/bookworm/InRelease"] * 5, "always asked"
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("http://deb.debian.org/debian/dists/bookworm/InRelease", True),
-        ("http://deb.debian.org/debian-security/dists/bookworm-security/Release", True),
-        ("http://deb.debian.org/debian/dists/bookworm/Release.gpg", False),
-        ("http://deb.debian.org/debian/dists/bookworm/main/binary-amd64/Packages.xz", False),
-        ("http://deb.debian.org/debian/pool/main/r/release/InRelease.deb", False),
-    ],
-)
-def test_what_is_a_release_file(url, expected):
-    assert aptcache.release_file(url) is expected

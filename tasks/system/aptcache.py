@@ -9,28 +9,16 @@ indexes, so a damaged cache file fails the build instead of entering an
 image. Each file is written under a temporary name and renamed, so builds
 running side by side never read half a file.
 
-A Release file (InRelease, Release) is fetched from the mirror on every
-request too, but Debian's mirrors send it without Last-Modified or ETag, so
-apt can never hear "not modified": every build fetched every InRelease anew,
-and apt, seeing new files, rebuilt its package cache (1.2 CPU-seconds for
-bookworm's). The proxy gives each the time of its own signed Date field as
-Last-Modified, which apt stamps the file with, and answers a request whose
-If-Modified-Since is exactly that time with 304 while the mirror still
-serves the file of that Date: apt then keeps its lists and its package cache
-(a base made through the proxy passes them on to every build).
-
 Only http:// mirrors are cached; an https:// mirror is reached directly.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,32 +64,6 @@ class Stats:
 def cacheable(url: str) -> bool:
     path = urlsplit(url).path
     return "/pool/" in path and path.endswith((".deb", ".udeb"))
-
-
-_RELEASE_FILE = re.compile(r"/dists/.+/(In)?Release$")
-_DATE_FIELD = re.compile(rb"^Date: (.+)$", re.MULTILINE)
-
-
-def release_file(url: str) -> bool:
-    """A suite's Release file: the index apt asks for first, and the only one it asks for when unchanged."""
-    return bool(_RELEASE_FILE.search(urlsplit(url).path))
-
-
-def release_date(content: bytes) -> str | None:
-    """A Release file's own Date field as an HTTP date, or None when it has no readable one."""
-    found = _DATE_FIELD.search(content)
-    try:
-        return format_datetime(parsedate_to_datetime(found.group(1).decode().strip()), usegmt=True) if found else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _same_time(asked: str | None, dated: str) -> bool:
-    """If-Modified-Since names exactly the time given as the file's Last-Modified."""
-    try:
-        return asked is not None and parsedate_to_datetime(asked) == parsedate_to_datetime(dated)
-    except (TypeError, ValueError):
-        return False
 
 
 class PackageCache:
@@ -206,8 +168,6 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self._send_file(path)
                 return
             self._fetch(url, keep=path)
-        elif release_file(url) and self.command == "GET":
-            self._fetch_release(url)
         else:
             self._fetch(url, keep=None)
 
@@ -258,45 +218,6 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 stats.passed += 1
                 return
             self._relay_and_keep(upstream, keep)
-
-    def _fetch_release(self, url: str) -> None:
-        """The mirror's current Release file, dated by its Date field, or 304 when the client has it."""
-        stats = self.owner.stats
-        headers = {k: v for k, v in self.headers.items() if k.lower() in {"user-agent", "accept"}}
-        import requests
-
-        try:
-            upstream = self.owner._session.get(url, headers=headers, timeout=60)
-        except requests.RequestException as error:
-            stats.errors.append(f"{url}: {error}")
-            self.send_error(502, f"mirror unreachable: {error}")
-            return
-        stats.passed += 1
-        dated = release_date(upstream.content) if upstream.status_code == 200 else None
-        if dated is None or "Last-Modified" in upstream.headers or "ETag" in upstream.headers:
-            self._relay(upstream)  # the mirror's own answer, validators and all
-            return
-        if _same_time(self.headers.get("If-Modified-Since"), dated):
-            self.send_response(304)
-            self.send_header("Last-Modified", dated)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(upstream.content)))
-        self.send_header("Content-Type", upstream.headers.get("Content-Type", "text/plain"))
-        self.send_header("Last-Modified", dated)
-        self.end_headers()
-        self.wfile.write(upstream.content)
-
-    def _relay(self, upstream: requests.Response) -> None:
-        """A response read whole, passed on as it came."""
-        self.send_response(upstream.status_code)
-        for name, value in upstream.headers.items():
-            if name.lower() not in _HOP_BY_HOP | {"content-length", "content-encoding"}:
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(upstream.content)))
-        self.end_headers()
-        self.wfile.write(upstream.content)
 
     def _relay_and_keep(self, upstream: requests.Response, keep: Path) -> None:
         stats = self.owner.stats
