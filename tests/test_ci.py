@@ -315,6 +315,8 @@ def test_generated_pipeline_runs_for_real(tmp_path, test_key):
     data = copy.deepcopy(GOOD)
     data["tiers"]["push"] = [{"releases": ["bookworm"], "vendors": ["nocloud"], "architectures": ["amd64"]}]
     data["compress"]["xz_level"] = 0
+    # One boot: the pipeline's jobs are under test here; both firmwares boot in test_end_to_end.
+    data["architectures"]["amd64"]["firmware"] = ["uefi"]
     target = tmp_path / "pipeline.yml"
     ci.write(make_plan(tmp_path, data, source="push", version="ci-test-1"), target)
     project = project_with(tmp_path, target.read_text())
