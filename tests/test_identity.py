@@ -44,3 +44,4 @@ def test_identifiers_differ_by_cell_version_and_role_and_repeat():
     assert ids != identity.disk_identifiers("bookworm-nocloud-amd64", "2")
     assert ids != identity.disk_identifiers("bookworm-genericcloud-amd64", "1")
     assert len(ids[identity.ESP_VOLUME_ID]) == 8
+    assert set(ids) == set(identity.VARIABLES)

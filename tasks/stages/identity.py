@@ -36,6 +36,8 @@ IDENTIFIERS = {
     "IMAGE_EXT4_HASH_SEED": "filesystem/root/hash-seed",
 }
 ESP_VOLUME_ID = "IMAGE_ESP_VOLUME_ID"  # vfat's 32-bit volume id, 8 hex digits
+# Every variable disk_identifiers sets (the step cache masks their values).
+VARIABLES = (*IDENTIFIERS, ESP_VOLUME_ID)
 VERSION_TIME = "%Y%m%d-%H%M"
 
 

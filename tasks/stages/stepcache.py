@@ -224,8 +224,7 @@ class Build:
             "classes": " ".join(env["classes"].split()),  # FAI exports them
             "fai": fai_version(),
         }
-        names = (*identity.IDENTIFIERS, identity.ESP_VOLUME_ID)
-        identifiers = tuple(env[name] for name in names if env.get(name))
+        identifiers = tuple(env[name] for name in identity.VARIABLES if env.get(name))
         return cls(Path(env["target"]), Path(cache) if cache else None, facts, flawless, identifiers)
 
     def state(self, step: str) -> Path:
