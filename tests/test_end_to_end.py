@@ -157,6 +157,22 @@ def test_default_run_publishes_the_push_tier_on_one_shared_base(runs):
         assert "Calling debootstrap" not in log
 
 
+def test_builds_from_a_current_base_leave_apt_update_out(runs):
+    """Built minutes after their base: its package lists are the mirror's, so FAI's updatebase
+    ran without apt (its mounts and diversions still made: these images boot and pass their
+    checks below). Should the archive move on in between, the log names the suite and
+    updatebase runs in full; at least one cell must have seen the base current."""
+    current = []
+    for cell in CELLS:
+        log = (runs[0] / "build" / cell / "build.log").read_text()
+        skipped = "aptlists: the base's package lists are the mirror's" in log
+        left_out = "Left out: apt-get -y -o Dpkg::Options::=--force-confnew dist-upgrade" in log
+        assert skipped == left_out == ("Skipping task_updatebase" in log), cell
+        assert skipped or re.search(r"aptlists: \S+: the mirror's InRelease is not the base's", log), cell
+        current.append(skipped)
+    assert any(current)
+
+
 def test_second_run_executes_no_task(runs):
     _, _, _, again, _ = runs
     assert again.returncode == 0, again.stderr
