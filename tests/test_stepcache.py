@@ -254,3 +254,65 @@ def test_the_build_environment_names_the_cache_and_facts(tmp_path):
     assert not stepcache.Build.from_environment(env).flawless
     assert not stepcache.Build.from_environment({**env, "LOGDIR": str(tmp_path / "none")}).flawless
     assert stepcache.Build.from_environment({**env, "IMAGE_STEP_CACHE": ""}).cache is None
+    # The base's mark, once hooks/extrbase.DEBIAN touched it, with the base's digest.
+    assert found.base is None
+    mark = tmp_path / "base-unpacked"
+    marked = {**env, "IMAGE_BASE_SHA256": "ab" * 32, "IMAGE_BASE_UNPACKED": str(mark)}
+    assert stepcache.Build.from_environment(marked).base is None  # not touched: FAI ran debootstrap
+    mark.touch()
+    assert stepcache.Build.from_environment(marked).base == stepcache.BaseMark("ab" * 32, mark.stat().st_ctime_ns)
+
+
+def mark_base(root: Path, mark: Path, digest: str = "base-1") -> stepcache.Build:
+    """As hooks/extrbase.DEBIAN does once the base is unpacked: the mark, then a tick of the clock."""
+    mark.touch()
+    time.sleep(0.02)
+    return stepcache.Build(root, root.parent / "cache", FACTS, base=stepcache.BaseMark(digest, mark.stat().st_ctime_ns))
+
+
+def test_the_key_reads_only_what_the_build_touched_since_the_base_was_unpacked(trees, monkeypatch):
+    """Files untouched since the mark count by the base's digest; the key reads the others,
+    follows their content, and is the same for two builds that changed the same files alike."""
+    first, second, cache = trees
+    first_build, second_build = mark_base(first, first / "../mark-1"), mark_base(second, second / "../mark-2")
+    for root in (first, second):
+        (root / "etc/hosts").write_text("127.0.0.1 localhost image\n")  # a hook's edit after the unpacking
+    read = []
+    content = stepcache._content
+    monkeypatch.setattr(stepcache, "_content", lambda path, size=None: read.append(str(path)) or content(path, size))
+    assert stepcache.begin(first_build, "packages", []) == "missing"
+    assert read == [str(first / "etc/hosts")]
+    (first / "boot").mkdir()
+    (first / "boot/kept").write_text("made by the step\n")
+    stepcache.save(first_build, "packages")
+    assert stepcache.begin(second_build, "packages", []) == "restored"
+    assert (second / "boot/kept").read_text() == "made by the step\n"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda root: (root / "etc/hosts").write_text("127.0.0.1 localhost other\n"),  # touched, other content
+        lambda root: (root / "usr/bin/tool").write_bytes(b"\x7fELF tool, as edited"),  # was untouched
+        lambda root: (root / "usr/bin/tool").chmod(0o700),
+        lambda root: (root / "usr/share/old/file").unlink(),
+    ],
+)
+def test_with_a_base_mark_the_key_still_follows_every_change(trees, change):
+    first, second, cache = trees
+    first_build, second_build = mark_base(first, first / "../mark-1"), mark_base(second, second / "../mark-2")
+    for root in (first, second):
+        (root / "etc/hosts").write_text("127.0.0.1 localhost image\n")
+    stepcache.begin(first_build, "packages", [])
+    stepcache.save(first_build, "packages")
+    change(second)
+    assert stepcache.begin(second_build, "packages", []) == "missing"
+
+
+def test_another_base_is_another_key(trees):
+    first, second, cache = trees
+    first_build = mark_base(first, first / "../mark-1", "base-1")
+    stepcache.begin(first_build, "packages", [])
+    stepcache.save(first_build, "packages")
+    assert stepcache.begin(mark_base(second, second / "../mark-2", "base-2"), "packages", []) == "missing"
+    assert stepcache.begin(mark_base(second, second / "../mark-3", "base-1"), "packages", []) == "restored"

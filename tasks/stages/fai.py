@@ -29,7 +29,7 @@ from tasks.model.layout import CellFiles
 from tasks.model.matrix import BuildSettings, Cell
 from tasks.model.records import BuildInfo
 from tasks.progress import StageProgress
-from tasks.stages import base, faiconfig, identity
+from tasks.stages import base, faiconfig, identity, stepcache
 from tasks.system import atomic, binfmt, cpu, loopdev, sandbox
 from tasks.system.checksum import sha256_kept
 
@@ -175,6 +175,9 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         IMAGE_OUTPUT_DIR=str(staging / "output"),
         IMAGE_STEP_CACHE=str(inputs.step_cache or ""),
         IMAGE_BASEFILE=str(inputs.base.resolve()),
+        # The step cache's keys name the base's files untouched since it was unpacked by its digest.
+        IMAGE_BASE_SHA256=sha256_kept(inputs.base) if inputs.base.is_file() else "",
+        IMAGE_BASE_UNPACKED=str(stepcache.BASE_UNPACKED),
         # The image checks (tasks/stages/imagecheck.py) run with this project's Python.
         IMAGE_PYTHON=str(IN_BUILD_PYTHON),
         IMAGE_TOOLS=str(TOOLS_ROOT),

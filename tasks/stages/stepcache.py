@@ -17,6 +17,10 @@ the next build whose inputs are the same:
   type, mode, owner and content; not its times, which differ from build to
   build while content does not), the config-space files the caller names (the
   package lists, hooks...), the architecture, the classes and FAI's version.
+  A file the build has not touched since it unpacked its base (its ctime is
+  older than the mark hooks/extrbase.DEBIAN leaves then) has the base's
+  content: the key names the base by its digest and reads only the files the
+  build touched, instead of every file of the tree (half a second a step).
   Each step leaves out of its key what it does not read and only one build's
   run writes (logs, apt's binary caches, the build's proxy).
 - The time mkinitramfs clamps its members to (IMAGE_INITRAMFS_EPOCH: the
@@ -58,10 +62,12 @@ import xxhash
 from tasks.stages import identity
 from tasks.system import atomic
 
-FORMAT = 2
+FORMAT = 3
 # Where a step's state lives between begin and save: the build's own /tmp
 # (tasks/system/sandbox.py), outside the tree.
 STATE_ROOT = Path("/tmp/image-step-cache")
+# Touched by hooks/extrbase.DEBIAN once the base is unpacked (IMAGE_BASE_UNPACKED).
+BASE_UNPACKED = STATE_ROOT / "base-unpacked"
 # FAI's ramdisk (mkramdisk's default FAI_RAMDISKS): dpkg's database, mounted on
 # the tree during the build and part of it; the tree's other mounts (proc, sys,
 # dev, the build's /tmp...) are not.
@@ -162,11 +168,16 @@ def _content(path: Path | str, size: int | None = None) -> str:
     return digest.hexdigest()
 
 
-def describe(root: Path, relative: str, info: os.stat_result, masks: tuple[str, ...] = ()) -> str:
+def describe(
+    root: Path, relative: str, info: os.stat_result, masks: tuple[str, ...] = (), from_base: bool = False
+) -> str:
     """One line for the key: the path's type, mode, owner and content (with each of masks
-    replaced by a placeholder), not its times."""
+    replaced by a placeholder; for a file untouched since the base was unpacked, the base's,
+    which the key names), not its times."""
     mode = info.st_mode
-    if stat.S_ISREG(mode) and masks:
+    if stat.S_ISREG(mode) and from_base and not masks:
+        what = f"f {info.st_size} as in the base"
+    elif stat.S_ISREG(mode) and masks:
         content = Path(root, relative).read_bytes()
         for mask in masks:
             content = content.replace(mask.encode(), b"<masked>")
@@ -201,6 +212,21 @@ def fai_version() -> str:
 
 
 @dataclass(frozen=True)
+class BaseMark:
+    """The base the tree was unpacked from, and when the unpacking ended."""
+
+    digest: str  # the base tarball's sha256
+    unpacked: int  # the mark's ctime (ns): files no newer were untouched since
+
+    @classmethod
+    def from_environment(cls, env) -> BaseMark | None:
+        digest, mark = env.get("IMAGE_BASE_SHA256", ""), env.get("IMAGE_BASE_UNPACKED", "")
+        if not (digest and mark and os.path.isfile(mark)):
+            return None  # FAI ran debootstrap, or an older hook: every file is read
+        return cls(digest, os.stat(mark).st_ctime_ns)
+
+
+@dataclass(frozen=True)
 class Build:
     """The running build, as FAI's hooks and scripts see it."""
 
@@ -209,6 +235,7 @@ class Build:
     facts: dict[str, str]  # what besides the tree and inputs shapes a step
     flawless: bool = True  # no task of the run has failed so far
     identifiers: tuple[str, ...] = ()  # the disk's, which a step's key_masks mask
+    base: BaseMark | None = None
 
     @classmethod
     def from_environment(cls, env=os.environ) -> Build:
@@ -225,7 +252,8 @@ class Build:
             "fai": fai_version(),
         }
         identifiers = tuple(env[name] for name in identity.VARIABLES if env.get(name))
-        return cls(Path(env["target"]), Path(cache) if cache else None, facts, flawless, identifiers)
+        base = BaseMark.from_environment(env)
+        return cls(Path(env["target"]), Path(cache) if cache else None, facts, flawless, identifiers, base)
 
     def state(self, step: str) -> Path:
         return STATE_ROOT / step
@@ -247,14 +275,16 @@ def begin(build: Build, step: str, inputs: list[Path]) -> str:
     (state / "began").touch()
     key = hashlib.sha256()
     facts = {name: value for name, value in build.facts.items() if name != "time" or rules.timed}
-    for name, value in {**facts, "step": step, "inputs": inputs_digest(inputs)}.items():
+    base = {"base": build.base.digest} if build.base else {}
+    for name, value in {**facts, **base, "step": step, "inputs": inputs_digest(inputs)}.items():
         key.update(f"{name} {value}\n".encode())
     paths = []
     for relative, info in walk(build.target):
         paths.append(f"{relative}\0{stat.S_IFMT(info.st_mode):o}")
         if not _under(relative, rules.key_ignores):
             masks = build.identifiers if relative in rules.key_masks else ()
-            key.update(describe(build.target, relative, info, masks).encode())
+            from_base = build.base is not None and info.st_ctime_ns <= build.base.unpacked
+            key.update(describe(build.target, relative, info, masks, from_base).encode())
     (state / "paths").write_text("\n".join(paths))
     name = f"{step}.{key.hexdigest()[:32]}"
     (state / "name").write_text(name)
