@@ -18,7 +18,7 @@ the next build whose inputs are the same:
   build while content does not), the config-space files the caller names (the
   package lists, hooks...), the architecture, the classes and FAI's version.
   A file the build has not touched since it unpacked its base (its ctime is
-  older than the mark hooks/extrbase.DEBIAN leaves then) has the base's
+  no newer than the mark hooks/extrbase.DEBIAN leaves then) has the base's
   content: the key names the base by its digest and reads only the files the
   build touched, instead of every file of the tree (half a second a step).
   Each step leaves out of its key what it does not read and only one build's
