@@ -57,8 +57,13 @@ SUITES = ("bookworm", "bookworm-updates")
 def mirror(tmp_path):
     """A mirror with two suites' InRelease, and a base tree holding the same ones."""
     root = tmp_path / "mirror"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/debian"
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    url = f"http://127.0.0.1:{server.server_address[1]}/debian"
     target = tmp_path / "target"
     (target / aptlists.LISTS).mkdir(parents=True)
     for suite in SUITES:
@@ -67,10 +72,6 @@ def mirror(tmp_path):
         release.write_text(f"Origin: Debian\nSuite: {suite}\nDate: Sat, 28 Nov 2026 00:00:00 UTC\n")
         kept = target / aptlists.LISTS / aptlists.list_name(aptlists.release_url(url, suite))
         kept.write_bytes(release.read_bytes())
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", port), partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    )
-    server.RequestHandlerClass.log_message = lambda *args: None
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     sources = "\n".join(f"deb {url} {suite} main" for suite in SUITES)
     yield root, target, sources
