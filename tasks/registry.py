@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Architecture, Cell, Release
 from tasks.model.plan import Plan
-from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, provenance, publish, sbom, stepcache
+from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, provenance, publish, sbom, stepcache, twins
 from tasks.system import signing
 
 
@@ -166,6 +166,7 @@ def build_inputs(ctx: CellContext) -> fai.BuildInputs:
         stepcache.directory(plan.workdir, ctx.cell.name) if plan.step_cache else None,
         plan.build_version,
         plan.cpu_slots,
+        twins.directory(plan.workdir),
     )
 
 

@@ -1,18 +1,16 @@
 """Whether the base's package lists are the mirror's: a real (local) mirror over HTTP,
 reached through the builder's real package proxy, and FAI's ROOTCMD without apt."""
 
-import http.server
 import os
 import subprocess
 import sys
-import threading
-from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tasks.stages import aptlists
 from tasks.system.aptcache import PackageCache
+from tests import debmirror
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,26 +55,18 @@ SUITES = ("bookworm", "bookworm-updates")
 def mirror(tmp_path):
     """A mirror with two suites' InRelease, and a base tree holding the same ones."""
     root = tmp_path / "mirror"
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
-    url = f"http://127.0.0.1:{server.server_address[1]}/debian"
-    target = tmp_path / "target"
-    (target / aptlists.LISTS).mkdir(parents=True)
     for suite in SUITES:
         release = root / "debian" / "dists" / suite / "InRelease"
         release.parent.mkdir(parents=True)
         release.write_text(f"Origin: Debian\nSuite: {suite}\nDate: Sat, 28 Nov 2026 00:00:00 UTC\n")
-        kept = target / aptlists.LISTS / aptlists.list_name(aptlists.release_url(url, suite))
-        kept.write_bytes(release.read_bytes())
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    sources = "\n".join(f"deb {url} {suite} main" for suite in SUITES)
-    yield root, target, sources
-    server.shutdown()
-    server.server_close()
+    with debmirror.served(root) as served:
+        url = f"{served}/debian"
+        target = tmp_path / "target"
+        (target / aptlists.LISTS).mkdir(parents=True)
+        for suite in SUITES:
+            kept = target / aptlists.LISTS / aptlists.list_name(aptlists.release_url(url, suite))
+            kept.write_bytes((root / "debian" / "dists" / suite / "InRelease").read_bytes())
+        yield root, target, "\n".join(f"deb {url} {suite} main" for suite in SUITES)
 
 
 def test_the_bases_lists_are_current_through_the_proxy(mirror, tmp_path):

@@ -20,6 +20,7 @@ def test_architectures_by_debian_name():
     assert Arch.ARM64.firmware == (Firmware.UEFI,)
     assert Arch.AMD64.spec.grub_platforms == ("i386-pc", "x86_64-efi")
     assert Arch.ARM64.spec.grub_platforms == ("arm64-efi",)
+    assert (Arch.AMD64.spec.multiarch, Arch.ARM64.spec.multiarch) == ("x86_64-linux-gnu", "aarch64-linux-gnu")
 
 
 def test_vocabularies_read_as_the_words_of_the_matrix_and_records():

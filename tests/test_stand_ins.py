@@ -1,4 +1,5 @@
-"""The host's programs standing in for a foreign image's (fai_config/lib/stand-ins.sh).
+"""The host's programs, and the image's own built for the host (twins), standing in for a
+foreign image's (fai_config/lib/stand-ins.sh).
 
 Run for real on a small tree: bind mounts in a private mount namespace, the
 host's programs run in the tree through chroot, as the build runs the image's.
@@ -9,9 +10,12 @@ runs everything else in the tree.
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from tests import debmirror
 
 REPO = Path(__file__).resolve().parent.parent
 LIBRARY = REPO / "fai_config" / "lib" / "stand-ins.sh"
@@ -25,7 +29,9 @@ def tree(target: Path) -> list[str]:
     return sorted(str(p.relative_to(target)) for p in target.rglob("*"))
 
 
-def run(target: Path, script: str, image_versions: str, arch: str = "arm64") -> subprocess.CompletedProcess:
+def run(
+    target: Path, script: str, image_versions: str, arch: str = "arm64", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     rootcmd = target.parent / "rootcmd"
     rootcmd.write_text(
         "#!/bin/bash\n"
@@ -47,7 +53,7 @@ def run(target: Path, script: str, image_versions: str, arch: str = "arm64") -> 
             "-c",
             f"STAND_IN_STATE={state}; . {LIBRARY}; STAND_IN_STATE={state}\n{script}",
         ],
-        env={**os.environ, "target": str(target), "ROOTCMD": str(rootcmd)},
+        env={**os.environ, "target": str(target), "ROOTCMD": str(rootcmd), **(env or {})},
         capture_output=True,
         text=True,
     )
@@ -138,3 +144,65 @@ def test_no_initramfs_hook_finds_a_host_library(image):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("kmod version"), lines  # the host's kmod found its libkmod, elsewhere
     assert lines[1:] == ["no host library found"]
+
+
+def test_a_twin_stands_in_for_the_images_own_program_and_leaves_nothing(image, tmp_path):
+    """The twin's programs (tasks/stages/twins.py) run in the image through the twin's own loader and
+    libraries: over the image's program at its path, or at a path the image lacks; a package that
+    installs into /bin (bookworm's) is found there."""
+    published = tmp_path / "mirror"
+    debmirror.publish(published / "debian", "trixie", debmirror.program_and_libraries())
+    shutil.copy("/usr/bin/true", image / "usr/bin/tool")  # the image's own tool: prints nothing
+    (image / "usr/bin/link").symlink_to("tool")  # a bind mount there would land on the tool
+    (image / "usr/bin/dangling").symlink_to("nowhere")  # a mount point made there would be made at nowhere
+    with debmirror.served(published) as url:
+        debmirror.image_of(image, f"{url}/debian", "trixie", debmirror.program_and_libraries())
+        before = tree(image)
+        result = run(
+            image,
+            """
+            stand_ins_begin
+            stand_ins_twin tool
+            stand_in_twin /usr/bin/tool
+            stand_in_twin /usr/bin/oldtool
+            stand_in_twin /usr/bin/absent
+            stand_in_twin /usr/bin/tool /usr/bin/link
+            stand_in_twin /usr/bin/tool /usr/bin/dangling
+            grep -q /usr/bin/link "$STAND_IN_STATE/mounted" || echo "a link stays the image's"
+            grep -q /usr/bin/dangling "$STAND_IN_STATE/mounted" || echo "a dangling one too"
+            $ROOTCMD /usr/bin/tool "the twin's echo"
+            $ROOTCMD /usr/bin/oldtool /a/b/basename
+            test ! -e "$target/usr/bin/absent" && echo "what the twin lacks stays as it was"
+            options=$(findmnt --noheadings --output OPTIONS --mountpoint "$target$STAND_IN_TWIN")
+            [[ $options == ro,* ]] && echo read-only
+            stand_ins_end
+            """,
+            image_versions="",
+            env={
+                "IMAGE_PYTHON": sys.executable,
+                "IMAGE_TOOLS": str(REPO),
+                "IMAGE_TWINS": str(tmp_path / "twins"),
+                "IMAGE_BUILD_SOURCES": f"deb {url}/debian trixie main",
+            },
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "a link stays the image's",
+        "a dangling one too",
+        "the twin's echo",
+        "basename",
+        "what the twin lacks stays as it was",
+        "read-only",
+    ]
+    assert tree(image) == before
+    assert (image / "usr/bin/tool").read_bytes() == Path("/usr/bin/true").read_bytes()
+
+
+def test_without_a_twin_the_programs_stay_emulated(image):
+    result = run(
+        image,
+        "stand_ins_begin\nstand_ins_twin tool && echo twin || echo emulated\nstand_ins_end\n",
+        image_versions="",
+        env={"IMAGE_TWINS": ""},
+    )
+    assert (result.returncode, result.stdout) == (0, "emulated\n")

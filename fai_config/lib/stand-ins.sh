@@ -14,7 +14,10 @@
 # whatever its architecture), so the host's loader goes to $STAND_IN_LOADER and
 # its libraries to $STAND_IN_LIBS, and each copy is told so by patchelf (its
 # ELF interpreter, and a DT_RPATH, which the loader follows for every library
-# the program loads). What was mounted and made is listed in $STAND_IN_STATE,
+# the program loads). Where the host's own version is not the image's, the
+# image's own package built for the host (its twin, tasks/stages/twins.py)
+# stands in, with the image's versions of its libraries beside it in
+# $STAND_IN_TWIN. What was mounted and made is listed in $STAND_IN_STATE,
 # so that a later step can undo it (stand_ins_end); the build's mount
 # namespace ends the mounts in any case.
 
@@ -22,6 +25,7 @@ HOST_LIBS=/usr/lib/x86_64-linux-gnu
 HOST_LOADER=/lib64/ld-linux-x86-64.so.2
 STAND_IN_LIBS=/usr/libexec/native-libs
 STAND_IN_LOADER=/usr/libexec/ld-native.so
+STAND_IN_TWIN=/usr/libexec/native-twin
 STAND_IN_STATE=/tmp/image-stand-ins # /tmp is the build's own (tasks/system/sandbox.py)
 
 # True when host programs can stand in for the image's (a foreign image, a
@@ -29,7 +33,7 @@ STAND_IN_STATE=/tmp/image-stand-ins # /tmp is the build's own (tasks/system/sand
 stand_ins_begin() {
     if [ "$(dpkg --print-architecture)" != amd64 ] || [ "$($ROOTCMD dpkg --print-architecture)" = amd64 ] ||
         [ ! -e "$HOST_LOADER" ] || [ -e "$target$STAND_IN_LIBS" ] || [ -e "$target$STAND_IN_LOADER" ] ||
-        [ -e "$STAND_IN_STATE" ]; then
+        [ -e "$target$STAND_IN_TWIN" ] || [ -e "$STAND_IN_STATE" ]; then
         return 1
     fi
     if ! command -v patchelf > /dev/null; then
@@ -53,13 +57,53 @@ stand_ins_begin() {
 # (default: the same path). A path the image lacks is made for it and removed
 # afterwards; where the image has another program there, it stays emulated.
 stand_in() {
-    local source=$1 inside=${2:-$1} copy
-    if [ ! -x "$source" ] || { [ "$inside" != "$source" ] && [ -e "$target$inside" ]; }; then
+    local source=$1 inside=${2:-$1}
+    _stand_in_may_go "$source" "$inside" || return 0
+    _stand_in_copy "$source" "$inside" "$STAND_IN_LOADER" "$STAND_IN_LIBS"
+}
+
+# stand_ins_twin PACKAGE...: the twin of the image's versions of those of
+# PACKAGE... it has (and of the libraries they load) is in place at
+# $STAND_IN_TWIN; false, saying why, when there is none.
+stand_ins_twin() {
+    local line root
+    [ -n "${IMAGE_TWINS:-}" ] || return 1
+    line=$(PYTHONPATH="$IMAGE_TOOLS" "$IMAGE_PYTHON" -m tasks.stages.twins root "$@") || return 1
+    read -r root TWIN_LOADER TWIN_LIBS <<< "$line"
+    _stand_in_bind "$root" "$STAND_IN_TWIN"
+}
+
+# stand_in_twin PATH [IMAGE_PATH]: the twin's program PATH stands in at
+# IMAGE_PATH (default: PATH), as stand_in does; nothing happens when the twin
+# has no PATH. A release whose packages still install
+# into /bin and /lib (bookworm: the image merges them into /usr) has PATH
+# without its /usr.
+stand_in_twin() {
+    local source=$target$STAND_IN_TWIN$1 inside=${2:-$1} dirs=() dir
+    _stand_in_may_go "$1" "$inside" || return 0
+    [ -e "$source" ] || source=$target$STAND_IN_TWIN${1#/usr}
+    IFS=: read -ra dirs <<< "$TWIN_LIBS"
+    local rpath=""
+    for dir in "${dirs[@]}"; do rpath=${rpath:+$rpath:}$STAND_IN_TWIN/$dir; done
+    _stand_in_copy "$source" "$inside" "$STAND_IN_TWIN/$TWIN_LOADER" "$rpath"
+}
+
+# PATH IMAGE_PATH: true when a program stands in at IMAGE_PATH for the image's
+# PATH: the same path, or one the image lacks (not even as a link, which a bind
+# mount would follow to another program, or through which the mount point
+# would be made elsewhere).
+_stand_in_may_go() {
+    [ "$2" = "$1" ] || { [ ! -e "$target$2" ] && [ ! -L "$target$2" ]; }
+}
+
+_stand_in_copy() {  # SOURCE IMAGE_PATH LOADER RPATH: a copy of SOURCE, its loader and libraries at LOADER and RPATH in the image, bound at IMAGE_PATH
+    local source=$1 inside=$2 copy
+    if [ ! -x "$source" ]; then
         return 0
     fi
     copy=$STAND_IN_STATE/copies/${inside##*/}
     cp "$source" "$copy"
-    if ! patchelf --set-interpreter "$STAND_IN_LOADER" --force-rpath --set-rpath "$STAND_IN_LIBS" "$copy"; then
+    if ! patchelf --set-interpreter "$3" --force-rpath --set-rpath "$4" "$copy"; then
         echo "stand-ins: patchelf cannot rewrite $source: it stays emulated"
         return 0
     fi

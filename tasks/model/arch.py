@@ -88,6 +88,11 @@ class ArchSpec:
     user_cpu: str = ""
 
     @property
+    def multiarch(self) -> str:
+        """Debian's multiarch triplet: where its libraries go (/usr/lib/x86_64-linux-gnu)."""
+        return f"{self.uname}-linux-gnu"
+
+    @property
     def grub_platforms(self) -> tuple[str, ...]:
         """The GRUB platforms an image of this architecture has in /boot/grub."""
         return tuple(p for p in (self.grub_bios, self.grub_efi) if p)

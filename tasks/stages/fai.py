@@ -56,6 +56,8 @@ class BuildInputs:
     step_cache: Path | None  # the cell's slow steps kept from its last build (stepcache.py); None: off
     version: str
     cpu_slots: Path  # a build keeps about one core busy (tasks/system/cpu.py)
+    # The image's programs built for the host, shared by every build (twins.py); None: none are made.
+    twins: Path | None = None
 
 
 # FAI tasks of an installation, in order: the build's progress steps.
@@ -174,6 +176,7 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         **identity.disk_identifiers(cell.name, inputs.version),
         IMAGE_OUTPUT_DIR=str(staging / "output"),
         IMAGE_STEP_CACHE=str(inputs.step_cache or ""),
+        IMAGE_TWINS=str(inputs.twins or ""),
         IMAGE_BASEFILE=str(inputs.base.resolve()),
         # The step cache's keys name the base's files untouched since it was unpacked by its digest.
         IMAGE_BASE_SHA256=sha256_kept(inputs.base) if inputs.base.is_file() else "",
@@ -261,6 +264,9 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
             if inputs.step_cache:
                 inputs.step_cache.mkdir(parents=True, exist_ok=True)  # bound into the sandbox: it must exist
                 keep.append(inputs.step_cache)
+            if inputs.twins:
+                inputs.twins.mkdir(parents=True, exist_ok=True)
+                keep.append(inputs.twins)
             with aptcache.PackageCache(inputs.package_cache) as cache:
                 if settings.mirror.startswith("http://"):
                     env["IMAGE_APT_PROXY"] = cache.url

@@ -66,10 +66,14 @@ def cacheable(url: str) -> bool:
     return "/pool/" in path and path.endswith((".deb", ".udeb"))
 
 
+# What no build has used for this many days is dropped from the caches builds share.
+UNUSED_DAYS = 30
+
+
 class PackageCache:
     """The proxy, as a context manager: `with PackageCache(dir) as cache: cache.url`."""
 
-    def __init__(self, directory: Path, max_age_days: int = 30):
+    def __init__(self, directory: Path, max_age_days: int = UNUSED_DAYS):
         self.directory = directory
         self.max_age_days = max_age_days
         self.stats = Stats()
