@@ -51,8 +51,15 @@ def test_arm64_image_builds_and_boots_through_uefi():
     console = (cell_dir / "boot-uefi.log").read_text(errors="replace")
     assert "Welcome to GRUB" in console, "AAVMF went through shim and the signed GRUB"
 
-    # Built with the host's tools standing in for some of the image's (20-initramfs), the image
-    # holds what one built entirely under emulation holds: the same packages, the same files.
+    # The image's own versions of the slow programs ran natively, built for the host (twins), while
+    # the packages were installed and while the initramfs was made; the log names them.
+    log = (cell_dir / "build.log").read_text(errors="replace")
+    assert "twins: no twin" not in log, [line for line in log.splitlines() if "twins:" in line]
+    twins = [line for line in log.splitlines() if line.startswith("twins: ")]
+    assert any(" dpkg " in t and " kmod " in t for t in twins) and any(" dash " in t for t in twins), twins
+
+    # Built with native programs standing in for some of the image's, the image holds what one
+    # built entirely under emulation holds: the same packages, the same files.
     for kind, (missing, extra) in imagelists.differences(cell_dir, imagelists.RECORDED / CELL).items():
         assert not missing and not extra, f"{kind}: missing {missing[:20]}, extra {extra[:20]}"
     # The kernel that booted is Debian's arm64 kernel, by its own banner.

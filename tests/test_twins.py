@@ -157,6 +157,7 @@ def test_the_command_prints_the_twin_or_why_there_is_none(mirror, tmp_path):
     assert made.returncode == 0, made.stderr
     root, loader, libs = made.stdout.split()
     assert Path(root, loader).is_file() and libs == LIBS
+    assert made.stderr == "twins: libc6 2.41-1, libfoo1 2.0-1, tool 1.0-1 as built for amd64\n"
     missing = subprocess.run([*command, "absent"], env=env, capture_output=True, text=True)
     assert (missing.returncode, missing.stdout) == (1, "")
     assert missing.stderr == "twins: no twin of absent: the image has none of absent\n"

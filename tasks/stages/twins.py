@@ -328,6 +328,9 @@ def main(argv: list[str]) -> int:
     except (NoTwin, OSError, subprocess.CalledProcessError, lzma.LZMAError) as error:
         print(f"twins: no twin of {' '.join(argv[1:])}: {error}", file=sys.stderr)
         return 1
+    # For the build log: what runs natively, at which versions.
+    versions = (twin.root.parent / "versions").read_text().split("\n")
+    print(f"twins: {', '.join(v for v in versions if v)} as built for {host_arch().spec.debian}", file=sys.stderr)
     print(twin.line())
     return 0
 
