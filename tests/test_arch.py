@@ -39,6 +39,13 @@ def test_qemu_boots_each_architecture_from_the_registry(tmp_path, arch, binary, 
     assert command[0] == binary and command[command.index("-machine") + 1] == machine
     code = Arch.named(arch).machine("uefi").uefi_code
     assert f"if=pflash,format=raw,unit=0,readonly=on,file={code}" in command
+    assert "-vga" not in command
+
+
+def test_a_bios_boot_has_a_video_adapter_as_a_pc_has(tmp_path):
+    """GRUB's gfxterm output (grub-cloud-amd64) hangs a BIOS boot of trixie without one."""
+    command = qemu.boot_command("amd64", "bios", tmp_path / "disk.raw", "tcg", 512, 1)
+    assert command[command.index("-vga") + 1] == "std" and command[command.index("-display") + 1] == "none"
 
 
 @pytest.mark.parametrize(

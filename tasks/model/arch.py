@@ -67,6 +67,10 @@ class Machine:
     uefi_vars: str = ""
     # The firmware qemu runs: part of what decides whether KVM works (tasks/stages/accel.py).
     firmware_file: str = ""
+    # A video adapter (qemu's -vga), as every PC has, shown nowhere: Debian's grub-cloud-amd64
+    # sends GRUB's output to gfxterm as well as serial, and without an adapter a BIOS boot of
+    # trixie hangs silently at "Booting" (its kernel, given directly, boots). "": none.
+    vga: str = ""
 
     def cpu(self, accelerator: str) -> str:
         return self.kvm_cpu if accelerator == Accelerator.KVM else self.tcg_cpu
@@ -111,7 +115,9 @@ class Arch(enum.Enum):
         uname="x86_64",
         qemu_user="x86_64",
         machines={
-            Firmware.BIOS: Machine("qemu-system-x86_64", "pc", firmware_file="/usr/share/seabios/bios-256k.bin"),
+            Firmware.BIOS: Machine(
+                "qemu-system-x86_64", "pc", firmware_file="/usr/share/seabios/bios-256k.bin", vga="std"
+            ),
             Firmware.UEFI: Machine(
                 "qemu-system-x86_64",
                 "q35",

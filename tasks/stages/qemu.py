@@ -95,6 +95,8 @@ def boot_command(
         "-device",
         "virtio-net-pci,netdev=net0",
     ]
+    if qemu.vga:
+        command += ["-vga", qemu.vga]
     if firmware == Firmware.UEFI:
         if uefi_vars is None:
             raise ValueError("a UEFI boot needs its own copy of the variable store")
