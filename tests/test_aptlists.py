@@ -46,6 +46,8 @@ def test_suites_are_the_deb_lines():
         ("http://a/debian", "bookworm"),
         ("http://a/debian-security", "bookworm-security"),
     ]
+    security = aptlists.Source("http://a/debian-security", "bookworm-security", ("main", "contrib"))
+    assert aptlists.sources(sources)[1] == security
 
 
 SUITES = ("bookworm", "bookworm-updates")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,14 +35,28 @@ TIMEOUT = (10, 30)  # connect, read: seconds
 _QUOTED = set('\\|{}[]<>"^~_=!@#$%*')
 
 
-def suites(sources: str) -> list[tuple[str, str]]:
-    """The (mirror, suite) pairs of a sources.list's `deb` lines."""
+@dataclass(frozen=True)
+class Source:
+    """A sources.list's `deb` line."""
+
+    mirror: str
+    suite: str
+    components: tuple[str, ...]
+
+
+def sources(text: str) -> list[Source]:
+    """The `deb` lines of a sources.list (one-line format, without options)."""
     found = []
-    for line in sources.splitlines():
+    for line in text.splitlines():
         words = line.split("#", 1)[0].split()
         if len(words) >= 3 and words[0] == "deb" and not words[1].startswith("["):
-            found.append((words[1], words[2]))
+            found.append(Source(words[1].rstrip("/"), words[2], tuple(words[3:])))
     return found
+
+
+def suites(text: str) -> list[tuple[str, str]]:
+    """The (mirror, suite) pairs of a sources.list's `deb` lines."""
+    return [(source.mirror, source.suite) for source in sources(text)]
 
 
 def release_url(mirror: str, suite: str) -> str:

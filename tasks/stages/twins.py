@@ -121,23 +121,6 @@ def key(versions: dict[str, str], arch: str) -> str:
     return f"{arch}-{hashlib.sha256(listed.encode()).hexdigest()[:32]}"
 
 
-@dataclass(frozen=True)
-class Source:
-    mirror: str
-    suite: str
-    components: tuple[str, ...]
-
-
-def sources(text: str) -> list[Source]:
-    """The `deb` lines of a sources.list."""
-    found = []
-    for line in text.splitlines():
-        words = line.split("#", 1)[0].split()
-        if len(words) >= 4 and words[0] == "deb" and not words[1].startswith("["):
-            found.append(Source(words[1].rstrip("/"), words[2], tuple(words[3:])))
-    return found
-
-
 def release_checksums(in_release: str) -> dict[str, tuple[str, int]]:
     """The SHA256 section of a Release file: path -> (digest, size)."""
     listed: dict[str, tuple[str, int]] = {}
@@ -187,7 +170,7 @@ def locate(
     from tasks.stages import aptlists
 
     located: dict[str, tuple[str, str]] = {}
-    for source in sources(build_sources):
+    for source in aptlists.sources(build_sources):
         release_url = aptlists.release_url(source.mirror, source.suite)
         kept = target / aptlists.LISTS / aptlists.list_name(release_url)
         if not kept.is_file():
