@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.model.arch import Arch
+from tasks.system import atomic
 
 # requests and aptlists are imported where a twin is made: the task graph imports
 # this module for directory() alone, and a no-op run should not pay for requests.
@@ -156,10 +157,8 @@ def _cached_fetch(cache: Path, url: str, digest: str, fetch: Callable[[str], byt
         os.utime(kept)  # used now: kept by prune
         return kept.read_bytes()
     data = _fetched(url, digest, fetch)
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{digest}.partial"
-    partial.write_bytes(data)
-    partial.replace(kept)
+    with atomic.output(kept) as partial:
+        partial.write_bytes(data)
     return data
 
 
@@ -300,20 +299,21 @@ def main(argv: list[str]) -> int:
     cache = Path(os.environ["IMAGE_TWINS"])
     try:
         prune(cache)
+        host = host_arch()
         twin = make(
             Path(os.environ["target"]),
             argv[1:],
             os.environ.get("IMAGE_BUILD_SOURCES", ""),
             cache,
             aptlists.fetcher(os.environ.get("IMAGE_APT_PROXY") or None),
-            host_arch(),
+            host,
         )
     except (NoTwin, OSError, subprocess.CalledProcessError, lzma.LZMAError) as error:
         print(f"twins: no twin of {' '.join(argv[1:])}: {error}", file=sys.stderr)
         return 1
     # For the build log: what runs natively, at which versions.
     versions = (twin.root.parent / "versions").read_text().split("\n")
-    print(f"twins: {', '.join(v for v in versions if v)} as built for {host_arch().spec.debian}", file=sys.stderr)
+    print(f"twins: {', '.join(v for v in versions if v)} as built for {host.spec.debian}", file=sys.stderr)
     print(twin.line())
     return 0
 
