@@ -181,6 +181,11 @@ BREAKAGES = [
         "00image-build",
     ),
     (
+        lambda root: write(root, "var/lib/apt/listchanges.db", "seen"),
+        "nothing of the build host or the build left",
+        "listchanges.db",
+    ),
+    (
         lambda root: write(root, "etc/shadow", "root:$6$salt$hash:20000:0:99999:7:::\n"),
         "root has no password",
         "password",

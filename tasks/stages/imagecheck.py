@@ -120,6 +120,10 @@ BOOT_FILES = ("boot/initrd.img*", "boot/vmlinu[xz]*", "boot/grub/grub.cfg")
 LOCALHOST_NAMES = {"localhost", "ip6-localhost", "ip6-loopback", "ip6-allnodes", "ip6-allrouters"}
 # Files hooks/updatebase.DEBIAN adds for the build only.
 BUILD_HELPERS = ("etc/dpkg/dpkg.cfg.d/image-build-unsafe-io", "etc/apt/apt.conf.d/00image-build")
+# What a program run by the build's apt records of that run: apt-listchanges'
+# seen-database (listchanges.db in bookworm, listchanges* after), which the
+# build keeps it from writing (class/DEBIAN.var). Debian's images have none.
+BUILD_RECORDS = ("var/lib/apt/listchanges*",)
 
 
 @dataclass(frozen=True)
@@ -340,7 +344,9 @@ def fresh_identity(image: Image) -> list[str]:
 def no_build_leftovers(image: Image) -> list[str]:
     problems = [f"/{r} is still there" for r in BUILD_HELPERS if image.path(r).exists()]
     problems += [
-        f"/{p.relative_to(image.root)} is still there" for p in image.root.glob("var/cache/apt/archives/*.deb")
+        f"/{p.relative_to(image.root)} is still there"
+        for pattern in ("var/cache/apt/archives/*.deb", *BUILD_RECORDS)
+        for p in sorted(image.root.glob(pattern))
     ]
     hosts = image.path("etc/hosts")
     for line in hosts.read_text().splitlines() if hosts.is_file() else []:
