@@ -1,5 +1,6 @@
 """Shared fixtures: the repository's matrix, and a cell's work files made small."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -53,6 +54,15 @@ def run_doit(*args: str, timeout: float = 120, cwd: Path = REPO) -> subprocess.C
 # The unit tests' own matrix, kept apart from the project's matrix.yaml so that
 # editing the project's matrix never changes what a unit test means.
 FIXTURE_MATRIX = REPO / "tests" / "data" / "matrix.yaml"
+
+
+@pytest.fixture(scope="session")
+def benchmark():
+    """tools/benchmark.py, a script rather than a module of the package."""
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "tools" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """The stage registry is the one list of stages: a stage added to it appears
 in `doit list`, in the CI pipeline, in the run summary and in the benchmark."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -85,10 +84,9 @@ def test_a_stage_added_to_the_registry_runs_in_the_ci_pipeline(tmp_path, test_ma
     assert commands == [f"{s}:bookworm-nocloud-amd64" for s in stages]
 
 
-def test_a_stage_added_to_the_registry_is_benchmarked_and_summarised(tmp_path, test_matrix_file, with_licenses):
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "tools" / "benchmark.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+def test_a_stage_added_to_the_registry_is_benchmarked_and_summarised(
+    tmp_path, test_matrix_file, with_licenses, benchmark
+):
     cell = make_plan(tmp_path, test_matrix_file).matrix.cell("bookworm-nocloud-amd64")
     assert benchmark.stage_targets(cell) == [
         ("base", "base:bookworm-amd64"),

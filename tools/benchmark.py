@@ -44,6 +44,10 @@ storage too), and doit's dependency database records them as built: what
 `doit reset-dep` records, plus the values the up-to-date checks keep
 (config digests, the base's age), as an execution would. The no-op run that
 follows is the real `doit tier=full` over the real 36-cell graph.
+
+A benchmark is a report: a command that fails (a cell that does not build or
+boot) ends the figures of that cell or section only. Its output is shown,
+the others are measured, and the run ends with what failed (exit status 1).
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,13 +89,47 @@ def children_cpu() -> float:
 ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
 
 
+class CommandFailed(Exception):
+    """A measured command failed: the figures that needed it are not printed."""
+
+    def __init__(self, cmd: list[str], result: subprocess.CompletedProcess) -> None:
+        self.cmd, self.returncode = cmd, result.returncode
+        self.output = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        super().__init__(f"{' '.join(cmd)} failed ({result.returncode})")
+
+
 def timed(cmd: list[str], check: bool = True) -> tuple[float, float, str]:
     cpu, wall = children_cpu(), time.monotonic()
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     wall, cpu = time.monotonic() - wall, children_cpu() - cpu
     if check and result.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise CommandFailed(cmd, result)
     return wall, cpu, result.stdout
+
+
+class Report:
+    """Each measurement is made whatever failed before it; the run ends with what failed."""
+
+    def __init__(self) -> None:
+        self.measured = 0
+        self.failed: list[tuple[str, CommandFailed]] = []
+
+    def attempt(self, name: str, measure: Callable[[], None]) -> bool:
+        self.measured += 1
+        try:
+            measure()
+        except CommandFailed as failure:
+            self.failed.append((name, failure))
+            tail = "\n".join(f"    | {line}" for line in failure.output.splitlines())
+            print(f"  {name}: FAILED, no figures: {failure}\n{tail}", flush=True)
+            return False
+        return True
+
+    def end(self) -> int:
+        print(f"\n== {self.measured - len(self.failed)} of {self.measured} measurements done")
+        for name, failure in self.failed:
+            print(f"  FAILED {name}: {failure}")
+        return 1 if self.failed else 0
 
 
 def doit(*args: str) -> list[str]:
@@ -148,6 +188,12 @@ def stages(cell: Cell, base: Path, options: list[str]) -> None:
     print(f"\n  no-op run of {last}: {wall:.2f} s wall, {cpu:.2f} s CPU, {executed(out)} tasks executed")
 
 
+def compression_of(cell: str, base: Path, options: list[str], xz_level: int) -> None:
+    if not (base / "build" / cell / "disk.raw").exists():
+        timed(doit(f"build:{cell}", *options))
+    compress_figures(cell, base, xz_level)
+
+
 def compress_figures(cell: str, base: Path, xz_level: int) -> None:
     """The cell's tar stream through xz -9 -T1 (the baseline) and through ours, in this run."""
     raw = base / "build" / cell / "disk.raw"
@@ -179,10 +225,10 @@ def compress_figures(cell: str, base: Path, xz_level: int) -> None:
             )
 
 
-def boottests(cells: list[str], base: Path, options: list[str], repeat: int) -> None:
+def boot_ways(base: Path) -> list[tuple[str, Path]]:
+    """The matrix with the boot test's two ways of using the cores: (label, matrix file)."""
     import yaml
 
-    print(f"\n== boot-test stage, every firmware to the vendor's milestone ({repeat} times each)")
     data = yaml.safe_load((REPO / "matrix.yaml").read_text())
     ways = []
     for label, cpus in (("side by side, 1 vCPU each", 1), ("one after the other, 2 vCPUs each", 2)):
@@ -190,24 +236,27 @@ def boottests(cells: list[str], base: Path, options: list[str], repeat: int) -> 
         variant = base / f"matrix-boot-{cpus}.yaml"
         variant.write_text(yaml.safe_dump(data, sort_keys=False))
         ways.append((label, variant))
-    for cell in cells:
-        timed(doit(f"build:{cell}", *options))  # the base and the build, when missing
-        for label, variant in ways:
-            for _ in range(repeat):
-                opts = [*options, f"matrix={variant}"]
-                timed(doit("forget", f"boottest:{cell}", *opts))
-                wall, cpu, _ = timed(doit(f"boottest:{cell}", *opts), check=False)
-                result = json.loads((base / "build" / cell / "boottest.json").read_text())
-                boots = "; ".join(
-                    f"{b['firmware']} {b['accelerator']} "
-                    + " ".join(f"{n} {t:.1f}" for n, t in b["milestones"].items())
-                    + (f" (KVM tried {b['kvm_attempt']['seconds']:.1f} s)" if b.get("kvm_attempt") else "")
-                    for b in result["boots"]
-                )
-                print(
-                    f"  {cell:<28} {label:<34} {wall:6.1f} s wall {cpu:6.1f} s CPU {result['verdict']}: {boots}",
-                    flush=True,
-                )
+    return ways
+
+
+def boottests(cell: str, ways: list[tuple[str, Path]], base: Path, options: list[str], repeat: int) -> None:
+    timed(doit(f"build:{cell}", *options))  # the base and the build, when missing
+    for label, variant in ways:
+        for _ in range(repeat):
+            opts = [*options, f"matrix={variant}"]
+            timed(doit("forget", f"boottest:{cell}", *opts))
+            wall, cpu, _ = timed(doit(f"boottest:{cell}", *opts), check=False)
+            result = json.loads((base / "build" / cell / "boottest.json").read_text())
+            boots = "; ".join(
+                f"{b['firmware']} {b['accelerator']} "
+                + " ".join(f"{n} {t:.1f}" for n, t in b["milestones"].items())
+                + (f" (KVM tried {b['kvm_attempt']['seconds']:.1f} s)" if b.get("kvm_attempt") else "")
+                for b in result["boots"]
+            )
+            print(
+                f"  {cell:<28} {label:<34} {wall:6.1f} s wall {cpu:6.1f} s CPU {result['verdict']}: {boots}",
+                flush=True,
+            )
 
 
 def forget_cells(cells: list[str], stages: list[str], options: list[str]) -> None:
@@ -239,69 +288,70 @@ def slowest_phases(base: Path, cell: str, count: int = 4) -> str:
     return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in slowest)
 
 
-def arm64(vendor: str, release: str, base: Path, options: list[str]) -> None:
+def arm64(vendor: str, release: str, base: Path, options: list[str], report: Report) -> None:
     """One cell's build and boot test from its cached base on each architecture, one after the other."""
     print(f"\n== {release}-{vendor} built and boot-tested from its cached base, each architecture alone")
-    walls = {}
+    walls: dict[str, float] = {}
     for arch in ("amd64", "arm64"):
         cell = f"{release}-{vendor}-{arch}"
-        timed(doit(f"boottest:{cell}", *options))  # the base and a first build, when missing
-        forget_cells([cell], ["build", "boottest"], options)
-        forget_steps(base, [cell])
-        build_wall, build_cpu, _ = timed(doit(f"build:{cell}", *options))
-        boot_wall, boot_cpu, _ = timed(doit(f"boottest:{cell}", *options))
-        walls[arch] = build_wall + boot_wall
-        print(
-            f"  {cell:<28} build {build_wall:6.1f} s ({build_cpu:6.1f} s CPU), boot test {boot_wall:6.1f} s "
-            f"({boot_cpu:6.1f} s CPU): {walls[arch]:6.1f} s",
-            f"\n    slowest build phases: {slowest_phases(base, cell)}",
-            sep="",
-            flush=True,
-        )
-    print(f"  arm64 / amd64: {walls['arm64'] / walls['amd64']:.2f}")
-    recorded = imagelists.RECORDED / cell
-    if imagelists.recorded(recorded, "packages").is_file():
+        report.attempt(cell, partial(arm64_cell, cell, base, options, walls))
+    if len(walls) == 2:
+        print(f"  arm64 / amd64: {walls['arm64'] / walls['amd64']:.2f}")
+    recorded = imagelists.RECORDED / f"{release}-{vendor}-arm64"
+    if "arm64" in walls and imagelists.recorded(recorded, "packages").is_file():
         # Faster must not mean different: the lists of an image built entirely under emulation.
-        for kind, (missing, extra) in imagelists.differences(base / "build" / cell, recorded).items():
+        for kind, (missing, extra) in imagelists.differences(base / "build" / recorded.name, recorded).items():
             verdict = "the same" if not (missing or extra) else f"DIFFER: missing {missing[:10]}, extra {extra[:10]}"
             print(f"  {kind} against the slow way's ({recorded.name}): {verdict}")
 
 
-def rebuild(cells: list[str], base: Path, options: list[str], repeat: int) -> None:
+def arm64_cell(cell: str, base: Path, options: list[str], walls: dict[str, float]) -> None:
+    timed(doit(f"boottest:{cell}", *options))  # the base and a first build, when missing
+    forget_cells([cell], ["build", "boottest"], options)
+    forget_steps(base, [cell])
+    build_wall, build_cpu, _ = timed(doit(f"build:{cell}", *options))
+    boot_wall, boot_cpu, _ = timed(doit(f"boottest:{cell}", *options))
+    walls[cell.rsplit("-", 1)[1]] = build_wall + boot_wall
     print(
-        f"\n== built again from the cached base and package cache: every step made, then {repeat} times restoring them"
+        f"  {cell:<28} build {build_wall:6.1f} s ({build_cpu:6.1f} s CPU), boot test {boot_wall:6.1f} s "
+        f"({boot_cpu:6.1f} s CPU): {build_wall + boot_wall:6.1f} s",
+        f"\n    slowest build phases: {slowest_phases(base, cell)}",
+        sep="",
+        flush=True,
     )
-    for cell in cells:
-        timed(doit(f"build:{cell}", *options))  # the base and a first build, when missing
-        # Last, a new dated version, as each `doit` run without version= gives: the
-        # build's time and the disk's identifiers are new, the steps still restored
-        # (the initramfs holds the base's time, not the build's: identity.py).
-        dated = [option for option in options if not option.startswith("version=")]
-        dated.append(f"version={time.strftime('%Y%m%d-%H%M', time.gmtime())}")
-        runs = []
-        for attempt in range(2 + repeat):
-            if attempt == 0:
-                forget_steps(base, [cell])
-            forget_cells([cell], ["build"], options)
-            wall, cpu, out = timed(doit(f"build:{cell}", *(dated if attempt == 1 + repeat else options)))
-            assert executed(out) == 1, out
-            runs.append((wall, cpu, slowest_phases(base, cell)))
-        (made_wall, made_cpu, made_phases), restored, new_version = runs[0], runs[1:-1], runs[-1]
-        walls = sorted(w for w, _, _ in restored)
-        median = walls[len(walls) // 2]
-        restored_walls = ", ".join(f"{w:.1f}" for w, _, _ in restored)
-        print(
-            f"  {cell:<30} every step made: wall {made_wall:.1f} s, CPU {made_cpu:.1f} s",
-            f"\n    slowest phases: {made_phases}",
-            f"\n  {'':<30} steps restored: wall {restored_walls} s (median {median:.1f});"
-            f" CPU {', '.join(f'{c:.1f}' for _, c, _ in restored)} s; made / restored {made_wall / median:.2f}",
-            f"\n    slowest phases of the last: {restored[-1][2]}",
-            f"\n  {'':<30} a new version: wall {new_version[0]:.1f} s, CPU {new_version[1]:.1f} s;"
-            f" made / new version {made_wall / new_version[0]:.2f}",
-            f"\n    slowest phases: {new_version[2]}",
-            sep="",
-            flush=True,
-        )
+
+
+def rebuild(cell: str, base: Path, options: list[str], repeat: int) -> None:
+    timed(doit(f"build:{cell}", *options))  # the base and a first build, when missing
+    # Last, a new dated version, as each `doit` run without version= gives: the
+    # build's time and the disk's identifiers are new, the steps still restored
+    # (the initramfs holds the base's time, not the build's: identity.py).
+    dated = [option for option in options if not option.startswith("version=")]
+    dated.append(f"version={time.strftime('%Y%m%d-%H%M', time.gmtime())}")
+    runs = []
+    for attempt in range(2 + repeat):
+        if attempt == 0:
+            forget_steps(base, [cell])
+        forget_cells([cell], ["build"], options)
+        wall, cpu, out = timed(doit(f"build:{cell}", *(dated if attempt == 1 + repeat else options)))
+        assert executed(out) == 1, out
+        runs.append((wall, cpu, slowest_phases(base, cell)))
+    (made_wall, made_cpu, made_phases), restored, new_version = runs[0], runs[1:-1], runs[-1]
+    walls = sorted(w for w, _, _ in restored)
+    median = walls[len(walls) // 2]
+    restored_walls = ", ".join(f"{w:.1f}" for w, _, _ in restored)
+    print(
+        f"  {cell:<30} every step made: wall {made_wall:.1f} s, CPU {made_cpu:.1f} s",
+        f"\n    slowest phases: {made_phases}",
+        f"\n  {'':<30} steps restored: wall {restored_walls} s (median {median:.1f});"
+        f" CPU {', '.join(f'{c:.1f}' for _, c, _ in restored)} s; made / restored {made_wall / median:.2f}",
+        f"\n    slowest phases of the last: {restored[-1][2]}",
+        f"\n  {'':<30} a new version: wall {new_version[0]:.1f} s, CPU {new_version[1]:.1f} s;"
+        f" made / new version {made_wall / new_version[0]:.2f}",
+        f"\n    slowest phases: {new_version[2]}",
+        sep="",
+        flush=True,
+    )
 
 
 # doit reset-dep, saving also the values up-to-date checks keep (config_changed's
@@ -358,7 +408,7 @@ def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
         cwd=REPO,
     )
     if recorded.returncode != 0:
-        sys.exit(f"recording the stand-in state failed:\n{recorded.stdout[-2000:]}\n{recorded.stderr[-2000:]}")
+        raise CommandFailed(recorded.args, recorded)
     return opts
 
 
@@ -413,28 +463,37 @@ def main() -> None:
     base = args.workdir or Path(tempfile.mkdtemp(prefix="image-benchmark.", dir="/var/tmp"))
     options = [f"workdir={base / 'build'}", f"storage={base / 'storage'}", "version=benchmark", f"xz_level={xz_level}"]
     print(f"benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {CORES} cores")
+    report = Report()
+    attempt = report.attempt
     try:
         if "stages" in args.sections:
-            stages(matrix.cell(args.cell), base, options)
+            attempt(f"stages of {args.cell}", partial(stages, matrix.cell(args.cell), base, options))
         if "compression" in args.sections:
             for cell in args.compress_cells or [*rebuild_cells, "bookworm-ec2-amd64"]:
-                if not (base / "build" / cell / "disk.raw").exists():
-                    timed(doit(f"build:{cell}", *options))
-                compress_figures(cell, base, xz_level)
+                attempt(f"compression of {cell}", partial(compression_of, cell, base, options, xz_level))
         if "boottest" in args.sections:
-            boottests(rebuild_cells, base, options, args.repeat)
+            print(f"\n== boot-test stage, every firmware to the vendor's milestone ({args.repeat} times each)")
+            ways = boot_ways(base)
+            for cell in rebuild_cells:
+                attempt(f"boot test of {cell}", partial(boottests, cell, ways, base, options, args.repeat))
         if "rebuild" in args.sections:
-            rebuild(rebuild_cells, base, options, args.repeat)
+            print(
+                "\n== built again from the cached base and package cache: every step made, "
+                f"then {args.repeat} times restoring them"
+            )
+            for cell in rebuild_cells:
+                attempt(f"rebuild of {cell}", partial(rebuild, cell, base, options, args.repeat))
         if "push" in args.sections:
-            push([cell.name for cell in matrix.tier("push")], base, options)
+            attempt("the push tier", partial(push, [cell.name for cell in matrix.tier("push")], base, options))
         if "arm64" in args.sections:
             for release in args.arm64_releases:
-                arm64("nocloud", release, base, options)
+                arm64("nocloud", release, base, options, report)
         if "noop" in args.sections:
-            noop(args.full_workdir, base, options)
+            attempt("the no-op run", partial(noop, args.full_workdir, base, options))
     finally:
         if not args.workdir:
             shutil.rmtree(base, ignore_errors=True)
+    sys.exit(report.end())
 
 
 if __name__ == "__main__":

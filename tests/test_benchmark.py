@@ -1,0 +1,32 @@
+"""tools/benchmark.py is a report: a failed command ends only its own measurement."""
+
+import sys
+
+
+def test_a_failed_command_ends_its_measurement_only_and_the_run_ends_with_it(benchmark, capsys):
+    report = benchmark.Report()
+    failing = [sys.executable, "-c", "import sys; print('line one'); print('the cell failed'); sys.exit(3)"]
+    measured = []
+
+    assert report.attempt("bookworm-nocloud-amd64", lambda: measured.append(benchmark.timed(failing))) is False
+    assert report.attempt("bookworm-nocloud-arm64", lambda: measured.append(benchmark.timed(["true"]))) is True
+
+    assert len(measured) == 1  # the second measurement was made
+    assert report.end() == 1
+    out = capsys.readouterr().out
+    assert "bookworm-nocloud-amd64: FAILED, no figures:" in out
+    assert "failed (3)" in out and "    | the cell failed" in out  # the command's own output, shown
+    assert "1 of 2 measurements done" in out
+    assert "FAILED bookworm-nocloud-amd64" in out and "FAILED bookworm-nocloud-arm64" not in out
+
+
+def test_a_run_without_failures_ends_well(benchmark, capsys):
+    report = benchmark.Report()
+    assert report.attempt("noop", lambda: benchmark.timed(["true"])) is True
+    assert report.end() == 0
+    assert "1 of 1 measurements done" in capsys.readouterr().out
+
+
+def test_an_unchecked_command_may_fail(benchmark):
+    wall, cpu, out = benchmark.timed([sys.executable, "-c", "print('ok'); raise SystemExit(1)"], check=False)
+    assert out == "ok\n" and wall > 0
