@@ -24,6 +24,8 @@ PULLS = {
     "chrony": ["chrony", "python3-yaml"],
 }
 
+MAIN = "deb http://deb.debian.org/debian bookworm main"
+
 FAKE_CHROOT = """#!/bin/bash
 root=$1; shift
 echo "$*" >> "$CALLS"
@@ -37,12 +39,12 @@ fi
 """
 
 
-def run_upgrade(tmp_path: Path, selections: list[list[str]]) -> list[str]:
+def run_upgrade(tmp_path: Path, selections: list[list[str]], sources=(MAIN,)) -> list[str]:
     """base-upgrade.sh over a fake root: the commands it ran in the chroot."""
     root, bin_dir, pulls = tmp_path / "root", tmp_path / "bin", tmp_path / "pulls"
     for d in (root / "etc/apt", root / "usr/sbin", root / "tmp", root / "proc", root / "dev/pts", bin_dir, pulls):
         d.mkdir(parents=True, exist_ok=True)
-    (root / "etc/apt/sources.list").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (root / "etc/apt/sources.list").write_text(f"{MAIN}\n")  # as debootstrap writes it
     for name, pulled in PULLS.items():
         (pulls / name).write_text("".join(f"{p}\n" for p in pulled))
     for tool, text in (("chroot", FAKE_CHROOT), ("mount", "#!/bin/sh\n"), ("umount", "#!/bin/sh\n")):
@@ -58,7 +60,7 @@ def run_upgrade(tmp_path: Path, selections: list[list[str]]) -> list[str]:
         "BASE_SELECTIONS": "\n".join(" ".join(s) for s in selections),
     }
     done = subprocess.run(
-        ["bash", str(base.UPGRADE_SCRIPT), str(root), "deb http://deb.debian.org/debian bookworm main"],
+        ["bash", str(base.UPGRADE_SCRIPT), str(root), *sources],
         env=env,
         check=True,
         capture_output=True,
@@ -109,3 +111,12 @@ def test_the_base_shares_nothing_more_unless_every_image_would_install_it(tmp_pa
 def test_one_image_shares_all_it_installs(tmp_path):
     # Its own packages too: its build names them, and its apt marks them manual then.
     assert sorted(shared_install(run_upgrade(tmp_path, [["chrony"]]))) == ["chrony", "python3-yaml"]
+
+
+def test_the_base_keeps_the_sources_its_lists_and_caches_were_made_from(tmp_path):
+    # A build writes the same sources (hooks/repository.DEBIAN) only when they
+    # differ, so that apt finds its caches no older than sources.list.
+    security = "deb http://deb.debian.org/debian-security bookworm-security main"
+    run_upgrade(tmp_path, [], sources=(MAIN, security))
+    assert (tmp_path / "root/etc/apt/sources.list").read_text() == f"{MAIN}\n{security}\n"
+    assert not list((tmp_path / "root/etc/apt").glob("sources.list.*"))

@@ -6,18 +6,20 @@
 # packages every image gets are installed with apt (debootstrap's --include
 # cannot configure packages such as libpam-systemd, which need /proc). apt and
 # dpkg need /proc; policy-rc.d keeps upgraded daemons from starting on the
-# build host. The sources debootstrap wrote are put back afterwards: FAI's
-# hooks/repository.DEBIAN writes the build's own. The package lists and
-# apt's cache of them stay: a build's `apt-get update` (FAI's updatebase)
-# then finds the indexes unchanged unless the archive moved on, instead of
-# fetching and decompressing them again (under qemu-user too, for a foreign
-# base); the finished image's lists are emptied by scripts/LAST/90-clean.
+# build host. The sources, the package lists and apt's caches made from
+# them stay together: a build's `apt-get update` (FAI's updatebase) then
+# finds the indexes unchanged unless the archive moved on, instead of
+# fetching and decompressing them again, and its first apt command finds the
+# caches valid instead of building them again (apt does when sources.list is
+# newer than they are; under qemu-user that takes most of a minute, so FAI's
+# hooks/repository.DEBIAN leaves these same sources untouched). The finished
+# image's sources are written by scripts/LAST/10-apt-sources and its lists
+# emptied by scripts/LAST/90-clean.
 # The mounts end with the sandbox whatever happens, before the tarball is made.
 set -eu
 root=$1; shift
 mount -t proc proc "$root/proc"
 mount -t devpts -o newinstance,ptmxmode=0666 devpts "$root/dev/pts"  # apt's terminal log
-cp "$root/etc/apt/sources.list" "$root/etc/apt/sources.list.debootstrap"
 printf '%s\n' "$@" > "$root/etc/apt/sources.list"
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
@@ -66,5 +68,4 @@ if [ -n "${BASE_SELECTIONS:-}" ]; then
     fi
 fi
 rm -f "$root/usr/sbin/policy-rc.d"
-mv "$root/etc/apt/sources.list.debootstrap" "$root/etc/apt/sources.list"
 umount "$root/dev/pts" "$root/proc"
