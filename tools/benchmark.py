@@ -93,7 +93,6 @@ class CommandFailed(Exception):
     """A measured command failed: the figures that needed it are not printed."""
 
     def __init__(self, cmd: list[str], result: subprocess.CompletedProcess) -> None:
-        self.cmd, self.returncode = cmd, result.returncode
         self.output = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
         super().__init__(f"{' '.join(cmd)} failed ({result.returncode})")
 
