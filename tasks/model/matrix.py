@@ -196,20 +196,22 @@ class Matrix:
     release: ReleaseSettings = field(default_factory=ReleaseSettings)
     ci: CiSettings = field(default_factory=CiSettings)
 
-    @property
-    def cells(self) -> list[Cell]:
-        return [
+    # Made once per matrix: every task of the graph asks for them (a no-op run's time).
+    @functools.cached_property
+    def cells(self) -> tuple[Cell, ...]:
+        return tuple(
             Cell(release, vendor, arch)
             for release in self.releases.values()
             for vendor in self.vendors.values()
             for arch in self.architectures.values()
-        ]
+        )
+
+    @functools.cached_property
+    def _cells_by_name(self) -> dict[str, Cell]:
+        return {cell.name: cell for cell in self.cells}
 
     def cell(self, name: str) -> Cell:
-        for cell in self.cells:
-            if cell.name == name:
-                return cell
-        raise KeyError(name)
+        return self._cells_by_name[name]
 
     def tier(self, name: str) -> list[Cell]:
         if name not in self.tiers:
