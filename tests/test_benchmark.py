@@ -30,3 +30,18 @@ def test_a_run_without_failures_ends_well(benchmark, capsys):
 def test_an_unchecked_command_may_fail(benchmark):
     wall, cpu, out = benchmark.timed([sys.executable, "-c", "print('ok'); raise SystemExit(1)"], check=False)
     assert out == "ok\n" and wall > 0
+
+
+def test_doits_floor_is_a_no_op_over_the_real_graphs_tasks(benchmark, tmp_path):
+    # The no-op section's baseline: doit alone over the graph dodo.py makes for
+    # these options, in a work directory where every target of the full tier
+    # is recorded as built. Were its tasks, files or records not the graph's,
+    # doit would execute some of them and the floor would measure work.
+    options = benchmark.stand_in_workdir(tmp_path, [f"workdir={tmp_path}/build", f"storage={tmp_path}/storage"])
+    runs = benchmark.doit_floor(options, attempts=2)
+
+    assert len(runs) == 2
+    for wall, _, out in runs:
+        assert wall > 0
+        assert benchmark.executed(out) == 0
+        assert out.count("-- ") > 100  # the full matrix's tasks, each found up to date

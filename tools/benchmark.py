@@ -35,7 +35,10 @@ Sections (all by default):
                cores were, CPU / (wall x cores).
   noop         a no-op run over the full matrix, and `doit list --all`. In
                --full-workdir when the full tier was built there; otherwise
-               in a work directory of stand-ins (below).
+               in a work directory of stand-ins (below). Its baseline: doit
+               alone over the same graph (each task's files, task
+               dependencies and an up-to-date check, an empty action), so
+               the figure shows what the graph's own code adds to doit's.
 
 A no-op run stats files and reads none (the checker compares mtimes), so its
 cost does not depend on what the files hold. The stand-in work directory has
@@ -370,6 +373,92 @@ sys.exit(DoitMain(DodoTaskLoader()).run(sys.argv[1:]))
 """
 
 
+# The graph's shape, as dodo.py makes it for the options given (argv), and the
+# plain values of its DOIT_CONFIG: what a run of doit alone over the same graph needs.
+_DUMP_SHAPE = """
+import json, runpy, sys
+from doit import doit_cmd, loader
+doit_cmd.reset_vars()
+for option in sys.argv[2:]:
+    doit_cmd.set_var(*option.split("=", 1))
+dodo_file = sys.argv[1]
+sys.argv[1:] = ["list"]  # a reading command: the work directory is not locked
+dodo = runpy.run_path(dodo_file, run_name="dodo")
+config = {k: v for k, v in dodo["DOIT_CONFIG"].items() if isinstance(v, (str, int, list))}
+tasks = loader.load_tasks(dodo, allow_delayed=True)
+shape = [
+    {"name": t.name, "actions": bool(t.actions), "file_dep": sorted(t.file_dep), "targets": t.targets,
+     "task_dep": t.task_dep, "checks": len(t.uptodate)}
+    for t in tasks
+]
+json.dump({"config": config, "tasks": shape}, sys.stdout)
+"""
+
+# doit alone over that shape: each task with its files, task dependencies and
+# a config_changed check where the real one has checks, and an empty action.
+_FLOOR_DODO = """
+import json
+from pathlib import Path
+from doit.tools import config_changed
+
+HERE = Path(__file__).parent
+SHAPE = json.loads((HERE / "shape.json").read_text())
+DOIT_CONFIG = {**SHAPE["config"], "dep_file": str(HERE / ".doit.db")}
+
+def nothing():
+    pass
+
+def creator(tasks):
+    def create():
+        for name, task in tasks:
+            if not task["actions"]:
+                yield {"name": name, "actions": None, "task_dep": task["task_dep"]}
+                continue
+            yield {
+                "name": name,
+                "actions": [(nothing,)],
+                "file_dep": task["file_dep"],
+                "targets": task["targets"],
+                "task_dep": task["task_dep"],
+                "uptodate": [config_changed(task["name"])] if task["checks"] else [],
+            }
+    return create
+
+groups = {}
+for task in SHAPE["tasks"]:
+    basename, _, name = task["name"].partition(":")
+    groups.setdefault(basename, []).append((name or None, task))
+globals().update({f"task_{basename}": creator(tasks) for basename, tasks in groups.items()})
+"""
+
+
+def doit_floor(options: list[str], attempts: int) -> list[tuple[float, float, str]]:
+    """No-op runs of doit alone over the graph's shape (its floor), as timed() gives them."""
+    dumped = subprocess.run(
+        [sys.executable, "-c", _DUMP_SHAPE, str(REPO / "dodo.py"), *options],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=ENV,
+    )
+    if dumped.returncode != 0:
+        raise CommandFailed(dumped.args, dumped)
+    with tempfile.TemporaryDirectory(prefix="doit-floor.") as directory:
+        here = Path(directory)
+        (here / "shape.json").write_text(dumped.stdout)
+        (here / "dodo.py").write_text(_FLOOR_DODO)
+        recorded = subprocess.run(
+            [sys.executable, "-c", _RECORD_STATE, "reset-dep", "-f", str(here / "dodo.py")],
+            capture_output=True,
+            text=True,
+            env=ENV,
+        )
+        if recorded.returncode != 0:
+            raise CommandFailed(recorded.args, recorded)
+        floor = [sys.executable, "-m", "doit", "-f", str(here / "dodo.py")]
+        return [timed(floor) for _ in range(attempts)]
+
+
 def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
     """A work directory where every target of the full tier exists (see the module's doc)."""
     from tasks import graph
@@ -411,6 +500,9 @@ def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
     return opts
 
 
+NOOP_RUNS = 3
+
+
 def noop(full_workdir: Path, base: Path, options: list[str]) -> None:
     opts = [o for o in options if not o.startswith("workdir=")] + [f"workdir={full_workdir}", "tier=full"]
     status = subprocess.run(doit("list", "--all", "--status", *opts), capture_output=True, text=True).stdout
@@ -426,13 +518,23 @@ def noop(full_workdir: Path, base: Path, options: list[str]) -> None:
             f"measuring in a work directory of stand-ins"
         )
         opts = stand_in_workdir(base, options)
-    for attempt in range(1, 4):
+    walls = []
+    for attempt in range(1, NOOP_RUNS + 1):
         wall, cpu, out = timed(doit(*opts), check=False)
+        walls.append(wall)
         print(
             f"  no-op doit tier=full, run {attempt}: {wall:.2f} s wall, {cpu:.2f} s CPU, "
             f"{executed(out)} tasks executed",
             flush=True,
         )
+    # The baseline: what doit itself needs for this graph, whatever the tasks are made of.
+    floor = doit_floor(opts, NOOP_RUNS)
+    ours, alone = sorted(walls)[NOOP_RUNS // 2], sorted(wall for wall, _, _ in floor)[NOOP_RUNS // 2]
+    print(
+        f"  doit alone over the same graph (empty actions): {', '.join(f'{w:.2f}' for w, _, _ in floor)} s wall,"
+        f" {executed(floor[-1][2])} tasks executed\n"
+        f"  medians {ours:.2f} / {alone:.2f} s: {ours / alone:.2f}x doit's floor, {ours - alone:.2f} s the graph's own"
+    )
 
 
 def main() -> None:
