@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -129,13 +130,9 @@ def test_cleanup_of_gce_images_and_storage_dailies(test_matrix, tmp_path, monkey
         monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "gce-token")
         gce = {"project": "p", "bucket": "b", "api_endpoint": server.url, "poll_seconds": 0}
         plan, _ = plan_with(tmp_path, {"gce": gce}, keep_releases=2)
-        plan = plan.__class__(
-            **{
-                **plan.__dict__,
-                "matrix": plan.matrix.__class__(
-                    **{**plan.matrix.__dict__, "publish": plan.matrix.publish.__class__(keep_dailies=2)}
-                ),
-            }
+        plan = dataclasses.replace(
+            plan,
+            matrix=dataclasses.replace(plan.matrix, publish=dataclasses.replace(plan.matrix.publish, keep_dailies=2)),
         )
         found = cleanup.cleanup(plan)
         assert [(i.platform, i.what) for i in found] == [
@@ -143,7 +140,7 @@ def test_cleanup_of_gce_images_and_storage_dailies(test_matrix, tmp_path, monkey
             ("storage", "bookworm/daily/20261120-1"),
         ]
         assert len(compute.images) == 5 and (daily / "20261120-1").exists(), "listed, not deleted"
-        confirmed = plan.__class__(**{**plan.__dict__, "confirmed": True})
+        confirmed = dataclasses.replace(plan, confirmed=True)
         cleanup.cleanup(confirmed)
         assert f"debian-12-gce-amd64-{VERSIONS[0]}" not in compute.images and len(compute.images) == 4
         assert sorted(p.name for p in daily.iterdir() if p.is_dir()) == ["20261121-1", "20261122-1", "20261123-1"]
@@ -244,7 +241,7 @@ def test_cleanup_of_azure_gallery_versions_images_and_their_blobs(tmp_path, monk
             [f"debian-12-amd64/12.{v.replace('-', '.')}" for v in VERSIONS[:2]] + old
         )
         assert len(manager.resources) == 7, "listed, not deleted"
-        cleanup.cleanup(plan.__class__(**{**plan.__dict__, "confirmed": True}))
+        cleanup.cleanup(dataclasses.replace(plan, confirmed=True))
         assert sorted(r.rsplit("/", 1)[1] for r in manager.resources) == [
             f"12.{VERSIONS[2].replace('-', '.')}",
             f"debian-12-azure-amd64-{VERSIONS[2]}",
