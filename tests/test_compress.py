@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -304,3 +305,42 @@ def test_failed_compression_leaves_no_artifact(test_matrix, tmp_path):
         compress.compress(cell, files, CompressSettings(xz_level=1, xz_threads=1), tmp_path / "cpu")
     leftovers = sorted(p.name for p in files.dir.iterdir())
     assert "image.qcow2" not in leftovers and not [n for n in leftovers if "partial" in n]
+
+
+def _anon_huge_kib(pid: int) -> int:
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    return int(re.search(r"^AnonHugePages:\s+(\d+) kB", rollup, re.M).group(1))
+
+
+def test_xz_adds_huge_pages_to_the_callers_glibc_tunables(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.check=0")
+    assert compress.xz(9).environment()["GLIBC_TUNABLES"] == f"glibc.malloc.check=0:{compress.HUGE_PAGES}"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert compress.xz(9).environment()["GLIBC_TUNABLES"] == compress.HUGE_PAGES
+    assert compress.gzip().environment() is None  # gzip's few KiB gain nothing: this process's environment
+
+
+@pytest.mark.skipif(
+    "[madvise]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(),
+    reason="huge pages only where memory asks for them (Debian's default) tell the tunable's effect",
+)
+def test_xz_keeps_its_match_finder_on_huge_pages():
+    chunks = [os.urandom(MIB), os.urandom(MIB)]
+    huge_kib = []
+    with compress.Workers(1) as pool:
+
+        def feed() -> bytes | None:
+            if chunks:
+                return chunks.pop()
+            # Both chunks written: xz has set up its match finder and waits for more.
+            (child,) = pool.running
+            deadline = time.monotonic() + 10
+            while not huge_kib or (huge_kib[-1] == 0 and time.monotonic() < deadline):
+                huge_kib.append(_anon_huge_kib(child.pid))
+                time.sleep(0.1)
+            return None
+
+        compressed = pool.squeeze(compress.xz(9), feed)
+
+    assert compressed.startswith(b"\xfd7zXZ\x00")
+    assert huge_kib[-1] > 0, "without the tunable, xz gets no transparent huge pages here"

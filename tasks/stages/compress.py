@@ -78,12 +78,29 @@ class Squeezer:
     command: tuple[str, ...]  # reads stdin, writes stdout
     smallest: int  # bytes of input the first segments need to keep the ratio
     piece: int = MIN_PIECE  # the least a split gives to an idle core
+    glibc_tunables: tuple[str, ...] = ()  # added to the environment's GLIBC_TUNABLES
+
+    def environment(self) -> dict[str, str] | None:
+        """The compressor's environment: this process's, with its tunables (None: the same)."""
+        if not self.glibc_tunables:
+            return None
+        tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
+        return {**os.environ, "GLIBC_TUNABLES": ":".join([*tunables, *self.glibc_tunables])}
+
+
+# Debian's kernels give transparent huge pages only to memory that asks for
+# them (madvise); with this tunable glibc's malloc asks, so xz's match finder
+# (about 670 MiB at -9, read at random) lives on 2 MiB pages. Measured on two
+# 200 MB segments of a cloud image side by side: 4-5 % less CPU each, the
+# same bytes out (one xz alone: no difference).
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
 
 def xz(level: int) -> Squeezer:
     return Squeezer(
         ("xz", f"-{level}", "--threads=1", "--stdout", "-"),
         smallest=max(int(3 * XZ_DICTIONARY_MIB[level] * MIB), MIN_SEGMENT),
+        glibc_tunables=(HUGE_PAGES,),
     )
 
 
@@ -199,7 +216,13 @@ class Workers:
     def squeeze(self, squeezer: Squeezer, feed: Callable[[], bytes | None]) -> bytes:
         """The compressed stream of what feed() returns, until it returns None."""
         with tempfile.TemporaryFile() as errors:
-            child = self.start(squeezer.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+            child = self.start(
+                squeezer.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=squeezer.environment(),
+            )
             assert child.stdin is not None and child.stdout is not None  # both PIPE
             output: list[bytes] = []
             stdout = child.stdout
