@@ -90,9 +90,9 @@ class Squeezer:
 
 # Debian's kernels give transparent huge pages only to memory that asks for
 # them (madvise); with this tunable glibc's malloc asks, so xz's match finder
-# (about 670 MiB at -9, read at random) lives on 2 MiB pages. Measured on two
-# 200 MB segments of a cloud image side by side: 4-5 % less CPU each, the
-# same bytes out (one xz alone: no difference).
+# (about 670 MiB at -9, read at random) lives on 2 MiB pages. Measured, the
+# same bytes out: two 200 MB segments of a cloud image side by side, 4-5 % less
+# CPU each; ec2's whole 902 MiB stream through one xz, 334.6 s instead of 366.2 s.
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
 
