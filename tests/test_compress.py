@@ -77,15 +77,43 @@ def test_xz_segments_are_three_dictionaries_at_first():
     assert (compress.xz(1).smallest, compress.xz(1).piece) == (compress.MIN_SEGMENT, compress.MIN_PIECE)
 
 
-def write_runs(path: Path, size: int, runs: list[tuple[int, int]]) -> None:
+def test_a_fresh_start_loses_xzs_dictionary_and_gzips_window_is_too_small_to_count():
+    assert compress.xz(9).history == 64 * MIB
+    assert "--long=26" in compress.fresh_start_estimator(compress.xz(9).history).command
+    assert compress.xz(0).history == 256 << 10
+    assert compress.gzip().history == 0
+
+
+def spooled(data: bytes, tmp_path) -> compress._Segments:
+    """The segments of a stream already spooled, cut in two for xz -9."""
+    import io
+
+    spool = compress._Spool(tmp_path)
+    spool.fill(io.BytesIO(data))
+    return compress._Segments(spool, compress.cut(len(data), 2, compress.xz(9)), compress.xz(9), progress=None)
+
+
+def test_a_fresh_start_costs_what_the_piece_finds_in_the_history_before_it(tmp_path):
+    """Random data loses nothing by starting afresh; a piece repeating what precedes it loses almost all of it."""
+    head, tail = os.urandom(8 * MIB), os.urandom(8 * MIB)
+    with compress.Workers(1) as workers:
+        fresh = spooled(head + tail, tmp_path)._fresh_start_cost(workers, 8 * MIB, 8 * MIB)
+        repeated = spooled(head + head, tmp_path)._fresh_start_cost(workers, 8 * MIB, 8 * MIB)
+    assert fresh < compress.SPLIT_BUDGET / 10
+    # zstd finds the repeat: the piece costs about its own size again, half the stream's output.
+    assert 0.3 < repeated
+
+
+def write_runs(path: Path, size: int, runs: list[tuple[int, int]], same: bool = False) -> None:
     """A sparse file of size bytes holding data at each (offset, length): random 4 KiB blocks, each
     repeated 16 times, so xz has something to find and a little work (the test's time goes to its
-    own slow compressors)."""
+    own slow compressors); same: every run holds the same data."""
+    block = b"".join(os.urandom(4096) * 16 for _ in range(runs[0][1] // (64 << 10)))
     with open(path, "wb") as f:
         f.truncate(size)
         for offset, length in runs:
             f.seek(offset)
-            f.write(b"".join(os.urandom(4096) * 16 for _ in range(length // (64 << 10))))
+            f.write(block if same else b"".join(os.urandom(4096) * 16 for _ in range(length // (64 << 10))))
 
 
 # A compressor that takes its input slowly where it holds the tar header (the
@@ -131,7 +159,8 @@ def test_every_segment_layout_decompresses_to_the_same_disk(
     raw = tmp_path / "src" / "disk.raw"
     raw.parent.mkdir()
     write_runs(raw, 128 * MIB, [(i * 4 * MIB, MIB) for i in range(data_mib)])
-    squeezer = compress.Squeezer(command, smallest=smallest * MIB, piece=piece * MIB)
+    # Every split is estimated first (4 MiB of history): random runs lose nothing by starting afresh.
+    squeezer = compress.Squeezer(command, smallest=smallest * MIB, piece=piece * MIB, history=4 * MIB)
     first = compress.cut(compress.allocated_bytes(raw), workers, squeezer)
     sizes = squeeze(raw, tmp_path / "image.tar.xz", squeezer, workers, tmp_path / "cpu")
     if piece == 64:  # nothing to split: the first cut is the layout
@@ -140,6 +169,20 @@ def test_every_segment_layout_decompresses_to_the_same_disk(
     else:
         assert len(sizes) > first.count, "the idle cores took pieces"
         assert min(sizes[:-1]) >= squeezer.piece
+    assert content_digest(extract(tmp_path / "image.tar.xz", tmp_path) / "disk.raw") == content_digest(raw)
+
+
+@pytest.mark.parametrize("history, split", [(0, True), (4 * MIB, False)])
+def test_a_split_that_would_lose_the_history_is_not_made(tmp_path, monkeypatch, history, split):
+    """Every run holds the same MiB: a piece would compress afresh what its history holds, so with that
+    history counted the idle core leaves the slow segment's tail alone (without it, it splits)."""
+    monkeypatch.setattr(compress.cpu, "cores", lambda: 2)
+    raw = tmp_path / "src" / "disk.raw"
+    raw.parent.mkdir()
+    write_runs(raw, 128 * MIB, [(i * 4 * MIB, MIB) for i in range(24)], same=True)
+    squeezer = compress.Squeezer((*SLOW, "first"), smallest=2 * MIB, piece=MIB, history=history)
+    sizes = squeeze(raw, tmp_path / "image.tar.xz", squeezer, 2, tmp_path / "cpu")
+    assert (len(sizes) > 2) == split, sizes
     assert content_digest(extract(tmp_path / "image.tar.xz", tmp_path) / "disk.raw") == content_digest(raw)
 
 
