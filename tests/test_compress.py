@@ -108,12 +108,16 @@ def write_runs(path: Path, size: int, runs: list[tuple[int, int]], same: bool = 
     """A sparse file of size bytes holding data at each (offset, length): random 4 KiB blocks, each
     repeated 16 times, so xz has something to find and a little work (the test's time goes to its
     own slow compressors); same: every run holds the same data."""
-    block = b"".join(os.urandom(4096) * 16 for _ in range(runs[0][1] // (64 << 10)))
+
+    def run(length: int) -> bytes:
+        return b"".join(os.urandom(4096) * 16 for _ in range(length // (64 << 10)))
+
+    block = run(runs[0][1]) if same else b""
     with open(path, "wb") as f:
         f.truncate(size)
         for offset, length in runs:
             f.seek(offset)
-            f.write(block if same else b"".join(os.urandom(4096) * 16 for _ in range(length // (64 << 10))))
+            f.write(block or run(length))
 
 
 # A compressor that takes its input slowly where it holds the tar header (the

@@ -67,8 +67,8 @@ MIN_PIECE = 8 * MIB
 # Input handed to a compressor at a time: what a split cannot take back any more.
 FEED = 1 * MIB
 # What a stream's splits may cost together, as a share of its compressed size
-# (estimated, see fresh_start_cost): the first cut's own fresh starts measured
-# 0.1-0.3 %, and the estimate fell short of xz's real loss by up to 2.5 times.
+# (estimated, see _Segments._fresh_start_cost): the first cut's own fresh starts
+# measured 0.1-0.3 %, and the estimate ranged from 0.3 to 2 times xz's real loss.
 SPLIT_BUDGET = 0.0025
 # The formats made from the tar stream in segments; the others (qcow2) are
 # one job each, started when a core falls idle.
