@@ -147,3 +147,51 @@ def test_firmwares_boot_side_by_side_and_the_first_failure_stops_the_other(tmp_p
     assert [b["firmware"] for b in result["boots"]] == ["bios"]
     assert sorted(p.name for p in files.dir.iterdir()) == ["boot-bios.log", "boottest.json", "disk.raw"]
     assert not qemu_processes_for(files.raw)
+
+
+@pytest.mark.skipif(cpu.cores() < 2, reason="needs a core held by another task and one free")
+def test_a_boot_that_waited_for_a_slot_starts_when_any_task_frees_one(tmp_path, test_matrix, monkeypatch):
+    """What is tested is when each firmware's boot starts and with how many vCPUs, so each
+    boot is a timed stand-in for qemu here (the tests above boot the real one)."""
+    import json
+    import threading
+
+    from tasks.model.layout import CellFiles
+
+    cell = test_matrix.cell("bookworm-nocloud-amd64")
+    files = CellFiles.of(tmp_path / "build", cell)
+    files.dir.mkdir(parents=True)
+    files.raw.write_bytes(b"\0" * 512)
+    slots = tmp_path / "cpu"
+    started = {}
+    t0 = time.monotonic()
+
+    def stand_in(arch, image, log, settings, firmware, **kwargs):
+        started[firmware] = (time.monotonic() - t0, settings.cpus)
+        time.sleep(3)
+        log.write_text("debian login: ")
+        return boottest.BootResult("passed", firmware, "tcg", "stand-in", settings.until, 3.0, vcpus=settings.cpus)
+
+    monkeypatch.setattr(boottest, "boot", stand_in)
+    # Another task (a compression, say) holds every core but one, and frees one after a second.
+    held, release = threading.Event(), threading.Event()
+
+    def other_task():
+        with cpu.slots(slots, want=cpu.cores() - 1):
+            held.set()
+            release.wait()
+
+    threading.Thread(target=other_task, daemon=True).start()
+    held.wait(5)
+    threading.Timer(1, release.set).start()
+    boottest.boot_test(cell, files, FAST, slots)
+
+    assert list(started) == ["bios", "uefi"]
+    assert started["bios"] == (pytest.approx(0, abs=0.5), 1)
+    # The UEFI boot started when the other task's slots came free, not after the BIOS boot (3 s);
+    # as the last to start, it took a second vCPU where a core was left over beside the BIOS boot.
+    assert 0.9 < started["uefi"][0] < 2.5
+    assert started["uefi"][1] == min(boottest.VCPUS_WHEN_FREE, cpu.cores() - 1)
+    record = json.loads(files.boot_result.read_text())
+    assert record["side_by_side"] == 2
+    assert [b["vcpus"] for b in record["boots"]] == [1, started["uefi"][1]]

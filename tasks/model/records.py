@@ -108,9 +108,8 @@ class BootRecord(Record):
     cell: str
     verdict: str
     passed: bool
-    boots: list[dict[str, Any]]
-    side_by_side: int = 1
-    vcpus: int = 1
+    boots: list[dict[str, Any]]  # each with its vcpus
+    side_by_side: int = 1  # the most boots that ran at once
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class BootResult:
     seconds: float
     milestones: dict[str, float] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
+    vcpus: int = 1
     # A first boot under KVM that showed KVM failing: its seconds and why.
     kvm_attempt: dict | None = None
 
@@ -165,7 +166,9 @@ def _boot_once(
             uefi_vars = Path(scratch) / "uefi-vars.fd"
             shutil.copyfile(template, uefi_vars)
         cmd = qemu.boot_command(arch, firmware, image, choice.name, settings.memory, settings.cpus, uefi_vars)
-        result = BootResult("timeout", firmware, choice.name, choice.reason, settings.until, 0.0, command=cmd)
+        result = BootResult(
+            "timeout", firmware, choice.name, choice.reason, settings.until, 0.0, command=cmd, vcpus=settings.cpus
+        )
         return _watch(cmd, log, settings, result, choice, label, cancel, append)
 
 
@@ -299,27 +302,20 @@ def boot_test(
 ) -> list[BootResult]:
     """The doit action: boot through each firmware the image supports.
 
-    The firmwares boot side by side when the CPU slots allow (each boot
-    takes settings.cpus of them), else one after the other; a boot gets
-    more vCPUs, up to VCPUS_WHEN_FREE, when slots are left over. The first
-    failure stops the others at once. Writes boot-<firmware>.log and
-    boottest.json; raises if any boot failed.
+    Each boot takes its CPU slots as it starts (settings.cpus of them, up to
+    VCPUS_WHEN_FREE for the last to start), so the firmwares boot side by
+    side when slots allow, and a boot that had to wait starts as soon as a
+    slot frees, whoever frees it. The first failure stops the others at
+    once. Writes boot-<firmware>.log and boottest.json; raises if any boot failed.
     """
     verdicts = accel.Verdicts(kvm_verdicts)
-    firmwares = list(cell.arch.firmware)
-    per_boot = max(settings.cpus, VCPUS_WHEN_FREE)
-    with cpu.slots(cpu_slots, want=per_boot * len(firmwares)) as got:
-        side_by_side = max(1, min(len(firmwares), got // settings.cpus))
-        # Free cores beyond boot_test.cpus are shared out (arm64's one firmware gets both here).
-        vcpus = max(settings.cpus, min(per_boot, got // side_by_side))
-        results = _boot_each(cell, files, dataclasses.replace(settings, cpus=vcpus), verdicts, firmwares, side_by_side)
+    results, side_by_side = _boot_each(cell, files, settings, verdicts, list(cell.arch.firmware), cpu_slots)
     failed = next((r for r in results if not r.passed), None)
     record = BootRecord(
         cell=cell.name,
         verdict=failed.verdict if failed else "passed",
         passed=failed is None,
         side_by_side=side_by_side,
-        vcpus=vcpus,
         boots=[r.to_json() for r in results],
     )
     atomic.write_json(files.boot_result, record.to_json())
@@ -335,43 +331,68 @@ def _boot_each(
     settings: BootTestSettings,
     verdicts: accel.Verdicts,
     firmwares: list[str],
-    side_by_side: int,
-) -> list[BootResult]:
-    """Boot every firmware, side_by_side at a time; return the boots that decided something.
+    cpu_slots: Path,
+) -> tuple[list[BootResult], int]:
+    """Boot every firmware, each once it holds CPU slots; return the boots that decided
+    something, and how many ran at once at most.
 
     Each console goes to a partial file; the logs are committed only once
     every boot has ended, so an interrupted stage leaves none that looks complete.
     """
     cancel = threading.Event()
     partials = {firmware: atomic.partial_path(files.boot_log(firmware)) for firmware in firmwares}
+    per_boot = max(settings.cpus, VCPUS_WHEN_FREE)
+    running, most = 0, 0
+    count = threading.Lock()
 
-    def boot_one(firmware: str) -> BootResult | None:
-        if cancel.is_set():
-            return None
+    def boot_one(firmware: str, vcpus: int, slots: contextlib.ExitStack) -> BootResult | None:
+        nonlocal running, most
+        with count:
+            running += 1
+            most = max(most, running)
         try:
-            result = boot(
-                cell.arch.name,
-                files.raw,
-                partials[firmware],
-                settings,
-                firmware,
-                label=f"boot {cell.name} ({firmware})",
-                verdicts=verdicts,
-                cancel=cancel,
-            )
-        except BaseException:
-            cancel.set()
-            raise
-        if not result.passed:
-            cancel.set()  # the stage has failed: the other boots would not change that
-        return result
+            if cancel.is_set():
+                return None
+            try:
+                result = boot(
+                    cell.arch.name,
+                    files.raw,
+                    partials[firmware],
+                    dataclasses.replace(settings, cpus=vcpus),
+                    firmware,
+                    label=f"boot {cell.name} ({firmware})",
+                    verdicts=verdicts,
+                    cancel=cancel,
+                )
+            except BaseException:
+                cancel.set()
+                raise
+            if not result.passed:
+                cancel.set()  # the stage has failed: the other boots would not change that
+            return result
+        finally:
+            with count:
+                running -= 1
+            slots.close()  # the cores go back as soon as this boot ends
 
     for firmware in firmwares:
         atomic.remove_stale_partials(files.boot_log(firmware))
     try:
-        with ThreadPoolExecutor(side_by_side, thread_name_prefix="boot") as pool:
-            futures = [pool.submit(boot_one, firmware) for firmware in firmwares]
+        with ThreadPoolExecutor(len(firmwares), thread_name_prefix="boot") as pool:
+            futures = []
             try:
+                for index, firmware in enumerate(firmwares):
+                    # Boots start in the firmwares' order; the last to start may take the
+                    # free cores beyond boot_test.cpus as extra vCPUs (arm64's one UEFI boot).
+                    last = index == len(firmwares) - 1
+                    with contextlib.ExitStack() as slots:
+                        got = slots.enter_context(
+                            cpu.slots(cpu_slots, want=per_boot if last else settings.cpus, abandon=cancel.is_set)
+                        )
+                        if not got:  # a boot already failed while this one waited
+                            break
+                        # The boot's thread holds the slots from here and gives them back when it ends.
+                        futures.append(pool.submit(boot_one, firmware, max(settings.cpus, got), slots.pop_all()))
                 results = [future.result() for future in futures]
             except BaseException:
                 cancel.set()  # an interruption or an error: stop every boot now
@@ -382,7 +403,7 @@ def _boot_each(
             atomic.commit(partials[result.firmware], files.boot_log(result.firmware))
         for firmware in set(firmwares) - {r.firmware for r in decided}:
             atomic.remove(files.boot_log(firmware))  # an earlier run's, which this one did not repeat
-        return decided
+        return decided, most
     finally:
         for partial in partials.values():
             atomic.remove(partial)
