@@ -149,31 +149,42 @@ def test_firmwares_boot_side_by_side_and_the_first_failure_stops_the_other(tmp_p
     assert not qemu_processes_for(files.raw)
 
 
-@pytest.mark.skipif(cpu.cores() < 2, reason="needs a core held by another task and one free")
-def test_a_boot_that_waited_for_a_slot_starts_when_any_task_frees_one(tmp_path, test_matrix, monkeypatch):
-    """What is tested is when each firmware's boot starts and with how many vCPUs, so each
-    boot is a timed stand-in for qemu here (the tests above boot the real one)."""
-    import json
-    import threading
+def stand_in_boots(monkeypatch, seconds: float) -> dict:
+    """Each boot a timed stand-in for qemu (the tests above boot the real one): what the tests
+    using it check is when each firmware's boot starts and with how many vCPUs."""
+    started = {}
+    t0 = time.monotonic()
 
+    def stand_in(arch, image, log, settings, firmware, **kwargs):
+        started[firmware] = (time.monotonic() - t0, settings.cpus)
+        time.sleep(seconds)
+        log.write_text("debian login: ")
+        return boottest.BootResult("passed", firmware, "tcg", "stand-in", settings.until, seconds, vcpus=settings.cpus)
+
+    monkeypatch.setattr(boottest, "boot", stand_in)
+    return started
+
+
+def nocloud_amd64(tmp_path, test_matrix):
+    """A cell with two firmwares (BIOS and UEFI) and its files."""
     from tasks.model.layout import CellFiles
 
     cell = test_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
     files.dir.mkdir(parents=True)
     files.raw.write_bytes(b"\0" * 512)
+    return cell, files
+
+
+@pytest.mark.skipif(cpu.cores() < 2, reason="needs a core held by another task and one free")
+def test_a_boot_that_waited_for_a_slot_starts_when_any_task_frees_one(tmp_path, test_matrix, monkeypatch):
+    import json
+    import threading
+
+    cell, files = nocloud_amd64(tmp_path, test_matrix)
     slots = tmp_path / "cpu"
-    started = {}
-    t0 = time.monotonic()
-
-    def stand_in(arch, image, log, settings, firmware, **kwargs):
-        started[firmware] = (time.monotonic() - t0, settings.cpus)
-        time.sleep(3)
-        log.write_text("debian login: ")
-        return boottest.BootResult("passed", firmware, "tcg", "stand-in", settings.until, 3.0, vcpus=settings.cpus)
-
-    monkeypatch.setattr(boottest, "boot", stand_in)
-    # Another task (a compression, say) holds every core but one, and frees one after a second.
+    started = stand_in_boots(monkeypatch, 3)
+    # Another task (a compression, say) holds every core but one, and frees them after a second.
     held, release = threading.Event(), threading.Event()
 
     def other_task():
@@ -188,10 +199,28 @@ def test_a_boot_that_waited_for_a_slot_starts_when_any_task_frees_one(tmp_path, 
 
     assert list(started) == ["bios", "uefi"]
     assert started["bios"] == (pytest.approx(0, abs=0.5), 1)
-    # The UEFI boot started when the other task's slots came free, not after the BIOS boot (3 s);
-    # as the last to start, it took a second vCPU where a core was left over beside the BIOS boot.
+    # The UEFI boot started when the other task's slots came free, not after the BIOS boot (3 s),
+    # with a second vCPU where a core was left over beside the BIOS boot.
     assert 0.9 < started["uefi"][0] < 2.5
     assert started["uefi"][1] == min(boottest.VCPUS_WHEN_FREE, cpu.cores() - 1)
     record = json.loads(files.boot_result.read_text())
     assert record["side_by_side"] == 2
     assert [b["vcpus"] for b in record["boots"]] == [1, started["uefi"][1]]
+
+
+@pytest.mark.parametrize(
+    "cores, vcpus, side_by_side",
+    [(1, [1, 1], 1), (2, [1, 1], 2), (3, [2, 1], 2), (4, [2, 2], 2)],
+)
+def test_free_cores_are_shared_out_between_the_boots(tmp_path, test_matrix, monkeypatch, cores, vcpus, side_by_side):
+    """A boot takes a second vCPU only where the boots after it still find a core."""
+    import json
+
+    cell, files = nocloud_amd64(tmp_path, test_matrix)
+    monkeypatch.setattr(cpu, "cores", lambda: cores)
+    monkeypatch.setattr(cpu, "POLL_SECONDS", 0.05)
+    started = stand_in_boots(monkeypatch, 0.5)
+    boottest.boot_test(cell, files, FAST, tmp_path / "cpu")
+    assert [started[firmware][1] for firmware in ("bios", "uefi")] == vcpus
+    record = json.loads(files.boot_result.read_text())
+    assert (record["side_by_side"], [b["vcpus"] for b in record["boots"]]) == (side_by_side, vcpus)

@@ -130,6 +130,15 @@ with cpu.slots(__import__('pathlib').Path({str(tmp_path)!r}), want=3, total=4) a
         assert got == 4
 
 
+def test_slots_not_kept_go_back_at_once(tmp_path):
+    with cpu.slots(tmp_path, want=4, total=4, keep=lambda got: got - 1) as got:
+        assert got == 3
+        with cpu.slots(tmp_path, want=4, total=4) as others:
+            assert others == 1, "the slot not kept is free"
+    with cpu.slots(tmp_path, want=2, total=4, keep=lambda got: 0) as got:
+        assert got == 1, "at least one is kept"
+
+
 def test_slots_wait_for_a_free_core(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu, "POLL_SECONDS", 0.05)
     holder = subprocess.Popen(

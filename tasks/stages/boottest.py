@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import re
 import selectors
@@ -303,9 +304,9 @@ def boot_test(
     """The doit action: boot through each firmware the image supports.
 
     Each boot takes its CPU slots as it starts (settings.cpus of them, up to
-    VCPUS_WHEN_FREE for the last to start), so the firmwares boot side by
-    side when slots allow, and a boot that had to wait starts as soon as a
-    slot frees, whoever frees it. The first failure stops the others at
+    VCPUS_WHEN_FREE when the boots after it find theirs too), so the firmwares
+    boot side by side when slots allow, and a boot that had to wait starts as
+    soon as a slot frees, whoever frees it. The first failure stops the others at
     once. Writes boot-<firmware>.log and boottest.json; raises if any boot failed.
     """
     verdicts = accel.Verdicts(kvm_verdicts)
@@ -323,6 +324,11 @@ def boot_test(
         log = files.boot_log(failed.firmware)
         raise BootTestFailed(explain(failed, log), log=log)
     return results
+
+
+def _leave_for_later(per_boot: int, after: int, got: int) -> int:
+    """Of the slots got, those a boot keeps: up to per_boot, leaving `after` for the boots after it."""
+    return min(per_boot, got - after)
 
 
 def _boot_each(
@@ -382,12 +388,18 @@ def _boot_each(
             futures = []
             try:
                 for index, firmware in enumerate(firmwares):
-                    # Boots start in the firmwares' order; the last to start may take the
-                    # free cores beyond boot_test.cpus as extra vCPUs (arm64's one UEFI boot).
-                    last = index == len(firmwares) - 1
+                    # Boots start in the firmwares' order. A boot takes free cores beyond
+                    # boot_test.cpus as extra vCPUs (arm64's one UEFI boot) only where the
+                    # boots after it still find theirs; those it leaves go back at once.
+                    after = settings.cpus * (len(firmwares) - 1 - index)
                     with contextlib.ExitStack() as slots:
                         got = slots.enter_context(
-                            cpu.slots(cpu_slots, want=per_boot if last else settings.cpus, abandon=cancel.is_set)
+                            cpu.slots(
+                                cpu_slots,
+                                want=per_boot + after,
+                                abandon=cancel.is_set,
+                                keep=functools.partial(_leave_for_later, per_boot, after),
+                            )
                         )
                         if not got:  # a boot already failed while this one waited
                             break

@@ -29,12 +29,18 @@ def cores() -> int:
 
 @contextlib.contextmanager
 def slots(
-    directory: Path, want: int, total: int | None = None, abandon: Callable[[], bool] | None = None
+    directory: Path,
+    want: int,
+    total: int | None = None,
+    abandon: Callable[[], bool] | None = None,
+    keep: Callable[[int], int] | None = None,
 ) -> Iterator[int]:
     """Hold between 1 and want CPU slots of directory; yield how many were got.
 
     abandon: asked while waiting for a first slot; when it says True, stop
     waiting and yield 0 (the work was done meanwhile by those holding slots).
+    keep: given how many were got, how many to hold on to (at least 1); the
+    rest go back at once, to work that starts next.
     """
     total = total or cores()
     want = max(1, min(want, total))
@@ -56,6 +62,11 @@ def slots(
                 if abandon is not None and abandon():
                     break
                 time.sleep(POLL_SECONDS)
+        if keep is not None and held:
+            kept = max(1, keep(len(held)))
+            for fd in held[kept:]:
+                os.close(fd)
+            del held[kept:]
         yield len(held)
     finally:
         for fd in held:
