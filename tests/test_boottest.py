@@ -209,18 +209,30 @@ def test_a_boot_that_waited_for_a_slot_starts_when_any_task_frees_one(tmp_path, 
 
 
 @pytest.mark.parametrize(
-    "cores, vcpus, side_by_side",
-    [(1, [1, 1], 1), (2, [1, 1], 2), (3, [2, 1], 2), (4, [2, 2], 2)],
+    "cores, cpus, vcpus, side_by_side",
+    [
+        (1, 1, [1, 1], 1),
+        (2, 1, [1, 1], 2),
+        (3, 1, [2, 1], 2),
+        (4, 1, [2, 2], 2),
+        (2, 2, [2, 2], 1),  # boot_test.cpus 2 on 2 cores: one after the other
+        (3, 2, [2, 2], 1),  # the third core is not enough to start the second boot beside the first
+        (4, 2, [2, 2], 2),
+    ],
 )
-def test_free_cores_are_shared_out_between_the_boots(tmp_path, test_matrix, monkeypatch, cores, vcpus, side_by_side):
-    """A boot takes a second vCPU only where the boots after it still find a core."""
+def test_free_cores_are_shared_out_between_the_boots(
+    tmp_path, test_matrix, monkeypatch, cores, cpus, vcpus, side_by_side
+):
+    """A boot takes a second vCPU only where the boots after it still find a core, and waits
+    for boot_test.cpus cores rather than start beside the other with fewer."""
+    import dataclasses
     import json
 
     cell, files = nocloud_amd64(tmp_path, test_matrix)
     monkeypatch.setattr(cpu, "cores", lambda: cores)
     monkeypatch.setattr(cpu, "POLL_SECONDS", 0.05)
     started = stand_in_boots(monkeypatch, 0.5)
-    boottest.boot_test(cell, files, FAST, tmp_path / "cpu")
+    boottest.boot_test(cell, files, dataclasses.replace(FAST, cpus=cpus), tmp_path / "cpu")
     assert [started[firmware][1] for firmware in ("bios", "uefi")] == vcpus
     record = json.loads(files.boot_result.read_text())
     assert (record["side_by_side"], [b["vcpus"] for b in record["boots"]]) == (side_by_side, vcpus)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import io
 import re
 import selectors
@@ -20,7 +19,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -326,9 +326,34 @@ def boot_test(
     return results
 
 
-def _leave_for_later(per_boot: int, after: int, got: int) -> int:
-    """Of the slots got, those a boot keeps: up to per_boot, leaving `after` for the boots after it."""
-    return min(per_boot, got - after)
+def _take_slots(
+    cpu_slots: Path, settings: BootTestSettings, after: int, others_running: Callable[[], bool], cancel: threading.Event
+) -> tuple[contextlib.ExitStack, int] | None:
+    """The CPU slots of the next boot: the stack that holds them and how many (None: a boot
+    failed meanwhile).
+
+    It keeps boot_test.cpus of them, up to VCPUS_WHEN_FREE where `after` are left for the
+    boots after it. While this stage's other boots run, it waits for boot_test.cpus slots
+    rather than start with fewer (with 2 vCPUs each on 2 cores, they boot one after the other).
+    """
+    per_boot = max(settings.cpus, VCPUS_WHEN_FREE)
+    need = min(settings.cpus, cpu.cores())
+    while True:
+        stack = contextlib.ExitStack()
+        got = stack.enter_context(
+            cpu.slots(
+                cpu_slots,
+                want=per_boot + after,
+                abandon=cancel.is_set,
+                keep=lambda got: max(settings.cpus, min(per_boot, got - after)),
+            )
+        )
+        if got and (got >= need or not others_running()):
+            return stack, got
+        stack.close()
+        if not got:
+            return None
+        time.sleep(cpu.POLL_SECONDS)
 
 
 def _boot_each(
@@ -347,7 +372,6 @@ def _boot_each(
     """
     cancel = threading.Event()
     partials = {firmware: atomic.partial_path(files.boot_log(firmware)) for firmware in firmwares}
-    per_boot = max(settings.cpus, VCPUS_WHEN_FREE)
     running, most = 0, 0
     count = threading.Lock()
 
@@ -385,26 +409,17 @@ def _boot_each(
         atomic.remove_stale_partials(files.boot_log(firmware))
     try:
         with ThreadPoolExecutor(len(firmwares), thread_name_prefix="boot") as pool:
-            futures = []
+            futures: list[Future[BootResult | None]] = []
             try:
                 for index, firmware in enumerate(firmwares):
-                    # Boots start in the firmwares' order. A boot takes free cores beyond
-                    # boot_test.cpus as extra vCPUs (arm64's one UEFI boot) only where the
-                    # boots after it still find theirs; those it leaves go back at once.
+                    # Boots start in the firmwares' order, each as soon as it holds its slots.
                     after = settings.cpus * (len(firmwares) - 1 - index)
-                    with contextlib.ExitStack() as slots:
-                        got = slots.enter_context(
-                            cpu.slots(
-                                cpu_slots,
-                                want=per_boot + after,
-                                abandon=cancel.is_set,
-                                keep=functools.partial(_leave_for_later, per_boot, after),
-                            )
-                        )
-                        if not got:  # a boot already failed while this one waited
-                            break
-                        # The boot's thread holds the slots from here and gives them back when it ends.
-                        futures.append(pool.submit(boot_one, firmware, max(settings.cpus, got), slots.pop_all()))
+                    taken = _take_slots(cpu_slots, settings, after, lambda: any(not f.done() for f in futures), cancel)
+                    if taken is None:  # a boot already failed while this one waited
+                        break
+                    # The boot's thread holds the slots from here and gives them back when it ends.
+                    slots, got = taken
+                    futures.append(pool.submit(boot_one, firmware, max(settings.cpus, got), slots))
                 results = [future.result() for future in futures]
             except BaseException:
                 cancel.set()  # an interruption or an error: stop every boot now
