@@ -5,12 +5,14 @@ then halts: the real qemu, the real serial console and the real verdict
 logic, in about a second per boot instead of a minute.
 """
 
+import json
 import os
 import subprocess
 import time
 
 import pytest
 
+from tasks.model.layout import CellFiles
 from tasks.model.matrix import BootTestSettings
 from tasks.stages import boottest, qemu
 from tasks.system import cpu
@@ -123,19 +125,20 @@ def test_boot_sector_message_limit():
         qemu.boot_sector(b"x" * 500)
 
 
-def test_firmwares_boot_side_by_side_and_the_first_failure_stops_the_other(tmp_path, test_matrix):
-    """BIOS panics at once; the UEFI boot beside it (OVMF finds nothing to boot and would try the
-    network for minutes) is stopped then and there, and only the deciding boot is recorded."""
-    import json
-
-    from tasks.model.layout import CellFiles
-
+def nocloud_amd64(tmp_path, test_matrix, raw: bytes):
+    """A cell with two firmwares (BIOS and UEFI), and its files with raw as its disk."""
     cell = test_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
     files.dir.mkdir(parents=True)
-    files.raw.write_bytes(
-        qemu.boot_sector(b"Linux version 6.1\r\nKernel panic - not syncing: test\r\n", exit=False).ljust(1 << 20, b"\0")
-    )
+    files.raw.write_bytes(raw)
+    return cell, files
+
+
+def test_firmwares_boot_side_by_side_and_the_first_failure_stops_the_other(tmp_path, test_matrix):
+    """BIOS panics at once; the UEFI boot beside it (OVMF finds nothing to boot and would try the
+    network for minutes) is stopped then and there, and only the deciding boot is recorded."""
+    panic = qemu.boot_sector(b"Linux version 6.1\r\nKernel panic - not syncing: test\r\n", exit=False)
+    cell, files = nocloud_amd64(tmp_path, test_matrix, panic.ljust(1 << 20, b"\0"))
     settings = BootTestSettings(timeout=120, memory=256, cpus=1, accelerator="tcg", until="login")
     started = time.monotonic()
     with pytest.raises(boottest.BootTestFailed, match="the kernel panicked") as failed:
@@ -165,23 +168,11 @@ def stand_in_boots(monkeypatch, seconds: float) -> dict:
     return started
 
 
-def nocloud_amd64(tmp_path, test_matrix):
-    """A cell with two firmwares (BIOS and UEFI) and its files."""
-    from tasks.model.layout import CellFiles
-
-    cell = test_matrix.cell("bookworm-nocloud-amd64")
-    files = CellFiles.of(tmp_path / "build", cell)
-    files.dir.mkdir(parents=True)
-    files.raw.write_bytes(b"\0" * 512)
-    return cell, files
-
-
 @pytest.mark.skipif(cpu.cores() < 2, reason="needs a core held by another task and one free")
 def test_a_boot_that_waited_for_a_slot_starts_when_any_task_frees_one(tmp_path, test_matrix, monkeypatch):
-    import json
     import threading
 
-    cell, files = nocloud_amd64(tmp_path, test_matrix)
+    cell, files = nocloud_amd64(tmp_path, test_matrix, b"\0" * 512)
     slots = tmp_path / "cpu"
     started = stand_in_boots(monkeypatch, 3)
     # Another task (a compression, say) holds every core but one, and frees them after a second.
@@ -226,9 +217,8 @@ def test_free_cores_are_shared_out_between_the_boots(
     """A boot takes a second vCPU only where the boots after it still find a core, and waits
     for boot_test.cpus cores rather than start beside the other with fewer."""
     import dataclasses
-    import json
 
-    cell, files = nocloud_amd64(tmp_path, test_matrix)
+    cell, files = nocloud_amd64(tmp_path, test_matrix, b"\0" * 512)
     monkeypatch.setattr(cpu, "cores", lambda: cores)
     monkeypatch.setattr(cpu, "POLL_SECONDS", 0.05)
     started = stand_in_boots(monkeypatch, 0.5)
