@@ -201,7 +201,8 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
 
 
 def _version(plan: Plan) -> str:
-    return plan.version or "ci-$CI_PIPELINE_ID"
+    # The project's pipeline gives its own (the date and the pipeline's number); else the generating run's start.
+    return plan.version or plan.build_version
 
 
 def release_trigger(plan: Plan, cells: list[Cell]) -> dict:

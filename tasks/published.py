@@ -7,15 +7,19 @@ first, then the dailies (tasks/stages/publish.py's layout).
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.plan import Plan
+from tasks.model.records import Manifest
+from tasks.model.version import NotAVersion, Version
 from tasks.stages import changes, provenance
 from tasks.stages.manifest import public_name
 from tasks.stages.publish import LATEST, PROVENANCE_SUFFIX, SUMS, daily_dir, release_dir
@@ -40,28 +44,43 @@ class Published:
         return posixpath.join(self.directory, name)
 
     def read(self, name: str) -> str:
-        text = self.backend.read_text(self.path(name))
+        text = self.backend.read(self.path(name))
         if text is None:
             raise NotPublished(f"{self.path(name)}: not in storage")
         return text
 
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads(self.read(name))
+        except ValueError as error:
+            raise NotPublished(f"{self.backend.name}: {self.path(name)}: not JSON ({error})") from None
+
     def manifest(self) -> dict:
-        return json.loads(self.read(public_name(self.image_name, "json")))
+        name = public_name(self.image_name, "json")
+        found = self.read_json(name)
+        if not isinstance(found, dict) or not isinstance(found.get("packages"), list) or "name" not in found:
+            raise NotPublished(f"{self.backend.name}: {self.path(name)}: not an image manifest")
+        return found
 
 
 def find(plan: Plan, given: str) -> Published:
     """<cell>[@<version>] in the plan's storage."""
     cell_name, _, version = given.partition("@")
     cell = plan.matrix.cell(cell_name)
+    if version:
+        try:
+            Version.parse(version)
+        except NotAVersion as error:
+            raise NotPublished(f"{given}: {error}") from None
     backend = plan.storage.open(RetryPolicy(plan.matrix.publish.retries, plan.matrix.publish.retry_delay))
     release = cell.release.name
     if not version:
-        version = (backend.read_text(f"{release}/daily/{LATEST}") or "").strip()
+        version = (backend.read(f"{release}/daily/{LATEST}") or "").strip()
         if not version:
             raise NotPublished(f"{cell_name}: no daily of {release} in {plan.storage.url}")
     for directory in (release_dir(release, version), daily_dir(release, version)):
         manifest = posixpath.join(directory, public_name(cell.image_name(version), "json"))
-        if backend.size(manifest) is not None:
+        if backend.stat(manifest) is not None:
             return Published(backend, cell.name, version, directory, cell.image_name(version))
     raise NotPublished(f"{cell_name}@{version}: published neither as a release nor as a daily in {plan.storage.url}")
 
@@ -76,9 +95,9 @@ def image_packages(plan: Plan, given: str) -> tuple[changes.ImagePackages, dict[
         files = CellFiles.of(plan.workdir, plan.matrix.cell(given))
         if not files.manifest.is_file():
             raise NotPublished(f"{given}: no manifest in {files.dir}: doit manifest:{given}, or name a version")
-        local = json.loads(files.manifest.read_text())
+        local = Manifest.read(files.manifest)
         return (
-            changes.ImagePackages.of(local["name"], local["version"], local["packages"], files.dpkg_status),
+            changes.ImagePackages.of(local.name, local.version, local.packages, files.dpkg_status),
             changes.read_changelogs(files.changelogs),
         )
     published = find(plan, given)
@@ -117,7 +136,12 @@ def verify(plan: Plan, given: str, public_key: Path) -> list[str]:
         sums = parse_sums(sums_file.read_text())
         mine = {name: digest for name, digest in sums.items() if name.startswith(published.image_name + ".")}
         for name, digest in sorted(mine.items()):
-            size, actual = published.backend.digest(published.path(name))
+            if published.backend.stat(published.path(name)) is None:
+                raise signing.SigningError(f"{published.path(name)}: listed in SHA512SUMS, missing from storage")
+            path = published.path(name)
+            size, actual = published.backend.retry.run(
+                f"reading {path}", functools.partial(published.backend.digest, path)
+            )
             if actual != digest:
                 raise signing.SigningError(f"{published.path(name)}: SHA-512 {actual}, SHA512SUMS says {digest}")
             checked.append(f"{name}: {size} bytes, SHA-512 as SHA512SUMS lists")
@@ -125,9 +149,7 @@ def verify(plan: Plan, given: str, public_key: Path) -> list[str]:
         envelope_name = public_name(published.image_name, PROVENANCE_SUFFIX)
         if envelope_name not in mine:
             raise signing.SigningError(f"SHA512SUMS does not list {envelope_name}")
-        statement = json.loads(signing.verify_envelope(json.loads(published.read(envelope_name)), keyring))
-        if statement.get("predicateType") != provenance.PREDICATE_TYPE:
-            raise signing.SigningError(f"{envelope_name}: not an SLSA provenance ({statement.get('predicateType')})")
+        statement = _statement(signing.verify_envelope(published.read_json(envelope_name), keyring), envelope_name)
         for subject in statement["subject"]:
             if mine.get(subject["name"]) != subject["digest"].get("sha512"):
                 raise signing.SigningError(
@@ -136,3 +158,20 @@ def verify(plan: Plan, given: str, public_key: Path) -> list[str]:
                 )
         checked.append(f"{envelope_name}: signature good, {len(statement['subject'])} subjects match SHA512SUMS")
     return checked
+
+
+def _statement(payload: bytes, source: str) -> dict:
+    """The in-toto statement an envelope carries, in the shape verify reads; SigningError otherwise."""
+    try:
+        statement = json.loads(payload)
+    except ValueError:
+        raise signing.SigningError(f"{source}: the envelope's payload is not JSON") from None
+    if not isinstance(statement, dict) or statement.get("predicateType") != provenance.PREDICATE_TYPE:
+        kind = statement.get("predicateType") if isinstance(statement, dict) else type(statement).__name__
+        raise signing.SigningError(f"{source}: not an SLSA provenance ({kind})")
+    subjects = statement.get("subject")
+    if not isinstance(subjects, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("digest"), dict) for s in subjects
+    ):
+        raise signing.SigningError(f"{source}: its subjects are not a list of names and digests")
+    return statement

@@ -313,7 +313,7 @@ def _publication_inputs(ctx: CellContext) -> tuple[Path, ...]:
 
 
 def _publish_action(ctx: CellContext) -> None:
-    publish.publish(ctx.cell, ctx.files, ctx.plan.storage, ctx.plan.matrix.publish, ctx.plan.locks)
+    publish.publish(ctx.cell, ctx.files, ctx.plan.storage, ctx.plan.matrix.publish)
 
 
 PUBLISH = Stage[CellContext](
@@ -353,7 +353,6 @@ def _release_action(ctx: CellContext) -> None:
         plan.matrix.publish,
         plan.matrix.release,
         plan.matrix.boot_test,
-        plan.locks,
         plan.kvm_verdicts,
     )
 

@@ -44,10 +44,11 @@ def wait_for_port(port: int, timeout: float = 10) -> None:
 
 @dataclass
 class Nginx:
-    """nginx serving `root` over WebDAV; `credentials` turns on Basic auth."""
+    """nginx serving `root` over WebDAV; `credentials` turns on Basic auth; `locking`, WebDAV's LOCK."""
 
     directory: Path
     credentials: tuple[str, str] | None = None
+    locking: bool = True
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -68,6 +69,9 @@ class Nginx:
             digest = base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
             (self.directory / "htpasswd").write_text(f"{user}:{{SHA}}{digest}\n")
             auth = f'auth_basic "images"; auth_basic_user_file {self.directory}/htpasswd;'
+        lock_zone = "dav_ext_lock_zone zone=images:1m timeout=60s;" if self.locking else ""
+        lock = "dav_ext_lock zone=images;" if self.locking else ""
+        methods = "PROPFIND OPTIONS LOCK UNLOCK" if self.locking else "PROPFIND OPTIONS"
         (self.directory / "nginx.conf").write_text(f"""
 load_module {NGINX_DAV_EXT};
 user root;
@@ -79,13 +83,15 @@ http {{
     access_log {self.directory}/access.log;
     client_body_temp_path {self.root}/.client-body;
     client_max_body_size 0;
+    {lock_zone}
     server {{
         listen 127.0.0.1:{self.port};
         root {self.root};
         location /images/ {{
             {auth}
             dav_methods PUT DELETE MKCOL COPY MOVE;
-            dav_ext_methods PROPFIND OPTIONS;
+            dav_ext_methods {methods};
+            {lock}
             dav_access user:rw group:r all:r;
             create_full_put_path on;
         }}
@@ -166,6 +172,7 @@ class FaultProxy:
                 proxy.relay(self)
 
             do_GET = do_PUT = do_HEAD = do_DELETE = do_MKCOL = do_MOVE = do_PROPFIND = do_COPY = _any
+            do_LOCK = do_UNLOCK = _any
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

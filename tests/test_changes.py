@@ -49,7 +49,7 @@ def publish_version(cell, tmp_path, version, packages_tsv):
     add_changelog(files.changelogs, "usr/share/doc/bash/changelog.Debian.gz", BASH_CHANGELOG)
     manifest.write(cell, files)
     provenance.write(cell, files)
-    publication.publish(cell, files, Location((tmp_path / "public").as_uri()), FAST, tmp_path / "locks")
+    publication.publish(cell, files, Location((tmp_path / "public").as_uri()), FAST)
     return files
 
 

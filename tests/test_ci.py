@@ -318,7 +318,7 @@ def test_generated_pipeline_runs_for_real(tmp_path, test_key):
     # One boot: the pipeline's jobs are under test here; both firmwares boot in test_end_to_end.
     data["architectures"]["amd64"]["firmware"] = ["uefi"]
     target = tmp_path / "pipeline.yml"
-    ci.write(make_plan(tmp_path, data, source="push", version="ci-test-1"), target)
+    ci.write(make_plan(tmp_path, data, source="push", version="20261207-1"), target)
     project = project_with(tmp_path, target.read_text())
     (project / "matrix.yaml").write_text(yaml.safe_dump(data, sort_keys=False))  # the jobs' doit reads it
     subprocess.run(
@@ -385,7 +385,7 @@ def test_generated_pipeline_runs_for_real(tmp_path, test_key):
             release_project.REF: "main",
             release_project.COMMIT: "c" * 40,
             release_project.CELLS: "bookworm-nocloud-amd64",
-            release_project.VERSION: "ci-test-1",
+            release_project.VERSION: "20261207-1",
             release_project.STORAGE_ENV: released.as_uri(),
             release_project.PUBLIC_KEY_ENV: str(build_key.public),
             **release_key.environment(),  # the release signs with its own key
@@ -401,14 +401,14 @@ def test_generated_pipeline_runs_for_real(tmp_path, test_key):
         api.stop()
     print(release.stdout[-5000:], release.stderr[-2000:])
     assert release.returncode == 0 and "PASS  release" in release.stdout
-    published = released / "bookworm" / "ci-test-1"
-    assert (published / "debian-12-nocloud-amd64-ci-test-1.tar.xz").is_file()
+    published = released / "bookworm" / "20261207-1"
+    assert (published / "debian-12-nocloud-amd64-20261207-1.tar.xz").is_file()
     check = subprocess.run(
         ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
     with signing.public_keyring(release_key.public) as keyring:
         assert signing.verify_detached(keyring, published / "SHA512SUMS.asc", published / "SHA512SUMS") is None
-    assert (released / "bookworm" / "latest").read_text() == "ci-test-1\n"
+    assert (released / "bookworm" / "latest").read_text() == "20261207-1\n"
     record = releaser / ".gitlab-ci-local" / "artifacts" / "release" / "build" / "bookworm-nocloud-amd64"
-    assert json.loads((record / "release.json").read_text())["published"]["directory"] == "bookworm/ci-test-1"
+    assert json.loads((record / "release.json").read_text())["published"]["directory"] == "bookworm/20261207-1"

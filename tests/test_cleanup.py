@@ -149,10 +149,12 @@ def test_cleanup_of_gce_images_and_storage_dailies(test_matrix, tmp_path, monkey
 
 
 def test_retention_picks_versions_per_cell():
-    items = [("a", "3"), ("a", "1"), ("b", "1"), ("a", "2"), ("a", "2")]  # a version in two places
+    # A version in two places; serials ordered as numbers (10 after 9), not as text.
+    new, old1, old2 = "20261207-10", "20261207-9", "20261206-2300"
+    items = [("a", new), ("a", old2), ("b", old2), ("a", old1), ("a", old1), ("a", "by-hand")]
     old = cleanup.beyond(items, lambda i: i[0], lambda i: i[1], keep=1)
-    assert sorted(old) == [("a", "1"), ("a", "2"), ("a", "2")]
-    assert cleanup.beyond(items, lambda i: i[0], lambda i: i[1], keep=0) == [("a", "1"), ("a", "2"), ("a", "2")]
+    assert sorted(old) == [("a", old2), ("a", old1), ("a", old1)], "what is not a version is never expired"
+    assert sorted(cleanup.beyond(items, lambda i: i[0], lambda i: i[1], keep=0)) == sorted(old)
 
 
 class FakeResourceManager:

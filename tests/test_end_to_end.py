@@ -24,8 +24,9 @@ import yaml
 from tasks import registry
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import BootTestSettings
+from tasks.model.version import Version
 from tasks.release import instancetest
-from tasks.stages import boottest, identity
+from tasks.stages import boottest
 
 from . import imagefs, servers
 from .conftest import make_key
@@ -34,7 +35,8 @@ from .test_sbom import check_sboms
 REPO = Path(__file__).resolve().parent.parent
 CELLS = ["bookworm-genericcloud-amd64", "bookworm-nocloud-amd64"]
 STAGES = tuple(stage.name for stage in registry.cell_chain())
-VERSION = "e2e-1"
+# A CI pipeline's form of version (date and serial): its time is the base's, not the serial's.
+VERSION = "20261201-1"
 # What each cell publishes besides SHA512SUMS (tasks/stages/publish.py).
 PUBLISHED = ("tar.xz", "qcow2", "json", "spdx.json", "cdx.json", "intoto.json", "changes.json", "changes.txt")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")]
@@ -771,13 +773,13 @@ def test_reproduce_builds_the_cell_again_with_identical_trees(runs):
 
 def test_a_new_version_restores_the_steps_as_a_fresh_build_makes_them(runs):
     """Built again as a daily would be, with a new dated version (after the base's time, as a
-    run's start is): the packages and the initramfs kept by the e2e-1 builds are restored, and
+    run's start is): the packages and the initramfs kept by the first builds are restored, and
     the image equals one built with that version making every step (doit reproduce)."""
     base = runs[0]
     cell = "bookworm-nocloud-amd64"
     kept_time = json.loads((base / "build" / cell / "build-info.json").read_text())["source_date_epoch"]
     tarball = base / "build" / "base" / "bookworm-amd64.tar.zst"
-    dated = datetime.fromtimestamp(tarball.stat().st_mtime + 60, UTC).strftime(identity.VERSION_TIME)
+    dated = str(Version.of_run(datetime.fromtimestamp(tarball.stat().st_mtime + 60, UTC)))
     assert doit(base, "forget", f"build:{cell}").returncode == 0
     result = doit(base, f"build:{cell}", version=dated)
     assert result.returncode == 0, result.stdout + result.stderr

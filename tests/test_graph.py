@@ -30,6 +30,7 @@ def load(p) -> dict:
 
 
 CHAIN = [stage.name for stage in registry.cell_chain()]
+VERSION_FORM = "YYYYMMDD-N (a date, a dash and a serial number, e.g. 20261207-0600)"
 
 
 def config_of(task) -> dict:
@@ -364,7 +365,10 @@ def test_actions_are_module_level_functions(tmp_path):
         ({"step_cache": "off"}, "command line: step_cache: expected yes or no, got 'off'"),
         ({"confirm": "ye"}, "command line: confirm: expected yes or no, got 'ye'"),
         ({"protected": "maybe"}, "command line: protected: expected yes or no, got 'maybe'"),
-        ({"version": "2026 11"}, "command line: version: expected letters, digits and .+~- only, got '2026 11'"),
+        *(
+            ({"version": given}, f"command line: version: expected a version {VERSION_FORM}, got {given!r}")
+            for given in ("2026 11", "rc1", "latest", "20261332-1", "20261207-", "20261207-1234567890")
+        ),
         ({"tier": "nightly"}, "tiers: no tier named 'nightly' (expected one of: push, full)"),
         (
             {"storage": "ftp://host/images"},
@@ -398,12 +402,12 @@ def test_version_defaults_to_the_run_start(tmp_path):
     p = make_plan(tmp_path)
     assert len(p.build_version) == len("20261125-1532") and p.build_version[8] == "-"
     assert p.version is None
-    given = make_plan(tmp_path, version="7")
-    assert (given.build_version, given.version) == ("7", "7")
+    given = make_plan(tmp_path, version="20261207-7")
+    assert (given.build_version, given.version) == ("20261207-7", "20261207-7")
 
 
 def test_given_version_remakes_manifests_not_images(tmp_path):
-    base, given = load(make_plan(tmp_path)), load(make_plan(tmp_path, version="7"))
+    base, given = load(make_plan(tmp_path)), load(make_plan(tmp_path, version="20261207-7"))
     name = "bookworm-nocloud-amd64"
     assert config_of(base[f"build:{name}"]) == config_of(given[f"build:{name}"])
     assert config_of(base[f"manifest:{name}"]) != config_of(given[f"manifest:{name}"])

@@ -18,7 +18,7 @@ def made_base(tmp_path):
 def test_a_dated_version_is_the_build_time_else_the_base_time(tmp_path):
     base = made_base(tmp_path)
     assert identity.source_date_epoch("20261128-0039", base) == BASE_TIME + 2 * 3600 + 9 * 60
-    assert identity.source_date_epoch("e2e-1", base) == BASE_TIME
+    assert identity.source_date_epoch("20261207-3", base) == BASE_TIME
 
 
 def test_the_initramfs_time_is_the_base_time_whatever_the_later_version(tmp_path):
@@ -26,7 +26,7 @@ def test_the_initramfs_time_is_the_base_time_whatever_the_later_version(tmp_path
     # Two runs' dated versions after the base: one initramfs time, so the step cache reuses it.
     assert identity.initramfs_epoch("20261128-0039", base) == BASE_TIME
     assert identity.initramfs_epoch("20261129-1200", base) == BASE_TIME
-    assert identity.initramfs_epoch("e2e-1", base) == BASE_TIME
+    assert identity.initramfs_epoch("20261207-3", base) == BASE_TIME
     # A version older than the base bounds every time in the image, the initramfs's too.
     older = identity.source_date_epoch("20260101-0000", base)
     assert older < BASE_TIME and identity.initramfs_epoch("20260101-0000", base) == older

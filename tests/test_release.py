@@ -111,9 +111,7 @@ def test_release_publishes_a_version_directory_then_latest_and_notifies(
                 webhook=webhook.url + "/hook",
             ),
         )
-        record = release.release(
-            cell, files, True, storage.Location(nginx.url), FAST, settings, BOOT, tmp_path / "locks"
-        )
+        record = release.release(cell, files, True, storage.Location(nginx.url), FAST, settings, BOOT)
         root = nginx.root / "images" / "bookworm"
         published = root / VERSION
         image = f"debian-12-nocloud-amd64-{VERSION}"
@@ -213,7 +211,7 @@ def test_nothing_is_published_when_the_instance_test_fails(test_matrix, tmp_path
     location = storage.Location((tmp_path / "public").as_uri())
     expected = "bookworm-genericcloud-amd64: the instance test failed: SSH did not answer within 15 s"
     with pytest.raises(StageFailed, match=expected) as caught:
-        release.release(cell, files, True, location, FAST, settings, BOOT, tmp_path / "locks")
+        release.release(cell, files, True, location, FAST, settings, BOOT)
     assert str(files.dir / "instance-test-console.log") in str(caught.value)
     assert (files.dir / "instance-test-console.log").exists()
     assert not (tmp_path / "public").exists()
@@ -314,7 +312,7 @@ def test_a_release_run_again_after_a_failure_does_not_upload_twice(test_matrix, 
     client = boto3.client("ec2", region_name="us-east-1")
     before = len(client.describe_images(Owners=["self"])["Images"])
     with pytest.raises(notify.NotifyFailed):
-        release.release(cell, files, True, location, FAST, settings, BOOT, tmp_path / "locks")
+        release.release(cell, files, True, location, FAST, settings, BOOT)
     assert not files.release_record.exists()
     assert len(client.describe_images(Owners=["self"])["Images"]) == before + 1
     published = tmp_path / "public" / "bookworm" / VERSION
@@ -322,7 +320,7 @@ def test_a_release_run_again_after_a_failure_does_not_upload_twice(test_matrix, 
 
     box = servers.Mailbox(port).start()  # the mail server is back
     try:
-        record = release.release(cell, files, True, location, FAST, settings, BOOT, tmp_path / "locks")
+        record = release.release(cell, files, True, location, FAST, settings, BOOT)
     finally:
         box.stop()
     assert len(client.describe_images(Owners=["self"])["Images"]) == before + 1, "no second AMI"
@@ -425,9 +423,9 @@ def test_an_ec2_release_interrupted_after_one_region_does_the_rest_and_no_duplic
     monkeypatch.setattr(ec2, "copy_to", copy_to)
     imports = len(aws_emulator_tasks())
     with pytest.raises(ec2.Ec2Failed, match="cancelled"):
-        release.release(cell, files, True, location, FAST, settings, BOOT, tmp_path / "locks")
+        release.release(cell, files, True, location, FAST, settings, BOOT)
     assert [len(_images_named(f"debian-12-ec2-amd64-{VERSION}", r)) for r in REGIONS] == [1, 1, 0]
-    record = release.release(cell, files, True, location, FAST, settings, BOOT, tmp_path / "locks")
+    record = release.release(cell, files, True, location, FAST, settings, BOOT)
     assert copies == [REGIONS[1], REGIONS[2], REGIONS[2]], "the second run copied to the missing region only"
     assert len(aws_emulator_tasks()) == imports + 1, "one snapshot import in all"
     assert list(record["platforms"][0]["regions"]) == list(REGIONS)
@@ -435,7 +433,7 @@ def test_an_ec2_release_interrupted_after_one_region_does_the_rest_and_no_duplic
     # Journal lost (a CI job retried from scratch): the AMIs are found by name, none is made again.
     files.release_record.unlink()
     files.release_progress.unlink(missing_ok=True)
-    again = release.release(cell, files, True, location, FAST, settings, BOOT, tmp_path / "locks")
+    again = release.release(cell, files, True, location, FAST, settings, BOOT)
     assert again["platforms"][0]["regions"] == record["platforms"][0]["regions"]
     assert [len(_images_named(f"debian-12-ec2-amd64-{VERSION}", r)) for r in REGIONS] == [1, 1, 1]
     assert len(aws_emulator_tasks()) == imports + 1
@@ -611,7 +609,7 @@ def test_azure_upload_writes_a_page_blob_and_asks_for_a_gallery_version_or_an_im
 def test_azure_gallery_versions_come_from_dated_release_versions(test_matrix):
     assert azure.gallery_version(test_matrix.cell("trixie-azure-amd64"), "20261127-3") == "13.20261127.3"
     assert azure.gallery_version(test_matrix.cell("sid-azure-arm64"), "20261127-1532") == "0.20261127.1532"
-    with pytest.raises(azure.AzureFailed, match="'ci-42' cannot be an Azure gallery version"):
+    with pytest.raises(azure.AzureFailed, match="no Azure gallery version .* expected a version YYYYMMDD-N.*'ci-42'"):
         azure.gallery_version(test_matrix.cell("sid-azure-arm64"), "ci-42")
 
 
@@ -804,5 +802,5 @@ def test_a_release_without_a_signing_key_is_refused_before_anything_runs(test_ma
     monkeypatch.delenv(signing.FINGERPRINT_ENV)
     location = storage.Location((tmp_path / "public").as_uri())
     with pytest.raises(release.ReleaseRefused, match=f"a release is signed: set {signing.KEY_ENV}"):
-        release.release(cell, files, True, location, FAST, ReleaseSettings(), BOOT, tmp_path / "locks")
+        release.release(cell, files, True, location, FAST, ReleaseSettings(), BOOT)
     assert not (tmp_path / "public").exists() and not files.release_progress.exists()

@@ -20,7 +20,7 @@ IMAGE = "debian-12-nocloud-amd64-20261125-1200"
 def publish(cell, files, root, tmp_path):
     from .test_storage import FAST
 
-    return publication.publish(cell, files, Location(root.as_uri()), FAST, tmp_path / "locks")
+    return publication.publish(cell, files, Location(root.as_uri()), FAST)
 
 
 def test_a_published_daily_is_signed_and_gpgv_accepts_it(nocloud, signing_env, tmp_path):

@@ -14,6 +14,8 @@ import uuid
 import boto3
 import pytest
 
+from tasks import published
+from tasks.model import plan
 from tasks.model.matrix import PublishSettings
 from tasks.stages import manifest
 from tasks.stages import publish as publication
@@ -22,23 +24,27 @@ from tasks.system import atomic
 from tasks.system.checksum import parse_sums
 
 from . import servers
-from .conftest import fake_outputs
+from .conftest import REPO, fake_outputs
 
 FAST = PublishSettings(keep_dailies=14, retries=3, retry_delay=0.01)
 pytestmark = pytest.mark.skipif(not servers.have_nginx(), reason="nginx with WebDAV is installed by tools/setup-host")
 
 
 class Store:
-    """A storage backend under test, and an independent way to look inside it."""
+    """A storage backend under test, and an independent way to look inside it (and to damage it)."""
 
-    def __init__(self, location, listing, reading):
-        self.location, self.listing, self.reading = location, listing, reading
+    def __init__(self, location, listing, reading, writing):
+        self.location, self.listing, self.reading, self.writing = location, listing, reading, writing
 
     def files(self, directory: str) -> set[str]:
         return set(self.listing(directory))
 
     def read(self, path: str) -> bytes | None:
         return self.reading(path)
+
+    def write(self, path: str, data: bytes) -> None:
+        """Change what storage holds behind the publisher's back."""
+        self.writing(path, data)
 
     def sums(self, directory: str) -> dict[str, str]:
         return parse_sums((self.read(f"{directory}/SHA512SUMS") or b"").decode())
@@ -58,17 +64,35 @@ def local_store(tmp_path):
         d = root / directory
         return [p.name for p in d.iterdir() if p.is_file()] if d.is_dir() else []
 
-    return Store(Location(root.as_uri()), listing, lambda p: (root / p).read_bytes() if (root / p).is_file() else None)
+    return Store(
+        Location(root.as_uri()),
+        listing,
+        lambda p: (root / p).read_bytes() if (root / p).is_file() else None,
+        writer(root),
+    )
 
 
-def dav_store(nginx):
-    root = nginx.root / "images"
+def writer(root):
+    def write(path, data):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+
+    return write
+
+
+def dav_store(nginx, under: str = ""):
+    root = nginx.root / "images" / under
 
     def listing(directory):
         d = root / directory
         return [p.name for p in d.iterdir() if p.is_file()] if d.is_dir() else []
 
-    return Store(Location(nginx.url), listing, lambda p: (root / p).read_bytes() if (root / p).is_file() else None)
+    return Store(
+        Location(f"{nginx.url}/{under}".rstrip("/")),
+        listing,
+        lambda p: (root / p).read_bytes() if (root / p).is_file() else None,
+        writer(root),
+    )
 
 
 def s3_store(moto, monkeypatch, bucket="images"):
@@ -91,7 +115,10 @@ def s3_store(moto, monkeypatch, bucket="images"):
         except client.exceptions.NoSuchKey:
             return None
 
-    return Store(Location(f"s3://{bucket}/debian"), listing, reading)
+    def writing(path, data):
+        client.put_object(Bucket=bucket, Key=f"debian/{path}", Body=data)  # as any client writes: S3 keeps its CRC32
+
+    return Store(Location(f"s3://{bucket}/debian"), listing, reading, writing)
 
 
 @pytest.fixture(params=["file", "webdav", "s3"])
@@ -107,7 +134,7 @@ def store(request, tmp_path, moto, monkeypatch):
 
 
 def publish(cell, files, store, tmp_path, settings=FAST):
-    return publication.publish(cell, files, store.location, settings, tmp_path / "locks")
+    return publication.publish(cell, files, store.location, settings)
 
 
 def sha512(data: bytes) -> str:
@@ -165,6 +192,51 @@ def test_old_dailies_are_deleted_but_not_latest(test_matrix, store, tmp_path):
         assert bool(store.files(f"bookworm/daily/{version}")) is kept, version
 
 
+def test_versions_follow_their_order_and_what_is_not_one_is_left_alone(test_matrix, store, tmp_path):
+    """latest names the newest version, whatever was published last; retention keeps the newest
+    keep_dailies, never the version just published nor a directory that is not a version."""
+    cell = test_matrix.cell("bookworm-nocloud-amd64")
+    store.write("bookworm/daily/rc1/notes.txt", b"made by hand")
+    store.write("bookworm/daily/latest", b"rc1\n")
+    settings = PublishSettings(keep_dailies=2, retries=2, retry_delay=0.01)
+    # As text, 20261207-9 would sort after 20261207-10.
+    versions = ("20261207-10", "20261207-9", "20261207-2", "20261206-2300")
+    for version in versions:
+        files = fake_outputs(tmp_path / version, cell, version=version)
+        manifest.write(cell, files)
+        publish(cell, files, store, tmp_path, settings)
+        assert store.files(f"bookworm/daily/{version}"), f"{version}, just published, is kept"
+    assert store.read("bookworm/daily/latest") == b"20261207-10\n"
+    assert {v for v in versions if store.files(f"bookworm/daily/{v}")} == {"20261207-10", "20261207-9", "20261206-2300"}
+    assert store.read("bookworm/daily/rc1/notes.txt") == b"made by hand"
+    changes = json.loads(store.read("bookworm/daily/20261207-9/debian-12-nocloud-amd64-20261207-9.changes.json"))
+    assert changes["previous_version"] is None, "20261207-10 is newer: 20261207-9 has no previous version"
+
+
+def test_a_damaged_published_file_is_replaced_by_publishing_again(nocloud, store, signing_env, tmp_path, capsys):
+    cell, files = nocloud
+    publish(cell, files, store, tmp_path)
+    good = store.read(f"{DAILY}/{IMAGE}.qcow2")
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0x01  # one flipped bit, the same size
+    store.write(f"{DAILY}/{IMAGE}.qcow2", bytes(damaged))
+    store.write(f"{DAILY}/{IMAGE}.spdx.json", b"")  # and one emptied
+    capsys.readouterr()
+    publish(cell, files, store, tmp_path)
+    out = capsys.readouterr().out
+    assert f"{IMAGE}.qcow2: the published file differs from this one: replacing it" in out
+    assert out.count("already published, unchanged") == len(SUFFIXES) - 2
+    assert store.read(f"{DAILY}/{IMAGE}.qcow2") == good
+    the_plan = plan_of(store, tmp_path)
+    checked = published.verify(the_plan, f"bookworm-nocloud-amd64@{DAILY.rsplit('/', 1)[1]}", signing_env.public)
+    assert any("qcow2" in line for line in checked)
+
+
+def plan_of(store, tmp_path):
+    options = {"storage": store.location.url, "workdir": str(tmp_path / "work"), "matrix": str(REPO / "matrix.yaml")}
+    return plan.from_options(REPO, options.get)
+
+
 def test_a_changed_file_never_stands_beside_a_stale_checksum(nocloud, store, tmp_path, monkeypatch):
     """Republishing changed files, interrupted after the first: SHA512SUMS still only vouches
     for files that match it, nothing half-written carries a published name, and a rerun completes."""
@@ -174,18 +246,19 @@ def test_a_changed_file_never_stands_beside_a_stale_checksum(nocloud, store, tmp
     files.artifact("qcow2").write_bytes(b"rebuilt qcow2" * 1000)
     manifest.write(cell, files)
     backend_class = type(store.location.open())
-    real_move, moves = backend_class.move, []
+    # What gives a file its name: a move, or S3's upload to the key itself (an object appears whole).
+    commit = "move" if "move" in vars(backend_class) else "upload"
+    real = getattr(backend_class, commit)
 
-    def interrupted_move(self, source, target):
-        moves.append(target)
-        if target.endswith(".qcow2"):
+    def interrupted(self, *args):
+        if args[1].endswith(".qcow2"):  # the target: move(source, target), upload(local, path, ...)
             raise KeyboardInterrupt
-        real_move(self, source, target)
+        real(self, *args)
 
-    monkeypatch.setattr(backend_class, "move", interrupted_move)
+    monkeypatch.setattr(backend_class, commit, interrupted)
     with pytest.raises(KeyboardInterrupt):
         publish(cell, files, store, tmp_path)
-    monkeypatch.setattr(backend_class, "move", real_move)
+    monkeypatch.setattr(backend_class, commit, real)
 
     listed = store.sums(DAILY)
     for name, digest in listed.items():
@@ -201,7 +274,9 @@ def test_a_changed_file_never_stands_beside_a_stale_checksum(nocloud, store, tmp
 def test_a_source_that_changed_after_its_manifest_is_refused(nocloud, store, tmp_path):
     cell, files = nocloud
     files.artifact("qcow2").write_bytes(b"tampered after the manifest")
-    with pytest.raises(PublishFailed, match="differs from the local file"):
+    with pytest.raises(
+        PublishFailed, match="differs from the local file|the local file differs from the one described"
+    ):
         publish(cell, files, store, tmp_path)
     assert store.read(f"{DAILY}/SHA512SUMS") in (None, b"")
     assert not [n for n in store.files(DAILY) if ".upload-" in n or n.endswith(".qcow2")]
@@ -224,7 +299,7 @@ def test_server_errors_are_retried(nocloud, flaky, tmp_path):
     cell, files = nocloud
     nginx, proxy, inside, location = flaky
     proxy.fail("PUT", "500", times=2)
-    publication.publish(cell, files, location, FAST, tmp_path / "locks")
+    publication.publish(cell, files, location, FAST)
     assert proxy.seen.count("PUT") >= 2 + len(SUFFIXES)  # two refused, then each file
     assert set(inside.sums(DAILY)) == {f"{IMAGE}.{suffix}" for suffix in SUFFIXES}
 
@@ -234,9 +309,9 @@ def test_persistent_server_errors_fail_clearly_and_a_rerun_completes(nocloud, fl
     nginx, proxy, inside, location = flaky
     proxy.fail("PUT", "500", times=FAST.retries)
     with pytest.raises(PublishFailed, match=r"uploading .* HTTP 500 .*gave up after 3 attempts"):
-        publication.publish(cell, files, location, FAST, tmp_path / "locks")
+        publication.publish(cell, files, location, FAST)
     assert inside.read(f"{DAILY}/SHA512SUMS") is None and inside.read("bookworm/daily/latest") is None
-    publication.publish(cell, files, location, FAST, tmp_path / "locks")
+    publication.publish(cell, files, location, FAST)
     assert len(inside.sums(DAILY)) == len(SUFFIXES)
 
 
@@ -244,7 +319,7 @@ def test_a_connection_dropped_mid_upload_is_retried(nocloud, flaky, tmp_path):
     cell, files = nocloud
     nginx, proxy, inside, location = flaky
     proxy.fail("PUT", "drop", times=2)
-    publication.publish(cell, files, location, FAST, tmp_path / "locks")
+    publication.publish(cell, files, location, FAST)
     for name, digest in inside.sums(DAILY).items():
         assert sha512(inside.read(f"{DAILY}/{name}")) == digest
 
@@ -256,10 +331,10 @@ def test_wrong_credentials_fail_without_showing_them(nocloud, tmp_path, monkeypa
         monkeypatch.setenv("IMAGES_STORAGE_USER", "uploader")
         monkeypatch.setenv("IMAGES_STORAGE_PASSWORD", "wrong-secret")
         with pytest.raises(PublishFailed) as caught:
-            publication.publish(cell, files, Location(nginx.url), FAST, tmp_path / "locks")
+            publication.publish(cell, files, Location(nginx.url), FAST)
         assert "refused the credentials" in str(caught.value) and "secret" not in str(caught.value)
         monkeypatch.setenv("IMAGES_STORAGE_PASSWORD", "right-secret")
-        publication.publish(cell, files, Location(nginx.url), FAST, tmp_path / "locks")
+        publication.publish(cell, files, Location(nginx.url), FAST)
         assert len(dav_store(nginx).sums(DAILY)) == len(SUFFIXES)
     finally:
         nginx.stop()
@@ -275,19 +350,19 @@ def test_a_full_disk_on_the_server_fails_clearly_and_keeps_what_was_published(te
         nginx.start()
         small = fake_outputs(tmp_path / "first", cell, version="20261124-1")
         manifest.write(cell, small)
-        publication.publish(cell, small, Location(nginx.url), FAST, tmp_path / "locks")
+        publication.publish(cell, small, Location(nginx.url), FAST)
         big = fake_outputs(tmp_path / "second", cell, version="20261125-1")
         big.artifact("tar.xz").write_bytes(os.urandom(6 << 20))  # more than the server has room for
         manifest.write(cell, big)
         with pytest.raises(PublishFailed) as caught:
-            publication.publish(cell, big, Location(nginx.url), FAST, tmp_path / "locks")
+            publication.publish(cell, big, Location(nginx.url), FAST)
         assert "HTTP 5" in str(caught.value)
         inside = dav_store(nginx)
         assert inside.read("bookworm/daily/latest") == b"20261124-1\n", "the published state is intact"
         for name, digest in inside.sums("bookworm/daily/20261124-1").items():
             assert sha512(inside.read(f"bookworm/daily/20261124-1/{name}")) == digest
         subprocess.run(["mount", "-o", "remount,size=64m", str(nginx.root)], check=True)
-        publication.publish(cell, big, Location(nginx.url), FAST, tmp_path / "locks")
+        publication.publish(cell, big, Location(nginx.url), FAST)
         assert inside.read("bookworm/daily/latest") == b"20261125-1\n"
     finally:
         nginx.stop()

@@ -555,7 +555,9 @@ def main() -> None:
     xz_level = args.xz_level if args.xz_level is not None else matrix.compress.xz_level
     rebuild_cells = args.rebuild_cells or [cell.name for cell in matrix.tier("push")]
     base = args.workdir or Path(tempfile.mkdtemp(prefix="image-benchmark.", dir="/var/tmp"))
-    options = [f"workdir={base / 'build'}", f"storage={base / 'storage'}", "version=benchmark", f"xz_level={xz_level}"]
+    # One version for every run (a serial, not a time: the build's time is its base's), so rebuilds are alike.
+    version = "version=20260101-1"
+    options = [f"workdir={base / 'build'}", f"storage={base / 'storage'}", version, f"xz_level={xz_level}"]
     print(f"benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {CORES} cores")
     report = Report()
     attempt = report.attempt

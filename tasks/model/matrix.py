@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from tasks.errors import StageFailed
 from tasks.model import settings
 from tasks.model.arch import Arch, Format, Milestone
 from tasks.model.settings import BootTestSettings, BuildSettings, CompressSettings, PublishSettings
@@ -25,6 +26,10 @@ from tasks.model.settings import BootTestSettings, BuildSettings, CompressSettin
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]*[MG]$")
 CLASS_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+class UnknownCell(StageFailed):
+    """A cell named (on the command line, in a trigger) that the matrix does not make."""
 
 
 class MatrixError(Exception):
@@ -211,7 +216,13 @@ class Matrix:
         return {cell.name: cell for cell in self.cells}
 
     def cell(self, name: str) -> Cell:
-        return self._cells_by_name[name]
+        try:
+            return self._cells_by_name[name]
+        except KeyError:
+            raise UnknownCell(
+                f"{name!r} is no cell of {self.path.name} (cells are named <release>-<vendor>-<arch>, "
+                f"such as {self.cells[0].name}; `doit list` names them all)"
+            ) from None
 
     def tier(self, name: str) -> list[Cell]:
         if name not in self.tiers:

@@ -9,8 +9,8 @@ matrix     the matrix file                                  matrix.yaml
 tier       which cells the stage groups and default run     push
 workdir    where images are built                           build
 storage    where images are published                       publish.storage
-version    the version published images get                 the version recorded
-                                                            by the cell's build:
+version    the version published images get: YYYYMMDD-N    the version recorded
+           (tasks/model/version.py)                         by the cell's build:
                                                             the UTC start of the
                                                             run that built it,
                                                             YYYYMMDD-HHMM
@@ -44,7 +44,6 @@ Relative paths are relative to the directory holding dodo.py.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +51,7 @@ from pathlib import Path
 
 from tasks.model import matrix as matrix_module
 from tasks.model.matrix import Cell, Matrix, MatrixError
+from tasks.model.version import NotAVersion, Version
 from tasks.storage import Location
 
 OPTIONS = (
@@ -73,7 +73,6 @@ OPTIONS = (
 )
 DEFAULT_WORKDIR = "build"
 _YES, _NO = ("yes", "true", "1"), ("no", "false", "0")
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 
 
 @dataclass(frozen=True)
@@ -97,10 +96,6 @@ class Plan:
     @property
     def tier_cells(self) -> list[Cell]:
         return self.matrix.tier(self.tier)
-
-    @property
-    def locks(self) -> Path:
-        return self.workdir / ".locks"
 
     @property
     def kvm_verdicts(self) -> Path:
@@ -137,13 +132,16 @@ def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[s
             raise MatrixError("command line", "xz_level", f"expected a whole number from 0 to 9, got {xz_level!r}")
         matrix = dataclasses.replace(matrix, compress=dataclasses.replace(matrix.compress, xz_level=int(xz_level)))
 
-    version = get("version")
-    if version is not None and not _VERSION.match(version):
-        raise MatrixError("command line", "version", f"expected letters, digits and .+~- only, got {version!r}")
+    version = get("version") or None
+    if version is not None:
+        try:
+            Version.parse(version)
+        except NotAVersion as error:
+            raise MatrixError("command line", "version", str(error)) from None
 
     storage_option = get("storage")
     try:
-        storage = Location.parse(storage_option or matrix.publish.storage, root)
+        storage = Location.parse(storage_option or matrix.publish.storage, root, query_allowed=bool(storage_option))
     except ValueError as error:
         if storage_option:
             raise MatrixError("command line", "storage", str(error)) from None
@@ -158,7 +156,7 @@ def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[s
         workdir=(root / (get("workdir") or DEFAULT_WORKDIR)).resolve(),
         config_space=config_space,
         storage=storage,
-        build_version=version or datetime.now(UTC).strftime("%Y%m%d-%H%M"),
+        build_version=version or str(Version.of_run(datetime.now(UTC))),
         version=version,
         tier=tier,
         step_cache=_yes_or_no(get, "step_cache", default=True),

@@ -11,9 +11,11 @@ Listed always, deleted only with confirm=yes:
   (tagged debian-cell) beyond the newest release.keep_releases of their cell,
   with the VHD blobs they were made from;
 - storage: the dailies beyond publish.keep_dailies of each release (never the
-  one `latest` names).
+  one `latest` names), deleted under the storage's lock.
 
-The newest release of a cell is never touched (keep_releases is at least 1).
+Versions are ordered as tasks/model/version.py says; what carries no version
+(an image tagged by hand) is never counted and never deleted. The newest
+release of a cell is never touched (keep_releases is at least 1).
 A platform that is not configured is not asked; one that cannot be reached
 fails the cleanup with one line, before anything is deleted.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 
 from tasks.errors import StageFailed
 from tasks.model.plan import Plan
+from tasks.model.version import Version
 from tasks.stages import publish
 from tasks.storage.backend import RetryPolicy
 
@@ -51,13 +54,15 @@ class Expired:
 
 
 def beyond(items: Iterable, cell_of: Callable, version_of: Callable, keep: int) -> list:
-    """The items older than the newest `keep` versions of their cell."""
+    """The items older than the newest `keep` versions of their cell (items without a version are kept)."""
     keep = max(keep, 1)  # never the newest
     expired = []
-    ordered = sorted(items, key=lambda item: (cell_of(item), version_of(item)))
+    versioned = [item for item in items if Version.of(version_of(item))]
+    ordered = sorted(versioned, key=cell_of)
     for _, grouped in itertools.groupby(ordered, key=cell_of):
         group = list(grouped)
-        old = set(sorted({version_of(item) for item in group}, reverse=True)[keep:])
+        newest_first = sorted({Version.parse(version_of(item)) for item in group}, reverse=True)
+        old = {str(v) for v in newest_first[keep:]}
         expired += [item for item in group if version_of(item) in old]
     return expired
 
@@ -184,12 +189,29 @@ def _azure(plan: Plan) -> list[Expired]:
 
 def _storage(plan: Plan) -> list[Expired]:
     backend = plan.storage.open(RetryPolicy(plan.matrix.publish.retries, plan.matrix.publish.retry_delay))
+    keep = plan.matrix.publish.keep_dailies
     found = []
+
+    def remove(release: str, version: str) -> None:
+        # Under the lock, and only if a publication since the listing has not made it `latest`.
+        with backend.locked(f"cleanup of the {release} dailies"):
+            if version in publish.expired_dailies(backend, release, keep):
+                publish.delete_daily(backend, release, version)
+
     for release in plan.matrix.releases:
-        for version in publish.expired_dailies(backend, release, plan.matrix.publish.keep_dailies):
-            remove = functools.partial(publish.delete_daily, backend, release, version)
+        for version in publish.expired_dailies(backend, release, keep):
             where, directory = plan.storage.url, publish.daily_dir(release, version)
-            found.append(Expired("storage", where, f"{release} daily", version, directory, (), remove))
+            found.append(
+                Expired(
+                    "storage",
+                    where,
+                    f"{release} daily",
+                    version,
+                    directory,
+                    (),
+                    functools.partial(remove, release, version),
+                )
+            )
     return found
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
+from tasks.model.matrix import MatrixError
 from tasks.model.records import Manifest
 from tasks.system import atomic, signing
 from tasks.system.checksum import format_sums, parse_sums, sha512_file
@@ -108,7 +109,7 @@ def main(argv: list[str]) -> int:
         files = CellFiles.of(plan.workdir, plan.matrix.cell(argv[1]))
         with signing.configured_signer() as signer:
             names = seal(files, signer)
-    except (StageFailed, KeyError) as error:
+    except (StageFailed, MatrixError) as error:
         print(f"seal: {error}", file=sys.stderr)
         return 1
     print(f"seal {argv[1]}: SHA512SUMS of {', '.join(names)}" + (", signed" if signer else ", NOT signed (no key)"))

@@ -30,7 +30,7 @@ from pathlib import Path
 from tasks.errors import StageFailed
 from tasks.model import plan as plan_module
 from tasks.model.layout import CellFiles
-from tasks.model.matrix import Cell
+from tasks.model.matrix import Cell, UnknownCell
 from tasks.model.plan import DEFAULT_WORKDIR, Plan
 from tasks.release import handoff
 from tasks.release.gitlab import GitLab, extract
@@ -133,7 +133,7 @@ def fetch(trigger: Trigger, plan: Plan, gitlab: GitLab, keyring: Path) -> list[O
     for name in trigger.cells:
         try:
             cell = plan.matrix.cell(name)
-        except KeyError:
+        except UnknownCell:
             raise ReleaseRefused(f"refused: {name} is no cell of {plan.matrix.path.name}") from None
         image, keep = jobs.get(f"image:{name}"), jobs.get(f"keep:{name}")
         if image is None or keep is None:

@@ -48,7 +48,6 @@ def release(
     publish: PublishSettings,
     settings: ReleaseSettings,
     boot: BootTestSettings,
-    locks: Path,
     kvm_verdicts: Path | None = None,
 ) -> dict:
     if not confirmed:
@@ -60,6 +59,7 @@ def release(
             f"{signing.FINGERPRINT_ENV} (its fingerprint) for the release of {cell.name}"
         )
     manifest = Manifest.read(files.manifest)
+    version = publication.version_of(manifest, files.manifest)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     progress = Journal(files.release_progress, sha512_file(files.manifest))
 
@@ -94,13 +94,12 @@ def release(
     # Uploads that are already in place are skipped by publish_directory itself.
     backend = location.open(RetryPolicy(publish.retries, publish.retry_delay))
     directory = publication.release_dir(cell.release.name, manifest.version)
-    with signing.signer(key) as signer, publication.locked(locks, location):
+    with signing.signer(key) as signer, backend.locked(f"releasing {cell.name} {version}"):
         publication.prepare(cell, files, manifest, backend, cell.release.name, signer)
         files_published = publication.publish_directory(
             backend, directory, publication.cell_uploads(files, manifest), signer
         )
-        latest = publication.current_latest(backend, cell.release.name)
-        publication.point_latest(backend, cell.release.name, max(manifest.version, latest))
+        publication.point_latest(backend, cell.release.name, version)
 
     message = {
         "release": cell.release.name,

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
+
+from tasks.model.version import Version
 
 # The project's URL: our namespace for uuid5 and for the documents' URIs.
 NAMESPACE_URL = "https://salsa.debian.org/cloud-team/debian-image-matrix"
@@ -38,7 +39,6 @@ IDENTIFIERS = {
 ESP_VOLUME_ID = "IMAGE_ESP_VOLUME_ID"  # vfat's 32-bit volume id, 8 hex digits
 # Every variable disk_identifiers sets (the step cache masks their values).
 VARIABLES = (*IDENTIFIERS, ESP_VOLUME_ID)
-VERSION_TIME = "%Y%m%d-%H%M"
 
 
 def identifier(cell_name: str, version: str, role: str) -> uuid.UUID:
@@ -53,11 +53,12 @@ def disk_identifiers(cell_name: str, version: str) -> dict[str, str]:
 
 
 def source_date_epoch(version: str, base: Path) -> int:
-    """The version's own time when it is one, else the base tarball's."""
-    try:
-        return int(datetime.strptime(version, VERSION_TIME).replace(tzinfo=UTC).timestamp())
-    except ValueError:
-        return int(base.stat().st_mtime if base.is_file() else time.time())
+    """The version's own time when its serial is one (Version.moment), else the base tarball's."""
+    parsed = Version.of(version)
+    moment = parsed.moment if parsed else None
+    if moment is not None:
+        return int(moment.timestamp())
+    return int(base.stat().st_mtime if base.is_file() else time.time())
 
 
 def initramfs_epoch(version: str, base: Path) -> int:

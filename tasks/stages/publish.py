@@ -12,34 +12,38 @@ Each cell publishes its image files, its manifest, its SBOMs, its provenance
 changes.txt). Each version directory has a SHA512SUMS listing them all and,
 when a signing key is configured (tasks/system/signing.py), its detached signature
 SHA512SUMS.asc, written after it; a daily without a key is published unsigned
-with a warning, a release refuses. Every file is uploaded under a
-temporary name, read back and checked, then moved to its name; SHA512SUMS is
-written after the files it lists, and `latest` after SHA512SUMS, so a reader
-never finds a SHA512SUMS listing a file that is missing or different, nor a
-`latest` naming an incomplete version. A file about to be replaced by
-different content leaves SHA512SUMS first. A file whose published copy
-already has the same checksum is not uploaded again. Older dailies beyond
-publish.keep_dailies are deleted, never the one `latest` names.
+with a warning, a release refuses.
 
-Publications into one storage are serialised by a lock in the work
-directory (two cells of a release share a SHA512SUMS).
+- **Nothing is taken on trust.** Every file is compared with what storage
+  holds under its name (Backend.holds: read back, or by the checksum S3
+  keeps); what differs or is missing is uploaded (checked before it takes its
+  name: tasks/storage/backend.py), so publishing again mends a damaged or
+  lost file. SHA512SUMS is written after the files it lists, and `latest`
+  after SHA512SUMS, so a reader never finds a SHA512SUMS listing a file that
+  is missing or different, nor a `latest` naming an incomplete version. A file
+  about to be replaced by different content leaves SHA512SUMS first.
+- **One writer at a time.** Everything a publication writes is written under
+  the storage's own lock (Backend.locked), whatever machine or work
+  directory the other writers run in: the cells of a version share its
+  SHA512SUMS, and the versions of a release its `latest`.
+- **Versions in their order** (tasks/model/version.py): `latest` names the
+  newest, the previous version is the newest older one, and older dailies
+  beyond publish.keep_dailies are deleted, never the version just published
+  nor the one `latest` names, nor a directory that is not a version.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import functools
-import hashlib
 import json
 import posixpath
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, PublishSettings
 from tasks.model.records import Manifest, PublishReceipt, RecordError
+from tasks.model.version import NotAVersion, Version, newest, ordered
 from tasks.stages import changes, provenance
 from tasks.stages.manifest import public_name
 from tasks.storage import Backend, Location, RetryPolicy
@@ -58,16 +62,12 @@ def release_dir(release: str, version: str) -> str:
     return f"{release}/{version}"
 
 
-@contextlib.contextmanager
-def locked(lock_dir: Path, location: Location) -> Iterator[None]:
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(location.url.encode()).hexdigest()[:16]
-    with open(lock_dir / f"publish-{name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def version_of(manifest: Manifest, source: Path) -> Version:
+    """The manifest's version, which a publication files the image under: refused unless it is one."""
+    try:
+        return Version.parse(manifest.version)
+    except NotAVersion as error:
+        raise StageFailed(f"{source}: version: {error}; build it again with doit version=...") from None
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ def publish_directory(
     backend: Backend, directory: str, uploads: list[Upload], signer: signing.Signer | None = None
 ) -> dict[str, str]:
     """Put uploads into directory and list them in its SHA512SUMS (signed when
-    there is a signer); return name -> digest."""
+    there is a signer); return name -> digest. Called under the storage lock."""
     sums_path = posixpath.join(directory, SUMS)
-    listed = parse_sums(backend.retry.run(f"reading {sums_path}", lambda: backend.read_text(sums_path)) or "")
+    listed = parse_sums(backend.read(sums_path) or "")
     entries = {u.name: u.sha512 for u in uploads}
     # A file about to be replaced leaves SHA512SUMS first: it never vouches for a different file.
     replaced = {name for name, digest in entries.items() if listed.get(name, digest) != digest}
@@ -91,13 +91,11 @@ def publish_directory(
         backend.put_text_atomically(sums_path, format_sums({n: d for n, d in listed.items() if n not in replaced}))
     for upload in uploads:
         path = posixpath.join(directory, upload.name)
-        if (
-            listed.get(upload.name) == upload.sha512
-            and backend.retry.run(f"checking {path}", functools.partial(backend.size, path))
-            == upload.source.stat().st_size
-        ):
+        if backend.holds(path, upload.source, upload.sha512):
             print(f"{upload.name}: already published, unchanged")
             continue
+        if backend.stat(path) is not None:
+            print(f"{upload.name}: the published file differs from this one: replacing it")
         backend.put_verified(upload.source, path, upload.sha512, f"upload {upload.name}")
     merged = {n: d for n, d in listed.items() if n not in replaced}
     merged.update(entries)
@@ -108,30 +106,39 @@ def publish_directory(
         backend.put_text_atomically(signature_path, signer.sign_detached(sums.encode()).decode())
     else:
         # A signature of an older SHA512SUMS would fail anyone who checks it.
-        backend.retry.run(f"deleting {signature_path}", functools.partial(backend.delete, signature_path))
+        backend.remove(signature_path)
     return entries
 
 
-def point_latest(backend: Backend, parent: str, version: str) -> None:
-    backend.put_text_atomically(posixpath.join(parent, LATEST), version + "\n")
+def current_latest(backend: Backend, parent: str) -> str:
+    return (backend.read(f"{parent}/{LATEST}") or "").strip()
 
 
-def expired_dailies(backend: Backend, release: str, keep: int) -> list[str]:
-    """The dailies of release beyond the newest `keep` (never the one `latest` names)."""
+def point_latest(backend: Backend, parent: str, version: Version) -> str:
+    """Make parent's `latest` name version unless it names a newer one; what it names now."""
+    current = current_latest(backend, parent)
+    named = newest([current, str(version)]) or str(version)
+    if named != current:
+        backend.put_text_atomically(posixpath.join(parent, LATEST), named + "\n")
+    return named
+
+
+def expired_dailies(backend: Backend, release: str, keep: int, published: str | None = None) -> list[str]:
+    """The dailies of release beyond the newest `keep`, oldest first: never the one `latest` names,
+    nor published (the version a publication just made), nor a directory that is not a version."""
     parent = f"{release}/daily"
-    latest = (backend.retry.run("reading latest", lambda: backend.read_text(f"{parent}/{LATEST}")) or "").strip()
-    versions = backend.retry.run(f"listing {parent}", lambda: backend.list_dirs(parent))
-    return [v for v in sorted(versions)[:-keep] if v != latest] if keep else []
+    spared = {current_latest(backend, parent), published}
+    versions = ordered(backend.dirs(parent))
+    return [v for v in versions[: max(len(versions) - keep, 0)] if v not in spared]
 
 
 def delete_daily(backend: Backend, release: str, version: str) -> None:
-    directory = daily_dir(release, version)
-    backend.retry.run(f"deleting {directory}", functools.partial(backend.delete_dir, directory))
+    backend.remove_dir(daily_dir(release, version))
 
 
-def prune_dailies(backend: Backend, release: str, keep: int) -> list[str]:
-    """Delete all but the newest `keep` dailies of release (never the one `latest` names)."""
-    doomed = expired_dailies(backend, release, keep)
+def prune_dailies(backend: Backend, release: str, keep: int, published: str | None = None) -> list[str]:
+    """Delete all but the newest `keep` dailies of release (expired_dailies); the deleted versions."""
+    doomed = expired_dailies(backend, release, keep, published)
     for version in doomed:
         delete_daily(backend, release, version)
     return doomed
@@ -157,14 +164,22 @@ def cell_uploads(files: CellFiles, manifest: Manifest) -> list[Upload]:
     return uploads
 
 
-def previous_version(backend: Backend, parent: str, cell: Cell, version: str) -> tuple[str, dict] | None:
+def previous_version(backend: Backend, parent: str, cell: Cell, version: Version) -> tuple[str, dict] | None:
     """The newest version before `version` under parent that holds this cell: its manifest."""
-    versions = backend.retry.run(f"listing {parent}", lambda: backend.list_dirs(parent))
-    for candidate in sorted((v for v in versions if v < version and v != "daily"), reverse=True):
+    older = [v for v in ordered(backend.dirs(parent)) if Version.parse(v) < version]
+    for candidate in reversed(older):
         path = posixpath.join(parent, candidate, public_name(cell.image_name(candidate), "json"))
-        text = backend.retry.run(f"reading {path}", functools.partial(backend.read_text, path))
-        if text:
-            return candidate, json.loads(text)
+        text = backend.read(path)
+        if not text:
+            continue
+        try:
+            found = json.loads(text)
+        except ValueError:
+            found = None
+        # What changes are made from, in every schema a manifest had.
+        if isinstance(found, dict) and isinstance(found.get("name"), str) and isinstance(found.get("packages"), list):
+            return candidate, found
+        print(f"warning: {backend.name}/{path} is not a manifest; changes are taken from an older version")
     return None
 
 
@@ -173,7 +188,7 @@ def prepare(cell: Cell, files: CellFiles, manifest: Manifest, backend: Backend, 
     under parent, and the provenance statement in a DSSE envelope (signed when
     there is a signer)."""
     new = changes.ImagePackages.of(manifest.name, manifest.version, manifest.packages, files.dpkg_status)
-    previous = previous_version(backend, parent, cell, manifest.version)
+    previous = previous_version(backend, parent, cell, version_of(manifest, files.manifest))
     old = changes.ImagePackages.of(previous[1]["name"], previous[0], previous[1]["packages"]) if previous else None
     found = changes.compare(old, new, changes.read_changelogs(files.changelogs))
     atomic.write_json(files.changes("json"), found)
@@ -185,13 +200,14 @@ def prepare(cell: Cell, files: CellFiles, manifest: Manifest, backend: Backend, 
         atomic.write_json(files.provenance_envelope, envelope)
 
 
-def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishSettings, lock_dir: Path) -> dict:
+def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishSettings) -> dict:
     """doit's publish stage: a cell as a daily build; write and return the receipt."""
     manifest = Manifest.read(files.manifest)
-    release, version = cell.release.name, manifest.version
+    version = version_of(manifest, files.manifest)
+    release = cell.release.name
     backend = location.open(RetryPolicy(settings.retries, settings.retry_delay))
-    directory = daily_dir(release, version)
-    with signing.configured_signer() as signer, locked(lock_dir, location):
+    directory = daily_dir(release, str(version))
+    with signing.configured_signer() as signer, backend.locked(f"publishing {cell.name} {version}"):
         if signer is None:
             print(
                 f"warning: no signing key ({signing.KEY_ENV}, {signing.FINGERPRINT_ENV}): "
@@ -200,8 +216,8 @@ def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishS
         prepare(cell, files, manifest, backend, f"{release}/daily", signer)
         uploads = cell_uploads(files, manifest)
         entries = publish_directory(backend, directory, uploads, signer)
-        point_latest(backend, f"{release}/daily", max(version, current_latest(backend, f"{release}/daily")))
-        pruned = prune_dailies(backend, release, settings.keep_dailies)
+        point_latest(backend, f"{release}/daily", version)
+        pruned = prune_dailies(backend, release, settings.keep_dailies, published=str(version))
     if pruned:
         print(f"deleted older dailies of {release}: {', '.join(pruned)}")
     receipt = PublishReceipt(
@@ -213,10 +229,6 @@ def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishS
     )
     atomic.write_json(files.published, receipt.to_json())
     return receipt.to_json()
-
-
-def current_latest(backend: Backend, parent: str) -> str:
-    return (backend.retry.run("reading latest", lambda: backend.read_text(f"{parent}/{LATEST}")) or "").strip()
 
 
 def still_published(receipt_path: str, location_url: str) -> bool:

@@ -1,24 +1,43 @@
 """Storage on a WebDAV server (http:// and https:// URLs): PUT, MOVE, MKCOL,
-DELETE and PROPFIND through requests.
+DELETE and PROPFIND through requests; the storage lock is WebDAV's LOCK.
 
 Credentials come from IMAGES_STORAGE_USER and IMAGES_STORAGE_PASSWORD, or from
 ~/.netrc (which requests reads by itself); never from matrix.yaml, and they
-appear in no message.
+appear in no message. A URL's query (a token some servers take there) is sent
+with every request and shown as <redacted> (tasks/storage/location.py).
+
+The storage lock is an exclusive write lock (RFC 4918, a class 2 server) on
+<root>/.lock: the server lets one client hold it, expires it when its holder
+stops renewing it, and answers 423 Locked to the others, which wait. nginx
+needs its dav_ext module with `dav_ext_lock_zone` and `dav_ext_lock`.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import random
+import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Callable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from xml.sax.saxutils import escape
 
 import requests
 
 from tasks.progress import StageProgress
-from tasks.storage.backend import CHUNK, Backend, PublishFailed, Transient
+from tasks.storage.backend import (
+    CHUNK,
+    LOCK_NAME,
+    Backend,
+    Holder,
+    Lease,
+    LockLost,
+    PublishFailed,
+    Transient,
+    wait_announced,
+)
 
 TIMEOUT = (10, 300)  # connect, read
 _DAV = "{DAV:}"
@@ -38,22 +57,33 @@ class _Counted:
 
 
 class WebDavBackend(Backend):
-    def __init__(self, url: str):
-        self.base = url.rstrip("/") + "/"
-        self.name = self.base
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = "debian-image-matrix"
+    def __init__(self, url: str, name: str):
+        parts = urlsplit(url)
+        self._scheme, self._netloc, self._query = parts.scheme, parts.netloc, parts.query
+        self._root = parts.path.rstrip("/") + "/"
+        self.name = name  # the URL as shown: its query redacted
+        self.session = self._new_session()
+
+    @staticmethod
+    def _new_session() -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = "debian-image-matrix"
         user, password = os.environ.get("IMAGES_STORAGE_USER"), os.environ.get("IMAGES_STORAGE_PASSWORD")
         if user:
-            self.session.auth = (user, password or "")
+            session.auth = (user, password or "")
+        return session
 
-    def _url(self, path: str) -> str:
-        return self.base + quote(path)
+    def _url(self, path: str, query: bool = True) -> str:
+        return urlunsplit(
+            (self._scheme, self._netloc, self._root + quote(path), self._query if query else "", "")
+        )
 
-    def _request(self, method: str, path: str, ok: tuple[int, ...], **kwargs) -> requests.Response:
-        what = f"{method} {path}"
+    def _request(
+        self, method: str, path: str, ok: tuple[int, ...], session: requests.Session | None = None, **kwargs
+    ) -> requests.Response:
+        what = f"{method} {path or '/'}"
         try:
-            response = self.session.request(method, self._url(path), timeout=TIMEOUT, **kwargs)
+            response = (session or self.session).request(method, self._url(path), timeout=TIMEOUT, **kwargs)
         except (requests.ConnectionError, requests.Timeout) as error:
             raise Transient(f"{what}: {type(error).__name__}") from None
         if response.status_code in ok:
@@ -100,7 +130,8 @@ class WebDavBackend(Backend):
                 raise Transient(f"GET {path}: {type(error).__name__}") from None
 
     def move(self, source: str, target: str) -> None:
-        self._request("MOVE", source, (201, 204), headers={"Destination": self._url(target), "Overwrite": "T"})
+        destination = self._url(target, query=False)
+        self._request("MOVE", source, (201, 204), headers={"Destination": destination, "Overwrite": "T"})
 
     def delete(self, path: str) -> None:
         self._request("DELETE", path, (200, 204, 404))
@@ -113,7 +144,7 @@ class WebDavBackend(Backend):
         response = self._request("PROPFIND", directory, (207, 404), headers={"Depth": "1"})
         if response.status_code == 404:
             return []
-        own = urlsplit(self._url(directory)).path
+        own = self._root + quote(directory)
         names = []
         for item in ElementTree.fromstring(response.content).iter(f"{_DAV}response"):
             href = unquote(urlsplit(item.findtext(f"{_DAV}href") or "").path)
@@ -122,3 +153,49 @@ class WebDavBackend(Backend):
                 if not name.startswith("."):
                     names.append(name)
         return sorted(names)
+
+    # --- the storage lock -------------------------------------------------
+    def acquire(self, holder: Holder) -> Lease:
+        owner = escape(holder.to_bytes().decode())
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?><D:lockinfo xmlns:D="DAV:">'
+            "<D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype>"
+            f"<D:owner>{owner}</D:owner></D:lockinfo>"
+        )
+        timeout = {"Timeout": f"Second-{int(self.lease_seconds)}"}
+        # The storage's own collection first: nginx keeps a lock it could not make the file of (409) until it expires.
+        self.retry.run(f"making {self.name}", lambda: self._request("MKCOL", "", (201, 405)))
+        announced = False
+        while True:
+            response = self._request(
+                "LOCK", LOCK_NAME, (200, 201, 405, 423, 501), data=body, headers={"Depth": "0", **timeout}
+            )
+            if response.status_code in (405, 501):
+                raise PublishFailed(
+                    f"{self.name} does not take WebDAV's LOCK (HTTP {response.status_code}): writers to one storage "
+                    "need it so that none loses another's entries (nginx: dav_ext_lock_zone and dav_ext_lock)"
+                )
+            if response.status_code in (200, 201):
+                break
+            if not announced:
+                wait_announced(self.name, "another writer")  # 423: the server names no holder
+                announced = True
+            time.sleep(random.uniform(0.1, 0.4))
+        token = response.headers.get("Lock-Token", "").strip()
+        if not token:
+            raise PublishFailed(f"{self.name}: LOCK {LOCK_NAME} answered without a lock token")
+
+        renewing = self._new_session()  # the lease is renewed from a thread of its own
+
+        def renew() -> None:
+            # A failure here is tried again at the next renewal, until the lease runs out.
+            refreshed = self._request(
+                "LOCK", LOCK_NAME, (200, 412, 423), session=renewing, headers={"If": f"({token})", **timeout}
+            )
+            if refreshed.status_code != 200:
+                raise LockLost(f"the server refused to renew it: HTTP {refreshed.status_code}")
+
+        def release() -> None:
+            self._request("UNLOCK", LOCK_NAME, (200, 204, 409, 412), headers={"Lock-Token": token})
+
+        return Lease(self.name, renew, release, self.lease_seconds)

@@ -1,12 +1,15 @@
 """Checksums: SHA-512 for what is published, SHA-256 where a format asks for it
-(provenance, SBOM references), xxh3 for doit's up-to-date checks."""
+(provenance, SBOM references), CRC32 where S3 keeps it for us, xxh3 for doit's
+up-to-date checks."""
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import os
 import re
+import zlib
 from pathlib import Path
 
 import xxhash
@@ -28,6 +31,16 @@ def sha512_file(path: Path) -> str:
 
 def sha256_file(path: Path) -> str:
     return file_digest(path, "sha256")
+
+
+def crc32_and_sha512(path: Path) -> tuple[str, str]:
+    """A file's CRC32 as S3 writes it (four bytes, big-endian, in base64) and its SHA-512, in one read."""
+    crc, sha = 0, hashlib.sha512()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+            sha.update(chunk)
+    return base64.b64encode(crc.to_bytes(4, "big")).decode(), sha.hexdigest()
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

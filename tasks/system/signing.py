@@ -125,10 +125,11 @@ def envelope_holds(path: Path, payload: bytes, signer: Signer | None) -> bool:
     """Whether the envelope at path already wraps payload, signed as signer would
     (or unsigned when there is none): publishing again then signs nothing anew,
     and the published envelope stays the same file."""
-    if not path.is_file():
-        return False
-    envelope = json.loads(path.read_text())
-    keyids = {s.get("keyid") for s in envelope.get("signatures", [])}
+    try:
+        envelope = json.loads(path.read_bytes())
+        keyids = {s.get("keyid") for s in envelope.get("signatures", [])}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False  # missing or damaged: made again
     expected = {signer.fingerprint.lower()} if signer else set()
     return envelope.get("payload") == base64.b64encode(payload).decode() and keyids == expected
 
@@ -211,7 +212,10 @@ def verify_envelope(envelope: dict, keyring: Path) -> bytes:
     from securesystemslib.exceptions import VerificationError
     from securesystemslib.signer import GPGSigner
 
-    parsed = Envelope.from_dict(envelope)
+    try:
+        parsed = Envelope.from_dict(envelope)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise SigningError(f"the provenance is not a DSSE envelope ({type(error).__name__}: {error})") from None
     if not parsed.signatures:
         raise SigningError("the provenance envelope is unsigned (published without a key)")
     keys = []

@@ -23,7 +23,6 @@ recording server.
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
 from tasks.model.records import Manifest
 from tasks.model.settings import AzureSettings
+from tasks.model.version import NotAVersion, Version
 from tasks.progress import StageProgress
 from tasks.release.journal import Part, scratch
 from tasks.stages import diskimage
@@ -153,14 +153,12 @@ def image_request(cell: Cell, manifest: Manifest, settings: AzureSettings, blob_
 
 def gallery_version(cell: Cell, version: str) -> str:
     """The gallery image version of an image version: major.minor.patch, each a whole number."""
-    found = re.fullmatch(r"(\d{8})-(\d{1,9})", version)
-    if not found:
-        raise AzureFailed(
-            f"{version!r} cannot be an Azure gallery version (major.minor.patch): release versions named "
-            f"YYYYMMDD-N (doit version=...) can"
-        )
+    try:
+        parsed = Version.parse(version)
+    except NotAVersion as error:
+        raise AzureFailed(f"no Azure gallery version (major.minor.patch) for it: {error}") from None
     major = int(cell.release.version) if cell.release.version.isdigit() else 0
-    return f"{major}.{int(found[1])}.{int(found[2])}"
+    return f"{major}.{int(parsed.date)}.{parsed.serial}"
 
 
 def gallery_request(cell: Cell, manifest: Manifest, settings: AzureSettings, blob_url: str) -> tuple[str, dict]:

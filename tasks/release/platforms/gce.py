@@ -27,6 +27,7 @@ from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
 from tasks.model.records import Manifest
 from tasks.model.settings import GceSettings
+from tasks.model.version import Version
 from tasks.progress import StageProgress
 from tasks.release.journal import Part, scratch
 
@@ -173,7 +174,8 @@ def deprecate_older(compute: Compute, family: str, new: dict, version: str) -> l
     deprecated = []
     for image in compute.images(f'family = "{family}"'):
         state = (image.get("deprecated") or {}).get("state", "ACTIVE")
-        older = image.get("labels", {}).get("debian-version", "") < version.lower()
+        labelled = Version.of(image.get("labels", {}).get("debian-version", ""))
+        older = labelled is not None and labelled < Version.parse(version)
         if image["name"] != new["name"] and state == "ACTIVE" and older:
             compute.deprecate(image["name"], new.get("selfLink") or f"{compute.images_url}/{new['name']}")
             deprecated.append(image["name"])
