@@ -10,6 +10,7 @@ Options (name=value) are listed in tasks/model/plan.py.
 """
 
 import faulthandler
+import fnmatch
 import multiprocessing
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from doit import doit_cmd, get_var
 
-from tasks import graph, summary
+from tasks import cmdline, graph, summary, taskstate
 from tasks.model import plan
 from tasks.model.matrix import MatrixError
 from tasks.system import cpu, proc, runlock
@@ -78,17 +79,38 @@ except MatrixError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
 
-PLAN.workdir.mkdir(parents=True, exist_ok=True)
-if runlock.needs_lock(sys.argv[1:]):
-    try:
+
+def _stop(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+INVOCATION = cmdline.parse(sys.argv[1:])
+# Commands that only read, and runs of the tasks that need no work directory (doit verify
+# image=...), change nothing in it: no lock, nothing made, no state written.
+READS_ONLY = INVOCATION.command in cmdline.READING_COMMANDS or INVOCATION.only(graph.WORKDIR_FREE)
+PLACES = taskstate.Places(PLAN.workdir, PLAN.root)
+try:
+    if not READS_ONLY:
+        PLAN.workdir.mkdir(parents=True, exist_ok=True)
         runlock.hold(PLAN.workdir)
-    except runlock.WorkdirBusy as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    # doit's database, checked first: one damaged, lost or moved is made again from the tasks' records.
+    DEP_FILE = taskstate.prepare(PLAN.workdir / ".doit.db", PLACES, writable=not READS_ONLY)
+except runlock.WorkdirBusy as error:
+    _stop(str(error))
+except OSError as error:
+    why = "not a directory" if PLAN.workdir.exists() and not PLAN.workdir.is_dir() else error.strerror or str(error)
+    _stop(f"command line: workdir: {PLAN.workdir} cannot be the work directory: {why}")
+if INVOCATION.wildcards:
+    # doit runs nothing, and says nothing, for a pattern that matches no task.
+    NAMES = list(graph.load_tasks(PLAN))
+    for pattern in INVOCATION.wildcards:
+        if not fnmatch.filter(NAMES, pattern):
+            _stop(f"command line: no task matches {pattern!r} (`doit list --all` names them all)")
 DOIT_CONFIG = {
     # dbm falls back to the unsafe dbm.dumb on some hosts; sqlite3 is safe.
     "backend": "sqlite3",
-    "dep_file": str(PLAN.workdir / ".doit.db"),
+    "dep_file": DEP_FILE,
     "default_tasks": ["publish"],
     # Stages report progress themselves; let their output through.
     "verbosity": 2,
@@ -101,8 +123,11 @@ DOIT_CONFIG = {
     # A failed cell never stops the others: doit goes on with every task
     # that does not depend on the failure, and skips those that do.
     "continue": True,
-    # doit's console output, then the run summary table (tasks/summary.py).
-    "reporter": summary.reporter_for(PLAN.matrix, PLAN.run_summary),
+    # doit's console output, then the run summary table (tasks/summary.py); each task's state kept
+    # beside its targets (tasks/taskstate.py).
+    "reporter": summary.reporter_for(
+        PLAN.matrix, None if READS_ONLY else PLAN.run_summary, None if READS_ONLY else PLACES
+    ),
 }
 
 

@@ -28,6 +28,7 @@ from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import KnownFailure
 from tasks.model.plan import Plan
+from tasks.model.records import RecordsReadable, note_unreadable
 from tasks.stages import imagefacts
 from tasks.system import atomic, proc
 
@@ -68,7 +69,8 @@ def _paths(paths) -> list[str]:
 
 
 def _uptodate(stage: registry.Stage, ctx) -> list:
-    checks = [config_changed(stage.config(ctx)), *stage.checks(ctx)]
+    records = stage.records(ctx)
+    checks = [config_changed(stage.config(ctx)), *stage.checks(ctx), *([RecordsReadable(records)] if records else [])]
     days = stage.max_age_days(ctx)
     return checks + ([timeout(timedelta(days=days))] if days is not None else [])
 
@@ -78,10 +80,11 @@ def _sub_task(stage: registry.Stage, ctx) -> dict:
     if stage.manual and not ctx.plan.confirmed:
         # Refused before anything is built for it.
         return {"name": ctx.name, "doc": stage.describe(ctx), "actions": [(refuse, [title])], "uptodate": [False]}
+    records = stage.records(ctx)
     return {
         "name": ctx.name,
         "doc": stage.describe(ctx),
-        "actions": [(run_stage, [title, stage.action, ctx])],
+        "actions": [*([(note_unreadable, [records])] if records else []), (run_stage, [title, stage.action, ctx])],
         "file_dep": _paths(stage.inputs(ctx)),
         "targets": _paths(stage.outputs(ctx)),
         "uptodate": _uptodate(stage, ctx),
@@ -315,6 +318,11 @@ def compare_reports(plan: Plan) -> TaskFailed | None:
     for line in differences:
         print(f"  {line}")
     return None
+
+
+# The on-demand tasks that read what is published or built and write nothing of the work directory:
+# run alone, they take no lock and leave no state (dodo.py).
+WORKDIR_FREE = frozenset({"compare", "changes", "verify", "cleanup"})
 
 
 def on_demand_task(action: tuple, doc: str) -> dict:

@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Architecture, Cell, Release
 from tasks.model.plan import Plan
+from tasks.model.records import BootRecord, BuildInfo, Manifest, PublishReceipt, Record, ReleaseRecord
 from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, provenance, publish, sbom, stepcache, twins
 from tasks.system import signing
 
@@ -92,6 +93,9 @@ class Stage(Generic[Context]):
     config: Callable[[Context], dict] = lambda ctx: {}
     # Further up-to-date checks: doit's (callable, args) pairs, or booleans.
     checks: Callable[[Context], list] = lambda ctx: []
+    # The outputs that are records other stages read (None: any JSON object): one that does not read
+    # makes the stage run again (records.RecordsReadable).
+    records: Callable[[Context], Sequence[tuple[Path, type[Record] | None]]] = lambda ctx: ()
     # Run by name only, never by a group or the default run (the release).
     manual: bool = False
     # Days a sub-task's output stays up to date, for outputs that age (the shared bases).
@@ -189,6 +193,7 @@ BUILD = Stage[CellContext](
     ),
     outputs=lambda ctx: (ctx.files.raw, *ctx.files.build_records),
     config=lambda ctx: fai.build_config(ctx.cell, ctx.plan.matrix.build),
+    records=lambda ctx: ((ctx.files.build_info, BuildInfo), (ctx.files.facts, None)),
 )
 
 
@@ -207,6 +212,7 @@ SBOM = Stage[CellContext](
     inputs=lambda ctx: (ctx.files.dpkg_status, ctx.files.build_info),
     outputs=lambda ctx: ctx.files.sboms,
     config=lambda ctx: {**sbom.sbom_config(ctx.cell), "version": ctx.plan.version},
+    records=lambda ctx: tuple((path, None) for path in ctx.files.sboms),
 )
 
 
@@ -249,6 +255,7 @@ BOOTTEST = Stage[CellContext](
     inputs=lambda ctx: (ctx.files.raw,),
     outputs=lambda ctx: (*ctx.files.boot_logs, ctx.files.boot_result),
     config=lambda ctx: boottest.boot_config(_boot_settings(ctx)),
+    records=lambda ctx: ((ctx.files.boot_result, BootRecord),),
 )
 
 
@@ -273,6 +280,7 @@ MANIFEST = Stage[CellContext](
         *ctx.files.sboms,
     ),
     outputs=lambda ctx: (ctx.files.manifest,),
+    records=lambda ctx: ((ctx.files.manifest, Manifest),),
     config=lambda ctx: {
         "schema": manifest.SCHEMA_VERSION,
         "version": ctx.plan.version,
@@ -300,6 +308,7 @@ PROVENANCE = Stage[CellContext](
     describe=lambda ctx: f"state where {ctx.cell.name} came from (in-toto, SLSA provenance)",
     inputs=lambda ctx: (ctx.files.manifest, ctx.files.build_info),
     outputs=lambda ctx: (ctx.files.provenance,),
+    records=lambda ctx: ((ctx.files.provenance, None),),
     # Everything it states comes from its inputs (what the build recorded).
     config=lambda ctx: {"predicate": provenance.PREDICATE_TYPE},
 )
@@ -326,6 +335,7 @@ PUBLISH = Stage[CellContext](
     describe=lambda ctx: f"publish {ctx.cell.name} to {ctx.plan.storage.url}",
     inputs=lambda ctx: _publication_inputs(ctx),
     outputs=lambda ctx: (ctx.files.published,),
+    records=lambda ctx: ((ctx.files.published, PublishReceipt),),
     config=lambda ctx: {
         "storage": ctx.plan.storage.url,
         "keep_dailies": ctx.plan.matrix.publish.keep_dailies,
@@ -367,6 +377,7 @@ RELEASE = Stage[CellContext](
     describe=lambda ctx: f"release {ctx.cell.name}: instance test, platform upload, publish, notify (confirm=yes)",
     inputs=lambda ctx: _publication_inputs(ctx),
     outputs=lambda ctx: (ctx.files.release_record,),
+    records=lambda ctx: ((ctx.files.release_record, ReleaseRecord),),
     config=lambda ctx: {
         "storage": ctx.plan.storage.url,
         "version": ctx.plan.version,

@@ -40,7 +40,7 @@ from tasks.model.matrix import Cell
 from tasks.model.plan import Plan
 from tasks.model.records import BuildInfo
 from tasks.stages import fai, faiconfig, imagefacts
-from tasks.system import atomic, loopdev
+from tasks.system import atomic, hostenv, loopdev
 from tasks.system.checksum import sha256_kept
 
 SCHEMA = 1
@@ -275,7 +275,7 @@ def list_tree(image: Path, scratch: Path) -> dict[str, dict]:
 
 def _in_private_namespace(args: list[str], output: Path, what: str) -> None:
     command = [sys.executable, "-m", "tasks.reproduce", *args, "--output", str(output)]
-    env = {**os.environ, "PYTHONPATH": str(fai.TOOLS_ROOT)}
+    env = {**hostenv.passed(), "PYTHONPATH": str(fai.TOOLS_ROOT)}
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", *command], env=env, capture_output=True, text=True
     )

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from doit.exceptions import UnmetDependency
+from doit.globals import Globals
 from doit.reporter import ConsoleReporter
 
-from tasks import registry
+from tasks import registry, taskstate
 from tasks.model.matrix import Matrix
 from tasks.system import atomic
 
@@ -75,24 +76,26 @@ def _shorter(path: Path, base: Path) -> str:
         return str(path)
 
 
-def reporter_for(matrix: Matrix, record: Path):
+def reporter_for(matrix: Matrix, record: Path | None, places: taskstate.Places | None = None):
     """The reporter class doit instantiates for a run over matrix's cells.
 
     The table's columns are the registry's stages (tasks/registry.py).
-    record: where the summary is written (run-summary.json).
+    record: where the summary is written (run-summary.json); None: nowhere.
+    places: where tasks' state is kept beside their targets (tasks/taskstate.py); None: nowhere.
     """
 
     class Reporter(RunSummary):
         pass
 
-    Reporter.matrix, Reporter.record = matrix, record
+    Reporter.matrix, Reporter.record, Reporter.places = matrix, record, places
     return Reporter
 
 
 class RunSummary(ConsoleReporter):
     desc = "console output, then a summary table of every cell"
     matrix: Matrix
-    record: Path
+    record: Path | None
+    places: taskstate.Places | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -196,10 +199,17 @@ class RunSummary(ConsoleReporter):
     def add_success(self, task):
         super().add_success(task)
         self._set(task, Outcome.DONE)
+        self._keep_state(task)
 
     def skip_uptodate(self, task):
         super().skip_uptodate(task)
         self._set(task, Outcome.UP_TO_DATE)
+        self._keep_state(task, only_if_missing=True)
+
+    def _keep_state(self, task, only_if_missing: bool = False) -> None:
+        # doit saved the task's state in its database just before it reported it (in this process).
+        if self.places is not None and Globals.dep_manager is not None:
+            taskstate.save(task, Globals.dep_manager, self.places, only_if_missing)
 
     def add_failure(self, task, fail):
         if isinstance(fail, UnmetDependency):
@@ -222,7 +232,8 @@ class RunSummary(ConsoleReporter):
             return
         summary = self.summary()
         try:
-            atomic.write_json(self.record, summary)
+            if self.record is not None:
+                atomic.write_json(self.record, summary)
         except OSError as error:
             self.write(f"run summary not written to {self.record}: {error}\n")
         self.write(render(summary, Path.cwd(), interactive=_is_terminal(self.outstream)))
@@ -239,7 +250,7 @@ class RunSummary(ConsoleReporter):
             rows[cell] = {"status": _cell_status(row), "stages": row}
         return {
             "seconds": round(time.monotonic() - STARTED, 1),
-            "workdir": str(self.record.parent),
+            "workdir": str(self.record.parent) if self.record else None,
             "stages": columns,
             "cells": rows,
             "totals": totals,

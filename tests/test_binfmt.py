@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -29,3 +30,51 @@ def test_qemu_user_accepts_the_emulated_cpu():
 
     assert "Invalid ELF image" in run(binfmt.environment("arm64"))
     assert "CPU model" in run({"QEMU_CPU": "no-such-cpu"})  # the check above can fail
+
+
+# Run in a user and mount namespace of its own: its binfmt_misc is a private instance (Linux 6.7 and
+# later), so neither the host's registrations nor other tests are touched. A tmpfs over the mount
+# point stands for a host where nothing is mounted yet.
+RACE = """
+import multiprocessing, subprocess, sys
+subprocess.run(["mount", "-t", "tmpfs", "unmounted", "/proc/sys/fs/binfmt_misc"], check=True)
+from tasks.system import binfmt
+
+def worker(barrier, results):
+    barrier.wait(30)
+    try:
+        binfmt.ensure("arm64")
+        results.put("ok")
+    except Exception as error:
+        results.put(f"{type(error).__name__}: {error}")
+
+fork = multiprocessing.get_context("fork")
+barrier, results = fork.Barrier(2), fork.Queue()
+workers = [fork.Process(target=worker, args=(barrier, results)) for _ in range(2)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join(60)
+print(sorted(results.get(timeout=5) for _ in workers))
+entry = binfmt.BINFMT / "qemu-aarch64"
+print(entry.read_text().splitlines()[0])
+binfmt.ensure("arm64")  # and when it is done already
+entry.write_text("0")  # disabled since
+binfmt.ensure("arm64")
+print(entry.read_text().splitlines()[0])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("update-binfmts"), reason="needs root and binfmt-support")
+def test_two_workers_set_up_foreign_programs_at_once_from_nothing(tmp_path):
+    from .conftest import REPO
+
+    namespace = ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
+    probe = subprocess.run([*namespace, "mount", "-t", "binfmt_misc", "x", "/proc/sys/fs/binfmt_misc"])
+    if probe.returncode != 0:
+        pytest.skip("this kernel has no binfmt_misc of a user namespace's own (Linux 6.7 and later)")
+    result = subprocess.run(
+        [*namespace, sys.executable, "-c", RACE], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["['ok', 'ok']", "enabled", "enabled"], result.stdout + result.stderr

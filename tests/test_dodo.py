@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,21 +108,51 @@ def task_wait():
     assert after.returncode == 0, after.stderr
 
 
-def test_reading_commands_take_no_lock():
-    from tasks.system import runlock
+def test_the_command_line_is_read_as_doit_reads_it():
+    from tasks import cmdline
 
-    assert runlock.doit_command([]) == "run"
-    assert runlock.doit_command(["-n", "2", "boottest"]) == "run"
-    assert runlock.doit_command(["tier=full", "list", "--all"]) == "list"
-    assert runlock.doit_command(["-f", "dodo.py", "-d", ".", "info", "build"]) == "info"
-    assert runlock.doit_command(["--file=dodo.py", "build:x"]) == "build:x"
-    assert [runlock.needs_lock(argv) for argv in (["list"], ["info", "build"], ["forget"], ["clean"], ["build"])] == [
-        False,
-        False,
-        True,
-        True,
-        True,
-    ]
+    assert cmdline.parse([]) == cmdline.Invocation("run", ())
+    assert cmdline.parse(["-n", "2", "boottest"]) == cmdline.Invocation("run", ("boottest",))
+    assert cmdline.parse(["tier=full", "list", "--all"]).command == "list"
+    assert cmdline.parse(["-f", "dodo.py", "-d", ".", "info", "build"]).command == "info"
+    assert cmdline.parse(["--file=dodo.py", "build:x", "-a"]) == cmdline.Invocation("run", ("build:x",))
+    assert cmdline.parse(["run", "--single", "publish:*", "storage=/x"]).wildcards == ("publish:*",)
+    assert cmdline.parse(["verify", "image=a", "key=b"]).only(frozenset({"verify"}))
+    assert not cmdline.parse(["verify", "build:x"]).only(frozenset({"verify"}))
+    assert not cmdline.parse([]).only(frozenset({"verify"})), "the default tasks are not these"
+
+
+def test_reading_commands_create_nothing(tmp_path):
+    workdir = tmp_path / "not-yet"
+    for args in (["list", "--all"], ["info", "build:bookworm-nocloud-amd64"], ["verify"], ["changes"]):
+        doit(*args, f"workdir={workdir}", f"storage={tmp_path / 'storage'}")
+        assert not workdir.exists() and not (tmp_path / "storage").exists(), args
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["build:nothing-*"],
+            "error: command line: no task matches 'build:nothing-*' (`doit list --all` names them all)",
+        ),
+        (
+            ["workdir=/proc/images", "build"],
+            "error: command line: workdir: /proc/images cannot be the work directory: ",
+        ),
+        (
+            ["workdir=/etc/hostname", "build"],
+            "error: command line: workdir: /etc/hostname cannot be the work directory: not a directory",
+        ),
+        (["version=latest"], "error: command line: version: expected a version YYYYMMDD-N"),
+        (["storage=https://images.example.org/x#top"], "error: command line: storage: a storage URL has no #fragment"),
+    ],
+)
+def test_command_line_mistakes_are_one_line(tmp_path, args, message):
+    given = [f"workdir={tmp_path / 'w'}", *args] if not any(a.startswith("workdir=") for a in args) else args
+    result = doit(*given)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(message), result.stderr
 
 
 def test_loading_the_graph_imports_no_client_library(tmp_path):

@@ -87,10 +87,12 @@ def copy_of_repo(base: Path) -> Path:
 
 # The publishing key of the end-to-end runs: dailies and the release are signed with it.
 KEY: list = []
+# Credentials these runs hold besides the key, as a CI job or a publishing host would: no build may see them.
+CANARIES = {"IMAGES_STORAGE_PASSWORD": "canary-password", "CANARY_API_TOKEN": "canary-token"}
 
 
 def doit(base: Path, *args, version: str = VERSION) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(KEY[0].environment() if KEY else {})}
+    env = {**os.environ, **(KEY[0].environment() if KEY else {}), **CANARIES}
     result = subprocess.run(
         [
             sys.executable,
@@ -173,6 +175,17 @@ def test_builds_from_a_current_base_leave_apt_update_out(runs):
         assert skipped or re.search(r"aptlists: \S+: the mirror's InRelease is not the base's", log), cell
         current.append(skipped)
     assert any(current)
+
+
+def test_no_credential_of_the_run_reaches_the_builds(runs):
+    """The runs hold a signing key and CANARIES; the base and the builds get an allowlist of the
+    environment, and the image check that would name any credential-like variable passed."""
+    for cell in CELLS:
+        log = (runs[0] / "build" / cell / "build.log").read_text()
+        assert "image check passed: no credential reaches the image's build" in log, cell
+        assert not any(value in log for value in CANARIES.values()), cell
+    base_log = (runs[0] / "build" / "base" / "bookworm-amd64.log").read_text()
+    assert not any(value in base_log for value in CANARIES.values())
 
 
 def test_second_run_executes_no_task(runs):

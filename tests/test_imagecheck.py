@@ -1,6 +1,7 @@
 """The in-build image checks, on a small tree laid out as a good image is,
 then broken one way at a time: each breakage fails exactly its check."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 
 from tasks.stages import imagecheck
 from tasks.stages.imagecheck import Image
+from tasks.system import hostenv
 
 REPO = Path(__file__).resolve().parent.parent
 CLOUD_CLASSES = frozenset({"DEBIAN", "BOOKWORM", "AMD64", "CLOUD", "GENERIC", "LAST"})
@@ -102,6 +104,46 @@ def test_a_good_tree_passes_every_check_that_applies(tmp_path):
     assert {name for name, problems in results.items() if problems} == set()
     assert "root has no password" in results and "root logs in on the console without a password" not in results
     assert sum(check.debian for check in imagecheck.CHECKS) == 11, "Debian's own in-image tests, all of them"
+
+
+def test_a_credential_in_the_builds_environment_fails_the_build_and_is_named_not_shown(tmp_path):
+    root = good_tree(tmp_path)
+    leaked = {
+        "PATH": "/usr/bin:/bin",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+        "IMAGES_STORAGE_PASSWORD": "hunter2",
+        "CI_JOB_TOKEN": "glcbt-1",
+        "IMAGES_SIGNING_KEY": "/run/key.asc",
+        "IMAGE_VERSION": "20261207-1",
+    }
+    problems = failed(Image(root, "amd64", CLOUD_CLASSES, ESP, leaked))
+    assert problems == {
+        "no credential reaches the image's build": [
+            f"${name} reached the image's build"
+            for name in ("AWS_SECRET_ACCESS_KEY", "CI_JOB_TOKEN", "IMAGES_SIGNING_KEY", "IMAGES_STORAGE_PASSWORD")
+        ]
+    }
+    assert not any(secret in str(problems) for secret in ("s3cr3t", "hunter2", "glcbt-1"))
+
+
+def test_a_build_gets_an_allowlist_of_our_environment(repo_matrix, tmp_path, monkeypatch):
+    from tasks.stages import fai
+
+    for name, value in {
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+        "IMAGES_STORAGE_PASSWORD": "hunter2",
+        "CI_JOB_TOKEN": "glcbt-1",
+        "GITLAB_TOKEN": "glpat-1",
+        "PYTHONPATH": "/x",
+        "http_proxy": "http://proxy:3128",
+    }.items():
+        monkeypatch.setenv(name, value)
+    cell = repo_matrix.cell("bookworm-nocloud-amd64")
+    inputs = fai.BuildInputs(tmp_path, tmp_path / "base.tar.zst", tmp_path, None, "20261207-1", tmp_path)
+    env = fai.fai_environment(cell, repo_matrix.build, tmp_path, inputs)
+    assert hostenv.credentials(env) == [] and "PYTHONPATH" not in env
+    assert env["PATH"] == os.environ["PATH"] and env["http_proxy"] == "http://proxy:3128"
+    assert env["IMAGE_VERSION"] == "20261207-1"
 
 
 def drop(relative):
@@ -238,6 +280,7 @@ def test_the_command_prints_one_line_per_check_and_fails_on_a_failure(tmp_path):
             cwd=REPO,
             capture_output=True,
             text=True,
+            env=hostenv.passed(),  # as a build's: this test's own may hold a CI job's tokens
         )
 
     result = run()

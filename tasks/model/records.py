@@ -3,16 +3,24 @@
 build-info.json (the build stage, for the manifest), boottest.json (the boot
 test, for the manifest) and published.json (the publish stage's receipt,
 for its own up-to-date check) are each a dataclass here: written with
-to_json, read back with read, which refuses a file of another kind or
-version, or one that lacks a field, with one line naming the file. The
-manifest (manifest.json) is one too, though it is also the public document
-users read: its JSON keeps the "schema" number it always had.
+to_json, read back with read, which refuses a file that is not JSON, not
+text, of another kind or version, or one that lacks a field or holds one of
+another type, with one line naming the file. The manifest (manifest.json) is
+one too, though it is also the public document users read: its JSON keeps
+the "schema" number it always had.
+
+A record that cannot be read counts as missing: the stage that makes it runs
+again (RecordsReadable, an up-to-date check of the graph), and says why.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -57,17 +65,119 @@ class Record:
         missing = sorted(required - data.keys())
         if missing:
             raise RecordError(f"{where}the {cls.KIND} record lacks {', '.join(missing)}")
+        hints = _hints(cls)
+        for key in sorted(names & data.keys()):
+            if not _is(data[key], hints[key]):
+                raise RecordError(f"{where}{key}: expected {_name(hints[key])}, got {type(data[key]).__name__}")
         return cls(**{key: value for key, value in data.items() if key in names})
 
     @classmethod
     def read(cls: type[R], path: Path) -> R:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise RecordError(f"{path}: missing", log=None) from None
-        except json.JSONDecodeError as error:
-            raise RecordError(f"{path}: not JSON ({error})") from None
-        return cls.from_json(data, str(path))
+        return cls.from_json(read_document(path), str(path))
+
+
+def read_document(path: Path) -> Any:
+    """A JSON file's content; RecordError when it is missing, not text or not JSON."""
+    try:
+        return json.loads(path.read_bytes().decode())
+    except FileNotFoundError:
+        raise RecordError(f"{path}: missing", log=None) from None
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not text (damaged?)") from None
+    except json.JSONDecodeError as error:
+        raise RecordError(f"{path}: not JSON ({error})") from None
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _is(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the shape of a field's type (containers by their kind only)."""
+    if hint is Any:
+        return True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_is(value, member) for member in typing.get_args(hint))
+    kind = typing.get_origin(hint) or hint
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _name(hint: Any) -> str:
+    return str(hint).replace("typing.", "") if typing.get_origin(hint) or hint is Any else hint.__name__
+
+
+def problem(path: Path, kind: type[Record] | None) -> str | None:
+    """Why the record at path cannot be read (None when it reads, or is missing: doit makes those anyway).
+    kind None: any JSON object (the SBOMs, the facts, the provenance statement)."""
+    if not path.exists():
+        return None
+    try:
+        if kind is None:
+            if not isinstance(read_document(path), dict):
+                return f"{path}: not a JSON object"
+        else:
+            kind.read(path)
+    except RecordError as error:
+        return str(error)
+    return None
+
+
+class RecordsReadable:
+    """doit up-to-date check: the stage's records all read (a damaged one counts as missing).
+
+    Cheap on a no-op run: a record is read again only when its size or time
+    differ from what they were when the stage last made it (kept among the
+    task's saved values)."""
+
+    KEY = "_records_"
+
+    def __init__(self, records: Sequence[tuple[Path, type[Record] | None]]):
+        self.records = list(records)
+
+    def _stamps(self) -> dict[str, list[int]]:
+        """Size and time of each record, by its name (a stage's records have names of their own, and the
+        saved values stay true of a work directory moved elsewhere)."""
+        stamps = {}
+        for path, _ in self.records:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            stamps[path.name] = [st.st_mtime_ns, st.st_size]
+        return stamps
+
+    def configure_task(self, task) -> None:
+        task.value_savers.append(lambda: {self.KEY: self._stamps()})
+
+    def __call__(self, task, values) -> bool:
+        known = values.get(self.KEY) or {}
+        stamps = self._stamps()
+        for path, kind in self.records:
+            stamp = stamps.get(path.name)
+            if stamp is None or known.get(path.name) == stamp:
+                continue  # missing (doit makes it anyway), or as the stage left it
+            if problem(path, kind) is not None:
+                return False
+        return True
+
+
+def note_unreadable(records: Sequence[tuple[Path, type[Record] | None]]) -> None:
+    """A doit action run before a stage: say which of its records it makes again, and why."""
+    for path, kind in records:
+        why = problem(path, kind)
+        if why:
+            print(f"{why}: made again", flush=True)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from tasks.errors import StageFailed
 from tasks.model.matrix import Architecture, BuildSettings, Release
 from tasks.progress import StageProgress
 from tasks.stages import faiconfig
-from tasks.system import atomic, binfmt, checksum, cpu, proc, sandbox
+from tasks.system import atomic, binfmt, checksum, cpu, hostenv, proc, sandbox
 
 # Bump when the way the base is made changes.
 BASE_FORMAT = 5
@@ -172,7 +172,10 @@ def build(
                     verb = line[3:].split(" ", 1)[0].rstrip(".")
                     progress.update(status="Retrieving" if verb == "Validating" else verb)
 
-            env = {**os.environ, **binfmt.environment(arch)}
+            env = {
+                **hostenv.passed(),
+                **binfmt.environment(arch),
+            }  # never our credentials: the base runs Debian's scripts
             with cpu.slots(cpu_slots, want=1), aptcache.PackageCache(package_cache) as cache:
                 if settings.mirror.startswith("http://"):
                     env["http_proxy"] = cache.url  # debootstrap fetches with wget

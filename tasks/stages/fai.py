@@ -30,7 +30,7 @@ from tasks.model.matrix import BuildSettings, Cell
 from tasks.model.records import BuildInfo
 from tasks.progress import StageProgress
 from tasks.stages import base, faiconfig, identity, stepcache
-from tasks.system import atomic, binfmt, cpu, loopdev, sandbox
+from tasks.system import atomic, binfmt, cpu, hostenv, loopdev, sandbox
 from tasks.system.checksum import sha256_kept
 
 # Bump when a change to the builder (not to the config space or matrix.yaml)
@@ -149,8 +149,9 @@ def build_config(cell: Cell, settings: BuildSettings) -> dict:
 
 
 def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: BuildInputs) -> dict[str, str]:
-    """The variables our config space reads (README.md lists them)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")}
+    """The variables our config space reads (README.md lists them), and what the build takes of ours
+    (tasks/system/hostenv.py: never a credential)."""
+    env = hostenv.passed()
     env.update(
         LC_ALL="C",
         DEBIAN_FRONTEND="noninteractive",

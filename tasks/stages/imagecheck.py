@@ -13,13 +13,15 @@ loader on the ESP, root by PARTUUID).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.model.arch import Arch
+from tasks.system import hostenv
 
 # Debian's rules (system_tests/image/test_etc.py): names from base-passwd,
 # then those the images' packages create.
@@ -132,6 +134,7 @@ class Image:
     arch: str
     classes: frozenset[str]
     esp_files: frozenset[str] = frozenset()  # paths on the EFI system partition, upper case
+    environment: Mapping[str, str] = field(default_factory=dict)  # the build's, as its chroot commands get it
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -358,6 +361,13 @@ def no_build_leftovers(image: Image) -> list[str]:
     return problems
 
 
+def no_credential_in_the_build(image: Image) -> list[str]:
+    """Nothing named like a credential (tasks/system/hostenv.py) in the build's environment: the one
+    FAI gives every program it runs in the image's chroot, these checks included."""
+    # Named, never shown: the value is the secret.
+    return [f"${name} reached the image's build" for name in hostenv.credentials(image.environment)]
+
+
 def _root_password(image: Image) -> str:
     return next(row[1] for row in _table(image.path("etc/shadow")) if row[0] == "root")
 
@@ -418,6 +428,7 @@ CHECKS = (
     Check("shim and signed GRUB on the ESP", boot_loader_on_esp),
     Check("a fresh identity for every instance", fresh_identity),
     Check("nothing of the build host or the build left", no_build_leftovers),
+    Check("no credential reaches the image's build", no_credential_in_the_build),
     Check("root logs in on the console without a password", console_root_login, with_class("NOCLOUD")),
     Check("no cloud-init and no SSH server", absent("usr/bin/cloud-init", "usr/sbin/sshd"), with_class("NOCLOUD")),
     Check("root has no password", root_locked, with_class("CLOUD")),
@@ -461,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--esp", help="the EFI system partition's device or image file")
     args = parser.parse_args(argv)
     image = Image(
-        args.root, args.arch, frozenset(args.classes.split()), esp_files(args.esp) if args.esp else frozenset()
+        args.root,
+        args.arch,
+        frozenset(args.classes.split()),
+        esp_files(args.esp) if args.esp else frozenset(),
+        dict(os.environ),
     )
     failed = 0
     for name, problems in run(image).items():

@@ -270,7 +270,7 @@ def load(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
         if isinstance(data, dict) and "facts" in data and "schema" in data and "artifacts" in data:
             data = data["facts"]  # a manifest: its facts
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # not JSON, or not text
         raise FactsError(f"{path}: not an image facts report ({error})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else None

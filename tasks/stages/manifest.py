@@ -18,7 +18,7 @@ from tasks.errors import StageFailed
 from tasks.model.arch import Format
 from tasks.model.layout import SBOM_FORMATS, CellFiles
 from tasks.model.matrix import Cell
-from tasks.model.records import BootRecord, BuildInfo, Manifest
+from tasks.model.records import BootRecord, BuildInfo, Manifest, read_document
 from tasks.stages import sbom
 from tasks.system import atomic
 from tasks.system.checksum import sha512_file
@@ -106,17 +106,26 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> Manife
         },
         packages=read_packages(files.packages),
         # What the image is, measured in it at build time (tasks/stages/imagefacts.py).
-        facts=atomic.read_json(files.facts),
+        facts=read_facts(files.facts),
         sboms=sboms,
         reproducibility=reproducibility_summary(files),
     )
+
+
+def read_facts(path) -> dict:
+    facts = read_document(path)
+    if not isinstance(facts, dict):
+        raise ManifestFailed(f"{path}: not an image facts report: build the cell again")
+    return facts
 
 
 def reproducibility_summary(files: CellFiles) -> dict | None:
     """The verdict of the cell's reproducibility report, when `doit reproduce` made one."""
     if not files.reproducibility.is_file():
         return None
-    report = atomic.read_json(files.reproducibility)
+    report = read_document(files.reproducibility)
+    if not isinstance(report, dict):
+        raise ManifestFailed(f"{files.reproducibility}: not a reproducibility report: doit reproduce:{files.cell.name}")
     return {
         "report": files.reproducibility.name,
         "sha512": sha512_file(files.reproducibility),

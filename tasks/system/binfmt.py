@@ -5,11 +5,20 @@ maintainer scripts, update-initramfs) through qemu-user-static. The kernel
 hands them to qemu when binfmt_misc has a qemu-aarch64 entry; with its F
 flag the interpreter is opened once at registration, so the chroot does not
 need a copy of it.
+
+Mounting binfmt_misc and registering the entry is host-wide set-up, which the
+workers of one run (or of two runs) may all find missing at once: it is done
+under a lock of the host's (HOST_LOCK), and what failed because another did
+it first is taken as done when it is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tasks.errors import StageFailed
@@ -17,6 +26,7 @@ from tasks.model.arch import Arch
 from tasks.system import proc
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
+HOST_LOCK = (Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())) / "image-binfmt.lock"
 
 
 class ForeignArchUnavailable(StageFailed):
@@ -33,6 +43,20 @@ def environment(arch: str) -> dict[str, str]:
     return {"QEMU_CPU": cpu} if cpu and is_foreign(arch) else {}
 
 
+@contextlib.contextmanager
+def _host_lock() -> Iterator[None]:
+    fd = os.open(HOST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _enabled(entry: Path) -> bool:
+    return entry.exists() and entry.read_text().startswith("enabled")
+
+
 def ensure(arch: str) -> None:
     """Make sure programs of arch can run here; mount and register as needed."""
     if not is_foreign(arch):
@@ -40,10 +64,21 @@ def ensure(arch: str) -> None:
     qemu_name = Arch.named(arch).spec.qemu_user
     entry = BINFMT / f"qemu-{qemu_name}"
     try:
-        if not (BINFMT / "register").exists():
-            proc.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)])
-        if not entry.exists():
-            proc.run(["update-binfmts", "--enable", f"qemu-{qemu_name}"])
+        with _host_lock():
+            if not (BINFMT / "register").exists():
+                try:
+                    proc.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)])
+                except proc.CommandFailed:
+                    if not (BINFMT / "register").exists():  # not mounted by another meanwhile
+                        raise
+            if entry.exists() and not _enabled(entry):
+                entry.write_text("1")  # registered, then disabled: update-binfmts would leave it so
+            if not entry.exists():
+                try:
+                    proc.run(["update-binfmts", "--enable", f"qemu-{qemu_name}"])
+                except proc.CommandFailed:
+                    if not _enabled(entry):  # not registered by another meanwhile
+                        raise
     except (proc.CommandFailed, OSError) as error:
         raise ForeignArchUnavailable(
             f"cannot run {arch} programs here: {error} "

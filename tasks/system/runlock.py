@@ -3,8 +3,8 @@
 Two runs in one work directory would build a cell into the same staging
 directory, each removing what the other made, and each would write doit's
 state file from its own view. The second run stops at once and names the
-first. Commands that only read (doit list, info, help) take no lock, so they
-work while a run goes on.
+first. Commands that only read (doit list, info, help, verify: dodo.py decides
+through tasks/cmdline.py) take no lock, so they work while a run goes on.
 
 The lock is an flock on <workdir>/.run.lock, held by the open file for as long
 as the doit process lives (its forked workers share it): the kernel releases
@@ -17,10 +17,6 @@ import fcntl
 import os
 from pathlib import Path
 
-from doit.cmd_base import DodoTaskLoader
-from doit.cmdparse import CmdOption, CmdParse, CmdParseError
-
-READING_COMMANDS = frozenset({"list", "info", "help", "dumpdb", "tabcompletion"})
 LOCK_FILE = ".run.lock"
 
 _held: list[int] = []  # open lock files, kept open until the process ends
@@ -28,25 +24,6 @@ _held: list[int] = []  # open lock files, kept open until the process ends
 
 class WorkdirBusy(Exception):
     pass
-
-
-def doit_command(argv: list[str]) -> str:
-    """The doit sub-command of a command line (without the program name).
-
-    As doit itself finds it (DoitMain.run): the loader's options (-f, -d, -k)
-    may come first, name=value options are set aside, then the first argument
-    is the sub-command; anything else means `run`.
-    """
-    try:
-        _, rest = CmdParse([CmdOption(opt) for opt in DodoTaskLoader.cmd_options]).parse_only(argv)
-    except CmdParseError:
-        rest = argv
-    args = [arg for arg in rest if arg.startswith("-") or "=" not in arg]
-    return args[0] if args and not args[0].startswith("-") else "run"
-
-
-def needs_lock(argv: list[str]) -> bool:
-    return doit_command(argv) not in READING_COMMANDS
 
 
 def hold(workdir: Path) -> None:
