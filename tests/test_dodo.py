@@ -170,3 +170,11 @@ print(" ".join(sorted(name for name in sys.modules if name.split(".")[0] in heav
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == []
+
+
+def test_an_unknown_cell_in_verify_or_changes_is_one_line(tmp_path):
+    for args in (["verify", "image=bookworm-nothing-amd64", "key=k.asc"], ["changes", "left=nothing", "right=x"]):
+        result = doit(*args, f"workdir={tmp_path / 'w'}", f"storage={tmp_path / 's'}")
+        assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+        failed = [line for line in result.stdout.splitlines() if " failed: " in line]
+        assert len(failed) == 1 and "is no cell of matrix.yaml" in failed[0], result.stdout

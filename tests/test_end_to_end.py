@@ -195,6 +195,37 @@ def test_second_run_executes_no_task(runs):
     assert len(up_to_date(again)) == 1 + len(STAGES) * len(CELLS)  # the base, and every stage of every cell
 
 
+def status_of(base: Path) -> dict[str, str]:
+    """`doit list --status` of the built cells' stages and their base: R (would run) or U (up to date)."""
+    listed = doit(base, "list", "--all", "--status")
+    assert listed.returncode == 0, listed.stderr
+    ours = {f"{stage}:{cell}" for stage in STAGES for cell in CELLS} | {"base:bookworm-amd64"}
+    found = {line[2:].split()[0]: line[0] for line in listed.stdout.splitlines() if line[:2] in ("R ", "U ")}
+    assert ours <= set(found), listed.stdout
+    return {name: found[name] for name in ours}
+
+
+def test_a_damaged_record_makes_its_stage_stale_and_a_lost_database_nothing(runs):
+    """On the built work directory: a truncated build-info.json makes its build stale, and nothing
+    else before the stages that read it; doit's database deleted, the next run executes no task."""
+    base = runs[0]
+    cell = CELLS[0]
+    info = base / "build" / cell / "build-info.json"
+    saved = info.read_bytes()
+    info.write_bytes(saved[: len(saved) // 2])
+    try:
+        status = status_of(base)
+        assert status[f"build:{cell}"] == "R" and status[f"build:{CELLS[1]}"] == "U"
+        assert status["base:bookworm-amd64"] == "U" and status[f"compress:{cell}"] == "U"
+    finally:
+        info.write_bytes(saved)
+    assert set(status_of(base).values()) == {"U"}, "the same bytes again: up to date"
+    (base / "build" / ".doit.db").unlink()
+    again = doit(base)
+    assert again.returncode == 0, again.stderr
+    assert executed(again) == set(), "every target is there, made from the same inputs"
+
+
 def test_a_failed_cell_stops_nothing_else_and_the_summary_says_so(runs):
     """tier=mixed: genericcloud is built, booted and published although the other cell's build failed."""
     base, _, _, _, mixed = runs

@@ -125,6 +125,7 @@ def _refusal(test_matrix, tmp_path, api, build_key, **env) -> str:
         ({project.REF: "feature"}, "pipeline 4711 built main"),
         ({project.COMMIT: "b" * 40}, "not main at bbbb"),
         ({project.CELLS: ""}, "the trigger passed no RELEASE_CELLS"),
+        ({project.VERSION: "latest"}, f"the trigger's {project.VERSION}: expected a version YYYYMMDD-N"),
         ({project.STORAGE_ENV: ""}, "IMAGES_RELEASE_STORAGE"),
         ({project.PUBLIC_KEY_ENV: "/nonexistent.asc"}, "IMAGES_BUILD_PUBLIC_KEY"),
     ],

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from tasks import published
+from tasks import graph, published
 from tasks.model import plan
 from tasks.stages import publish as publication
 from tasks.storage import Location
@@ -109,9 +109,60 @@ def test_the_provenance_envelope_and_checksums_verify_with_doit_verify(nocloud, 
         published.verify(the_plan, "bookworm-nocloud-amd64@20261125-1200", signing_env.public)
 
 
-def test_doit_verify_refuses_an_unsigned_publication(nocloud, tmp_path, monkeypatch):
-    from tasks import graph
+def _published_anew(public, name, text):
+    """A file replaced as a faulty publisher would: listed in SHA512SUMS, signed with the key."""
+    from tasks.system.checksum import format_sums, parse_sums, sha512_file
 
+    (public / name).write_text(text)
+    sums = parse_sums((public / "SHA512SUMS").read_text())
+    sums[name] = sha512_file(public / name)
+    (public / "SHA512SUMS").write_text(format_sums(sums))
+    with signing.configured_signer() as signer:
+        (public / "SHA512SUMS.asc").write_bytes(signer.sign_detached((public / "SHA512SUMS").read_bytes()))
+
+
+def _envelope_of_another_shape(public):
+    _published_anew(public, f"{IMAGE}.intoto.json", '{"payload": 5}')
+
+
+def _statement_of_another_shape(public):
+    with signing.configured_signer() as signer:
+        statement = b'{"predicateType": "https://slsa.dev/provenance/v1", "subject": 7}'
+        envelope = signer.sign_envelope(statement, "application/vnd.in-toto+json")
+    _published_anew(public, f"{IMAGE}.intoto.json", json.dumps(envelope))
+
+
+@pytest.mark.parametrize(
+    "damage, given, message",
+    [
+        (lambda public: None, "bookworm-nothing-amd64", "'bookworm-nothing-amd64' is no cell of matrix.yaml"),
+        (lambda public: None, "bookworm-nocloud-amd64@rc1", "expected a version YYYYMMDD-N"),
+        (lambda public: None, "bookworm-nocloud-amd64@20261124-1", "published neither as a release nor as a daily"),
+        (
+            lambda public: (public / f"{IMAGE}.qcow2").unlink(),
+            "bookworm-nocloud-amd64",
+            f"{DAILY}/{IMAGE}.qcow2: listed in SHA512SUMS, missing from storage",
+        ),
+        (_envelope_of_another_shape, "bookworm-nocloud-amd64", "the provenance is not a DSSE envelope"),
+        (_statement_of_another_shape, "bookworm-nocloud-amd64", "its subjects are not a list of names and digests"),
+    ],
+)
+def test_doit_verify_says_what_is_wrong_in_one_line(nocloud, signing_env, tmp_path, damage, given, message):
+    cell, files = nocloud
+    publish(cell, files, tmp_path / "public", tmp_path)
+    damage(tmp_path / "public" / DAILY)
+    options = {
+        "storage": (tmp_path / "public").as_uri(),
+        "workdir": str(tmp_path / "work"),
+        "image": given,
+        "key": str(signing_env.public),
+    }
+    failure = graph.run_stage("verify", graph._verify, plan.from_options(REPO, options.get))
+    assert failure is not None and message in failure.message, failure.message
+    assert "\n" not in failure.message.strip()
+
+
+def test_doit_verify_refuses_an_unsigned_publication(nocloud, tmp_path, monkeypatch):
     monkeypatch.delenv(signing.KEY_ENV, raising=False)
     monkeypatch.delenv(signing.FINGERPRINT_ENV, raising=False)
     cell, files = nocloud

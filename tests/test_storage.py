@@ -9,7 +9,9 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import boto3
 import pytest
@@ -431,3 +433,62 @@ def test_remote_publication_is_trusted_without_asking_the_server(nocloud, tmp_pa
     )
     assert publication.still_published(str(files.published), "https://images.example.org/debian")
     assert not publication.still_published(str(files.published), "s3://elsewhere/debian")
+
+
+def test_a_storage_that_is_a_file_is_one_line(nocloud, tmp_path):
+    cell, files = nocloud
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    with pytest.raises(PublishFailed) as caught:
+        publication.publish(cell, files, Location(a_file.as_uri()), FAST)
+    assert str(caught.value) == f"{a_file.as_uri()}: taking the storage lock: {a_file}: not a directory"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_read_only_storage_is_one_line_and_changes_nothing(nocloud, tmp_path):
+    cell, files = nocloud
+    root = tmp_path / "read-only"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "read-only-test", str(root)], check=True)
+    try:
+        with pytest.raises(PublishFailed) as caught:
+            publication.publish(cell, files, Location(root.as_uri()), FAST)
+        assert str(caught.value) == f"{root.as_uri()}: taking the storage lock: {root}/.lock: Read-only file system"
+        assert not any(root.iterdir())
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
+def doit(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_token_in_the_storage_url_is_sent_but_never_shown_or_recorded(nocloud, tmp_path):
+    cell, files = nocloud
+    workdir = files.dir.parent
+    nginx = servers.Nginx(tmp_path / "nginx").start()
+    try:
+        given = f"storage={nginx.url}?token=SECRET-123"
+        listed = doit("list", "--all", f"workdir={workdir}", given)
+        assert f"{nginx.url}?token=<redacted>" in listed.stdout
+        published = doit("--single", f"publish:{cell.name}", f"workdir={workdir}", given)
+        assert published.returncode == 0, published.stdout + published.stderr
+        assert "token=SECRET-123" in (nginx.directory / "access.log").read_text(), "sent with every request"
+        failed = doit(
+            "--single", f"publish:{cell.name}", f"workdir={workdir}", f"{given.replace('/images', '/nowhere')}"
+        )
+        assert failed.returncode != 0 and "does not take WebDAV's LOCK" in failed.stdout
+    finally:
+        nginx.stop()
+    written = [files.published, workdir / "run-summary.json", *(workdir / cell.name / ".doit-state").iterdir()]
+    for text in (
+        listed.stdout,
+        listed.stderr,
+        published.stdout,
+        failed.stdout,
+        failed.stderr,
+        *map(Path.read_text, written),
+    ):
+        assert "SECRET" not in text

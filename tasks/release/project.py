@@ -32,6 +32,7 @@ from tasks.model import plan as plan_module
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, UnknownCell
 from tasks.model.plan import DEFAULT_WORKDIR, Plan
+from tasks.model.version import NotAVersion, Version
 from tasks.release import handoff
 from tasks.release.gitlab import GitLab, extract
 from tasks.system import signing
@@ -74,6 +75,10 @@ class Trigger:
                 f"the trigger passed no {', '.join(missing)}: the release project is run by a build pipeline's "
                 f"release job, not by hand"
             )
+        try:
+            Version.parse(env[VERSION])
+        except NotAVersion as error:
+            raise ReleaseRefused(f"refused: the trigger's {VERSION}: {error}") from None
         return cls(
             env[PROJECT],
             env[PIPELINE],

@@ -67,7 +67,10 @@ def version_of(manifest: Manifest, source: Path) -> Version:
     try:
         return Version.parse(manifest.version)
     except NotAVersion as error:
-        raise StageFailed(f"{source}: version: {error}; build it again with doit version=...") from None
+        raise StageFailed(
+            f"{source}: version: {error}; give the image one with doit version=YYYYMMDD-N (the manifest is made "
+            "again, the image is not)"
+        ) from None
 
 
 @dataclass(frozen=True)
