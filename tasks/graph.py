@@ -68,8 +68,7 @@ def _paths(paths) -> list[str]:
     return [str(p) for p in paths]
 
 
-def _uptodate(stage: registry.Stage, ctx) -> list:
-    records = stage.records(ctx)
+def _uptodate(stage: registry.Stage, ctx, records) -> list:
     checks = [config_changed(stage.config(ctx)), *stage.checks(ctx), *([RecordsReadable(records)] if records else [])]
     days = stage.max_age_days(ctx)
     return checks + ([timeout(timedelta(days=days))] if days is not None else [])
@@ -87,7 +86,7 @@ def _sub_task(stage: registry.Stage, ctx) -> dict:
         "actions": [*([(note_unreadable, [records])] if records else []), (run_stage, [title, stage.action, ctx])],
         "file_dep": _paths(stage.inputs(ctx)),
         "targets": _paths(stage.outputs(ctx)),
-        "uptodate": _uptodate(stage, ctx),
+        "uptodate": _uptodate(stage, ctx, records),
         "clean": True,
     }
 

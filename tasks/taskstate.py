@@ -90,7 +90,7 @@ def save(task, dep_manager, places: Places, only_if_missing: bool = False) -> No
     files = {places.portable(dep): get(task.name, dep) for dep in task.file_dep}
     record = {"format": FORMAT, "task": task.name, "saved": saved, "files": files}
     try:
-        atomic.write_json(path, record)
+        atomic.write_json(path, record, durable=False)  # lost in a crash, the task only runs again
     except OSError as error:
         print(f"warning: {path}: {error.strerror}: doit's state of {task.name} is kept in its database only")
 

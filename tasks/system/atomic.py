@@ -48,33 +48,38 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def commit(partial: Path, target: Path) -> None:
-    """Make a finished partial file the target, durably."""
-    fsync_path(partial)
+def commit(partial: Path, target: Path, durable: bool = True) -> None:
+    """Make a finished partial file the target (durably: on disk before and after the rename)."""
+    if durable:
+        fsync_path(partial)
     os.replace(partial, target)
-    fsync_path(target.parent)
+    if durable:
+        fsync_path(target.parent)
 
 
 @contextlib.contextmanager
-def output(target: Path, keep_suffix: bool = False) -> Iterator[Path]:
-    """Yield a temporary path; rename it to target on success, delete it on failure."""
+def output(target: Path, keep_suffix: bool = False, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path; rename it to target on success, delete it on failure.
+
+    durable=False: still whole or absent, but not forced to disk (a file whose loss costs only
+    a task run again: tasks/taskstate.py)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target)
     partial = partial_path(target, keep_suffix)
     try:
         yield partial
-        commit(partial, target)
+        commit(partial, target, durable)
     finally:
         remove(partial)
 
 
-def write_text(target: Path, text: str) -> None:
-    with output(target) as partial:
+def write_text(target: Path, text: str, durable: bool = True) -> None:
+    with output(target, durable=durable) as partial:
         partial.write_text(text)
 
 
-def write_json(target: Path, data: Any) -> None:
-    write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+def write_json(target: Path, data: Any, durable: bool = True) -> None:
+    write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n", durable)
 
 
 def read_json(path: Path) -> Any:
