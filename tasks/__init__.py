@@ -5,7 +5,7 @@ The package shows the design:
     model/     what is built: the matrix (releases, vendors, architectures),
                the settings schema, the architecture registry and the fixed
                vocabularies, the records stages hand each other, where each
-               cell's files live, one run's plan
+               cell's files live, one run's plan, what a version is
     stages/    how it is built: one module per stage (base, fai, sbom,
                compress, boottest, manifest, provenance, publish) and what
                each needs (qemu, the in-build image checks and facts, the FAI
@@ -15,10 +15,11 @@ The package shows the design:
                region, deprecation, resumable through its journal), notify;
                the release project's job (GitLab's API, the build's seal);
                doit cleanup
-    storage/   transport only: files into a directory, WebDAV or S3
+    storage/   transport only: files into a directory, WebDAV or S3, under
+               the storage's own lock
     system/    OS plumbing: processes, loop devices, binfmt, CPU slots,
                atomic files, the work directory lock, checksums, apt cache,
-               OpenPGP signing
+               OpenPGP signing, what a build takes of the environment
     registry.py  the stage registry: every stage, once
     graph.py   the stage registry turned into doit tasks
     ci.py      the same registry as a GitLab CI child pipeline, and the
@@ -26,6 +27,9 @@ The package shows the design:
     published.py  published images read as a user would (doit verify, doit changes)
     reproduce.py  doit reproduce: a second build of a cell, compared with the first
     summary.py, progress.py, errors.py   what a run shows and reports
+    cmdline.py    a doit command line, read as doit reads it
+    taskstate.py  doit's state of each task kept beside its targets, and the
+               database checked (and made again) before doit opens it
 
 Nothing imports upward: system/ and storage/ know no stage, stages know the
 model, graph and ci know everything.
