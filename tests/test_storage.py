@@ -492,3 +492,9 @@ def test_a_token_in_the_storage_url_is_sent_but_never_shown_or_recorded(nocloud,
         *map(Path.read_text, written),
     ):
         assert "SECRET" not in text
+
+
+def test_a_link_for_people_carries_no_query(tmp_path):
+    location = Location.parse("https://images.example.org/debian/?token=SECRET", tmp_path)
+    assert location.url == "https://images.example.org/debian?token=<redacted>" and location.query == "token=SECRET"
+    assert location.link("bookworm/20261207-1") == "https://images.example.org/debian/bookworm/20261207-1"

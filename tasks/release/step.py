@@ -104,7 +104,7 @@ def release(
     message = {
         "release": cell.release.name,
         "version": manifest.version,
-        "url": f"{location.url}/{directory}",
+        "url": location.link(directory),
         "cells": [{"cell": cell.name, "files": files_published, "platforms": platforms}],
     }
     record = ReleaseRecord(

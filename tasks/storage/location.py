@@ -70,6 +70,11 @@ class Location:
             return cls(plain)
         return cls(f"{plain}?{redacted(text).partition('?')[2]}", parts.query)
 
+    def link(self, path: str) -> str:
+        """Where path is in this storage, for people (a notification): without the query."""
+        parts = urlsplit(self.url)
+        return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{path}", "", ""))
+
     @property
     def scheme(self) -> str:
         return urlsplit(self.url).scheme
