@@ -29,6 +29,7 @@ import atexit
 import json
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -92,7 +93,10 @@ def save(task, dep_manager, places: Places, only_if_missing: bool = False) -> No
     try:
         atomic.write_json(path, record, durable=False)  # lost in a crash, the task only runs again
     except OSError as error:
-        print(f"warning: {path}: {error.strerror}: doit's state of {task.name} is kept in its database only")
+        print(
+            f"warning: {path}: {error.strerror}: doit's state of {task.name} is kept in its database only",
+            file=sys.stderr,
+        )
 
 
 def _records(workdir: Path) -> list[dict]:
@@ -159,14 +163,20 @@ def prepare(dep_file: Path, places: Places, writable: bool) -> str:
             dep_file.rename(aside)
             print(
                 f"warning: {dep_file} is damaged ({problem}): set aside as {aside.name}; "
-                "made again from the tasks' records"
+                "made again from the tasks' records",
+                file=sys.stderr,
             )
         else:
-            print(f"warning: {dep_file} is damaged ({problem}): read as made again from the tasks' records")
+            print(
+                f"warning: {dep_file} is damaged ({problem}): read as made again from the tasks' records",
+                file=sys.stderr,
+            )
     elif dep_file.exists() and written_for != str(workdir) and writable:
         # Written where the work directory was before (its paths are absolute there).
         dep_file.unlink()
-        print(f"note: {workdir} was at {written_for}: doit's state is made again from the tasks' records")
+        print(
+            f"note: {workdir} was at {written_for}: doit's state is made again from the tasks' records", file=sys.stderr
+        )
     if not writable:
         return _temporary_copy(places)
     if not workdir.is_dir():

@@ -63,7 +63,8 @@ def test_a_damaged_database_is_set_aside_with_one_warning(workdir):
     (workdir / ".doit.db").write_bytes(b"\x00garbage" * 500)
     again = doit(workdir, "--single", TASK)
     assert again.returncode == 0 and fresh(again), again.stdout + again.stderr
-    warnings = [line for line in again.stdout.splitlines() if line.startswith("warning:")]
+    assert "warning" not in again.stdout, "on stderr: doit's own output stays what it is"
+    warnings = [line for line in again.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and f"{workdir / '.doit.db'} is damaged (file is not a database)" in warnings[0]
     aside = list(workdir.glob(".doit.db.damaged-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"\x00garbage"), "kept for whoever investigates"
@@ -76,7 +77,7 @@ def test_a_moved_work_directory_makes_nothing_run_again(workdir, tmp_path):
     shutil.rmtree(workdir)
     again = doit(moved, "--single", TASK)
     assert again.returncode == 0 and fresh(again), again.stdout + again.stderr
-    assert f"note: {moved} was at {workdir}" in again.stdout
+    assert f"note: {moved} was at {workdir}" in again.stderr
 
 
 def test_a_changed_input_still_runs_the_task_without_the_database(workdir):
