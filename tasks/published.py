@@ -7,7 +7,6 @@ first, then the dailies (tasks/stages/publish.py's layout).
 
 from __future__ import annotations
 
-import functools
 import json
 import posixpath
 import tempfile
@@ -136,12 +135,10 @@ def verify(plan: Plan, given: str, public_key: Path) -> list[str]:
         sums = parse_sums(sums_file.read_text())
         mine = {name: digest for name, digest in sums.items() if name.startswith(published.image_name + ".")}
         for name, digest in sorted(mine.items()):
-            if published.backend.stat(published.path(name)) is None:
-                raise signing.SigningError(f"{published.path(name)}: listed in SHA512SUMS, missing from storage")
             path = published.path(name)
-            size, actual = published.backend.retry.run(
-                f"reading {path}", functools.partial(published.backend.digest, path)
-            )
+            if published.backend.stat(path) is None:
+                raise signing.SigningError(f"{path}: listed in SHA512SUMS, missing from storage")
+            size, actual = published.backend.read_back(path)
             if actual != digest:
                 raise signing.SigningError(f"{published.path(name)}: SHA-512 {actual}, SHA512SUMS says {digest}")
             checked.append(f"{name}: {size} bytes, SHA-512 as SHA512SUMS lists")

@@ -172,10 +172,8 @@ def build(
                     verb = line[3:].split(" ", 1)[0].rstrip(".")
                     progress.update(status="Retrieving" if verb == "Validating" else verb)
 
-            env = {
-                **hostenv.passed(),
-                **binfmt.environment(arch),
-            }  # never our credentials: the base runs Debian's scripts
+            # Never our credentials: the base runs Debian's maintainer scripts.
+            env = {**hostenv.passed(), **binfmt.environment(arch)}
             with cpu.slots(cpu_slots, want=1), aptcache.PackageCache(package_cache) as cache:
                 if settings.mirror.startswith("http://"):
                     env["http_proxy"] = cache.url  # debootstrap fetches with wget

@@ -205,26 +205,26 @@ class Backend:
     def dirs(self, path: str) -> list[str]:
         return self.retry.run(f"listing {path or '/'} in {self.name}", lambda: self.list_dirs(path))
 
-    def digest(self, path: str) -> tuple[int, str]:
-        """Size and SHA-512 of the stored file, read back from storage."""
-        sha, size = hashlib.sha512(), 0
+    def read_back(self, path: str) -> tuple[int, str]:
+        """Size and SHA-512 of the stored file, read back from storage (retried)."""
 
-        def sink(chunk: bytes) -> None:
-            nonlocal size
-            sha.update(chunk)
-            size += len(chunk)
+        def digest() -> tuple[int, str]:
+            sha, size = hashlib.sha512(), 0
 
-        self.download(path, sink)
-        return size, sha.hexdigest()
+            def sink(chunk: bytes) -> None:
+                nonlocal size
+                sha.update(chunk)
+                size += len(chunk)
+
+            self.download(path, sink)
+            return size, sha.hexdigest()
+
+        return self.retry.run(f"reading back {path} from {self.name}", digest)
 
     def holds(self, path: str, local: Path, sha512: str) -> bool:
         """Whether the file at path is local's bytes (whose SHA-512 is sha512): read back and compared."""
-        if self.stat(path) != local.stat().st_size:
-            return False
-        return self.retry.run(f"reading back {path} from {self.name}", lambda: self.digest(path)) == (
-            local.stat().st_size,
-            sha512,
-        )
+        size = local.stat().st_size
+        return self.stat(path) == size and self.read_back(path) == (size, sha512)
 
     # --- writing: under the lock, checked ----------------------------------
     @contextlib.contextmanager
@@ -258,7 +258,7 @@ class Backend:
                     self.upload(local, temporary, progress)
 
             self.retry.run(f"uploading {name} to {self.name}", attempt)
-            size, digest = self.retry.run(f"reading back {name} from {self.name}", lambda: self.digest(temporary))
+            size, digest = self.read_back(temporary)
             if (size, digest) != (expected, sha512):
                 raise PublishFailed(
                     f"{name} in {self.name} differs from the local file after upload "
