@@ -10,16 +10,18 @@ The package shows the design:
                compress, boottest, manifest, provenance, publish) and what
                each needs (qemu, the in-build image checks and facts, the FAI
                config space, the build's identity, the changes between versions,
-               the initramfs's members, the cell's slow steps kept for its next build)
+               the initramfs's members, the cell's slow steps kept for its next build,
+               the disk assembled from the tree)
     release/   the manual release step: instance test, cloud platforms (every
                region, deprecation, resumable through its journal), notify;
                the release project's job (GitLab's API, the build's seal);
                doit cleanup
     storage/   transport only: files into a directory, WebDAV or S3, under
                the storage's own lock
-    system/    OS plumbing: processes, loop devices, binfmt, CPU slots,
-               atomic files, the work directory lock, checksums, apt cache,
-               OpenPGP signing, what a build takes of the environment
+    system/    OS plumbing: processes, the build's sandbox and its user namespace,
+               binfmt, CPU slots, atomic files, the work directory lock, checksums,
+               apt cache, OpenPGP signing, what a build takes of the environment,
+               the pinned disk tools, an image's tree read without mounting it
     registry.py  the stage registry: every stage, once
     graph.py   the stage registry turned into doit tasks
     ci.py      the same registry as a GitLab CI child pipeline, and the

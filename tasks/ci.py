@@ -253,7 +253,7 @@ def release_project_pipeline(plan: Plan) -> dict:
         "default": {"image": ci.image},
         "release": {
             "stage": "release",
-            # The instance test boots the images: a build runner (privileged, qemu).
+            # The instance test boots the images: a build runner (qemu, without privileges).
             "tags": list(ci.runner_tags(next(iter(plan.matrix.architectures)))),
             "script": ["tools/setup-host", ".ci/prepare-job", ".venv/bin/python -m tasks.release.project"],
             # What the release did (instance tests, platform images, publication), kept for ever.

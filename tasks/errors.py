@@ -19,15 +19,3 @@ class StageFailed(Exception):
     def __reduce__(self):
         # doit's worker processes send failures to the main process pickled.
         return (type(self), (str(self), self.log))
-
-
-def add_cleanup_failure(error: BaseException, cleanup: StageFailed) -> None:
-    """A cleanup after a failure failed too: keep the first failure, note the second.
-
-    Raised from a ``finally``, the cleanup's error would replace the failure
-    that caused it, which is the one the user needs to read.
-    """
-    if isinstance(error, StageFailed):
-        error.args = (f"{error}\nand while cleaning up after it: {cleanup}",)
-    else:
-        error.add_note(f"and while cleaning up after it: {cleanup}")

@@ -28,7 +28,7 @@ from tasks.model.matrix import Architecture, Cell, Release
 from tasks.model.plan import Plan
 from tasks.model.records import BootRecord, BuildInfo, Manifest, PublishReceipt, Record, ReleaseRecord
 from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, provenance, publish, sbom, stepcache, twins
-from tasks.system import signing
+from tasks.system import signing, toolstree
 
 
 class Scope(enum.Enum):
@@ -170,6 +170,7 @@ def build_inputs(ctx: CellContext) -> fai.BuildInputs:
         stepcache.directory(plan.workdir, ctx.cell.name) if plan.step_cache else None,
         plan.build_version,
         plan.cpu_slots,
+        toolstree.tree_dir(plan.workdir),
         twins.directory(plan.workdir),
     )
 
@@ -180,12 +181,12 @@ def _build_action(ctx: CellContext) -> None:
 
 BUILD = Stage[CellContext](
     name="build",
-    doc="build raw images with fai-diskimage",
+    doc="build raw images: FAI into a directory, the disk assembled from files",
     group_doc="build the raw images",
     scope=Scope.CELL,
     ci_job=CiJob.IMAGE,
     action=_build_action,
-    describe=lambda ctx: f"build {ctx.cell.name} with fai-diskimage",
+    describe=lambda ctx: f"build {ctx.cell.name} with FAI",
     inputs=lambda ctx: (
         build_inputs(ctx).base,
         *faiconfig.selected_files(ctx.plan.config_space, ctx.cell.fai_classes),
@@ -272,6 +273,7 @@ MANIFEST = Stage[CellContext](
     action=_manifest_action,
     describe=lambda ctx: f"describe {ctx.cell.name} in manifest.json",
     inputs=lambda ctx: (
+        ctx.files.raw,
         *ctx.files.artifacts,
         ctx.files.packages,
         ctx.files.facts,

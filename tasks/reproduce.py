@@ -4,12 +4,13 @@ The second build uses the same base tarball, the same package cache, the same
 version (so the same SOURCE_DATE_EPOCH and disk identifiers:
 tasks/stages/identity.py) and the same config space, in <cell>/rebuild/. Then:
 
-- the file trees: every path of the root file system (mounted read-only
-  from each disk through a loop device, in a private mount namespace that
-  vanishes with the comparison) and of the EFI system partition (read with
-  mtools), with its type, mode, owner, size, content digest, link target and
-  modification time;
-- the disks, bit for bit, reporting the differing MiB per partition;
+- the disks, bit for bit: "identical" with the disk's SHA-512, or the
+  differing MiB per partition;
+- the file trees: every path of the root file system (copied out of each
+  disk by debugfs, never mounted: tasks/system/imagetree.py) and of the EFI
+  system partition (read with mtools), with its type, mode, owner, size,
+  content digest, link target and modification time (a link's own time
+  excepted: debugfs does not copy it);
 - for each differing file, what differs inside it (diffoscope, when installed).
 
 The report (reproducibility.json, and reproducibility.txt for people) says
@@ -19,15 +20,13 @@ disk is removed afterwards (its build log stays).
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -40,8 +39,8 @@ from tasks.model.matrix import Cell
 from tasks.model.plan import Plan
 from tasks.model.records import BuildInfo
 from tasks.stages import fai, faiconfig, imagefacts
-from tasks.system import atomic, hostenv, loopdev
-from tasks.system.checksum import sha256_kept
+from tasks.system import atomic, imagetree, toolstree
+from tasks.system.checksum import sha256_kept, sha512_sparse
 
 SCHEMA = 1
 MIB = 1 << 20
@@ -84,7 +83,7 @@ def reproduce(plan: Plan, cell: Cell) -> dict:
     atomic.remove(rebuild.dir)
     fai.build(cell, rebuild, plan.matrix.build, inputs)
     try:
-        report = compare_images(files.raw, rebuild.raw)
+        report = compare_images(files.raw, rebuild.raw, toolstree.bin_dir(inputs.tools))
     finally:
         rebuild.raw.unlink(missing_ok=True)
     report = {
@@ -103,15 +102,11 @@ def reproduce(plan: Plan, cell: Cell) -> dict:
     return report
 
 
-def compare_images(first: Path, second: Path) -> dict:
-    """Trees and disks of two raw images. The trees are read in a private mount
-    namespace (tasks/reproduce.py's main), so nothing stays mounted whatever happens."""
-    with tempfile.TemporaryDirectory(prefix=".compare-", dir=first.parent) as scratch:
-        out = Path(scratch) / "trees.json"
-        with loopdev.detached_afterwards(first.parent), loopdev.detached_afterwards(second.parent):
-            _in_private_namespace([str(first), str(second)], out, f"comparing {first} and {second}")
-        trees = json.loads(out.read_text())
+def compare_images(first: Path, second: Path, tools: Path) -> dict:
+    """Disks and trees of two raw images, read with the pinned tools (never mounted)."""
     disk = compare_disks(first, second)
+    with tempfile.TemporaryDirectory(prefix=".compare-", dir=first.parent) as scratch:
+        trees = compare_trees(first, second, Path(scratch), tools)
     return {**trees, **disk}
 
 
@@ -153,14 +148,16 @@ def compare_disks(first: Path, second: Path) -> dict:
                 where = region(parts, offset)
                 differing[where] = differing.get(where, 0) + 1
             offset += len(chunk)
-    return {
-        "disk": "different" if differing else "identical",
-        "disk_differences": {f"{where}: MiB differing": count for where, count in differing.items()},
-    }
+    if differing:
+        return {
+            "disk": "different",
+            "disk_differences": {f"{where}: MiB differing": count for where, count in differing.items()},
+        }
+    return {"disk": "identical", "disk_sha512": sha512_sparse(first), "disk_differences": {}}
 
 
 # --------------------------------------------------------------------------
-# The trees (run as `python -m tasks.reproduce` inside a private mount namespace)
+# The trees
 
 
 def walk(root: Path) -> Iterator[tuple[str, dict]]:
@@ -184,7 +181,7 @@ def walk(root: Path) -> Iterator[tuple[str, dict]]:
                     "owner": f"{st.st_uid}:{st.st_gid}",
                     "size": st.st_size if kind == "f" else 0,
                     "content": content,
-                    "mtime": int(st.st_mtime),
+                    "mtime": 0 if kind == "l" else int(st.st_mtime),  # debugfs does not copy a link's own time
                 },
             )
 
@@ -200,12 +197,6 @@ def differences(first: dict[str, dict], second: dict[str, dict]) -> list[dict]:
         if changed:
             found.append({"path": path, "kind": a["type"], **changed})
     return found
-
-
-def _mount_root(image: Path, mountpoint: Path) -> None:
-    root = max(partitions(image), key=lambda p: p["bytes"])
-    options = f"ro,noload,loop,offset={root['offset']},sizelimit={root['bytes']}"
-    subprocess.run(["mount", "-t", "ext4", "-o", options, str(image), str(mountpoint)], check=True)
 
 
 def _copy_esp(image: Path, target: Path) -> bool:
@@ -231,16 +222,14 @@ def diffoscope(first: Path, second: Path) -> list[str]:
     return result.stdout.splitlines()[:DIFFOSCOPE_LINES]
 
 
-def compare_trees(first: Path, second: Path, scratch: Path) -> dict:
-    roots: list[tuple[Path, Path]] = []
-    try:
+def compare_trees(first: Path, second: Path, scratch: Path, tools: Path) -> dict:
+    with contextlib.ExitStack() as stack:
+        roots: list[tuple[Path, Path]] = []
         trees = []
         for index, image in enumerate((first, second)):
-            mountpoint, esp = scratch / f"root{index}", scratch / f"esp{index}"
-            mountpoint.mkdir()
-            _mount_root(image, mountpoint)
-            roots.append((mountpoint, esp))
-            tree = dict(walk(mountpoint))
+            root, esp = stack.enter_context(imagetree.extracted(image, tools, scratch)), scratch / f"esp{index}"
+            roots.append((root, esp))
+            tree = dict(walk(root))
             if _copy_esp(image, esp):
                 tree.update({f"ESP:{path}": entry for path, entry in walk(esp)})
             trees.append(tree)
@@ -253,9 +242,6 @@ def compare_trees(first: Path, second: Path, scratch: Path) -> dict:
                 for root, esp in roots
             ]
             item["diffoscope"] = diffoscope(pair[0], pair[1])
-    finally:
-        for mountpoint, _ in roots:
-            subprocess.run(["umount", str(mountpoint)], check=False)
     return {
         "trees": "different" if found else "identical",
         "entries": len(trees[0]),
@@ -263,48 +249,10 @@ def compare_trees(first: Path, second: Path, scratch: Path) -> dict:
     }
 
 
-def list_tree(image: Path, scratch: Path) -> dict[str, dict]:
-    mountpoint = scratch / "root"
-    mountpoint.mkdir()
-    _mount_root(image, mountpoint)
-    try:
-        return dict(walk(mountpoint))
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=False)
-
-
-def _in_private_namespace(args: list[str], output: Path, what: str) -> None:
-    command = [sys.executable, "-m", "tasks.reproduce", *args, "--output", str(output)]
-    env = {**hostenv.passed(), "PYTHONPATH": str(fai.TOOLS_ROOT)}
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", *command], env=env, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise NotReproducible(f"{what} failed:\n{result.stderr[-3000:]}")
-
-
-def image_tree(image: Path) -> dict[str, dict]:
-    """The root file system's tree of a raw image (walk's entries), read in a private mount namespace."""
-    with tempfile.TemporaryDirectory(prefix=".tree-", dir=image.parent) as scratch:
-        out = Path(scratch) / "tree.json"
-        with loopdev.detached_afterwards(image.parent):
-            _in_private_namespace([str(image)], out, f"reading the tree of {image}")
-        return json.loads(out.read_text())
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description="list the file tree of a raw image, or compare those of two (in a private namespace)"
-    )
-    parser.add_argument("first", type=Path)
-    parser.add_argument("second", type=Path, nargs="?")
-    parser.add_argument("--output", type=Path, required=True)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="trees-") as scratch:
-        if args.second is None:
-            args.output.write_text(json.dumps(list_tree(args.first, Path(scratch))))
-        else:
-            args.output.write_text(json.dumps(compare_trees(args.first, args.second, Path(scratch))))
+def image_tree(image: Path, tools: Path) -> dict[str, dict]:
+    """The root file system's tree of a raw image (walk's entries), read without mounting it."""
+    with imagetree.extracted(image, tools) as root:
+        return dict(walk(root))
 
 
 # --------------------------------------------------------------------------
@@ -327,10 +275,8 @@ def render(report: dict, details: int | None = None) -> str:
             lines += [f"      {line}" for line in item["diffoscope"]]
     if details and len(report["tree_differences"]) > details:
         lines.append(f"  ... {len(report['tree_differences']) - details} more: reproducibility.txt")
+    if report.get("disk_sha512"):
+        lines.append(f"  disk SHA-512 {report['disk_sha512']}")
     for where, count in report.get("disk_differences", {}).items():
         lines.append(f"  disk: {where} {count}")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    main()

@@ -18,15 +18,22 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import unprivileged
+from .unprivileged import HostWatch
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 class BackgroundRun:
-    def __init__(self, name: str, targets: list[str]) -> None:
+    """unprivileged: run as a CI job without privileges (tools/unprivileged), the host watched meanwhile."""
+
+    def __init__(self, name: str, targets: list[str], unprivileged: bool = False) -> None:
         self.name = name
         self.targets = targets
+        self.unprivileged = unprivileged
         self.dir: Path | None = None
         self.process: subprocess.Popen | None = None
+        self.watch: HostWatch | None = None
 
     @property
     def workdir(self) -> Path:
@@ -42,21 +49,24 @@ class BackgroundRun:
         if self.process or os.geteuid() != 0:  # image builds need root: the test skips itself
             return
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}.", dir="/var/tmp"))
+        argv = [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(REPO / "dodo.py"),
+            *self.targets,
+            f"workdir={self.workdir}",
+            f"storage={self.dir / 'storage'}",
+        ]
+        env = dict(os.environ)
+        if self.unprivileged:
+            argv, container_env = unprivileged.command(argv, volumes=[self.dir])
+            env.update(container_env)
+            self.watch = HostWatch([self.dir]).__enter__()
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "doit",
-                    "-f",
-                    str(REPO / "dodo.py"),
-                    *self.targets,
-                    f"workdir={self.workdir}",
-                    f"storage={self.dir / 'storage'}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO
             )
 
     def wait(self, timeout: float) -> tuple[int, str]:
@@ -64,6 +74,8 @@ class BackgroundRun:
         self.start()
         assert self.process, f"{self.name}: not started"
         self.process.wait(timeout=timeout)
+        if self.watch:
+            self.watch.__exit__(None, None, None)
         return self.process.returncode, self.log.read_text(errors="replace")
 
     def stop(self, keep: bool) -> None:

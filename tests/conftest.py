@@ -72,6 +72,15 @@ def repo_matrix():
 
 
 @pytest.fixture(scope="session")
+def pinned_tools(repo_matrix, tmp_path_factory) -> Path:
+    """The builder's pinned disk tools (tasks/system/toolstree.py), unpacked once for the session."""
+    from tasks.system import toolstree
+
+    tree = toolstree.tree_dir(tmp_path_factory.mktemp("tools-workdir"))
+    return toolstree.bin_dir(toolstree.ensure(tree, repo_matrix.build.mirror))
+
+
+@pytest.fixture(scope="session")
 def test_matrix_file() -> Path:
     return FIXTURE_MATRIX
 
@@ -100,6 +109,9 @@ def fake_outputs(workdir: Path, cell, version: str = "20261125-1200") -> CellFil
     """What build, compress and boot test leave for a cell, as small real files."""
     files = CellFiles.of(workdir, cell)
     files.dir.mkdir(parents=True)
+    with open(files.raw, "wb") as raw:  # a small sparse disk: data at its start, a hole after
+        raw.write(os.urandom(4096))
+        raw.truncate(1 << 20)
     for fmt in cell.vendor.formats:
         files.artifact(fmt).write_bytes(os.urandom(3000) + fmt.encode())
     files.packages.write_text("base-files\t12.4+deb12u8\tamd64\nbash\t5.2.15-2+b7\tamd64\n")

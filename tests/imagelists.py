@@ -20,6 +20,8 @@ from pathlib import Path
 
 from tasks import reproduce
 
+from . import imagefs
+
 # The lists of images built the slow way, one prefix per cell (tests/data/arm64/<cell>.<kind>.xz).
 RECORDED = Path(__file__).resolve().parent / "data" / "arm64"
 # The kernel's ABI name (6.1.0-56-arm64) changes with every kernel update of a release.
@@ -38,7 +40,8 @@ def packages(cell_dir: Path) -> list[str]:
 
 def files(cell_dir: Path) -> list[str]:
     """type, mode, owner and path of each file of the root file system."""
-    tree = reproduce.image_tree(cell_dir / "disk.raw")
+    image = cell_dir / "disk.raw"
+    tree = reproduce.image_tree(image, imagefs.tools_of(image))
     return sorted({_normal(f"{e['type']} {e['mode']} {e['owner']} {path}") for path, e in tree.items()})
 
 
@@ -46,10 +49,8 @@ def initramfs(cell_dir: Path) -> list[str]:
     """type, mode and name of each member of the image's initramfs."""
     from tasks.stages import initramfs as reader
 
-    from . import imagefs
-
     image = cell_dir / "disk.raw"
-    with imagefs.mounted(image, imagefs.root_partition_index(image)) as root:
+    with imagefs.tree(image) as root:
         listed = []
         for initrd in sorted(Path(root, "boot").glob("initrd.img-*")):
             listed += [f"{oct(m.mode)} {_normal(m.name)}" for m in reader.members(initrd)]

@@ -1,9 +1,12 @@
-"""An arm64 image, built on this amd64 host and boot-tested, for real.
+"""An arm64 image, built on this amd64 host and boot-tested, for real, without privileges.
 
-The base is debootstrapped and the image built through qemu-user-static
-(binfmt_misc, which the builder mounts and enables if needed); the boot test
-runs qemu-system-aarch64 with AAVMF (UEFI) under TCG. Long: marked arm64, and
-run in the background from the session's start (tests/background.py).
+The run is a CI job's on a runner with `privileged = false` (tools/unprivileged: a
+container without --privileged or devices), watched from the host: no loop device
+appears and nothing of the image is mounted. The base is debootstrapped and the image
+built through qemu-user-static (the host's binfmt_misc entry, with its F flag: the
+container can neither see nor mount binfmt_misc); the boot test runs
+qemu-system-aarch64 with AAVMF (UEFI) under TCG. Long: marked arm64, and run in the
+background from the session's start (tests/background.py).
 """
 
 import json
@@ -14,7 +17,7 @@ import pytest
 from . import imagelists
 from .background import BackgroundRun
 
-CELL = "bookworm-nocloud-arm64"
+CELL = "trixie-nocloud-arm64"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.arm64,
@@ -23,7 +26,7 @@ pytestmark = [
 
 
 # Started with the test session, this test running last (tests/background.py).
-BACKGROUND_RUN = BackgroundRun("arm64-e2e", [f"boottest:{CELL}"])
+BACKGROUND_RUN = BackgroundRun("arm64-e2e", [f"boottest:{CELL}"], unprivileged=True)
 
 
 def test_arm64_image_builds_and_boots_through_uefi():
@@ -31,6 +34,9 @@ def test_arm64_image_builds_and_boots_through_uefi():
     print(output)
     assert returncode == 0, output[-3000:]
     cell_dir = BACKGROUND_RUN.workdir / CELL
+    watch = BACKGROUND_RUN.watch
+    assert watch and watch.samples > 1 and watch.seen == set(), "nothing attached or mounted on the host"
+    assert json.loads((cell_dir / "build-info.json").read_text())["builder"]["privileged"] == "no"
 
     packages = {
         line.split("\t")[0]: line.split("\t")[2] for line in (cell_dir / "packages.tsv").read_text().splitlines()

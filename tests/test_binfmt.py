@@ -78,3 +78,26 @@ def test_two_workers_set_up_foreign_programs_at_once_from_nothing(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["['ok', 'ok']", "enabled", "enabled"], result.stdout + result.stderr
+
+
+PROBE = """
+import subprocess
+subprocess.run(["mount", "-t", "binfmt_misc", "own", "/proc/sys/fs/binfmt_misc"], check=True)
+from tasks.system import binfmt
+print(binfmt.runs_here("arm64"), binfmt.runs_here("amd64"))
+"""
+
+
+def test_the_probe_program_runs_natively_and_only_where_qemu_is_registered():
+    from .conftest import REPO
+
+    assert binfmt.runs_here("amd64") is True, "the x86-64 probe is a valid program"
+    namespace = ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
+    probe = subprocess.run([*namespace, "mount", "-t", "binfmt_misc", "x", "/proc/sys/fs/binfmt_misc"])
+    if probe.returncode != 0:
+        pytest.skip("this kernel has no binfmt_misc of a user namespace's own (Linux 6.7 and later)")
+    # A binfmt_misc of its own, with nothing registered: the arm64 probe cannot run there.
+    result = subprocess.run([*namespace, sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "True"], result.stdout + result.stderr
+    if (binfmt.BINFMT / "qemu-aarch64").exists():
+        assert binfmt.runs_here("arm64") is True, "and runs through the host's registration"

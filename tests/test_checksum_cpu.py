@@ -36,6 +36,26 @@ def test_xxh3_sees_data_and_where_it_lies(tmp_path):
     assert xxh3_file(a) != xxh3_file(b)
 
 
+@pytest.mark.parametrize("layout", ["hole-data-hole", "data-hole-data", "all-hole", "all-data"])
+def test_sparse_sha512_is_the_whole_files_sha512(tmp_path, layout):
+    path = tmp_path / "disk.raw"
+    chunk = checksum.CHUNK
+    with open(path, "wb") as f:
+        if layout == "all-data":
+            f.write(os.urandom(chunk + 123))
+        elif layout == "data-hole-data":
+            f.write(os.urandom(5000))
+            f.seek(3 * chunk + 77)
+            f.write(os.urandom(chunk + 1))
+        elif layout == "hole-data-hole":
+            f.seek(2 * chunk + 4096)
+            f.write(os.urandom(8192))
+            f.truncate(5 * chunk + 13)
+        else:
+            f.truncate(2 * chunk + 5)
+    assert checksum.sha512_sparse(path) == hashlib.sha512(path.read_bytes()).hexdigest()
+
+
 def test_checker_hashes_a_file_once_per_run(tmp_path):
     path = tmp_path / "disk.raw"
     sparse(path, 8 << 20, [(0, os.urandom(4096))])

@@ -27,8 +27,9 @@ from tasks.model.matrix import BootTestSettings
 from tasks.model.version import Version
 from tasks.release import instancetest
 from tasks.stages import boottest
+from tasks.system.checksum import sha512_file
 
-from . import imagefs, servers
+from . import imagefs, servers, unprivileged
 from .conftest import make_key
 from .test_sbom import check_sboms
 
@@ -91,9 +92,14 @@ KEY: list = []
 CANARIES = {"IMAGES_STORAGE_PASSWORD": "canary-password", "CANARY_API_TOKEN": "canary-token"}
 
 
+# Each doit run's watch on the host (tests/unprivileged.py).
+WATCHES: list[unprivileged.HostWatch] = []
+
+
 def doit(base: Path, *args, version: str = VERSION) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(KEY[0].environment() if KEY else {}), **CANARIES}
-    result = subprocess.run(
+    """doit as a CI job without privileges runs it: in a container without --privileged or
+    devices (tools/unprivileged), while the host is watched for loop devices and mounts."""
+    argv, container_env = unprivileged.command(
         [
             sys.executable,
             "-m",
@@ -106,11 +112,12 @@ def doit(base: Path, *args, version: str = VERSION) -> subprocess.CompletedProce
             "xz_level=1",
             f"version={version}",
         ],
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        env=env,
+        volumes=[base],
     )
+    env = {**os.environ, **(KEY[0].environment() if KEY else {}), **CANARIES, **container_env}
+    with unprivileged.HostWatch([base]) as watch:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=3600, env=env)
+    WATCHES.append(watch)
     print(result.stdout, result.stderr, sep="\n")
     return result
 
@@ -233,7 +240,7 @@ def test_a_failed_cell_stops_nothing_else_and_the_summary_says_so(runs):
     cloud = "bookworm-genericcloud-amd64"
     assert {f"{s}:{cloud}" for s in STAGES} <= executed(mixed)
     assert json.loads((base / "build" / cloud / "published.json").read_text())
-    assert f"build:{FAILING} failed: fai-diskimage failed" in mixed.stdout
+    assert f"build:{FAILING} failed: FAI failed" in mixed.stdout
     # (run-summary.json holds the last run's summary; this run's is its output.)
     table = mixed.stdout[mixed.stdout.index("run summary:") :].splitlines()
     failing_row = next(line for line in table if line.startswith(FAILING))
@@ -281,11 +288,23 @@ def test_what_every_image_installs_alike_comes_with_the_base(runs):
         )
         assert new and "linux-image-" in new.group(1) and "udev" not in new.group(1).split()
     image = build / "bookworm-nocloud-amd64" / "disk.raw"
-    with imagefs.mounted(image, imagefs.root_partition_index(image)) as tree:
+    with imagefs.tree(image) as tree:
         states = (tree / "var/lib/apt/extended_states").read_text().split("\n\n")
     auto = {re.search(r"^Package: (\S+)", stanza, re.M).group(1) for stanza in states if "Auto-Installed: 1" in stanza}
     assert {"udev", "kmod", "initramfs-tools", "linux-base"} <= auto
     assert not {"linux-image-amd64", "sudo", "grub-cloud-amd64"} & auto, "what the config space names is manual"
+
+
+def test_builds_run_without_privileges_and_attach_or_mount_nothing(runs):
+    """Every run above (bases, builds, boot tests, publication) ran in a container without
+    privileges; while each ran, no loop device appeared on the host and no image was mounted."""
+    base = runs[0]
+    for cell in CELLS:
+        info = json.loads((base / "build" / cell / "build-info.json").read_text())
+        assert info["builder"]["privileged"] == "no", "built where it could not mount on its own"
+        assert info["tools"]["e2fsprogs"] >= "1.47.1", "by the pinned tools"
+    assert len(WATCHES) >= 4 and all(watch.samples > 1 for watch in WATCHES)
+    assert [watch.seen for watch in WATCHES if watch.seen] == []
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -389,7 +408,7 @@ def test_image_tree_is_clean_and_bootable_anywhere(runs):
     root = imagefs.root_partition_index(image)
     assert parts[root]["offset"] == max(p["offset"] for p in parts), "root comes last, so it can grow"
     assert parts[root]["node"].endswith(".raw1"), "but it is partition 1, as in Debian's images"
-    with imagefs.mounted(image, root) as tree:
+    with imagefs.tree(image) as tree:
         grub = (tree / "boot/grub/grub.cfg").read_text()
         assert "root=PARTUUID=" in grub and "root=/dev/" not in grub and "console=ttyS0" in grub
         assert (tree / "etc/machine-id").read_text() == ""
@@ -535,10 +554,11 @@ def test_broken_image_fails_with_the_right_verdict(runs, tmp_path, breakage, ver
     original = runs[0] / "build" / "bookworm-nocloud-amd64" / "disk.raw"
     broken = tmp_path / "disk.raw"
     subprocess.run(["cp", "--sparse=always", str(original), str(broken)], check=True)
-    with imagefs.mounted(broken, imagefs.root_partition_index(broken)) as tree:
-        cfg = tree / "boot/grub/grub.cfg"
-        lines = cfg.read_text().splitlines()
-        cfg.write_text("\n".join(breakage(line) if line.strip().startswith("linux") else line for line in lines) + "\n")
+    tools = imagefs.tools_of(original)
+    with imagefs.tree(broken, tools) as tree:
+        lines = (tree / "boot/grub/grub.cfg").read_text().splitlines()
+    broken_cfg = "\n".join(breakage(line) if line.strip().startswith("linux") else line for line in lines) + "\n"
+    imagefs.replace_file(broken, tools, "/boot/grub/grub.cfg", broken_cfg)
     settings = BootTestSettings(timeout=300, memory=1024, cpus=2, accelerator="auto", until="login")
     result = boottest.boot("amd64", broken, tmp_path / "boot.log", settings, "bios")
     assert result.verdict == verdict, boottest.explain(result, tmp_path / "boot.log")
@@ -671,7 +691,7 @@ def test_image_has_the_official_content(vendor_builds, cell):
     )
     assert (parts[1]["start"], parts[1]["type"]) == (262144, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
 
-    with imagefs.mounted(image, imagefs.root_partition_index(image)) as tree:
+    with imagefs.tree(image) as tree:
         status = (tree / "var/lib/dpkg/status").read_text().split("\n\n")
         installed = {
             block.split("\n", 1)[0].removeprefix("Package: ")
@@ -788,9 +808,9 @@ def test_ec2_instance_test_logs_in_as_admin(vendor_builds, repo_matrix):
     assert recorded["user"] == "admin" and recorded["passed"] is True
 
 
-def test_reproduce_builds_the_cell_again_with_identical_trees(runs):
+def test_reproduce_builds_the_cell_again_bit_for_bit(runs):
     """doit reproduce: a second build of nocloud from the same base, packages and version,
-    compared file by file and bit by bit with the first. The first restored its packages and
+    compared bit by bit and file by file with the first. The first restored its packages and
     initramfs from the step cache (test_class_file_edit_...); the second makes every step."""
     base = runs[0]
     cell = "bookworm-nocloud-amd64"
@@ -803,16 +823,17 @@ def test_reproduce_builds_the_cell_again_with_identical_trees(runs):
     report = json.loads((base / "build" / cell / "reproducibility.json").read_text())
     assert report["entries"] > 20000
     assert report["trees"] == "identical", report["tree_differences"][:20]
-    # How far the disk is: partition table, BIOS boot partition and ESP identical. The known
-    # remaining difference is the root file system's blocks (the kernel's ext4 places inodes
-    # and directories differently on each run and stamps change times); any other fails.
-    assert set(report["disk_differences"]) <= {"partition 1: MiB differing"}, report["disk_differences"]
+    assert report["disk"] == "identical", report["disk_differences"]
+    first_disk = base / "build" / cell / "disk.raw"
+    assert report["disk_sha512"] == sha512_file(first_disk)
+    assert f"disk SHA-512 {report['disk_sha512']}" in result.stdout
     assert not (base / "build" / cell / "rebuild" / "disk.raw").exists(), "the second disk is not kept"
     # The manifest carries the report's verdict from then on.
     assert doit(base, f"manifest:{cell}").returncode == 0
     manifest = json.loads((base / "build" / cell / "manifest.json").read_text())
     assert manifest["reproducibility"]["trees"] == "identical"
     assert manifest["reproducibility"]["report"] == "reproducibility.json"
+    assert manifest["disk"] == {"file": "disk.raw", "size": first_disk.stat().st_size, "sha512": report["disk_sha512"]}
 
 
 def test_a_new_version_restores_the_steps_as_a_fresh_build_makes_them(runs):

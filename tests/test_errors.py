@@ -7,7 +7,6 @@ failed, a package list the manifest cannot read. (The accelerator's case is
 in test_accel.py.) The last test runs them through doit itself, as a user sees them.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from tasks import graph
 from tasks.errors import StageFailed
 from tasks.release import instancetest
 from tasks.stages import fai, manifest
-from tasks.system import loopdev, proc
+from tasks.system import proc
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,39 +77,6 @@ def test_unreadable_package_list_names_the_file_and_line(nocloud):
         "name<TAB>version<TAB>architecture, got 'bash 5.2 amd64'"
     )
     assert failure.log == str(files.packages)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
-def test_a_loop_device_that_will_not_detach_does_not_hide_the_build_failure(tmp_path):
-    backing = tmp_path / "disk.raw"
-    backing.write_bytes(bytes(1 << 20))
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    holder = os.open(device, os.O_RDONLY)  # busy: losetup -d only marks it to go once released
-    try:
-
-        def failed_build():
-            with loopdev.detached_afterwards(tmp_path, timeout=1):
-                raise fai.BuildFailed("fai-diskimage failed (exit status 1); full log: build.log")
-
-        failure = graph.run_stage("build:bookworm-nocloud-amd64", failed_build)
-        first, second = failure.message.splitlines()
-        assert first == "build:bookworm-nocloud-amd64 failed: fai-diskimage failed (exit status 1); full log: build.log"
-        assert second.startswith("and while cleaning up after it: loop devices still attached")
-        assert device in second
-
-        def good_build():
-            with loopdev.detached_afterwards(tmp_path, timeout=1):
-                pass
-
-        failure = graph.run_stage("build:bookworm-nocloud-amd64", good_build)
-        assert "loop devices still attached" in failure.message and device in failure.message
-    finally:
-        os.close(holder)
-        if not proc.wait_until(lambda: not loopdev.backed_by(tmp_path), 10):
-            subprocess.run(["losetup", "--detach", device])
-    assert not loopdev.backed_by(tmp_path)
 
 
 def test_doit_shows_failures_in_one_message_and_tracebacks_for_bugs_only(tmp_path):

@@ -1,8 +1,9 @@
-"""The build stage with the real fai-diskimage: failures and interruptions.
+"""The build stage with real FAI: failures and interruptions.
 
-These tests start real builds (loop devices, mounts, debootstrap from the
-mirror) and stop them within seconds, so they belong to the quick suite. They
-need root, like every image build.
+These tests start real builds (FAI into a tmpfs of the build's sandbox, the disk
+assembled from files: no loop device and no mount of an image) and stop them
+within seconds, so they belong to the quick suite. They need root, like every
+image build.
 """
 
 import json
@@ -18,7 +19,6 @@ import pytest
 
 from tasks.model.layout import CellFiles
 from tasks.stages import fai
-from tasks.system import loopdev
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")
@@ -63,7 +63,9 @@ def test_failed_build_names_its_log_and_cleans_up(tmp_path, test_matrix):
 
     base = tmp_path / "empty-base.tar.zst"  # never read: the build fails before it unpacks the base
     base.touch()
-    inputs = fai.BuildInputs(space, base, tmp_path / "apt", tmp_path / "steps", "1", tmp_path / "cpu")
+    inputs = fai.BuildInputs(
+        space, base, tmp_path / "apt", tmp_path / "steps", "1", tmp_path / "cpu", tmp_path / "tools"
+    )
     with pytest.raises(fai.BuildFailed) as caught:
         fai.build(cell, files, test_matrix.build, inputs)
     message = str(caught.value)
@@ -138,9 +140,10 @@ def wait_for(child: subprocess.Popen, text: str, timeout: float = 120) -> list[s
 def test_interrupted_build_leaves_nothing_attached_or_half_written(tmp_path, sig):
     workdir = tmp_path / "build"
     child = start_build(workdir)
-    wait_for(child, "FAI task extrbase")  # the disk is partitioned, formatted and mounted by now
+    wait_for(child, "FAI task extrbase")  # the disk file is partitioned by now
     cell_dir = workdir / "bookworm-nocloud-amd64"
-    assert loopdev.backed_by(cell_dir), "the build should hold a loop device at this point"
+    assert (cell_dir / ".build" / "disk.raw").is_file(), "the build should have begun its disk"
+    assert loop_devices_of(tmp_path) == [], "and attached no loop device for it"
     child.send_signal(sig)
     output = child.communicate(timeout=120)[0]
     assert child.returncode != 0, output
@@ -154,7 +157,7 @@ def test_worker_stops_its_build_when_doit_is_killed(tmp_path):
     workdir = tmp_path / "build"
     child = start_build(workdir, jobs=2)
     wait_for(child, "FAI task extrbase")
-    assert loopdev.backed_by(workdir / "bookworm-nocloud-amd64")
+    assert (workdir / "bookworm-nocloud-amd64" / ".build" / "disk.raw").is_file()
     child.kill()
     child.wait()
     assert _eventually(lambda: leftovers(tmp_path) == NOTHING), leftovers(tmp_path)
@@ -168,12 +171,13 @@ def test_build_killed_outright_is_cleaned_up_by_the_next_run(tmp_path):
     wait_for(child, "FAI task extrbase")
     child.kill()  # SIGKILL: no handler runs; the kernel kills the sandbox with it
     child.wait()
-    # The namespaces die with the build, and every mount with them...
+    # The namespaces die with the build, and every mount and the tree's tmpfs with them;
+    # no loop device was ever attached...
     assert _eventually(lambda: not leftovers(tmp_path)["processes"]), leftovers(tmp_path)
-    assert not leftovers(tmp_path)["mounts"]
-    # ... but loop devices are global: this one outlives the killed build.
-    assert loopdev.backed_by(cell_dir)
-    # The next build of that cell releases it before it starts.
+    assert not leftovers(tmp_path)["mounts"] and not leftovers(tmp_path)["loop devices"]
+    # ... only the half-made disk is left, in the staging directory, never under a final name.
+    assert (cell_dir / ".build" / "disk.raw").is_file() and not (cell_dir / "disk.raw").exists()
+    # The next build of that cell removes it before it starts.
     child = start_build(workdir, jobs=0)
     wait_for(child, "FAI task partition")
     child.send_signal(signal.SIGTERM)

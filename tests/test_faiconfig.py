@@ -77,7 +77,13 @@ def test_the_build_reads_its_apt_sources_from_the_builder(tmp_path, test_matrix)
     cell = test_matrix.cell("bookworm-nocloud-amd64")
     (tmp_path / "base.tar.zst").touch()
     inputs = fai.BuildInputs(
-        REPO / "fai_config", tmp_path / "base.tar.zst", tmp_path / "apt", tmp_path / "steps", "1", tmp_path / "cpu"
+        REPO / "fai_config",
+        tmp_path / "base.tar.zst",
+        tmp_path / "apt",
+        tmp_path / "steps",
+        "1",
+        tmp_path / "cpu",
+        tmp_path / "tools",
     )
     env = fai.fai_environment(cell, test_matrix.build, tmp_path / "staging", inputs)
     target = tmp_path / "target"

@@ -79,6 +79,7 @@ def test_files_chain_the_stages(tmp_path):
     assert boot.file_dep == {f("disk.raw")}
     assert boot.targets == [f("boot-bios.log"), f("boot-uefi.log"), f("boottest.json")]
     assert man.file_dep == {
+        f("disk.raw"),
         f("image.tar.xz"),
         f("image.qcow2"),
         f("packages.tsv"),

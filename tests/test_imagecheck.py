@@ -139,7 +139,9 @@ def test_a_build_gets_an_allowlist_of_our_environment(repo_matrix, tmp_path, mon
     }.items():
         monkeypatch.setenv(name, value)
     cell = repo_matrix.cell("bookworm-nocloud-amd64")
-    inputs = fai.BuildInputs(tmp_path, tmp_path / "base.tar.zst", tmp_path, None, "20261207-1", tmp_path)
+    inputs = fai.BuildInputs(
+        tmp_path, tmp_path / "base.tar.zst", tmp_path, None, "20261207-1", tmp_path, tmp_path / "tools"
+    )
     env = fai.fai_environment(cell, repo_matrix.build, tmp_path, inputs)
     assert hostenv.credentials(env) == [] and "PYTHONPATH" not in env
     assert env["PATH"] == os.environ["PATH"] and env["http_proxy"] == "http://proxy:3128"

@@ -45,7 +45,7 @@ def test_expected_failure_does_not_fail_the_run(setup):
     assert "EXPECTED FAILURE bookworm-tiny-amd64 at build (64 MiB cannot hold the root file system)" in result.stdout
     record = json.loads((workdir / "bookworm-tiny-amd64" / "xfail-build.json").read_text())
     assert record["outcome"] == "failed as expected" and record["failed_stage"] == "build"
-    assert "fai-diskimage failed" in record["message"]
+    assert "FAI failed" in record["message"]
     # Nothing changed: the known failure is not run again.
     again = doit(matrix, workdir, "xfail-build:bookworm-tiny-amd64")
     assert "-- xfail-build:bookworm-tiny-amd64" in again.stdout, again.stdout + again.stderr
@@ -55,4 +55,4 @@ def test_naming_the_cell_itself_still_fails(setup):
     matrix, workdir = setup
     result = doit(matrix, workdir, "build:bookworm-tiny-amd64")
     assert result.returncode != 0
-    assert "fai-diskimage failed" in result.stdout + result.stderr
+    assert "FAI failed" in result.stdout + result.stderr

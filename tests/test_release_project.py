@@ -258,7 +258,7 @@ def test_the_committed_release_pipeline_is_the_generated_one(tmp_path):
 
 
 @needs_gitlab_ci_local
-@pytest.mark.skipif(os.geteuid() != 0, reason=".ci/prepare-job checks loop devices: root")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the instance test boots the image: root")
 def test_the_release_project_pipeline_runs_under_gitlab_ci_local(test_matrix, tmp_path, api, build_key, test_key):
     """The release project's own pipeline file, run by gitlab-ci-local's shell executor: it fetches from the
     GitLab API server, releases, and keeps its records; with a tampered image it fails and releases nothing."""

@@ -290,6 +290,13 @@ def slowest_phases(base: Path, cell: str, count: int = 4) -> str:
     return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in slowest)
 
 
+def assembly_share(base: Path, cell: str, wall: float) -> str:
+    """The disk's assembly from the tree (tasks/stages/diskassembly.py): its seconds, and its share of the build."""
+    phases = json.loads((base / "build" / cell / "build-info.json").read_text()).get("phases", {})
+    seconds = phases.get("disk assembly", 0.0)
+    return f"{seconds:.1f} s ({seconds / wall:.0%} of the build's wall time)"
+
+
 def arm64(vendor: str, release: str, base: Path, options: list[str], report: Report) -> None:
     """One cell's build and boot test from its cached base on each architecture, one after the other."""
     print(f"\n== {release}-{vendor} built and boot-tested from its cached base, each architecture alone")
@@ -318,6 +325,7 @@ def arm64_cell(cell: str, base: Path, options: list[str], walls: dict[str, float
         f"  {cell:<28} build {build_wall:6.1f} s ({build_cpu:6.1f} s CPU), boot test {boot_wall:6.1f} s "
         f"({boot_cpu:6.1f} s CPU): {build_wall + boot_wall:6.1f} s",
         f"\n    slowest build phases: {slowest_phases(base, cell)}",
+        f"; disk assembly {assembly_share(base, cell, build_wall)}",
         sep="",
         flush=True,
     )
@@ -337,7 +345,7 @@ def rebuild(cell: str, base: Path, options: list[str], repeat: int) -> None:
         forget_cells([cell], ["build"], options)
         wall, cpu, out = timed(doit(f"build:{cell}", *(dated if attempt == 1 + repeat else options)))
         assert executed(out) == 1, out
-        runs.append((wall, cpu, slowest_phases(base, cell)))
+        runs.append((wall, cpu, f"{slowest_phases(base, cell)}; disk assembly {assembly_share(base, cell, wall)}"))
     (made_wall, made_cpu, made_phases), restored, new_version = runs[0], runs[1:-1], runs[-1]
     walls = sorted(w for w, _, _ in restored)
     median = walls[len(walls) // 2]

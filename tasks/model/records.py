@@ -207,6 +207,8 @@ class BuildInfo(Record):
     build_finished: str
     # Seconds in each of FAI's tasks, hooks and scripts, in order (fai.PhaseClock).
     phases: dict[str, float] = field(default_factory=dict)
+    # The disk assembly's tools, package -> version (tasks/system/toolstree.py): the disk's bytes depend on them.
+    tools: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ class Manifest(Record):
     """manifest.json: a built and tested image, as users read it (tasks/stages/manifest.py)."""
 
     KIND: ClassVar[str] = "manifest"
-    VERSION: ClassVar[int] = 3  # 2: the image's facts; 3: its SBOMs, its reproducibility
+    VERSION: ClassVar[int] = 4  # 2: the image's facts; 3: its SBOMs, its reproducibility; 4: its raw disk
 
     name: str
     release: dict[str, str]  # codename, version
@@ -271,6 +273,9 @@ class Manifest(Record):
     facts: dict[str, Any]
     sboms: list[dict[str, Any]]  # name, format, size, sha512
     reproducibility: dict[str, Any] | None  # the verdict of `doit reproduce`, when it ran
+    # The raw disk every artifact holds (file, size, sha512): a rebuild from the same
+    # inputs gives these very bytes (tasks/stages/diskassembly.py).
+    disk: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.VERSION, **dataclasses.asdict(self)}

@@ -18,8 +18,11 @@
 # The mounts end with the sandbox whatever happens, before the tarball is made.
 set -eu
 root=$1; shift
-mount -t proc proc "$root/proc"
-mount -t devpts -o newinstance,ptmxmode=0666 devpts "$root/dev/pts"  # apt's terminal log
+# In the sandbox's user namespace (tasks/system/userns.py): the build's /proc and
+# /dev bound with all below them (a container refuses a fresh proc, and a /dev
+# whose submounts would be uncovered), /dev/pts among them for apt's terminal log.
+mount --rbind /proc "$root/proc"
+mount --rbind /dev "$root/dev"
 printf '%s\n' "$@" > "$root/etc/apt/sources.list"
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
@@ -68,4 +71,3 @@ if [ -n "${BASE_SELECTIONS:-}" ]; then
     fi
 fi
 rm -f "$root/usr/sbin/policy-rc.d"
-umount "$root/dev/pts" "$root/proc"

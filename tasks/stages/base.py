@@ -32,7 +32,7 @@ from tasks.stages import faiconfig
 from tasks.system import atomic, binfmt, checksum, cpu, hostenv, proc, sandbox
 
 # Bump when the way the base is made changes.
-BASE_FORMAT = 5
+BASE_FORMAT = 6  # 6: made in a user namespace, no device nodes in /dev
 DEBOOTSTRAP_OPTIONS = ["--variant=minbase", "--components=main"]
 # The class whose packages every image installs; its list goes into the base.
 COMMON_CLASS = "DEBIAN"
@@ -40,6 +40,8 @@ COMMON_CLASS = "DEBIAN"
 # Run in the sandbox once debootstrap is done: upgrade the base and install
 # the packages every image gets (the script says how).
 UPGRADE_SCRIPT = Path(__file__).with_name("base-upgrade.sh")
+# debootstrap itself runs through this one, in the sandbox's user namespace.
+DEBOOTSTRAP_SCRIPT = Path(__file__).with_name("base-debootstrap.sh")
 
 
 class BaseFailed(StageFailed):
@@ -151,7 +153,7 @@ def build(
     from tasks.system import aptcache  # an HTTP server: imported by the builds only, not by the task graph
 
     if os.geteuid() != 0:
-        raise BaseFailed("making a base system needs root (debootstrap)")
+        raise BaseFailed("making a base system needs root (in a container, rootful podman's will do: README.md)")
     if not shutil.which("debootstrap"):
         raise BaseFailed("debootstrap not found: install the Debian package debootstrap")
     binfmt.ensure(arch)
@@ -162,6 +164,7 @@ def build(
     files.staging.mkdir(parents=True)
     cmd = ["debootstrap", *DEBOOTSTRAP_OPTIONS, f"--arch={arch}", release.name, str(root), settings.mirror]
     log.write_text(f"# {' '.join(cmd)}\n")
+    cmd = ["bash", str(DEBOOTSTRAP_SCRIPT), str(root), *cmd]
     try:
         with StageProgress(f"base {files.name}", unit="steps") as progress:
 
@@ -177,7 +180,9 @@ def build(
             with cpu.slots(cpu_slots, want=1), aptcache.PackageCache(package_cache) as cache:
                 if settings.mirror.startswith("http://"):
                     env["http_proxy"] = cache.url  # debootstrap fetches with wget
-                status = sandbox.run_logged(cmd, log, env, keep=[files.staging], on_line=on_line)
+                status = sandbox.run_logged(
+                    cmd, log, env, keep=[files.staging, DEBOOTSTRAP_SCRIPT.parent], on_line=on_line
+                )
                 if status == 0 and (content.sources or content.include or content.selections):
                     sources = content.sources or (f"deb {settings.mirror} {release.name} main",)
                     upgrade = ["bash", str(UPGRADE_SCRIPT), str(root), *sources]
@@ -211,6 +216,9 @@ def build(
                     "--xattrs",
                     "--xattrs-include=*",
                     "--numeric-owner",
+                    # What debootstrap's bound device nodes left (empty files): every build's /dev
+                    # is bound from the build host's (fai_config/hooks/updatebase.DEBIAN).
+                    "--exclude=./dev/*",
                     "--directory",
                     str(root),
                     "--file",

@@ -1,10 +1,16 @@
-"""The build stage: fai-diskimage over our config space, inside a sandbox.
+"""The build stage: FAI over our config space into a directory, then the disk from files.
 
-fai-diskimage runs in private mount and PID namespaces (tasks/system/sandbox.py):
-FAI's host-global state is private to each build, so builds run side by
-side, and when a build ends, however it ends, every process and mount of it
-is gone. Loop devices are global; they are detached afterwards by backing
-file (tasks/system/loopdev.py).
+FAI installs the image into a plain directory (its `install` action, as
+fai-diskimage runs it, but with no disk attached or mounted); the disk image
+is then assembled from that tree and the files the config space made
+(tasks/stages/diskassembly.py). No loop device and no mount of an image's
+file system, anywhere.
+
+FAI runs in private user, mount and PID namespaces (tasks/system/sandbox.py),
+so a build needs no privilege on the host: root in a container without
+--privileged will do. FAI's host-global state is private to each build, so
+builds run side by side, and when a build ends, however it ends, every
+process and mount of it (the tree's tmpfs, its /proc, /sys and /dev) is gone.
 
 Each build starts from the shared base of its release and architecture
 (tasks/stages/base.py) and shares a package cache with the other builds of that
@@ -29,13 +35,13 @@ from tasks.model.layout import CellFiles
 from tasks.model.matrix import BuildSettings, Cell
 from tasks.model.records import BuildInfo
 from tasks.progress import StageProgress
-from tasks.stages import base, faiconfig, identity, stepcache
-from tasks.system import atomic, binfmt, cpu, hostenv, loopdev, sandbox
+from tasks.stages import base, diskassembly, faiconfig, identity, stepcache
+from tasks.system import atomic, binfmt, cpu, hostenv, sandbox, toolstree, userns
 from tasks.system.checksum import sha256_kept
 
 # Bump when a change to the builder (not to the config space or matrix.yaml)
 # must rebuild every image.
-BUILDER_FORMAT = 3
+BUILDER_FORMAT = 4
 # What the config space runs of this project (tasks/stages/imagecheck.py): a build
 # depends on these files too.
 TOOLS_ROOT = Path(__file__).resolve().parents[2]
@@ -56,11 +62,12 @@ class BuildInputs:
     step_cache: Path | None  # the cell's slow steps kept from its last build (stepcache.py); None: off
     version: str
     cpu_slots: Path  # a build keeps about one core busy (tasks/system/cpu.py)
+    tools: Path  # the work directory's tools tree (tasks/system/toolstree.py), made by the first build
     # The image's programs built for the host, shared by every build (twins.py); None: none are made.
     twins: Path | None = None
 
 
-# FAI tasks of an installation, in order: the build's progress steps.
+# FAI tasks of an installation, in order, and the disk's assembly: the build's progress steps.
 FAI_STEPS = [
     "partition",
     "mountdisks",
@@ -74,9 +81,14 @@ FAI_STEPS = [
     "finish",
     "chboot",
     "faiend",
+    "assembly",
 ]
 # A line that starts a phase of the build: a task of FAI's, a hook, or a script of configure or tests.
-_PHASE_LINE = re.compile(r"^(?:Calling task_(\w+)|(?:Calling|Source) hook: (\S+)|Executing +\w+: (\S+))")
+_PHASE_LINE = re.compile(
+    r"^(?:Calling task_(\w+)|(?:Calling|Source) hook: (\S+)|Executing +\w+: (\S+)|("
+    + re.escape(diskassembly.ASSEMBLY_LINE)
+    + "))"
+)
 # Lines worth showing when a build fails.
 _RELEVANT = re.compile(
     r"^E: |ERROR|FAILED|Error in task|error processing|returned an error|Traceback|"
@@ -105,10 +117,12 @@ class PhaseClock:
         found = _PHASE_LINE.match(line)
         if not found:
             return None
-        task, hook, script = found.groups()
+        task, hook, script, assembly = found.groups()
         self._close()
-        self._phase = f"task {task}" if task else f"hook {hook}" if hook else f"script {script}"
-        return task
+        self._phase = (
+            f"task {task}" if task else f"hook {hook}" if hook else f"script {script}" if script else "disk assembly"
+        )
+        return "assembly" if assembly else task
 
     def _close(self) -> None:
         now = self._clock()
@@ -176,6 +190,12 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
         IMAGE_INITRAMFS_EPOCH=str(identity.initramfs_epoch(inputs.version, inputs.base)),
         **identity.disk_identifiers(cell.name, inputs.version),
         IMAGE_OUTPUT_DIR=str(staging / "output"),
+        # The disk image file and the ESP's FAT image (hooks/partition.DEBIAN), and the
+        # pinned tools that write them (tasks/system/toolstree.py).
+        IMAGE_DISK=str(staging / "disk.raw"),
+        IMAGE_DISK_SIZE=cell.vendor.disk_size,
+        IMAGE_ESP=str(staging / "esp.img"),
+        IMAGE_TOOLS_BIN=str(toolstree.bin_dir(inputs.tools)),
         IMAGE_STEP_CACHE=str(inputs.step_cache or ""),
         IMAGE_TWINS=str(inputs.twins or ""),
         IMAGE_BASEFILE=str(inputs.base.resolve()),
@@ -195,12 +215,11 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
 
 def check_host() -> None:
     if os.geteuid() != 0:
-        raise BuildFailed("building an image needs root (loop devices, mounts, chroot)")
+        raise BuildFailed("building an image needs root (in a container, rootful podman's will do: README.md)")
     for tool, package in (
-        ("fai-diskimage", "fai-server"),
-        ("setup-storage", "fai-setup-storage"),
-        ("qemu-img", "qemu-utils"),
+        ("fai", "fai-client"),
         ("unshare", "util-linux"),
+        ("apt-get", "apt"),
     ):
         if not shutil.which(tool):
             raise BuildFailed(f"{tool} not found: install the Debian package {package} (README.md, set-up)")
@@ -211,13 +230,11 @@ def build(cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildIn
     check_host()
     binfmt.ensure(cell.arch.name)
     files.dir.mkdir(parents=True, exist_ok=True)
-    # A build killed outright (SIGKILL) may have left its loop device behind.
-    loopdev.detach_all(files.dir)
+    toolstree.ensure(inputs.tools, settings.mirror)
     staging = files.staging
     atomic.remove(staging)
     try:
-        # However the build ended, nothing of it may stay attached or mounted.
-        with loopdev.detached_afterwards(staging), cpu.slots(inputs.cpu_slots, want=1):
+        with cpu.slots(inputs.cpu_slots, want=1):
             _build_in(staging, cell, files, settings, inputs)
     finally:
         atomic.remove(staging)
@@ -227,26 +244,33 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
     from tasks.system import aptcache  # an HTTP server: imported by the builds only, not by the task graph
 
     log_dir, output_dir, etc_dir = staging / "fai-logs", staging / "output", staging / "etc"
-    for d in (log_dir, output_dir, etc_dir):
+    for d in (log_dir, output_dir, etc_dir, staging / "memory"):
         d.mkdir(parents=True)
     # FAI reads fai.conf from --cfdir; ours is empty so the host's /etc/fai
     # (LOGUSER, remote log saving) plays no part.
     (etc_dir / "fai.conf").write_text("# fai.conf of an image build: nothing to set\n")
-    raw, log = staging / "disk.raw", staging / "build.log"
+    # The tree, in a tmpfs of the sandbox's own (a directory under it: FAI unmounts every
+    # mount whose path contains the tree's).
+    memory = staging / "memory"
+    raw, tree, esp, log = staging / "disk.raw", memory / "tree", staging / "esp.img", staging / "build.log"
+    tools = toolstree.bin_dir(inputs.tools)
     fai_command = [
-        "fai-diskimage",
-        "--verbose",
-        "--hostname",
-        settings.hostname,
-        "--size",
-        cell.vendor.disk_size,
-        "--cspace",
-        str(inputs.config_space.resolve()),
-        "--cfdir",
+        str(IN_BUILD_PYTHON),
+        "-m",
+        "tasks.stages.diskassembly",
+        *(str(p) for p in (raw, tree, esp, tools)),
+        "--",
+        "fai",
+        "-C",
         str(etc_dir),
-        "--class",
+        "-u",
+        settings.hostname,
+        "-s",
+        f"file://{inputs.config_space.resolve()}",
+        "-c",
         ",".join(cell.fai_classes),
-        str(raw),
+        "install",
+        str(tree),
     ]
     log.write_text(f"# {cell.name}: {' '.join(fai_command)}\n")
     started = datetime.now(UTC)
@@ -258,10 +282,20 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
             def on_line(line: str) -> None:
                 task = phases.line(line)
                 if task in FAI_STEPS:
-                    progress.update(completed=FAI_STEPS.index(task), status=f"FAI task {task}")
+                    what = "disk assembly" if task == "assembly" else f"FAI task {task}"
+                    progress.update(completed=FAI_STEPS.index(task), status=what)
 
             env = fai_environment(cell, settings, staging, inputs)
-            keep = [staging, inputs.config_space, inputs.base.parent, TOOLS_ROOT, IN_BUILD_PYTHON.parents[1]]
+            env["verbose"] = "1"  # FAI's own switch, as fai-diskimage --verbose sets it
+            env["PYTHONPATH"] = str(TOOLS_ROOT)  # for the assembly; FAI's scripts set their own
+            keep = [
+                staging,
+                inputs.config_space,
+                inputs.base.parent,
+                inputs.tools,
+                TOOLS_ROOT,
+                IN_BUILD_PYTHON.parents[1],
+            ]
             if inputs.step_cache:
                 inputs.step_cache.mkdir(parents=True, exist_ok=True)  # bound into the sandbox: it must exist
                 keep.append(inputs.step_cache)
@@ -271,7 +305,7 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
             with aptcache.PackageCache(inputs.package_cache) as cache:
                 if settings.mirror.startswith("http://"):
                     env["IMAGE_APT_PROXY"] = cache.url
-                returncode = sandbox.run_logged(fai_command, log, env, keep, on_line, fai_logs=log_dir)
+                returncode = sandbox.run_logged(fai_command, log, env, keep, on_line, fai_logs=log_dir, tmpfs=memory)
             phase_seconds = phases.finished()
             with open(log, "a") as out:
                 out.write(f"\n# {cache.stats.summary()}\n")
@@ -300,7 +334,6 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
     ):
         atomic.commit(log, files.build_log)
         raise BuildFailed(_failure_report(cell, files.build_log, returncode, failed_checks), log=files.build_log)
-    loopdev.detach_all(staging)  # before disk.raw is read and committed
 
     info = BuildInfo(
         cell=cell.name,
@@ -315,7 +348,14 @@ def _build_in(staging: Path, cell: Cell, files: CellFiles, settings: BuildSettin
         build_started=started.isoformat(timespec="seconds"),
         build_seconds=round(time.monotonic() - clock, 1),
         phases=phase_seconds,
-        builder={"id": builder_id(), "fai": _package_version("fai-server"), "host_kernel": os.uname().release},
+        builder={
+            "id": builder_id(),
+            "fai": _package_version("fai-client"),
+            "host_kernel": os.uname().release,
+            # Whether the builder could mount on its own: false in a container without privileges.
+            "privileged": "yes" if userns.privileged() else "no",
+        },
+        tools=toolstree.versions(inputs.tools),
         mirror=settings.mirror,
         source_date_epoch=int(env["IMAGE_SOURCE_DATE_EPOCH"]),
         settings=build_config(cell, settings),
@@ -379,13 +419,16 @@ def _failure_report(
     lines = log.read_text(errors="replace").splitlines()
     # FAI's own logs, appended to the build log, repeat lines: show each once.
     relevant = list(dict.fromkeys(line for line in lines if _RELEVANT.search(line)))[-matches:]
+    if returncode == diskassembly.ASSEMBLY_FAILED:
+        parts = [f"{cell.name}: the disk's assembly failed; full log: {log}"]
+        return "\n".join(parts + [f"  {line}" for line in lines if line.startswith("ERROR: disk assembly")])
     if returncode:
         what = f"exit status {returncode}"
     elif failed_checks:
         what = f"{len(failed_checks)} image check{'s' if len(failed_checks) > 1 else ''} failed"
     else:
         what = "no package list or facts report written"
-    parts = [f"{cell.name}: fai-diskimage failed ({what}); full log: {log}"]
+    parts = [f"{cell.name}: FAI failed ({what}); full log: {log}"]
     if relevant:
         parts += ["relevant lines:", *(f"  {line}" for line in relevant)]
     parts += [f"last {tail} lines:", *(f"  {line}" for line in lines[-tail:])]

@@ -110,7 +110,11 @@ def partition_table(device: str) -> dict[str, Any]:
 def disk(device: str | None) -> dict[str, Any]:
     if not device:
         return {}
-    size = int(subprocess.run(["blockdev", "--getsize64", device], capture_output=True, text=True, check=True).stdout)
+    if Path(device).is_file():  # a disk image
+        size = Path(device).stat().st_size
+    else:
+        probed = subprocess.run(["blockdev", "--getsize64", device], capture_output=True, text=True, check=True)
+        size = int(probed.stdout)
     return {"size": size, **partition_table(device)}
 
 

@@ -4,8 +4,9 @@ It names the image, says how and when it was built (FAI classes, FAI
 version, mirror), lists its artifacts and its SBOMs under their public names
 with size and SHA-512, every installed package (name, version,
 architecture), the boot test's result, the image's facts
-(tasks/stages/imagefacts.py) and, when `doit reproduce` made one, the
-reproducibility report's verdict.
+(tasks/stages/imagefacts.py), the raw disk's size and SHA-512 (which a rebuild
+from the same inputs matches: anyone can check a published image against their
+own build) and, when `doit reproduce` made one, the reproducibility report's verdict.
 Published beside the artifacts, it is what a user reads to know what an
 image holds.
 """
@@ -21,7 +22,7 @@ from tasks.model.matrix import Cell
 from tasks.model.records import BootRecord, BuildInfo, Manifest, read_document
 from tasks.stages import sbom
 from tasks.system import atomic
-from tasks.system.checksum import sha512_file
+from tasks.system.checksum import sha512_file, sha512_sparse
 
 SCHEMA_VERSION = Manifest.VERSION
 
@@ -109,6 +110,7 @@ def describe(cell: Cell, files: CellFiles, version: str | None = None) -> Manife
         facts=read_facts(files.facts),
         sboms=sboms,
         reproducibility=reproducibility_summary(files),
+        disk={"file": files.raw.name, "size": files.raw.stat().st_size, "sha512": sha512_sparse(files.raw)},
     )
 
 

@@ -10,6 +10,11 @@ Mounting binfmt_misc and registering the entry is host-wide set-up, which the
 workers of one run (or of two runs) may all find missing at once: it is done
 under a lock of the host's (HOST_LOCK), and what failed because another did
 it first is taken as done when it is.
+
+Inside a container neither can be done, nor the host's entries seen: there
+the builder runs a tiny program of the architecture (PROBES) and relies on
+the host's registration when it runs; the host must have registered qemu with
+the F flag (README.md, the runner section).
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import struct
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tasks.errors import StageFailed
 from tasks.model.arch import Arch
-from tasks.system import proc
+from tasks.system import proc, userns
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 HOST_LOCK = (Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())) / "image-binfmt.lock"
@@ -57,12 +64,60 @@ def _enabled(entry: Path) -> bool:
     return entry.exists() and entry.read_text().startswith("enabled")
 
 
+# The smallest program of each architecture: exit(0), as a static ELF of one segment
+# (the ELF header, one program header, then the code, loaded at 0x400000).
+_EXIT_CODE = {
+    "aarch64": (183, bytes.fromhex("000080d2a80b80d2010000d4")),  # mov x0, 0; mov x8, 93; svc 0
+    "x86_64": (62, bytes.fromhex("bf00000000b83c0000000f05")),  # mov edi, 0; mov eax, 60; syscall
+}
+
+
+def probe_program(uname: str) -> bytes:
+    machine, code = _EXIT_CODE[uname]
+    base, headers = 0x400000, 64 + 56
+    # fmt: off
+    elf_header = struct.pack(
+        "<4sBBBBB7xHHIQQQIHHHHHH",
+        b"\x7fELF", 2, 1, 1, 0, 0,  # 64-bit, little-endian, ELF version 1, System V ABI
+        2, machine, 1,  # an executable for `machine`, version 1
+        base + headers, 64, 0,  # entry point (the code), program headers right after this one, no sections
+        0, 64, 56, 1, 0, 0, 0,  # flags, this header's size, one program header of 56 bytes
+    )
+    segment = struct.pack(
+        "<IIQQQQQQ",
+        1, 5, 0, base, base,  # PT_LOAD, readable and executable, the whole file at `base`
+        headers + len(code), headers + len(code), 0x1000,
+    )
+    # fmt: on
+    return elf_header + segment + code
+
+
+def runs_here(arch: str) -> bool:
+    """Whether a program of arch runs here (through whatever binfmt_misc entry the kernel applies)."""
+    with tempfile.TemporaryDirectory(prefix="binfmt-probe-") as scratch:
+        program = Path(scratch) / "exit0"
+        program.write_bytes(probe_program(Arch.named(arch).spec.uname))
+        program.chmod(0o755)
+        try:
+            return subprocess.run([str(program)], capture_output=True, timeout=30).returncode == 0
+        except OSError:
+            return False
+
+
 def ensure(arch: str) -> None:
     """Make sure programs of arch can run here; mount and register as needed."""
     if not is_foreign(arch):
         return
     qemu_name = Arch.named(arch).spec.qemu_user
     entry = BINFMT / f"qemu-{qemu_name}"
+    if not (BINFMT / "register").exists() and not userns.privileged():
+        # A container: the host's entries are not to be seen, only used.
+        if runs_here(arch):
+            return
+        raise ForeignArchUnavailable(
+            f"cannot run {arch} programs in this container: the host must register qemu-{qemu_name} in "
+            "binfmt_misc with the F flag (on the host: apt-get install qemu-user-static binfmt-support)"
+        )
     try:
         with _host_lock():
             if not (BINFMT / "register").exists():

@@ -29,6 +29,23 @@ def sha512_file(path: Path) -> str:
     return file_digest(path, "sha512")
 
 
+def sha512_sparse(path: Path) -> str:
+    """SHA-512 of a file, its holes hashed as the zeros they read as without reading them
+    (a raw disk is mostly holes: half the time of reading it whole)."""
+    digest = hashlib.sha512()
+    zeros = memoryview(bytes(CHUNK))
+    with open(path, "rb") as f:
+        size, position = os.fstat(f.fileno()).st_size, 0
+        for start, length in [*_data_segments(f.fileno(), size), (size, 0)]:
+            for hole in range(position, start, CHUNK):
+                digest.update(zeros[: min(CHUNK, start - hole)])
+            f.seek(start)
+            for _ in range(0, length, CHUNK):
+                digest.update(f.read(min(CHUNK, start + length - f.tell())))
+            position = start + length
+    return digest.hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     return file_digest(path, "sha256")
 

@@ -1,0 +1,3 @@
+# shellcheck shell=bash
+# FAI installs into a plain directory (hooks/partition.DEBIAN): nothing is mounted.
+skiptask mountdisks
