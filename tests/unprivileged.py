@@ -28,20 +28,17 @@ def loop_devices() -> set[str]:
 
 
 def mounts_of_images(under: Iterable[Path]) -> set[str]:
-    """The host's mounts of a disk's file system (ext2/3/4, vfat) or of anything under the given
-    directories: what building an image used to mount. (podman's own mounts for the container,
-    its overlay and the like, are neither.)"""
+    """The host's mounts of a loop device, or on anything under the given directories: what
+    building an image used to mount. (podman's own mounts for the container, its overlay
+    and the binds of the host's directories, are neither.)"""
     prefixes = [f"{Path(p).resolve()}/" for p in under]
     found = set()
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
-        point, fstype = fields[4], fields[fields.index("-") + 1]
-        if (
-            fstype in ("ext2", "ext3", "ext4", "vfat")
-            and point != "/"
-            or any(f"{point}/".startswith(p) for p in prefixes)
-        ):
-            found.add(f"{point} ({fstype})")
+        point, rest = fields[4], fields[fields.index("-") + 1 :]
+        fstype, source = rest[0], rest[1]
+        if source.startswith("/dev/loop") or any(f"{point}/".startswith(p) for p in prefixes):
+            found.add(f"{point} ({fstype} from {source})")
     return found
 
 

@@ -12,7 +12,7 @@ mount -t proc sandbox-proc /proc 2> /dev/null || true
 mkdir -p /run/fai /run/udev /var/log/fai
 mount -t tmpfs -o mode=0755 sandbox-run /run/fai
 mkdir /run/fai/.host-tmp
-mount --bind /tmp /run/fai/.host-tmp
+mount --rbind /tmp /run/fai/.host-tmp  # with what is mounted below it (a container's volumes)
 mount -t tmpfs -o mode=1777 sandbox-tmp /tmp
 printf '%s\n' "$SANDBOX_KEEP" | while IFS= read -r keep; do
     host=/run/fai/.host-tmp/${keep#/tmp/}
