@@ -13,6 +13,7 @@ This module imports nothing of the project: every layer may use it.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 
 
@@ -164,6 +165,15 @@ class Arch(enum.Enum):
             if arch.value.debian == name:
                 return arch
         raise KeyError(name)
+
+    @classmethod
+    def of_host(cls) -> Arch:
+        """The architecture of the machine this runs on; KeyError for one this project lacks."""
+        machine = os.uname().machine
+        for arch in cls:
+            if arch.value.uname == machine:
+                return arch
+        raise KeyError(machine)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

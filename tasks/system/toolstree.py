@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.errors import StageFailed
+from tasks.model.arch import Arch
 from tasks.system import atomic
 
 TOOLS_RELEASE = "trixie"
@@ -74,7 +75,8 @@ def tree_dir(workdir: Path) -> Path:
 
 
 def host_arch() -> str:
-    return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
+    """The build host's architecture, as Debian names it (the tools run on the host)."""
+    return Arch.of_host().spec.debian
 
 
 def bin_dir(tree: Path) -> Path:
