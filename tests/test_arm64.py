@@ -55,7 +55,8 @@ def test_arm64_image_builds_and_boots_through_uefi():
     assert [(b["firmware"], b["accelerator"]) for b in boot["boots"]] == [("uefi", "tcg")]
     assert "login" in boot["boots"][0]["milestones"]
     console = (cell_dir / "boot-uefi.log").read_text(errors="replace")
-    assert "Welcome to GRUB" in console, "AAVMF went through shim and the signed GRUB"
+    # GRUB's own banner (bookworm's 2.06 greets, trixie's 2.12 shows its menu): the boot test's milestone.
+    assert "grub" in boot["boots"][0]["milestones"], "AAVMF went through shim and the signed GRUB"
 
     # The image's own versions of the slow programs ran natively, built for the host (twins), while
     # the packages were installed and while the initramfs was made; the log names them.

@@ -23,6 +23,11 @@ root=$1; shift
 # whose submounts would be uncovered), /dev/pts among them for apt's terminal log.
 mount --rbind /proc "$root/proc"
 mount --rbind /dev "$root/dev"
+# debootstrap copied these two from the build host, modes and all: the host's
+# modes must not reach the images (systemd-resolved keeps resolv.conf as a backup).
+for file in "$root/etc/resolv.conf" "$root/etc/hostname"; do
+    if [ -f "$file" ] && [ ! -L "$file" ]; then chmod 0644 "$file"; fi
+done
 printf '%s\n' "$@" > "$root/etc/apt/sources.list"
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"

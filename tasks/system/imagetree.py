@@ -2,15 +2,19 @@
 
 The pinned debugfs (tasks/system/toolstree.py) copies the ext4 file system
 in the disk image's root partition into a directory (`rdump`): contents,
-modes, owners and times of files and directories, and symbolic links. No
-loop device, no mount, no kernel file system driver. debugfs does not set a
-link's own time, and leaves device nodes and FIFOs out (an image has none
-outside /dev, which is empty).
+owners and times of files and directories, and symbolic links. No loop
+device, no mount, no kernel file system driver. rdump's copies lose the
+setuid, setgid and sticky bits (it gives each file its owner after its
+mode), so every mode is set again from debugfs's own listing (`ls -p`).
+debugfs does not set a link's own time, and leaves device nodes and FIFOs
+out (an image has none outside /dev, which is empty).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -59,9 +63,36 @@ def read(image: Path, tools: Path, path: str) -> bytes:
         return Path(out.name).read_bytes()
 
 
+def modes(image: Path, tools: Path) -> dict[str, int]:
+    """Every path of the root file system (from /, without it) and its mode, type bits included:
+    debugfs lists each level of directories in one run."""
+    found: dict[str, int] = {}
+    level = ["/"]
+    while level:
+        listed = debugfs(image, tools, *(f"ls -p {directory}" for directory in level))
+        level, directory = [], ""
+        for line in listed.splitlines():
+            if line.startswith("debugfs: ls -p "):
+                directory = line.removeprefix("debugfs: ls -p ").rstrip("/")
+                continue
+            fields = line.split("/")  # /inode/mode/uid/gid/name/size/
+            # (lost+found's empty slots list as inode 0 without a name)
+            if len(fields) < 7 or fields[5] in ("", ".", "..") or fields[1] == "0":
+                continue
+            path, mode = f"{directory}/{fields[5]}", int(fields[2], 8)
+            found[path] = mode
+            if stat.S_ISDIR(mode):
+                level.append(path)
+    return found
+
+
 @contextlib.contextmanager
 def extracted(image: Path, tools: Path, scratch: Path | None = None) -> Iterator[Path]:
     """The whole root file system, copied into a temporary directory (removed afterwards)."""
     with tempfile.TemporaryDirectory(prefix=".tree-", dir=scratch or image.parent) as into:
         debugfs(image, tools, f"rdump / {into}")
-        yield Path(into)
+        root = Path(into)
+        for path, mode in modes(image, tools).items():
+            if not stat.S_ISLNK(mode) and (root / path.lstrip("/")).exists():
+                os.chmod(root / path.lstrip("/"), stat.S_IMODE(mode))
+        yield root
