@@ -26,7 +26,6 @@ hosts), so FAI and the assembly run there one after the other:
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import subprocess
@@ -36,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.errors import StageFailed
+from tasks.stages import imagefacts
+from tasks.system import proc
 
 SECTOR = 512
 ROOT, BIOS_BOOT, ESP = 1, 14, 15
@@ -60,13 +61,16 @@ class Partition:
 
 
 def partitions(disk: Path, tools: Path) -> dict[int, Partition]:
-    """The disk's partitions by number, as its GPT has them."""
-    table = json.loads(_run([str(tools / "sfdisk"), "--json", str(disk)], "read the partition table"))
-    found = {}
-    for part in table["partitiontable"]["partitions"]:
-        number = int(part["node"].removeprefix(str(disk)).lstrip("p"))
-        found[number] = Partition(number, part["start"] * SECTOR, part["size"] * SECTOR)
-    return found
+    """The disk's partitions by number, as its GPT has them (read by the pinned sfdisk)."""
+    try:
+        table = imagefacts.partition_table(str(disk), sfdisk=str(tools / "sfdisk"))
+    except proc.CommandFailed as failed:
+        raise AssemblyFailed(f"cannot read the partition table: {failed.last_line}") from None
+    sector = table["sector_size"]
+    return {
+        part["number"]: Partition(part["number"], part["start"] * sector, part["size"] * sector)
+        for part in table["partitions"]
+    }
 
 
 def assemble(disk: Path, tree: Path, esp: Path, tools: Path, env: dict[str, str]) -> None:
@@ -163,11 +167,10 @@ def _tools_env() -> dict[str, str]:
 
 
 def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, env=env or _tools_env())
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines()
-        raise AssemblyFailed(f"cannot {what}: {lines[-1] if lines else f'exit status {done.returncode}'}")
-    return done.stdout
+    try:
+        return proc.run(command, env=env or _tools_env())
+    except proc.CommandFailed as failed:
+        raise AssemblyFailed(f"cannot {what}: {failed.last_line}") from None
 
 
 # What the build's log shows when the assembly starts (tasks/stages/fai.py's PhaseClock reads it),
@@ -191,7 +194,7 @@ def main(argv: list[str]) -> int:
     try:
         unmount_below(tree)
         assemble(disk, tree, esp, tools, dict(os.environ))
-    except (AssemblyFailed, OSError) as error:
+    except (StageFailed, OSError) as error:  # ours, or a tool the tree lacks
         print(f"ERROR: disk assembly: {error}", flush=True)
         return ASSEMBLY_FAILED
     print(f"Disk assembled in {time.monotonic() - started:.1f} s", flush=True)

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from tasks.stages.imagecheck import esp_files
-from tasks.system import atomic
+from tasks.system import atomic, proc
 
 SCHEMA = "image-facts/1"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -87,12 +87,11 @@ def users(root: Path) -> dict[str, Any]:
     }
 
 
-def partition_table(device: str) -> dict[str, Any]:
+def partition_table(device: str, sfdisk: str = "sfdisk") -> dict[str, Any]:
     """A disk's (or disk image's) partition table as sfdisk reads it: label, sector
-    size, and each partition's number, start and size (sectors) and type, by start."""
-    table = json.loads(subprocess.run(["sfdisk", "--json", device], capture_output=True, text=True, check=True).stdout)[
-        "partitiontable"
-    ]
+    size, and each partition's number, start and size (sectors) and type, by start.
+    proc.CommandFailed when sfdisk cannot read one."""
+    table = json.loads(proc.run([sfdisk, "--json", device]))["partitiontable"]
     parts = []
     for part in table["partitions"]:
         node = re.search(r"(\d+)$", part["node"])

@@ -63,6 +63,12 @@ class CommandFailed(StageFailed):
     def __reduce__(self):
         return (type(self), (self.cmd, self.returncode, self.output))
 
+    @property
+    def last_line(self) -> str:
+        """The failure in one line: the output's last, or the exit status when there was none."""
+        lines = [line for line in self.output.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit status {self.returncode}"
+
 
 # The children started here and not yet stopped, for signal_running().
 _running: set[subprocess.Popen] = set()

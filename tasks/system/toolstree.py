@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from tasks.errors import StageFailed
 from tasks.model.arch import Arch
-from tasks.system import atomic
+from tasks.system import atomic, proc
 
 TOOLS_RELEASE = "trixie"
 # The packages unpacked, libraries included: the tree is a bare unpack, not
@@ -189,11 +188,12 @@ def _write_wrappers(unpacked: Path) -> None:
 
 
 def _run(command: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None, ok=(0,)) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
-    if done.returncode not in ok:
-        lines = (done.stderr or done.stdout).strip().splitlines()
-        raise ToolsFailed(f"tools tree: cannot {what}: {lines[-1] if lines else f'exit status {done.returncode}'}")
-    return done.stdout
+    try:
+        return proc.run(command, env=env, cwd=cwd)
+    except proc.CommandFailed as failed:
+        if failed.returncode in ok:
+            return failed.output
+        raise ToolsFailed(f"tools tree: cannot {what}: {failed.last_line}") from None
 
 
 if __name__ == "__main__":
