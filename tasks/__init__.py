@@ -11,7 +11,7 @@ The package shows the design:
                each needs (qemu, the in-build image checks and facts, the FAI
                config space, the build's identity, the changes between versions,
                the initramfs's members, the cell's slow steps kept for its next build,
-               the disk assembled from the tree)
+               the disk assembled from the tree, what a base's images share)
     release/   the manual release step: instance test, cloud platforms (every
                region, deprecation, resumable through its journal), notify;
                the release project's job (GitLab's API, the build's seal);
@@ -21,13 +21,15 @@ The package shows the design:
     system/    OS plumbing: processes, the build's sandbox and its user namespace,
                binfmt, CPU slots, atomic files, the work directory lock, checksums,
                apt cache, OpenPGP signing, what a build takes of the environment,
-               the pinned disk tools, an image's tree read without mounting it
+               the pinned disk tools, an image's tree read without mounting it,
+               the host's apt on a state of its own
     registry.py  the stage registry: every stage, once
     graph.py   the stage registry turned into doit tasks
     ci.py      the same registry as a GitLab CI child pipeline, and the
                release project's pipeline
     published.py  published images read as a user would (doit verify, doit changes)
     reproduce.py  doit reproduce: a second build of a cell, compared with the first
+    stale.py   what a run would make again, without running it
     summary.py, progress.py, errors.py   what a run shows and reports
     cmdline.py    a doit command line, read as doit reads it
     taskstate.py  doit's state of each task kept beside its targets, and the

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Architecture, Cell, Release
 from tasks.model.plan import Plan
-from tasks.model.records import BootRecord, BuildInfo, Manifest, PublishReceipt, Record, ReleaseRecord
+from tasks.model.records import BaseShares, BootRecord, BuildInfo, Manifest, PublishReceipt, Record, ReleaseRecord
 from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, provenance, publish, sbom, stepcache, twins
 from tasks.system import signing, toolstree
 
@@ -154,8 +154,10 @@ BASE = Stage[BaseContext](
     action=_base_action,
     describe=lambda ctx: f"debootstrap {ctx.release.name} for {ctx.arch.name}: the base of its images",
     inputs=lambda ctx: (base.UPGRADE_SCRIPT,),
-    outputs=lambda ctx: (ctx.files.tarball, ctx.files.log),
+    outputs=lambda ctx: (ctx.files.tarball, ctx.files.shares, ctx.files.log),
     config=lambda ctx: base.base_config(ctx.release, ctx.arch.name, ctx.plan.matrix.build, ctx.content),
+    checks=lambda ctx: [base.shares_current(ctx.files, ctx.release, ctx.arch.name, ctx.plan.matrix.build, ctx.content)],
+    records=lambda ctx: ((ctx.files.shares, BaseShares),),
     max_age_days=lambda ctx: ctx.plan.matrix.build.base_max_age_days,
 )
 

@@ -40,6 +40,14 @@ Sections (all by default):
                dependencies and an up-to-date check, an empty action), so
                the figure shows what the graph's own code adds to doit's.
 
+  edit         one package added to one vendor's list (ec2's): the tasks, bases
+               and cells a run of the push tier and of the full matrix would
+               execute (tasks/stale.py, over a finished work directory of
+               stand-ins whose bases hold the mirror's real package lists),
+               against the same with the changed bases taken as stale (the
+               base's key of the package lists, before it was what apt
+               resolves); CPU seconds at the stages section's figures.
+
 A no-op run stats files and reads none (the checker compares mtimes), so its
 cost does not depend on what the files hold. The stand-in work directory has
 a small file at every target of the full tier (published ones in a local
@@ -166,6 +174,7 @@ def stages(cell: Cell, base: Path, options: list[str]) -> None:
     for stage, target in stage_targets(cell):
         wall, cpu, _ = timed(doit(target, *options))
         rows.append((stage, wall, cpu))
+        STAGE_CPU[stage] = cpu
         print(row(stage, wall, cpu), flush=True)
     print(row("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
 
@@ -464,7 +473,9 @@ def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
     """A work directory where every target of the full tier exists (see the module's doc)."""
     from tasks import graph
     from tasks.model import plan as plan_module
-    from tasks.model.records import PublishReceipt
+    from tasks.model.records import BaseShares, PublishReceipt
+    from tasks.stages import base as base_module
+    from tests import finished
 
     workdir, storage = base / "full-standin" / "build", base / "full-standin" / "storage"
     opts = [o for o in options if not o.startswith(("workdir=", "storage="))] + [
@@ -478,7 +489,12 @@ def stand_in_workdir(base: Path, options: list[str]) -> list[str]:
         # Targets elsewhere (the release project's pipeline file of the repository) are left alone.
         for target in (Path(t) for t in task.targets if Path(t).is_relative_to(workdir)):
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.name == "published.json":
+            if target == base_module.BaseFiles.of(workdir, task.name.partition(":")[2]).shares:
+                # What the base holds for its images as they are: its check asks apt nothing.
+                check = finished.shares_check(task)
+                record = BaseShares(list(check.include), [list(s) for s in check.selections], [], 0)
+                target.write_text(json.dumps(record.to_json()))
+            elif target.name == "published.json":
                 published = storage / "standin" / target.parent.name
                 published.mkdir(parents=True, exist_ok=True)
                 (published / "image").write_text(target.parent.name)
@@ -538,12 +554,80 @@ def noop(full_workdir: Path, base: Path, options: list[str]) -> None:
     )
 
 
+# CPU seconds of each stage of --cell, when the stages section measured them in this run.
+STAGE_CPU: dict[str, float] = {}
+EDITED_CLASS = "EC2"  # the ec2 vendor's own list
+
+
+def edit_cost(base: Path, options: list[str]) -> None:
+    """What one package added to one vendor's list would make again, without building: a finished
+    run's work directory of stand-ins (tests/finished.py, the bases' package lists real), the edit,
+    and the tasks a run of each tier would execute (tasks/stale.py). The baseline, in the same
+    run: the same with every base whose images' selections changed taken as stale, as the base's
+    key did when it held the package lists themselves."""
+    import dataclasses
+
+    from tasks import graph, stale
+    from tasks.model import plan as plan_module
+    from tests import finished
+
+    top = base / "edit-cost"
+    space = top / "fai_config"
+    shutil.copytree(REPO / "fai_config", space)
+    values = dict(o.split("=", 1) for o in options)
+    values.update(workdir=str(top / "build"), storage=str(top / "storage"), tier="full")
+
+    def the_plan(tier: str):
+        made = plan_module.from_options(REPO, {**values, "tier": tier}.get)
+        return dataclasses.replace(made, config_space=space)
+
+    started = time.monotonic()
+    finished.finish(the_plan("full"), top / "bases")
+    print(f"\n== one package added to {EDITED_CLASS}'s list (package_config/{EDITED_CLASS}): the tasks it costs")
+    print(f"  a finished work directory of stand-ins, every base's lists real: {time.monotonic() - started:.0f} s")
+    edited = space / "package_config" / EDITED_CLASS
+    edited.write_text(edited.read_text() + "jq\n")
+    print(f"  {'tier':<6} {'':<22} {'tasks':>6} {'bases':>6} {'cells':>6} {'CPU s':>8}")
+    for tier in ("push", "full"):
+        current = the_plan(tier)
+        tasks = graph.load_tasks(current)
+        roots = [stage.name for stage in registry.cell_chain()]
+        bases = [t for name, t in tasks.items() if name.startswith(f"{registry.BASE.name}:") and t.actions]
+        # What the old key made stale: every base whose images' selections the edit changed.
+        changed = [
+            t.name
+            for t in bases
+            if json.loads(Path(finished.shares_check(t).record).read_text())["selections"]
+            != [list(s) for s in finished.shares_check(t).selections]
+        ]
+        start = time.monotonic()
+        now = stale.would_run(tasks, current.workdir / ".doit.db", roots)
+        asked = time.monotonic() - start
+        before = stale.would_run(tasks, current.workdir / ".doit.db", roots, assume_stale=changed)
+        for label, names in ((f"now ({asked:.1f} s to decide)", now), ("base key of the lists", before)):
+            kinds = [name.partition(":")[0] for name in names]
+            cells = len({name.partition(":")[2] for name in names if not name.startswith("base:")})
+            cpu = sum(STAGE_CPU.get(kind, float("nan")) for kind in kinds)
+            print(
+                f"  {tier:<6} {label:<22} {len(names):>6} {kinds.count('base'):>6} {cells:>6} "
+                f"{cpu if STAGE_CPU else float('nan'):>8.0f}"
+            )
+        if now:
+            print(f"  {tier}: {len(before) / len(now):.1f}x fewer tasks than the key of the lists")
+    if not STAGE_CPU:
+        print("  (CPU seconds: run with the stages section, whose per-stage CPU of --cell they use)")
+    else:
+        print("  (CPU seconds: every cell and base at --cell's measured cost per stage; arm64's is higher)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
     parser.add_argument(
-        "sections", nargs="*", default=["stages", "compression", "boottest", "rebuild", "arm64", "push", "noop"]
+        "sections",
+        nargs="*",
+        default=["stages", "compression", "boottest", "rebuild", "arm64", "push", "noop", "edit"],
     )
     parser.add_argument("--cell", default="bookworm-nocloud-amd64")
     parser.add_argument("--rebuild-cells", nargs="+", help="default: the push tier's cells")
@@ -594,6 +678,8 @@ def main() -> None:
                 arm64("nocloud", release, base, options, report)
         if "noop" in args.sections:
             attempt("the no-op run", partial(noop, args.full_workdir, base, options))
+        if "edit" in args.sections:
+            attempt("the cost of one vendor's edit", partial(edit_cost, base, options))
     finally:
         if not args.workdir:
             shutil.rmtree(base, ignore_errors=True)

@@ -212,6 +212,19 @@ class BuildInfo(Record):
 
 
 @dataclass(frozen=True)
+class BaseShares(Record):
+    """<base>.shares.json: what a shared base installed for all its images alike, and from what
+    (tasks/stages/baseshare.py): its up-to-date check compares the packages, not the lists."""
+
+    KIND: ClassVar[str] = "base-shares"
+
+    include: list[str]  # the packages every image names (base.BaseContent.include)
+    selections: list[list[str]]  # each image's own packages beyond them
+    shared: list[str]  # what apt installs for every selection alike: the base holds it
+    source_date_epoch: int  # the archive's time (the newest Date of its suites' InRelease)
+
+
+@dataclass(frozen=True)
 class BootRecord(Record):
     """boottest.json: the verdict of every boot of a cell's image."""
 

@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -92,6 +93,20 @@ def differences(target: Path, sources: str, fetch: Callable[[str], bytes]) -> li
         if current != kept.read_bytes():
             found.append(f"{suite}: the mirror's InRelease is not the base's (the archive moved on)")
     return found
+
+
+def archive_time(lists: Path) -> int:
+    """The archive's time as the lists show it: the newest Date of their suites' InRelease files,
+    in seconds since the epoch (a base's SOURCE_DATE_EPOCH: tasks/stages/base.py)."""
+    dates = []
+    for release in sorted(lists.glob("*_InRelease")):
+        for line in release.read_text(errors="replace").splitlines():
+            if line.startswith("Date:"):
+                dates.append(int(parsedate_to_datetime(line[5:].strip()).timestamp()))
+                break
+    if not dates:
+        raise ValueError(f"{lists}: no InRelease file with a Date")
+    return max(dates)
 
 
 def fetcher(proxy: str | None) -> Callable[[str], bytes]:

@@ -8,10 +8,12 @@ time every file of the tree is clamped to in hooks/faiend.LAST, and the
 SOURCE_DATE_EPOCH that mke2fs, mtools and initramfs-tools get) derives from
 the build's inputs: the
 version when it is a date (a daily's 20261125-1532), else the shared base's
-own time, so a rebuild from the same base gets the same (a build without the
-shared base, where FAI runs debootstrap itself, is not reproducible: it takes
-the clock's time). The initramfs's member times are clamped to the base's time
-instead (IMAGE_INITRAMFS_EPOCH), so that a new dated version can reuse it.
+time (its archive's, which no file in it is newer than: base.base_time), so a
+rebuild from the same base, or from one made again from the same archive,
+gets the same (a build without the shared base, where FAI runs debootstrap
+itself, is not reproducible: it takes the clock's time). The initramfs's
+member times are clamped to the base's time instead (IMAGE_INITRAMFS_EPOCH),
+so that a new dated version can reuse it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import uuid
 from pathlib import Path
 
 from tasks.model.version import Version
+from tasks.stages import base as base_module
 
 # The project's URL: our namespace for uuid5 and for the documents' URIs.
 NAMESPACE_URL = "https://salsa.debian.org/cloud-team/debian-image-matrix"
@@ -58,7 +61,7 @@ def source_date_epoch(version: str, base: Path) -> int:
     moment = parsed.moment if parsed else None
     if moment is not None:
         return int(moment.timestamp())
-    return int(base.stat().st_mtime if base.is_file() else time.time())
+    return base_module.base_time(base) if base.is_file() else int(time.time())
 
 
 def initramfs_epoch(version: str, base: Path) -> int:
@@ -68,9 +71,9 @@ def initramfs_epoch(version: str, base: Path) -> int:
     would make an initramfs that differs by those times alone, and the step
     cache could never reuse one across versions (mkinitramfs takes 13 s for the
     cloud kernel here, 32 s for the generic one, minutes under emulation). Every
-    file a build from this base writes is newer than the base, so it is clamped
-    to the base's time in any such build; the base's own files are the same in
-    each. A version older than the base (given by hand) still bounds every time.
+    file a build from this base writes is newer than the base's time, so it is
+    clamped to it in any such build; the base's own files are the same in each.
+    A version older than the base (given by hand) still bounds every time.
     """
     build_time = source_date_epoch(version, base)
-    return min(build_time, int(base.stat().st_mtime)) if base.is_file() else build_time
+    return min(build_time, base_module.base_time(base)) if base.is_file() else build_time

@@ -19,13 +19,13 @@ import fcntl
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.errors import StageFailed
 from tasks.model.arch import Arch
-from tasks.system import atomic, proc
+from tasks.system import aptroot, atomic, proc
 
 TOOLS_RELEASE = "trixie"
 # The packages unpacked, libraries included: the tree is a bare unpack, not
@@ -132,36 +132,11 @@ def _make(tree: Path, mirror: str) -> None:
 
 def _download(scratch: Path, mirror: str, arch: str) -> Path:
     """The packages, fetched and checked by apt against the archive's signed index."""
-    state, debs = scratch / "apt", scratch / "debs"
-    for d in (state / "lists/partial", state / "cache/archives/partial", state / "etc", debs):
-        d.mkdir(parents=True)
-    (state / "etc/sources.list").write_text(
-        f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {TOOLS_RELEASE} main\n"
-    )
-    config = state / "apt.conf"
-    config.write_text(
-        "\n".join(
-            f'{key} "{value}";'
-            for key, value in (
-                ("APT::Architecture", arch),
-                ("APT::Architectures", arch),
-                ("Dir::State", state),
-                ("Dir::State::status", "/dev/null"),
-                ("Dir::Cache", state / "cache"),
-                ("Dir::Etc::SourceList", state / "etc/sources.list"),
-                ("Dir::Etc::SourceParts", state / "etc"),
-                ("Dir::Etc::Parts", state / "etc"),
-                ("Dir::Etc::Preferences", "/dev/null"),
-                ("Dir::Etc::PreferencesParts", state / "etc"),
-                ("Acquire::Languages", "none"),
-            )
-        )
-        + "\n"
-    )
-    env = {"APT_CONFIG": str(config), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-    env.update({k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "no_proxy")})
-    _run(["apt-get", "--quiet", "update"], f"read {TOOLS_RELEASE}'s package index from {mirror}", env=env)
-    _run(["apt-get", "--quiet", "download", *PACKAGES], "download the tools", env=env, cwd=debs)
+    apt, debs = aptroot.AptRoot(scratch / "apt", arch), scratch / "debs"
+    debs.mkdir()
+    apt.prepare([f"deb [signed-by={aptroot.KEYRING}] {mirror} {TOOLS_RELEASE} main"])
+    _attempt(lambda: apt.run("update"), f"read {TOOLS_RELEASE}'s package index from {mirror}")
+    _attempt(lambda: apt.run("download", *PACKAGES, cwd=debs), "download the tools")
     return debs
 
 
@@ -187,9 +162,13 @@ def _write_wrappers(unpacked: Path) -> None:
         wrapper.chmod(0o755)
 
 
-def _run(command: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None, ok=(0,)) -> str:
+def _run(command: list[str], what: str, ok=(0,)) -> str:
+    return _attempt(lambda: proc.run(command), what, ok)
+
+
+def _attempt(step: Callable[[], str], what: str, ok=(0,)) -> str:
     try:
-        return proc.run(command, env=env, cwd=cwd)
+        return step()
     except proc.CommandFailed as failed:
         if failed.returncode in ok:
             return failed.output
