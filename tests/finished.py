@@ -5,7 +5,8 @@ success as doit's runner records it (its checks computed, their values
 kept). The bases are real where their up-to-date check reads them: each
 tarball holds the package lists of its release's suites, fetched from the
 mirror, and its record (<base>.shares.json) what the host's apt resolves
-from them. tasks/stale.py then says what a run would execute after an edit.
+from them, with apt's answers kept as the base's own run keeps them.
+tasks/stale.py then says what a run would execute after an edit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tasks import graph, registry
 from tasks.model.plan import Plan
 from tasks.model.records import BaseShares, PublishReceipt
 from tasks.stages import base, baseshare
-from tasks.system import aptroot
+from tasks.system import aptroot, checksum
 from tasks.system.checksum import XXH3Checker
 
 # The stages a run of a tier executes, and the known failures' runs of them (graph.xfail_name).
@@ -69,6 +70,8 @@ def _base(the_plan: Plan, task, scratch: Path) -> None:
     subprocess.run(
         ["tar", "--create", "--zstd", "-C", str(tree), "-f", str(files.tarball), f"./{baseshare.LISTS}"], check=True
     )
-    shared = baseshare.resolve(apt.installs, check.include, check.selections)
+    answers = baseshare.Memo(apt.installs)
+    shared = baseshare.resolve(answers, check.include, check.selections)
+    answers.save(files.installs_memo, checksum.sha256_kept(files.tarball))  # as the base's own run keeps them
     record = BaseShares(list(check.include), [list(s) for s in check.selections], list(shared), 0)
     files.shares.write_text(json.dumps(record.to_json()))

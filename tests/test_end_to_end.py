@@ -233,23 +233,6 @@ def test_a_damaged_record_makes_its_stage_stale_and_a_lost_database_nothing(runs
     assert executed(again) == set(), "every target is there, made from the same inputs"
 
 
-def test_a_base_made_again_from_the_same_archive_is_the_same_bytes(runs):
-    """The base made once more, as when it ages past base_max_age_days, from the same cached
-    packages: the same tarball, byte for byte, so nothing built on it runs again."""
-    base = runs[0]
-    files = base / "build" / "base"
-    before = hashlib.sha256((files / "bookworm-amd64.tar.zst").read_bytes()).hexdigest()
-    archive = json.loads((files / "bookworm-amd64.shares.json").read_text())["source_date_epoch"]
-    forgotten = doit(base, "forget", "base:bookworm-amd64")
-    assert forgotten.returncode == 0, forgotten.stderr
-    again = doit(base)
-    assert again.returncode == 0, again.stderr
-    if json.loads((files / "bookworm-amd64.shares.json").read_text())["source_date_epoch"] != archive:
-        pytest.skip("the archive moved on between the two bases: their packages may differ")
-    assert hashlib.sha256((files / "bookworm-amd64.tar.zst").read_bytes()).hexdigest() == before
-    assert executed(again) == {"base:bookworm-amd64"}
-
-
 def test_a_failed_cell_stops_nothing_else_and_the_summary_says_so(runs):
     """tier=mixed: genericcloud is built, booted and published although the other cell's build failed."""
     base, _, _, _, mixed = runs
@@ -310,6 +293,28 @@ def test_what_every_image_installs_alike_comes_with_the_base(runs):
     auto = {re.search(r"^Package: (\S+)", stanza, re.M).group(1) for stanza in states if "Auto-Installed: 1" in stanza}
     assert {"udev", "kmod", "initramfs-tools", "linux-base"} <= auto
     assert not {"linux-image-amd64", "sudo", "grub-cloud-amd64"} & auto, "what the config space names is manual"
+
+
+def test_a_base_made_again_from_the_same_archive_is_the_same_bytes(runs):
+    """The base made once more, as when it ages past base_max_age_days, from the same cached
+    packages: the same tarball, byte for byte, so nothing built on it runs again."""
+    base = runs[0]
+    files = base / "build" / "base"
+    before = hashlib.sha256((files / "bookworm-amd64.tar.zst").read_bytes()).hexdigest()
+    archive = json.loads((files / "bookworm-amd64.shares.json").read_text())["source_date_epoch"]
+    forgotten = doit(base, "forget", "base:bookworm-amd64")
+    assert forgotten.returncode == 0, forgotten.stderr
+    again = doit(base)
+    assert again.returncode == 0, again.stderr
+    if json.loads((files / "bookworm-amd64.shares.json").read_text())["source_date_epoch"] != archive:
+        pytest.skip("the archive moved on between the two bases: their packages may differ")
+    assert hashlib.sha256((files / "bookworm-amd64.tar.zst").read_bytes()).hexdigest() == before
+    assert executed(again) == {"base:bookworm-amd64"}
+    fetched = re.search(
+        r"package cache: \d+ packages from the cache .*, (\d+) fetched and kept",
+        (files / "bookworm-amd64.log").read_text(),
+    )
+    assert fetched and fetched.group(1) == "0", "made from the packages the first base cached"
 
 
 def test_builds_run_without_privileges_and_attach_or_mount_nothing(runs):

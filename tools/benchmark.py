@@ -604,7 +604,7 @@ def edit_cost(base: Path, options: list[str]) -> None:
         now = stale.would_run(tasks, current.workdir / ".doit.db", roots)
         asked = time.monotonic() - start
         before = stale.would_run(tasks, current.workdir / ".doit.db", roots, assume_stale=changed)
-        for label, names in ((f"now ({asked:.1f} s to decide)", now), ("base key of the lists", before)):
+        for label, names in ((f"now ({asked:.1f} s to check)", now), ("base key of the lists", before)):
             kinds = [name.partition(":")[0] for name in names]
             cells = len({name.partition(":")[2] for name in names if not name.startswith("base:")})
             cpu = sum(STAGE_CPU.get(kind, float("nan")) for kind in kinds)
