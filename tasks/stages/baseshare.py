@@ -33,22 +33,20 @@ from tasks.system import aptroot, atomic, checksum, proc
 
 # Where a base keeps its package lists, in its tree and in its tarball.
 LISTS = Path("var/lib/apt/lists")
+# What apt would install for these packages (AptRoot.installs, or a Memo of it).
+Installs = Callable[[Sequence[str]], frozenset[str]]
 
 
 def resolve(
-    installs: Callable[[Sequence[str]], frozenset[str]],
+    installs: Installs,
     include: Sequence[str],
     selections: Sequence[Sequence[str]],
 ) -> tuple[str, ...]:
-    """What apt installs for every selection alike beyond the include: installs is AptRoot.installs
-    (or a memo of it)."""
+    """What apt installs for every selection alike beyond the include."""
     if not selections:
         return ()
     common = frozenset.intersection(*(installs([*include, *selection]) for selection in selections))
     return tuple(sorted(common - installs(list(include))))
-
-
-Installs = Callable[[Sequence[str]], frozenset[str]]
 
 
 class Memo:
