@@ -30,7 +30,9 @@ MADE |= {graph.xfail_name(stage) for stage in registry.cell_chain()}
 
 
 def shares_check(task) -> baseshare.SharesCurrent:
-    return next(check for check, _, _ in task.uptodate if isinstance(check, baseshare.SharesCurrent))
+    """A base task's check of what its images share: exactly one."""
+    [check] = [check for check, _, _ in task.uptodate if isinstance(check, baseshare.SharesCurrent)]
+    return check
 
 
 def finish(the_plan: Plan, scratch: Path) -> None:

@@ -12,7 +12,9 @@ from doit.tools import config_changed
 from tasks import graph, registry
 from tasks.model import plan
 from tasks.model.matrix import BuildSettings, MatrixError, Release
-from tasks.stages import base, baseshare, boottest, compress, fai, faiconfig, manifest, sbom, stepcache
+from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, sbom, stepcache
+
+from . import finished
 
 REPO = Path(__file__).resolve().parent.parent
 # The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
@@ -253,12 +255,6 @@ def test_the_base_holds_the_packages_every_image_gets(tmp_path, monkeypatch):
     assert content.include == tuple(config["include"])
 
 
-def shares_of(task) -> baseshare.SharesCurrent:
-    """The base's check of what its images share (tasks/stages/baseshare.py)."""
-    [check] = [check for check, _, _ in task.uptodate if isinstance(check, baseshare.SharesCurrent)]
-    return check
-
-
 def test_the_base_knows_what_each_of_its_images_installs_beyond_it(tmp_path, test_matrix):
     """Each image's own selection reaches the base's check of what they share (the base installs
     what apt would install for all of them alike): one per distinct selection, from every vendor of
@@ -268,7 +264,7 @@ def test_the_base_knows_what_each_of_its_images_installs_beyond_it(tmp_path, tes
     shutil.copytree(REPO / "fai_config", space)
     the_plan = dataclasses.replace(make_plan(tmp_path), config_space=space)
     task = load(the_plan)["base:bookworm-amd64"]
-    config, shares = config_of(task), shares_of(task)
+    config, shares = config_of(task), finished.shares_check(task)
     images = [cell for cell in test_matrix.cells if cell.base_name == "bookworm-amd64"]
     lists = faiconfig.package_lists(space)
     expected = {
@@ -282,14 +278,14 @@ def test_the_base_knows_what_each_of_its_images_installs_beyond_it(tmp_path, tes
         assert any(name.startswith("linux-image-") for name in selection)  # every image names its kernel
     # The push tier's base is the full tier's.
     full = load(dataclasses.replace(make_plan(tmp_path, tier="full"), config_space=space))["base:bookworm-amd64"]
-    assert config_of(full) == config and shares_of(full) == shares
+    assert config_of(full) == config and finished.shares_check(full) == shares
 
     time_chrony = space / "package_config" / "TIME_CHRONY"
     time_chrony.write_text(time_chrony.read_text() + "ntpsec-ntpdate\n")
     after = load(the_plan)["base:bookworm-amd64"]
     assert any("TIME_CHRONY" in cell.fai_classes for cell in images)
     assert config_of(after) == config
-    assert any("ntpsec-ntpdate" in selection for selection in shares_of(after).selections)
+    assert any("ntpsec-ntpdate" in selection for selection in finished.shares_check(after).selections)
 
 
 def test_the_base_is_upgraded_from_the_suites_its_release_class_names(tmp_path):
