@@ -23,6 +23,8 @@ The package shows the design:
                apt cache, OpenPGP signing, what a build takes of the environment,
                the pinned disk tools, an image's tree read without mounting it,
                the host's apt on a state of its own
+    builder/   the builder image: every tool the project runs, made from Debian
+               packages into an OCI archive named by its inputs (doit builder)
     registry.py  the stage registry: every stage, once
     graph.py   the stage registry turned into doit tasks
     ci.py      the same registry as a GitLab CI child pipeline, and the

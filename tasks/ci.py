@@ -70,7 +70,15 @@ def _quote(arg: str) -> str:
 
 
 def _doit(*args: str) -> str:
-    return " ".join([".venv/bin/doit", *map(_quote, args), f"workdir={DEFAULT_WORKDIR}"])
+    return " ".join(["doit", *map(_quote, args), f"workdir={DEFAULT_WORKDIR}"])
+
+
+def builder_image(plan: Plan) -> str:
+    """The image every job runs in: builder= as given (the build project's builder job pushed it,
+    pinned by its digest), else ci.image tagged with the digest of this checkout's inputs."""
+    from tasks.builder import inputs
+
+    return plan.builder or f"{plan.matrix.ci.image}:{inputs.digest(plan.root)}"
 
 
 def _doit_options(plan: Plan) -> list[str]:
@@ -102,8 +110,8 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
     ci: CiSettings = plan.matrix.ci
     chosen = selected_cells(plan, source, cells)
     options = _doit_options(plan)
-    setup = ["tools/setup-host"]
-    prepare = [*setup, ".ci/prepare-job"]
+    # Every job runs in the builder image, which holds every tool: nothing to set up first.
+    prepare = [".ci/prepare-job"]
     # Paths as the jobs see them: relative to the checkout, in the default work directory.
     workdir = Path(DEFAULT_WORKDIR)
     storage = plan.matrix.publish.storage
@@ -145,7 +153,7 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
             "tags": list(ci.tags),
             "needs": [{"job": f"image:{cell.name}", "artifacts": True}],
             # The seal the release project checks; kept when the image data has expired.
-            "script": [*setup, f".venv/bin/python -m tasks.release.handoff seal {cell.name} {DEFAULT_WORKDIR}"],
+            "script": [f"python3 -m tasks.release.handoff seal {cell.name} {DEFAULT_WORKDIR}"],
             "artifacts": {
                 "name": f"{cell.name}-records",
                 "paths": _paths([*files.records, *(files.xfail_record(s.name) for s in registry.cell_chain())]),
@@ -179,7 +187,6 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
                 "needs": needs,
                 "variables": {"STORAGE": "${IMAGES_STORAGE}"},
                 "script": [
-                    *setup,
                     f'if [ -z "$STORAGE" ]; then STORAGE={shlex.quote(storage)}; fi',
                     *(
                         _if_built(CellFiles.of(workdir, c), _run(stage, c.name, options, "storage=$STORAGE"))
@@ -194,7 +201,7 @@ def pipeline(plan: Plan, source: str, cells: str | None = None) -> dict:
 
     return {
         "stages": list(PIPELINE_STAGES),
-        "default": {"image": ci.image},
+        "default": {"image": builder_image(plan)},
         "variables": {"IMAGES_VERSION": _version(plan)},
         **jobs,
     }
@@ -217,6 +224,7 @@ def release_trigger(plan: Plan, cells: list[Cell]) -> dict:
         release_project.COMMIT: "$CI_COMMIT_SHA",
         release_project.CELLS: " ".join(c.name for c in cells),
         release_project.VERSION: _version(plan),
+        release_project.BUILDER: builder_image(plan),  # the release job runs in the same image
     }
     return {
         "stage": "release",
@@ -250,12 +258,13 @@ def release_project_pipeline(plan: Plan) -> dict:
         "stages": ["release"],
         # A build pipeline's trigger starts it; nothing else (tasks/release/project.py refuses the rest too).
         "workflow": {"rules": [{"if": f'$CI_PIPELINE_SOURCE == "{release_project.TRIGGERED_SOURCE}"'}]},
-        "default": {"image": ci.image},
+        # The build pipeline's own, pinned by digest, as its trigger names it (the job checks it is so).
+        "default": {"image": f"${release_project.BUILDER}"},
         "release": {
             "stage": "release",
             # The instance test boots the images: a build runner (qemu, without privileges).
             "tags": list(ci.runner_tags(next(iter(plan.matrix.architectures)))),
-            "script": ["tools/setup-host", ".ci/prepare-job", ".venv/bin/python -m tasks.release.project"],
+            "script": [".ci/prepare-job", "python3 -m tasks.release.project"],
             # What the release did (instance tests, platform images, publication), kept for ever.
             "artifacts": {"paths": records, "expire_in": "never", "when": "always"},
         },

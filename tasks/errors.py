@@ -19,3 +19,8 @@ class StageFailed(Exception):
     def __reduce__(self):
         # doit's worker processes send failures to the main process pickled.
         return (type(self), (str(self), self.log))
+
+
+def log_tail(log: Path, lines: int = 15) -> str:
+    """A failed command's log's last lines, indented, for its stage's message."""
+    return "\n".join(f"  {line}" for line in log.read_text(errors="replace").splitlines()[-lines:])

@@ -228,6 +228,10 @@ def doit_tasks(plan: Plan) -> dict[str, Callable]:
         """write the release project's pipeline (.ci/release-project.yml)"""
         return release_ci_task(plan)
 
+    def task_builder():
+        """make the builder image: an OCI archive named by the digest of its inputs"""
+        return builder_task(plan)
+
     def task_compare():
         """compare two images' facts (left=<cell or file> right=<cell or file>)"""
         return compare_task(plan)
@@ -252,6 +256,7 @@ def doit_tasks(plan: Plan) -> dict[str, Callable]:
         task_xfail=task_xfail,
         task_ci=task_ci,
         task_release_ci=task_release_ci,
+        task_builder=task_builder,
         task_compare=task_compare,
         task_changes=task_changes,
         task_verify=task_verify,
@@ -289,6 +294,20 @@ def release_ci_task(plan: Plan) -> dict:
         "targets": [str(target)],
         "file_dep": [str(plan.matrix.path)],
         "doc": "write the release project's pipeline (.ci/release-project.yml) from matrix.yaml",
+    }
+
+
+def builder_task(plan: Plan) -> dict:
+    """`doit builder`: the image every CI job runs in (tasks/builder), made again when its inputs change."""
+    from tasks.builder import image, inputs
+
+    target = inputs.archive(plan.workdir, plan.root)
+    return {
+        "actions": [(run_stage, ["builder", image.build, plan, target])],
+        "targets": [str(target)],
+        "file_dep": [str(plan.root / name) for name in inputs.FILES],
+        "doc": "make the builder image (build/builder/images-builder-<inputs>.oci.tar; podman load -i it)",
+        "clean": True,
     }
 
 

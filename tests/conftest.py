@@ -14,10 +14,21 @@ import pytest
 from tasks.model import matrix
 from tasks.model.layout import CellFiles
 from tasks.stages import manifest, provenance
-from tasks.system import signing
+from tasks.system import signing, userns
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The commands the tests run (doit, python3, gitlab-ci-local, azurite-blob) come from the environment
+# they run in, first on PATH as in the builder image: CI jobs' scripts name them so.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+# Tests that mount, or run podman, themselves: root on a host may, a container's root (a CI job,
+# tools/in-builder) may not (builds mount only in a user namespace of their own: tasks/system/userns.py).
+needs_mounts = pytest.mark.skipif(
+    not userns.privileged(),
+    reason="mounts itself: root on a host, not a container's",
+)
 
 # The background runs this session started (tests/background.py).
 _STARTED = pytest.StashKey[list]()
@@ -251,3 +262,11 @@ def aws_env(aws, monkeypatch):
     for key, value in aws.env().items():
         monkeypatch.setenv(key, value)
     return aws
+
+
+@pytest.fixture(scope="session")
+def push_tier_runs(tmp_path_factory):
+    """The push tier built end to end (tests/pushtier.py): once for every test that reads it."""
+    from . import pushtier
+
+    return pushtier.make_runs(tmp_path_factory.mktemp("e2e", numbered=True), make_key)

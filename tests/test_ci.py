@@ -1,7 +1,6 @@
 """The generated GitLab CI pipeline: its jobs, rules, artifacts and validity."""
 
 import copy
-import json
 import os
 import shutil
 import subprocess
@@ -73,11 +72,38 @@ def test_image_job_runs_the_cells_doit_targets(tmp_path):
     assert job["needs"] == [{"job": "base:bookworm-amd64", "artifacts": True}]
     script = "\n".join(job["script"])
     for stage in ("build", "compress", "boottest", "manifest"):
-        assert f'.venv/bin/doit --single {stage}:bookworm-nocloud-amd64 "version=$IMAGES_VERSION"' in script
+        assert f'doit --single {stage}:bookworm-nocloud-amd64 "version=$IMAGES_VERSION"' in script
     # The job's work directory goes with it: its builds keep no step for a next build.
-    assert all("step_cache=no" in line for line in job["script"] if line.startswith(".venv/bin/doit --single build:"))
+    assert all("step_cache=no" in line for line in job["script"] if line.startswith("doit --single build:"))
     assert job["tags"] == ["image-builder"]
     assert ".ci/prepare-job" in job["script"]
+
+
+PINNED = "registry.example.org/cloud-team/images/builder@sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("source", ["push", "schedule"])
+def test_every_job_runs_in_the_builder_image_pinned_by_digest_and_sets_up_nothing(tmp_path, source):
+    doc = ci.pipeline(make_plan(tmp_path, protected="true", builder=PINNED), source)
+    assert doc["default"] == {"image": PINNED}
+    names = jobs(doc)
+    assert names and not [name for name in names if "image" in doc[name]], "no job names an image of its own"
+    scripts = "\n".join(line for name in names for line in doc[name].get("script", []))
+    assert "setup-host" not in scripts and ".venv" not in scripts and "apt-get" not in scripts
+    assert doc["release:bookworm"]["variables"]["IMAGES_BUILDER"] == PINNED
+
+
+def test_without_a_pinned_builder_the_jobs_name_it_by_the_digest_of_its_inputs(tmp_path):
+    from tasks.builder import inputs
+
+    image = ci.pipeline(make_plan(tmp_path), "push")["default"]["image"]
+    assert image == f"{GOOD['ci']['image']}:{inputs.digest()}"
+
+
+@pytest.mark.parametrize("given", ["debian:trixie", "builder@sha256:abc", "a b@sha256:" + "0" * 64])
+def test_a_builder_not_pinned_by_digest_is_refused(tmp_path, given):
+    with pytest.raises(MatrixError, match="builder: expected an image pinned by digest"):
+        make_plan(tmp_path, builder=given)
 
 
 def test_artifacts_follow_the_storage_policy(tmp_path):
@@ -115,7 +141,8 @@ def test_release_triggers_the_release_project_with_what_identifies_the_build_and
     assert release["trigger"] == {"project": "cloud-team/images-release", "branch": "main", "strategy": "depend"}
     assert "script" not in release and "tags" not in release, "a trigger job runs nothing itself"
     assert release["inherit"] == {"variables": False}, "the build pipeline's own variables stay here"
-    assert set(release["variables"]) == set(project.TRIGGER_VARIABLES)
+    assert set(release["variables"]) == {*project.TRIGGER_VARIABLES, project.BUILDER}
+    assert release["variables"][project.BUILDER] == ci.builder_image(make_plan(tmp_path)), "the release runs in it too"
     cells = release["variables"][project.CELLS].split()
     assert all(c.startswith("bookworm-") for c in cells) and len(set(cells)) == len(cells) == 12
     assert release["variables"][project.PIPELINE] == "$CI_PIPELINE_ID"
@@ -130,7 +157,7 @@ def test_release_triggers_the_release_project_with_what_identifies_the_build_and
 def test_keep_seals_each_cell(tmp_path):
     doc = ci.pipeline(make_plan(tmp_path), "push")
     keep = doc["keep:bookworm-nocloud-amd64"]
-    assert keep["script"][-1] == ".venv/bin/python -m tasks.release.handoff seal bookworm-nocloud-amd64 build"
+    assert keep["script"][-1] == "python3 -m tasks.release.handoff seal bookworm-nocloud-amd64 build"
     assert {"build/bookworm-nocloud-amd64/SHA512SUMS", "build/bookworm-nocloud-amd64/SHA512SUMS.asc"} <= set(
         keep["artifacts"]["paths"]
     )
@@ -232,9 +259,10 @@ needs_gitlab_ci_local = pytest.mark.skipif(
 )
 
 
-def gitlab_ci_local(directory: Path, *args, timeout=120) -> subprocess.CompletedProcess:
+def gitlab_ci_local(directory: Path, *args, timeout=120, runner=()) -> subprocess.CompletedProcess:
+    """gitlab-ci-local in directory; runner: what runs it (tools/in-builder: the builder image)."""
     return subprocess.run(
-        ["gitlab-ci-local", *args],
+        [*runner, "gitlab-ci-local", *args],
         cwd=directory,
         capture_output=True,
         text=True,
@@ -297,118 +325,4 @@ def test_project_pipeline_passes_gitlab_schema(tmp_path):
     result = gitlab_ci_local(project, "--list", "--variable", "CI_PIPELINE_SOURCE=push")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "json schema validated" in result.stdout + result.stderr
-    assert {"lint", "quick-tests", "generate"} <= set(listed_jobs(result))
-
-
-@needs_gitlab_ci_local
-@pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")
-def test_generated_pipeline_runs_for_real(tmp_path, test_key):
-    """gitlab-ci-local's shell executor runs a generated push pipeline: real doit jobs, artifacts handed
-    from job to job, each cell sealed with the build key; then the release project's pipeline releases
-    the build from those artifacts, fetched through GitLab's job-artifacts API."""
-    from tasks.system import signing
-
-    from .conftest import make_key
-
-    release_key, build_key = test_key, make_key(tmp_path / "build-key", name="Test builds")
-    data = copy.deepcopy(GOOD)
-    data["tiers"]["push"] = [{"releases": ["bookworm"], "vendors": ["nocloud"], "architectures": ["amd64"]}]
-    data["compress"]["xz_level"] = 0
-    # One boot: the pipeline's jobs are under test here; both firmwares boot in test_end_to_end.
-    data["architectures"]["amd64"]["firmware"] = ["uefi"]
-    target = tmp_path / "pipeline.yml"
-    ci.write(make_plan(tmp_path, data, source="push", version="20261207-1"), target)
-    project = project_with(tmp_path, target.read_text())
-    (project / "matrix.yaml").write_text(yaml.safe_dump(data, sort_keys=False))  # the jobs' doit reads it
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "test matrix"], cwd=project, check=True
-    )
-    common = ["--force-shell-executor", "--shell-isolation", "--variable", f"IMAGES_VENV={REPO / '.venv'}"]
-    # The build project's key: a protected variable, which the keep jobs seal with.
-    sealing = [arg for name, value in build_key.environment().items() for arg in ("--variable", f"{name}={value}")]
-
-    run = gitlab_ci_local(project, *common, *sealing, timeout=3600)
-    print(run.stdout[-20000:], run.stderr[-5000:])
-    assert run.returncode == 0
-    for job in ("base:bookworm-amd64", "image:bookworm-nocloud-amd64", "keep:bookworm-nocloud-amd64"):
-        assert f"PASS  {job}" in run.stdout
-    assert "release:bookworm" not in run.stdout, "an unprotected ref's pipeline has no release job"
-
-    def artifacts(job):  # gitlab-ci-local keeps each job's artifacts in a directory named after it
-        return project / ".gitlab-ci-local" / "artifacts" / job.replace(":", "Og")
-
-    image = artifacts("image:bookworm-nocloud-amd64") / "build" / "bookworm-nocloud-amd64"
-    assert (image / "image.tar.xz").is_file() and (image / "manifest.json").is_file()
-    assert not (image / "disk.raw").exists(), "the raw disk is not an artifact"
-    kept = artifacts("keep:bookworm-nocloud-amd64") / "build" / "bookworm-nocloud-amd64"
-    assert {p.name for p in kept.iterdir()} >= {
-        "build.log",
-        "manifest.json",
-        "boottest.json",
-        "SHA512SUMS",
-        "SHA512SUMS.asc",
-    }
-    assert not (kept / "image.tar.xz").exists()
-    check = subprocess.run(
-        ["sha512sum", "--check", str(kept / "SHA512SUMS")], cwd=image, capture_output=True, text=True
-    )
-    assert check.returncode == 0, "keep sealed the image job's artifacts: " + check.stdout + check.stderr
-    with signing.public_keyring(build_key.public) as keyring:
-        assert signing.verify_detached(keyring, kept / "SHA512SUMS.asc", kept / "SHA512SUMS") is None
-
-    # The manual release job triggers the release project's pipeline: it fetches these jobs' artifacts
-    # through GitLab's API (served here from gitlab-ci-local's artifacts), checks them and releases.
-    from tasks.release import gitlab
-    from tasks.release import project as release_project
-
-    from .gitlab_api import GitLabApi, zip_directory
-
-    api = GitLabApi().start()
-    try:
-        build = api.project("cloud-team/images")
-        build.pipelines[1] = {"ref": "main", "sha": "c" * 40, "tag": False, "status": "success"}
-        build.branches["main"] = True
-        build.jobs[1] = []
-        for job_id, job in enumerate(("image:bookworm-nocloud-amd64", "keep:bookworm-nocloud-amd64"), 10):
-            build.jobs[1].append({"id": job_id, "name": job, "status": "success", "artifacts_expire_at": None})
-            build.artifacts[job_id] = zip_directory(artifacts(job), [artifacts(job) / "build"])
-        releaser = project_with(tmp_path, (REPO / ci.RELEASE_PROJECT_PIPELINE).read_text(), "release-project")
-        (releaser / "matrix.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-        released = tmp_path / "released"
-        variables = {
-            "CI_PIPELINE_SOURCE": "pipeline",
-            "CI_API_V4_URL": api.url,
-            gitlab.API_TOKEN_ENV: "build-token",
-            release_project.PROJECT: "cloud-team/images",
-            release_project.PIPELINE: "1",
-            release_project.REF: "main",
-            release_project.COMMIT: "c" * 40,
-            release_project.CELLS: "bookworm-nocloud-amd64",
-            release_project.VERSION: "20261207-1",
-            release_project.STORAGE_ENV: released.as_uri(),
-            release_project.PUBLIC_KEY_ENV: str(build_key.public),
-            **release_key.environment(),  # the release signs with its own key
-        }
-        release = gitlab_ci_local(
-            releaser,
-            *common,
-            *(arg for name, value in variables.items() for arg in ("--variable", f"{name}={value}")),
-            "release",
-            timeout=600,
-        )
-    finally:
-        api.stop()
-    print(release.stdout[-5000:], release.stderr[-2000:])
-    assert release.returncode == 0 and "PASS  release" in release.stdout
-    published = released / "bookworm" / "20261207-1"
-    assert (published / "debian-12-nocloud-amd64-20261207-1.tar.xz").is_file()
-    check = subprocess.run(
-        ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published, capture_output=True, text=True
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    with signing.public_keyring(release_key.public) as keyring:
-        assert signing.verify_detached(keyring, published / "SHA512SUMS.asc", published / "SHA512SUMS") is None
-    assert (released / "bookworm" / "latest").read_text() == "20261207-1\n"
-    record = releaser / ".gitlab-ci-local" / "artifacts" / "release" / "build" / "bookworm-nocloud-amd64"
-    assert json.loads((record / "release.json").read_text())["published"]["directory"] == "bookworm/20261207-1"
+    assert {"builder", "lint", "quick-tests", "generate"} <= set(listed_jobs(result))

@@ -332,4 +332,4 @@ def test_a_matrix_without_ci_section_gives_build_jobs_the_common_tags(tmp_path):
     data = copy.deepcopy(GOOD)
     del data["ci"]
     m = matrix.load(write(tmp_path, data))
-    assert m.ci.runner_tags("amd64") == () and m.ci.image == "debian:bookworm"
+    assert m.ci.runner_tags("amd64") == () and m.ci.image == "$CI_REGISTRY_IMAGE/builder"

@@ -75,6 +75,9 @@ def build_pipeline(
     return build
 
 
+PINNED_BUILDER = "registry.example.org/cloud-team/images/builder@sha256:" + "ab" * 32
+
+
 def trigger_env(api: GitLabApi, tmp_path: Path, key: KeyFiles, cells=CELLS, **overrides) -> dict:
     return {
         **os.environ,
@@ -128,11 +131,21 @@ def _refusal(test_matrix, tmp_path, api, build_key, **env) -> str:
         ({project.VERSION: "latest"}, f"the trigger's {project.VERSION}: expected a version YYYYMMDD-N"),
         ({project.STORAGE_ENV: ""}, "IMAGES_RELEASE_STORAGE"),
         ({project.PUBLIC_KEY_ENV: "/nonexistent.asc"}, "IMAGES_BUILD_PUBLIC_KEY"),
+        # In GitLab the job names its image: the build's builder, by digest, and no other.
+        ({"CI_JOB_IMAGE": "debian:trixie", project.BUILDER: "debian:trixie"}, "not in the build's builder image"),
+        ({"CI_JOB_IMAGE": PINNED_BUILDER, project.BUILDER: PINNED_BUILDER[:-1] + "0"}, "not in the build's builder"),
+        ({"CI_JOB_IMAGE": PINNED_BUILDER, project.BUILDER: ""}, f"{project.BUILDER}: not passed"),
     ],
 )
 def test_a_trigger_that_is_not_the_build_projects_is_refused(test_matrix, tmp_path, api, build_key, env, expected):
     build_pipeline(api, tmp_path / "checkout", test_matrix, build_key)
     assert expected in _refusal(test_matrix, tmp_path, api, build_key, **env)
+
+
+def test_a_job_in_the_builds_own_builder_image_is_admitted(test_matrix, tmp_path, api, build_key, signing_env):
+    build_pipeline(api, tmp_path / "checkout", test_matrix, build_key)
+    env = trigger_env(api, tmp_path, build_key, CI_JOB_IMAGE=PINNED_BUILDER, **{project.BUILDER: PINNED_BUILDER})
+    assert [o.state for o in project.run(env, REPO, FIXTURE_MATRIX)] == ["released"]
 
 
 def test_a_pipeline_of_an_unprotected_ref_is_refused(test_matrix, tmp_path, api, build_key):

@@ -19,6 +19,7 @@ from tests import debmirror
 
 REPO = Path(__file__).resolve().parent.parent
 LIBRARY = REPO / "fai_config" / "lib" / "stand-ins.sh"
+USERNS = [sys.executable, "-P", str(REPO / "tasks" / "system" / "userns.py")]
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts and chroot need root"),
     pytest.mark.skipif(os.uname().machine != "x86_64", reason="the stand-ins are the host's amd64 programs"),
@@ -43,6 +44,8 @@ def run(
     state = target.parent / "state"
     return subprocess.run(
         [
+            # In a user namespace, as the build's sandbox runs it: a container's root may do that too.
+            *USERNS,
             "unshare",
             "--mount",
             "--propagation",

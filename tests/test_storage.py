@@ -26,7 +26,7 @@ from tasks.system import atomic
 from tasks.system.checksum import parse_sums
 
 from . import servers
-from .conftest import REPO, fake_outputs
+from .conftest import REPO, fake_outputs, needs_mounts
 
 FAST = PublishSettings(keep_dailies=14, retries=3, retry_delay=0.01)
 pytestmark = pytest.mark.skipif(not servers.have_nginx(), reason="nginx with WebDAV is installed by tools/setup-host")
@@ -342,7 +342,7 @@ def test_wrong_credentials_fail_without_showing_them(nocloud, tmp_path, monkeypa
         nginx.stop()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+@needs_mounts  # a tmpfs
 def test_a_full_disk_on_the_server_fails_clearly_and_keeps_what_was_published(test_matrix, tmp_path):
     cell = test_matrix.cell("bookworm-nocloud-amd64")
     nginx = servers.Nginx(tmp_path / "nginx")
@@ -444,7 +444,7 @@ def test_a_storage_that_is_a_file_is_one_line(nocloud, tmp_path):
     assert str(caught.value) == f"{a_file.as_uri()}: taking the storage lock: {a_file}: not a directory"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+@needs_mounts  # a tmpfs
 def test_a_read_only_storage_is_one_line_and_changes_nothing(nocloud, tmp_path):
     cell, files = nocloud
     root = tmp_path / "read-only"

@@ -10,6 +10,8 @@ import pytest
 
 from tasks.system import userns
 
+from .conftest import needs_mounts
+
 USERNS = Path(userns.__file__)
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mapping ids 0-65535 needs the host's root")
 
@@ -43,6 +45,7 @@ def test_mounts_made_in_it_stay_in_it(tmp_path):
     assert list((tmp_path / "point").iterdir()) == [], "the host never saw the tmpfs"
 
 
+@needs_mounts
 def test_privileged_reads_the_effective_capabilities():
     assert userns.privileged() is True  # root here, as the skip says
     done = subprocess.run(

@@ -40,6 +40,14 @@ Sections (all by default):
                dependencies and an up-to-date check, an empty action), so
                the figure shows what the graph's own code adds to doit's.
 
+  builder      the builder image (tasks/builder): made from nothing (a package
+               cache of its own), made again from that package cache (its
+               archive removed), and `doit builder` once it is there; then a
+               CI job's start-up: its first command in the loaded image
+               (tools/in-builder), against the baseline, tools/setup-host
+               setting up a fresh plain Debian 13 container (debootstrap's
+               minbase), as every job did before.
+
   edit         one package added to one vendor's list (ec2's): the tasks, bases
                and cells a run of the push tier and of the full matrix would
                execute (tasks/stale.py, over a finished work directory of
@@ -108,9 +116,9 @@ class CommandFailed(Exception):
         super().__init__(f"{' '.join(cmd)} failed ({result.returncode})")
 
 
-def timed(cmd: list[str], check: bool = True) -> tuple[float, float, str]:
+def timed(cmd: list[str], check: bool = True, cwd: Path | None = None, **env: str) -> tuple[float, float, str]:
     cpu, wall = children_cpu(), time.monotonic()
-    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **env}, cwd=cwd)
     wall, cpu = time.monotonic() - wall, children_cpu() - cpu
     if check and result.returncode != 0:
         raise CommandFailed(cmd, result)
@@ -621,6 +629,58 @@ def edit_cost(base: Path, options: list[str]) -> None:
         print("  (CPU seconds: every cell and base at --cell's measured cost per stage; arm64's is higher)")
 
 
+def builder(base: Path) -> None:
+    from tasks.builder import inputs
+
+    print("\n== the builder image: made, and a CI job's start-up in it against tools/setup-host's")
+    workdir = base / "builder"
+    made = timed(doit("builder", f"workdir={workdir}"))
+    archive = inputs.archive(workdir)
+    size = archive.stat().st_size
+    archive.unlink()
+    cached = timed(doit("builder", f"workdir={workdir}"))
+    current = timed(doit("builder", f"workdir={workdir}"))
+    print(f"  {'':<26} {'wall s':>8} {'cpu s':>8} {'cpu/wall':>9}")
+    print(row("from nothing", *made[:2]))
+    print(row("from its package cache", *cached[:2]))
+    print(row("up to date", *current[:2]))
+    print(f"  archive {mib(size)}")
+
+    tag = inputs.tag()
+    had = subprocess.run(["podman", "image", "exists", tag]).returncode == 0
+    plain = f"localhost/benchmark-plain-trixie:{base.name[-8:].lower()}"
+    try:
+        load = timed(["podman", "load", "--quiet", "--input", str(archive)])
+        start = timed([str(REPO / "tools/in-builder"), "doit", "--version"], IMAGES_BUILDER=tag)
+        # The baseline: a fresh plain Debian 13 and the README's set-up, as each job ran it.
+        root = base / "plain"
+        timed(["debootstrap", "--variant=minbase", inputs.RELEASE, str(root), "http://deb.debian.org/debian"])
+        timed(["sh", "-c", f"tar -C {root} -c . | podman import --quiet - {plain}"])
+        checkout = base / "checkout"
+        for name in ("tools", "pyproject.toml", "tasks/builder"):
+            source = REPO / name
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            copy = shutil.copytree if source.is_dir() else shutil.copy2
+            copy(source, checkout / name)
+        ca = checkout / "host-ca.crt"
+        shutil.copy2("/etc/ssl/certs/ca-certificates.crt", ca)
+        trust = [f"PIP_CERT={ca}", f"npm_config_cafile={ca}", f"NODE_EXTRA_CA_CERTS={ca}"]
+        setup = timed(
+            # As each job's script began: everything set up (tools/setup-host without a command).
+            [str(REPO / "tools/unprivileged"), "env", *trust, "tools/setup-host"],
+            cwd=checkout,
+            UNPRIVILEGED_IMAGE=plain,
+        )
+        print(row("podman load (once a host)", *load[:2]))
+        print(row("job start: builder image", *start[:2]))
+        print(row("job start: setup-host", *setup[:2]))
+        print(f"  a job's start-up in the builder image: {setup[0] / start[0]:.0f}x quicker than tools/setup-host's")
+    finally:
+        subprocess.run(["podman", "rmi", "--force", plain], capture_output=True)
+        if not had:
+            subprocess.run(["podman", "rmi", "--force", tag], capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
@@ -628,7 +688,7 @@ def main() -> None:
     parser.add_argument(
         "sections",
         nargs="*",
-        default=["stages", "compression", "boottest", "rebuild", "arm64", "push", "noop", "edit"],
+        default=["stages", "compression", "boottest", "rebuild", "arm64", "push", "noop", "edit", "builder"],
     )
     parser.add_argument("--cell", default="bookworm-nocloud-amd64")
     parser.add_argument("--rebuild-cells", nargs="+", help="default: the push tier's cells")
@@ -681,6 +741,8 @@ def main() -> None:
             attempt("the no-op run", partial(noop, args.full_workdir, base, options))
         if "edit" in args.sections:
             attempt("the cost of one vendor's edit", partial(edit_cost, base, options))
+        if "builder" in args.sections:
+            attempt("the builder image", partial(builder, base))
     finally:
         if not args.workdir:
             shutil.rmtree(base, ignore_errors=True)

@@ -168,7 +168,7 @@ class ReleaseSettings:
 class CiSettings:
     """The GitLab CI pipeline (tasks/ci.py)."""
 
-    image: str = "debian:bookworm"
+    image: str = "$CI_REGISTRY_IMAGE/builder"  # the builder image's repository (tasks/builder)
     tags: tuple[str, ...] = ()  # runners for jobs that do not build images
     build_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per architecture; else tags
     expire_images: str = "7 days"  # image data; records are kept for ever

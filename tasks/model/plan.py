@@ -27,6 +27,9 @@ confirm    `yes` lets `doit release:<cell>` release         no
 protected  for `doit ci`: the pipeline's ref is protected   no
            (GitLab's CI_COMMIT_REF_PROTECTED): it may
            release
+builder    for `doit ci`: the builder image the jobs run    ci.image, tagged with
+           in, pinned by digest (<image>@sha256:<hex>)      the digest of its
+                                                            inputs (tasks/builder)
 left,      for `doit compare`: two image facts reports,     (none)
 right      each a cell name, a facts.json or a manifest;
            for `doit changes`: two images, each a cell
@@ -44,6 +47,7 @@ Relative paths are relative to the directory holding dodo.py.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,7 +74,10 @@ OPTIONS = (
     "image",
     "key",
     "protected",
+    "builder",
 )
+# An image named by its manifest's digest: what it is can never change (builder=).
+PINNED_IMAGE = re.compile(r"[^@\s]+@sha256:[0-9a-f]{64}")
 DEFAULT_WORKDIR = "build"
 _YES, _NO = ("yes", "true", "1"), ("no", "false", "0")
 
@@ -89,6 +96,7 @@ class Plan:
     source: str = "push"  # for `doit ci`
     cells: str | None = None  # for `doit ci`
     protected: bool = False  # for `doit ci`: the pipeline's ref is protected (CI_COMMIT_REF_PROTECTED): it may release
+    builder: str | None = None  # for `doit ci`: the builder image, pinned by digest (PINNED_IMAGE)
     confirmed: bool = False  # confirm=yes: releases may be made
     compare: tuple[str | None, str | None] = (None, None)  # left=, right= for `doit compare`, `doit changes`
     verify: tuple[str | None, str | None] = (None, None)  # image=, key= for `doit verify`
@@ -147,6 +155,14 @@ def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[s
             raise MatrixError("command line", "storage", str(error)) from None
         raise MatrixError(matrix_path, "publish.storage", str(error)) from None
 
+    builder = get("builder") or None
+    if builder is not None and not PINNED_IMAGE.fullmatch(builder):
+        raise MatrixError(
+            "command line",
+            "builder",
+            f"expected an image pinned by digest, <image>@sha256:<64 hex digits>, got {builder!r}",
+        )
+
     config_space = root / "fai_config"
     _check_classes(matrix, matrix_path, config_space)
 
@@ -163,6 +179,7 @@ def from_options(root: Path, get: Callable[[str], str | None], given: Iterable[s
         source=get("source") or "push",
         cells=get("cells") or None,
         protected=_yes_or_no(get, "protected", default=False),
+        builder=builder,
         confirmed=_yes_or_no(get, "confirm", default=False),
         compare=(get("left"), get("right")),
         verify=(get("image"), get("key")),

@@ -31,7 +31,7 @@ from tasks.errors import StageFailed
 from tasks.model import plan as plan_module
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, UnknownCell
-from tasks.model.plan import DEFAULT_WORKDIR, Plan
+from tasks.model.plan import DEFAULT_WORKDIR, PINNED_IMAGE, Plan
 from tasks.model.version import NotAVersion, Version
 from tasks.release import handoff
 from tasks.release.gitlab import GitLab, extract
@@ -48,6 +48,8 @@ PROJECT, PIPELINE, REF, COMMIT, CELLS, VERSION = (
     "IMAGES_VERSION",
 )
 TRIGGER_VARIABLES = (PROJECT, PIPELINE, REF, COMMIT, CELLS, VERSION)
+# The builder image the build pipeline ran in, pinned by its digest: the release job's image (tasks/ci.py).
+BUILDER = "IMAGES_BUILDER"
 PUBLIC_KEY_ENV = "IMAGES_BUILD_PUBLIC_KEY"  # the build project's key, public half: checks the keep jobs' seals
 STORAGE_ENV = "IMAGES_RELEASE_STORAGE"
 # GitLab's CI_PIPELINE_SOURCE of a pipeline another project's trigger job started.
@@ -96,6 +98,12 @@ def admit(trigger: Trigger, env: Mapping[str, str], plan: Plan, gitlab: GitLab) 
         raise ReleaseRefused(
             f"refused: a release runs when a build pipeline triggers it (pipeline source "
             f"{TRIGGERED_SOURCE!r}), not from a {source or 'unknown'!r} pipeline"
+        )
+    image = env.get("CI_JOB_IMAGE")  # GitLab says which image this job runs in
+    if image is not None and (image != env.get(BUILDER) or not PINNED_IMAGE.fullmatch(image)):
+        raise ReleaseRefused(
+            f"refused: this job runs in {image or 'no named image'}, not in the build's builder image pinned by "
+            f"its digest ({BUILDER}: {env.get(BUILDER) or 'not passed'})"
         )
     allowed = plan.matrix.ci.build_project
     if not allowed:

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import StageFailed
+from tasks.errors import StageFailed, log_tail
 from tasks.model.matrix import Architecture, BuildSettings, Release
 from tasks.model.records import BaseShares, RecordError
 from tasks.progress import StageProgress
@@ -272,9 +272,9 @@ def build(
                 out.write(f"# {cache.stats.summary()}\n")
         if status != 0:
             atomic.commit(log, files.log)
-            tail = "\n".join(f"  {line}" for line in files.log.read_text(errors="replace").splitlines()[-15:])
             raise BaseFailed(
-                f"making the base {files.name} failed ({status}); full log: {files.log}\n{tail}", log=files.log
+                f"making the base {files.name} failed ({status}); full log: {files.log}\n{log_tail(files.log)}",
+                log=files.log,
             )
         settle(root, epoch)
         with atomic.output(files.tarball) as partial:
@@ -357,12 +357,12 @@ def clamp_times(top: Path, epoch: int) -> None:
                 os.utime(path, (epoch, epoch), follow_symlinks=False)
 
 
-def tar_command(root: Path, tarball: Path, epoch: int) -> list[str]:
-    """The tarball of a base's tree, the same bytes for the same tree."""
+def tar_command(root: Path, tarball: Path, epoch: int, compress: bool = True) -> list[str]:
+    """The tarball of a base's tree, the same bytes for the same tree (compressed with zstd)."""
     return [
         "tar",
         "--create",
-        "--zstd",
+        *(["--zstd"] if compress else []),
         "--format=posix",
         "--xattrs",
         "--xattrs-include=*",

@@ -33,6 +33,11 @@ from tasks.model.arch import Arch
 from tasks.system import proc, userns
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
+# Where the host's release declares qemu's entries: Debian 12's qemu-user-static as formats of
+# binfmt-support (update-binfmts enables them), Debian 13's as systemd's binfmt.d lines
+# (systemd-binfmt writes them to the register file at boot; here, when it did not).
+BINFMT_SUPPORT_FORMATS = Path("/usr/share/binfmts")
+BINFMT_D = Path("/usr/lib/binfmt.d")
 HOST_LOCK = (Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())) / "image-binfmt.lock"
 
 
@@ -130,8 +135,8 @@ def ensure(arch: str) -> None:
                 entry.write_text("1")  # registered, then disabled: update-binfmts would leave it so
             if not entry.exists():
                 try:
-                    proc.run(["update-binfmts", "--enable", f"qemu-{qemu_name}"])
-                except proc.CommandFailed:
+                    _register(f"qemu-{qemu_name}")
+                except (proc.CommandFailed, OSError):
                     if not _enabled(entry):  # not registered by another meanwhile
                         raise
     except (proc.CommandFailed, OSError) as error:
@@ -145,5 +150,19 @@ def ensure(arch: str) -> None:
     ):
         raise ForeignArchUnavailable(
             f"{entry} is not an enabled entry with the F flag:\n{text.strip()}\n"
-            "reinstall qemu-user-static, or run: update-binfmts --enable qemu-" + qemu_name
+            "reinstall qemu-user-static, or register it: update-binfmts --enable qemu-"
+            + qemu_name
+            + " (Debian 12), systemctl restart systemd-binfmt (Debian 13)"
         )
+
+
+def _register(name: str) -> None:
+    """Register the entry the host's release declares for name (see BINFMT_SUPPORT_FORMATS)."""
+    if (BINFMT_SUPPORT_FORMATS / name).exists():
+        proc.run(["update-binfmts", "--enable", name])
+        return
+    declared = BINFMT_D / f"{name}.conf"
+    lines = [line for line in declared.read_text().splitlines() if line.startswith(":")] if declared.exists() else []
+    if not lines:
+        raise OSError(f"neither {BINFMT_SUPPORT_FORMATS / name} nor {declared} declares {name}")
+    (BINFMT / "register").write_text(lines[0])
