@@ -64,7 +64,11 @@ def build(plan: Plan, target: Path) -> None:
         settings.mirror,
     ]
     partial_log.write_text(f"# {' '.join(debootstrap)}\n")
-    env = {**hostenv.passed(), "BUILDER_PACKAGES": " ".join(inputs.packages(plan.root))}
+    env = {
+        **hostenv.passed(),
+        "BUILDER_PACKAGES": " ".join(inputs.packages(plan.root)),
+        "BUILDER_PURGE": " ".join(inputs.BUILD_ONLY),
+    }
     host_ca = ssl.get_default_verify_paths().cafile
     if host_ca and Path(host_ca).is_file():
         env["BUILDER_HOST_CA"] = host_ca  # pip's and npm's registries, as the host reaches them

@@ -19,17 +19,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 # The Debian release the builder is made of, whatever the host runs.
 RELEASE = "trixie"
-# Bump when the way the image is made changes in a way its input files do not show.
+# Bump when the image is made differently by code outside FILES (the base's settle and tar: stages/base.py).
 FORMAT = 1
-# Files whose content is the image's: the packages, the Python and npm environments, what installs them.
+# Files whose content is the image's: the packages, the Python and npm environments, and what makes it.
 FILES = (
     "tools/packages",
     "pyproject.toml",
     "tools/npm/package.json",
     "tools/npm/package-lock.json",
+    "tasks/builder/inputs.py",
     "tasks/builder/install.sh",
+    "tasks/builder/image.py",
+    "tasks/builder/oci.py",
 )
-ROLES = ("build", "test", "node")  # of tools/packages: the image has them all
+ROLES = ("build", "test", "node")  # of tools/packages: the image has them all,
+# but these, which only install and build the npm tools: install.sh purges them once it has.
+BUILD_ONLY = ("npm", "g++", "make", "libnode-dev")
 NAME = "localhost/images-builder"
 # The image's place in a work directory.
 SUBDIR = "builder"

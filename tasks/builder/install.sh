@@ -8,7 +8,8 @@
 #    host);
 #  - the npm tools are installed from INPUTS/npm (tools/npm: its lock) and
 #    their commands linked into the environment's bin;
-#  - what only built them (a C++ compiler, Node's headers) is purged, and
+#  - what only installed and built them (BUILDER_PURGE: npm, a C++ compiler,
+#    Node's headers) is purged, and
 #    apt's debs and the installers' caches removed (image.py removes the lists).
 # pip and npm reach their registries directly (never through the package
 # cache's proxy), trusting BUILDER_HOST_CA where the host names one: a file
@@ -51,8 +52,9 @@ for tool in gitlab-ci-local azurite-blob; do
     ln -s "../../npm/node_modules/.bin/$tool" "$root/opt/images/venv/bin/$tool"
 done
 
-echo "I: Removing what only built them"
-in_root apt-get -y purge --autoremove g++ make libnode-dev
+echo "I: Removing what only installed and built them"
+read -r -a build_only <<< "$BUILDER_PURGE"
+in_root apt-get -y purge --autoremove "${build_only[@]}"
 rm -f "$root/usr/sbin/policy-rc.d"
 in_root apt-get clean
 rm -rf "$root/tmp/npm-cache" "$root/root/.npm" "$root/root/.cache"
