@@ -78,7 +78,12 @@ def builder_image(plan: Plan) -> str:
     pinned by its digest), else ci.image tagged with the digest of this checkout's inputs."""
     from tasks.builder import inputs
 
-    return plan.builder or f"{plan.matrix.ci.image}:{inputs.digest(plan.root)}"
+    if plan.builder:
+        return plan.builder
+    try:
+        return f"{plan.matrix.ci.image}:{inputs.digest(plan.root)}"
+    except OSError as error:
+        raise CiFailed(f"the builder image's inputs cannot be read: {error} (or give builder=)") from None
 
 
 def _doit_options(plan: Plan) -> list[str]:

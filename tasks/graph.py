@@ -297,11 +297,18 @@ def release_ci_task(plan: Plan) -> dict:
     }
 
 
+def _failed(message: str) -> TaskFailed:
+    return TaskFailed(message)
+
+
 def builder_task(plan: Plan) -> dict:
     """`doit builder`: the image every CI job runs in (tasks/builder), made again when its inputs change."""
     from tasks.builder import image, inputs
 
-    target = inputs.archive(plan.workdir, plan.root)
+    try:
+        target = inputs.archive(plan.workdir, plan.root)
+    except OSError as error:  # a copy of the project without them: only this task cannot run
+        return {"actions": [(_failed, [f"the builder's inputs cannot be read: {error}"])], "uptodate": [False]}
     return {
         "actions": [(run_stage, ["builder", image.build, plan, target])],
         "targets": [str(target)],

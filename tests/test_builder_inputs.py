@@ -102,3 +102,21 @@ def test_podman_loads_the_archive_by_its_name_and_digest(tmp_path):
         assert shown.stdout.strip() == digest
     finally:
         subprocess.run(["podman", "rmi", "--force", name], capture_output=True)
+
+
+def test_a_copy_of_the_project_without_the_inputs_loads_and_says_what_is_missing(tmp_path):
+    import dataclasses
+
+    from tasks import ci, graph
+    from tasks.model import plan as plan_module
+
+    plan = plan_module.from_options(REPO, {"workdir": str(tmp_path / "build")}.get)
+    copy = dataclasses.replace(plan, root=tmp_path)  # dodo.py, tasks and the matrix only
+    task = graph.builder_task(copy)
+    action, args = task["actions"][0]
+    message = action(*args).message  # doit's TaskFailed: the task fails with this one line
+    assert message.startswith("the builder's inputs cannot be read: ") and "tools/packages" in message
+    with pytest.raises(ci.CiFailed, match="or give builder="):
+        ci.builder_image(copy)
+    pinned = "registry.example.org/b@sha256:" + "0" * 64
+    assert ci.builder_image(dataclasses.replace(copy, builder=pinned)) == pinned
