@@ -75,9 +75,9 @@ def test_the_builder_is_debian_13_with_every_tool_the_project_runs(builder):
     wanted = [p for p in inputs.packages() if p not in inputs.BUILD_ONLY]
     status = run_in(builder, "dpkg-query", "--show", "--showformat", "${Package} ${db:Status-Status}\\n", *wanted)
     assert sorted(line.split()[0] for line in status.splitlines() if line.endswith(" installed")) == sorted(wanted)
-    assert run_in(builder, "sh", "-c", "command -v g++ npm || echo none").strip() == "none"
+    assert run_in(builder, "sh", "-c", "for c in g++ npm; do command -v $c; done; true").strip() == ""
     # The project's environment first on PATH, with the project's and the tests' packages.
-    assert run_in(builder, "sh", "-c", "command -v python3 doit pytest").split() == [
+    assert run_in(builder, "sh", "-c", "for c in python3 doit pytest; do command -v $c; done").split() == [
         f"{builder_image.VENV}/bin/{name}" for name in ("python3", "doit", "pytest")
     ]
     run_in(builder, "python3", "-c", "import doit, yaml, xxhash, requests, rich, boto3, debsbom, moto")

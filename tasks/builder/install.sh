@@ -19,6 +19,8 @@ root=$1 inputs=$2; shift 2
 mount --rbind /proc "$root/proc"
 mount --rbind /dev "$root/dev"
 in_root() { DEBIAN_FRONTEND=noninteractive chroot "$root" "$@"; }
+# The tree is archived, then thrown away: dpkg need not sync each file it writes.
+unsafe_io=(-o Dpkg::Options::=--force-unsafe-io)
 direct() { in_root env -u http_proxy -u HTTP_PROXY "$@"; }
 
 printf '%s\n' "$@" > "$root/etc/apt/sources.list"
@@ -27,10 +29,11 @@ chmod 755 "$root/usr/sbin/policy-rc.d"
 echo "I: Updating the package lists"
 in_root apt-get -o Acquire::Languages=none update
 echo "I: Upgrading from the updates and security suites"
-in_root apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade
+in_root apt-get -y "${unsafe_io[@]}" -o Dpkg::Options::=--force-confold dist-upgrade
 read -r -a packages <<< "$BUILDER_PACKAGES"
 echo "I: Installing ${packages[*]}"
-in_root apt-get -y --no-install-recommends -o Dpkg::Options::=--force-confold install "${packages[@]}"
+in_root apt-get -y "${unsafe_io[@]}" --no-install-recommends -o Dpkg::Options::=--force-confold install \
+    "${packages[@]}"
 
 ca=()
 if [ -n "${BUILDER_HOST_CA:-}" ]; then
@@ -54,7 +57,7 @@ done
 
 echo "I: Removing what only installed and built them"
 read -r -a build_only <<< "$BUILDER_PURGE"
-in_root apt-get -y purge --autoremove "${build_only[@]}"
+in_root apt-get -y "${unsafe_io[@]}" purge --autoremove "${build_only[@]}"
 rm -f "$root/usr/sbin/policy-rc.d"
 in_root apt-get clean
 rm -rf "$root/tmp/npm-cache" "$root/root/.npm" "$root/root/.cache"
