@@ -106,17 +106,18 @@ def build(plan: Plan, target: Path) -> None:
             layer = staging / "layer.tar"
             proc.run(base.tar_command(root, layer, epoch, compress=False))
             atomic.remove(root)
+            name = inputs.tag(plan.root)
             digest = oci.write(
                 layer,
                 target,
-                ref=inputs.tag(plan.root),
+                ref=name,
                 arch=arch,
                 epoch=epoch,
                 env=ENV,
-                labels={"org.opencontainers.image.title": "images-builder", "inputs": inputs.digest(plan.root)},
+                labels={"org.opencontainers.image.title": "images-builder", "inputs": name.rpartition(":")[2]},
             )
         with open(partial_log, "a") as out:
-            out.write(f"# {inputs.tag(plan.root)}: manifest {digest}\n")
+            out.write(f"# {name}: manifest {digest}\n")
         atomic.commit(partial_log, log)
         for other in target.parent.glob("images-builder-*"):
             if other.name not in (target.name, log.name):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.system import atomic
+from tasks.system import atomic, checksum
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -40,13 +40,13 @@ class Blob:
     def member(self) -> str:
         return "blobs/sha256/" + self.digest.removeprefix("sha256:")
 
+    @classmethod
+    def of_bytes(cls, media_type: str, data: bytes) -> Blob:
+        return cls(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    @classmethod
+    def of_file(cls, media_type: str, path: Path) -> Blob:
+        return cls(media_type, "sha256:" + checksum.sha256_file(path), path.stat().st_size)
 
 
 def write(
@@ -65,7 +65,7 @@ def write(
     with open(gzipped, "wb") as out:
         # -n: no name or time in the gzip header, so the same tar gives the same blob.
         subprocess.run(["pigz", "-n", "-6", "-c", str(layer_tar)], stdout=out, check=True)
-    layer = Blob(LAYER, _sha256(gzipped), gzipped.stat().st_size)
+    layer = Blob.of_file(LAYER, gzipped)
     created = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     config = _json(
         {
@@ -73,15 +73,15 @@ def write(
             "architecture": arch,
             "os": "linux",
             "config": {"Env": [f"{k}={v}" for k, v in env.items()], "Cmd": list(cmd), "Labels": labels},
-            "rootfs": {"type": "layers", "diff_ids": [_sha256(layer_tar)]},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + checksum.sha256_file(layer_tar)]},
             "history": [{"created": created, "created_by": "tasks/builder/image.py"}],
         }
     )
-    config_blob = Blob(CONFIG, "sha256:" + hashlib.sha256(config).hexdigest(), len(config))
+    config_blob = Blob.of_bytes(CONFIG, config)
     manifest = _json(
         {"schemaVersion": 2, "mediaType": MANIFEST, "config": config_blob.descriptor(), "layers": [layer.descriptor()]}
     )
-    manifest_blob = Blob(MANIFEST, "sha256:" + hashlib.sha256(manifest).hexdigest(), len(manifest))
+    manifest_blob = Blob.of_bytes(MANIFEST, manifest)
     index = _json({"schemaVersion": 2, "mediaType": INDEX, "manifests": [manifest_blob.descriptor(**{REF_NAME: ref})]})
     with atomic.output(target) as partial, tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
         _add_bytes(archive, "oci-layout", _json({"imageLayoutVersion": "1.0.0"}), epoch)
