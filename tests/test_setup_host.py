@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from . import plainsystem
 from .test_ci import project_with
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,19 +50,9 @@ def plain_system(tmp_path):
     release = RELEASES.get(host_release())
     if release is None:
         pytest.skip(f"this host runs {host_release() or 'an unknown release'}, not Debian 12 or 13")
-    root = tmp_path / "root"
-    subprocess.run(
-        ["debootstrap", "--variant=minbase", release, str(root), "http://deb.debian.org/debian"],
-        check=True,
-        capture_output=True,
-    )
-    # A system thrown away after the test: dpkg need not sync each file setup-host's apt writes.
-    (root / "etc/dpkg/dpkg.cfg.d/unsafe-io").write_text("force-unsafe-io\n")
     name = f"localhost/plain-{release}:{tmp_path.name[-12:].lower()}"
-    tar = subprocess.Popen(["tar", "--create", "--numeric-owner", "-C", str(root), "."], stdout=subprocess.PIPE)
-    subprocess.run(["podman", "import", "--quiet", "-", name], stdin=tar.stdout, check=True, capture_output=True)
-    assert tar.wait() == 0
-    shutil.rmtree(root)
+    # A system thrown away after the test: dpkg need not sync each file setup-host's apt writes.
+    plainsystem.make(release, tmp_path / "root", name, unsafe_io=True)
     yield release, name
     subprocess.run(["podman", "rmi", "--force", name], capture_output=True)
 
@@ -70,9 +61,7 @@ def test_setup_host_sets_up_the_other_release_and_its_tests_pass(plain_system, t
     release, image = plain_system
     checkout = project_with(tmp_path, (REPO / ".gitlab-ci.yml").read_text(), "checkout")
     # The registries as this host reaches them: its certificate authorities, copied in.
-    ca = checkout / ".host-ca.crt"
-    shutil.copy2("/etc/ssl/certs/ca-certificates.crt", ca)
-    trust = [f"PIP_CERT={ca}", f"npm_config_cafile={ca}", f"NODE_EXTRA_CA_CERTS={ca}"]
+    trust = plainsystem.registry_trust(checkout / ".host-ca.crt")
     command = ["env", *trust, "tools/setup-host", "pytest", "-m", "not slow", "-p", "no:cacheprovider", *TESTS]
     result = subprocess.run(
         [str(REPO / "tools" / "unprivileged"), *command],

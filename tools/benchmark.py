@@ -631,6 +631,7 @@ def edit_cost(base: Path, options: list[str]) -> None:
 
 def builder(base: Path) -> None:
     from tasks.builder import inputs
+    from tests import plainsystem
 
     print("\n== the builder image: made, and a CI job's start-up in it against tools/setup-host's")
     workdir = base / "builder"
@@ -653,18 +654,14 @@ def builder(base: Path) -> None:
         load = timed(["podman", "load", "--quiet", "--input", str(archive)])
         start = timed([str(REPO / "tools/in-builder"), "doit", "--version"], IMAGES_BUILDER=tag)
         # The baseline: a fresh plain Debian 13 and the README's set-up, as each job ran it.
-        root = base / "plain"
-        timed(["debootstrap", "--variant=minbase", inputs.RELEASE, str(root), "http://deb.debian.org/debian"])
-        timed(["sh", "-c", f"tar -C {root} -c . | podman import --quiet - {plain}"])
+        plainsystem.make(inputs.RELEASE, base / "plain", plain, unsafe_io=False, run=timed)
         checkout = base / "checkout"
         for name in ("tools", "pyproject.toml", "tasks/builder"):
             source = REPO / name
             (checkout / name).parent.mkdir(parents=True, exist_ok=True)
             copy = shutil.copytree if source.is_dir() else shutil.copy2
             copy(source, checkout / name)
-        ca = checkout / "host-ca.crt"
-        shutil.copy2("/etc/ssl/certs/ca-certificates.crt", ca)
-        trust = [f"PIP_CERT={ca}", f"npm_config_cafile={ca}", f"NODE_EXTRA_CA_CERTS={ca}"]
+        trust = plainsystem.registry_trust(checkout / "host-ca.crt")
         setup = timed(
             # As each job's script began: everything set up (tools/setup-host without a command).
             [str(REPO / "tools/unprivileged"), "env", *trust, "tools/setup-host"],
