@@ -19,7 +19,7 @@ from pathlib import Path
 
 from doit import doit_cmd, get_var
 
-from tasks import cmdline, graph, summary, taskstate
+from tasks import cmdline, commands, graph, summary, taskstate
 from tasks.model import plan
 from tasks.model.matrix import MatrixError
 from tasks.system import cpu, proc, runlock
@@ -48,7 +48,7 @@ def _report_interruption(kind, value, traceback):
         # so whatever still runs after a few seconds is killed.
         for worker in multiprocessing.active_children():
             worker.join(WORKER_GRACE_SECONDS)
-            if worker.is_alive():
+            if worker.is_alive() and worker.pid is not None:
                 # Where it hung, on stderr, before it is killed.
                 os.kill(worker.pid, signal.SIGUSR1)
                 worker.join(1)
@@ -88,7 +88,7 @@ def _stop(message: str) -> None:
 INVOCATION = cmdline.parse(sys.argv[1:])
 # Commands that only read, and runs of the tasks that need no work directory (doit verify
 # image=...), change nothing in it: no lock, nothing made, no state written.
-READS_ONLY = INVOCATION.command in cmdline.READING_COMMANDS or INVOCATION.only(graph.WORKDIR_FREE)
+READS_ONLY = INVOCATION.command in cmdline.READING_COMMANDS or INVOCATION.only(commands.WORKDIR_FREE)
 PLACES = taskstate.Places(PLAN.workdir, PLAN.root)
 try:
     if not READS_ONLY:
@@ -101,12 +101,16 @@ except runlock.WorkdirBusy as error:
 except OSError as error:
     why = "not a directory" if PLAN.workdir.exists() and not PLAN.workdir.is_dir() else error.strerror or str(error)
     _stop(f"command line: workdir: {PLAN.workdir} cannot be the work directory: {why}")
-if INVOCATION.wildcards:
-    # doit runs nothing, and says nothing, for a pattern that matches no task.
+if INVOCATION.tasks:
+    # doit runs nothing, and says nothing, for a pattern that matches no task; a wrong name
+    # ends in a traceback (info) or a paragraph: one line says which name is wrong.
     NAMES = list(graph.load_tasks(PLAN))
     for pattern in INVOCATION.wildcards:
         if not fnmatch.filter(NAMES, pattern):
             _stop(f"command line: no task matches {pattern!r} (`doit list --all` names them all)")
+    for name in INVOCATION.names:
+        if name not in NAMES and not Path(name).exists():  # run also takes a target's path
+            _stop(f"command line: no task named {name!r} (`doit list --all` names them all)")
 DOIT_CONFIG = {
     # dbm falls back to the unsafe dbm.dumb on some hosts; sqlite3 is safe.
     "backend": "sqlite3",

@@ -16,12 +16,14 @@ from doit.doit_cmd import DoitMain
 
 # The sub-commands that only read: they take no lock and change nothing in the work directory.
 READING_COMMANDS = frozenset({"list", "info", "help", "dumpdb", "tabcompletion"})
+# The sub-commands whose arguments name tasks (or, for run, targets).
+NAMING_COMMANDS = frozenset({"run", "info", "list", "clean", "forget", "ignore"})
 
 
 @dataclass(frozen=True)
 class Invocation:
     command: str
-    tasks: tuple[str, ...]  # the task selection of `run` (empty: the default tasks)
+    tasks: tuple[str, ...]  # the tasks named (run: empty for the default tasks)
 
     def only(self, basenames: frozenset[str]) -> bool:
         """Whether this is a run of tasks of these names alone (`doit verify image=...`)."""
@@ -30,6 +32,11 @@ class Invocation:
     @property
     def wildcards(self) -> tuple[str, ...]:
         return tuple(t for t in self.tasks if "*" in t)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The tasks named outright, not by a pattern."""
+        return tuple(t for t in self.tasks if "*" not in t)
 
 
 def parse(argv: list[str]) -> Invocation:
@@ -44,9 +51,9 @@ def parse(argv: list[str]) -> Invocation:
         command, args = args[0], args[1:]
     else:
         command = "run"
-    if command != "run":
+    if command not in NAMING_COMMANDS:
         return Invocation(command, ())
-    options = (*DoitCmdBase.base_options, *DodoTaskLoader.cmd_options, *commands["run"].cmd_options)
+    options = (*DoitCmdBase.base_options, *DodoTaskLoader.cmd_options, *commands[command].cmd_options)
     try:
         _, positional = CmdParse([CmdOption(opt) for opt in options]).parse(args)
     except CmdParseError:

@@ -23,49 +23,14 @@ from doit.loader import generate_tasks
 from doit.task import Task
 from doit.tools import config_changed, timeout
 
-from tasks import ci, published, registry, reproduce
+from tasks import commands, registry
+from tasks.actions import paths, run_stage
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
-from tasks.model.matrix import KnownFailure
+from tasks.model.matrix import XFAIL_PREFIX, KnownFailure
 from tasks.model.plan import Plan
 from tasks.model.records import RecordsReadable, note_unreadable
-from tasks.stages import imagefacts
-from tasks.system import atomic, proc
-
-
-class StageFailure(TaskFailed):
-    """A task's StageFailed, as doit reports it: the message, and the log to read."""
-
-    def __init__(self, title: str, failure: StageFailed):
-        cell = title.partition(":")[2]
-        # Most messages name their cell first; the title already does.
-        message = str(failure).removeprefix(f"{cell}: ")
-        super().__init__(f"{title} failed: {message}")
-        self.log = str(failure.log) if failure.log else None
-
-
-def run_stage(title: str, stage: Callable, *args) -> TaskFailed | None:
-    """A doit action: run one stage; a StageFailed fails the task with its message alone.
-
-    title names the task ("build:bookworm-nocloud-amd64"). Any other
-    exception is a bug, and doit shows its traceback. A stage stopped by a
-    signal ends with a KeyboardInterrupt whatever its cleanup raised instead:
-    a doit worker that took it for a failure would wait for its next task,
-    for ever when the main process was killed outright.
-    """
-    try:
-        stage(*args)
-    except Exception as error:
-        if proc.stop_requested():
-            raise KeyboardInterrupt(f"{title} stopped") from error
-        if isinstance(error, StageFailed):
-            return StageFailure(title, error)
-        raise
-    return None
-
-
-def _paths(paths) -> list[str]:
-    return [str(p) for p in paths]
+from tasks.system import atomic
 
 
 def _uptodate(stage: registry.Stage, ctx, records) -> list:
@@ -84,8 +49,8 @@ def _sub_task(stage: registry.Stage, ctx) -> dict:
         "name": ctx.name,
         "doc": stage.describe(ctx),
         "actions": [*([(note_unreadable, [records])] if records else []), (run_stage, [title, stage.action, ctx])],
-        "file_dep": _paths(stage.inputs(ctx)),
-        "targets": _paths(stage.outputs(ctx)),
+        "file_dep": paths(stage.inputs(ctx)),
+        "targets": paths(stage.outputs(ctx)),
         "uptodate": _uptodate(stage, ctx, records),
         "clean": True,
     }
@@ -123,7 +88,7 @@ def refuse(title: str) -> TaskFailed:
 
 
 def xfail_name(stage: registry.Stage) -> str:
-    return f"xfail-{stage.name}"
+    return f"{XFAIL_PREFIX}{stage.name}"
 
 
 def _remove(*paths: Path) -> None:
@@ -155,11 +120,11 @@ def run_allowed_failure(
             outcome["failed_stage"] = name
             action(*args)
     except StageFailed as failure:
-        outcome.update(outcome="failed as expected", message=str(failure))
+        outcome.update(outcome=KnownFailure.FAILED_AS_EXPECTED, message=str(failure))
         print(f"EXPECTED FAILURE {cell_name} at {outcome['failed_stage']} ({known.reason}):\n{failure}")
     else:
         del outcome["failed_stage"]
-        outcome["outcome"] = "unexpected success"
+        outcome["outcome"] = KnownFailure.UNEXPECTED_SUCCESS
         print(
             f"UNEXPECTED SUCCESS {cell_name} passed {stage}: it is listed in known_failures "
             f"({known.reason!r} for {known.cells!r}); remove the entry if the cause is gone"
@@ -196,7 +161,7 @@ def xfail_tasks(plan: Plan) -> Iterator[dict]:
                     )
                 ],
                 # What the chain's first stage reads from outside it (the base).
-                "file_dep": _paths(steps[0][0].inputs(steps[0][1])),
+                "file_dep": paths(steps[0][0].inputs(steps[0][1])),
                 # The record is what it makes; the stages' files are written to
                 # a directory only this task uses, and removed with it by doit clean.
                 "targets": [str(record)],
@@ -220,49 +185,8 @@ def doit_tasks(plan: Plan) -> dict[str, Callable]:
         """run known-failing cells (xfail-<stage>:<cell>) without failing the run"""
         yield from xfail_tasks(plan)
 
-    def task_ci():
-        """write the GitLab CI child pipeline (source=..., cells=...)"""
-        return ci_task(plan)
-
-    def task_release_ci():
-        """write the release project's pipeline (.ci/release-project.yml)"""
-        return release_ci_task(plan)
-
-    def task_builder():
-        """make the builder image: an OCI archive named by the digest of its inputs"""
-        return builder_task(plan)
-
-    def task_compare():
-        """compare two images' facts (left=<cell or file> right=<cell or file>)"""
-        return compare_task(plan)
-
-    def task_changes():
-        """list the package changes between two images (left=<cell>[@<version>] right=<cell>[@<version>])"""
-        return changes_task(plan)
-
-    def task_verify():
-        """verify a published image: signature, checksums, provenance (image=<cell>[@<version>] key=<file>)"""
-        return verify_task(plan)
-
-    def task_cleanup():
-        """list what platforms and storage hold beyond retention; delete it with confirm=yes"""
-        return cleanup_task(plan)
-
-    def task_reproduce():
-        """build a cell again and compare the two (on demand: doit reproduce:<cell>)"""
-        yield from reproduce_tasks(plan)
-
-    creators.update(
-        task_xfail=task_xfail,
-        task_ci=task_ci,
-        task_release_ci=task_release_ci,
-        task_builder=task_builder,
-        task_compare=task_compare,
-        task_changes=task_changes,
-        task_verify=task_verify,
-        task_reproduce=task_reproduce,
-        task_cleanup=task_cleanup,
-    )
+    creators["task_xfail"] = task_xfail
+    creators.update(commands.creators(plan))
     return creators
 
 
@@ -273,152 +197,3 @@ def load_tasks(plan: Plan) -> dict[str, Task]:
         for task in generate_tasks(name.removeprefix("task_"), creator(), creator.__doc__):
             tasks[task.name] = task
     return tasks
-
-
-def ci_task(plan: Plan) -> dict:
-    """`doit ci`: the GitLab CI child pipeline for source= and cells= (tasks/ci.py)."""
-    target = plan.workdir / "ci" / "pipeline.yml"
-    return {
-        "actions": [(run_stage, ["ci", ci.write, plan, target])],
-        "targets": [str(target)],
-        "doc": "write the GitLab CI child pipeline (source=push|schedule|web|api..., cells=patterns)",
-        "clean": True,
-    }
-
-
-def release_ci_task(plan: Plan) -> dict:
-    """`doit release_ci`: the release project's pipeline, a file of this repository (tasks/ci.py)."""
-    target = plan.root / ci.RELEASE_PROJECT_PIPELINE
-    return {
-        "actions": [(run_stage, ["release_ci", ci.write_release_project, plan, target])],
-        "targets": [str(target)],
-        "file_dep": [str(plan.matrix.path)],
-        "doc": "write the release project's pipeline (.ci/release-project.yml) from matrix.yaml",
-    }
-
-
-def _failed(message: str) -> TaskFailed:
-    return TaskFailed(message)
-
-
-def builder_task(plan: Plan) -> dict:
-    """`doit builder`: the image every CI job runs in (tasks/builder), made again when its inputs change."""
-    from tasks.builder import image, inputs
-
-    try:
-        target = inputs.archive(plan.workdir, plan.root)
-    except OSError as error:  # a copy of the project without them: only this task cannot run
-        return {"actions": [(_failed, [f"the builder's inputs cannot be read: {error}"])], "uptodate": [False]}
-    return {
-        "actions": [(run_stage, ["builder", image.build, plan, target])],
-        "targets": [str(target)],
-        "file_dep": [str(plan.root / name) for name in inputs.FILES],
-        "doc": "make the builder image (build/builder/images-builder-<inputs>.oci.tar; podman load -i it)",
-        "clean": True,
-    }
-
-
-# --------------------------------------------------------------------------
-# Comparing images
-
-
-def facts_report(plan: Plan, given: str) -> Path:
-    """left=/right= of `doit compare`: a cell's facts.json, or a file (facts.json,
-    or a manifest holding them)."""
-    if given in {cell.name for cell in plan.matrix.cells}:
-        return CellFiles.of(plan.workdir, plan.matrix.cell(given)).facts
-    return (plan.root / given).resolve()
-
-
-def compare_reports(plan: Plan) -> TaskFailed | None:
-    left, right = plan.compare
-    if not left or not right:
-        return TaskFailed("doit compare needs two reports: doit compare left=<cell or file> right=<cell or file>")
-    try:
-        reports = [imagefacts.load(facts_report(plan, given)) for given in (left, right)]
-    except imagefacts.FactsError as error:
-        return TaskFailed(str(error))
-    differences = imagefacts.compare(*reports)
-    print(f"{left} and {right}: " + (f"{len(differences)} differences" if differences else "no difference"))
-    for line in differences:
-        print(f"  {line}")
-    return None
-
-
-# The on-demand tasks that read what is published or built and write nothing of the work directory:
-# run alone, they take no lock and leave no state (dodo.py).
-WORKDIR_FREE = frozenset({"compare", "changes", "verify", "cleanup"})
-
-
-def on_demand_task(action: tuple, doc: str) -> dict:
-    """A task run by name for what it shows (compare, changes, verify): it always runs."""
-    return {"actions": [action], "uptodate": [False], "verbosity": 2, "doc": doc}
-
-
-def compare_task(plan: Plan) -> dict:
-    return on_demand_task(
-        (compare_reports, [plan]),
-        "compare two images' facts, field by field (left=<cell or file> right=<cell or file>)",
-    )
-
-
-# --------------------------------------------------------------------------
-# Published images: changes between two, verifying one; reproducing a build
-
-
-def _changes(plan: Plan) -> None:
-    left, right = plan.compare
-    if not left or not right:
-        raise StageFailed("doit changes needs two images: left=<cell>[@<version>] right=<cell>[@<version>]")
-    print(published.compare(plan, left, right), end="")
-
-
-def changes_task(plan: Plan) -> dict:
-    return on_demand_task(
-        (run_stage, ["changes", _changes, plan]),
-        "list the package changes between two images (left=<cell>[@<version>] right=<cell>[@<version>])",
-    )
-
-
-def _verify(plan: Plan) -> None:
-    image, key = plan.verify
-    if not image or not key:
-        raise StageFailed("doit verify needs an image and a public key: image=<cell>[@<version>] key=<file>")
-    for line in published.verify(plan, image, (plan.root / key).resolve()):
-        print(f"ok: {line}")
-
-
-def verify_task(plan: Plan) -> dict:
-    return on_demand_task(
-        (run_stage, ["verify", _verify, plan]),
-        "verify a published image: signature, checksums, provenance (image=<cell>[@<version>] key=<file>)",
-    )
-
-
-def _cleanup(plan: Plan) -> None:
-    from tasks.release import cleanup  # the clouds' clients: only when asked
-
-    cleanup.cleanup(plan)
-
-
-def cleanup_task(plan: Plan) -> dict:
-    return on_demand_task(
-        (run_stage, ["cleanup", _cleanup, plan]),
-        "list what the platforms and storage hold beyond the retention settings; delete it with confirm=yes",
-    )
-
-
-def reproduce_tasks(plan: Plan) -> Iterator[dict]:
-    """reproduce:<cell> for every cell; in no group and not in the default run."""
-    for cell in plan.matrix.cells:
-        files = CellFiles.of(plan.workdir, cell)
-        yield {
-            "name": cell.name,
-            "doc": f"build {cell.name} again from the same base and packages; compare trees and disks",
-            "actions": [(run_stage, [f"reproduce:{cell.name}", reproduce.reproduce, plan, cell])],
-            "file_dep": _paths([files.raw, files.build_info]),
-            "targets": _paths([files.reproducibility]),
-            "uptodate": [False],  # asked for on purpose: always runs
-            "clean": True,
-        }
-    yield {"name": None, "doc": "reproduce:<cell> builds a cell again and compares (by name only)", "task_dep": []}

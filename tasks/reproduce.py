@@ -34,6 +34,7 @@ from pathlib import Path
 
 from tasks import registry
 from tasks.errors import StageFailed
+from tasks.model import arch
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
 from tasks.model.plan import Plan
@@ -48,7 +49,6 @@ DIFFOSCOPE_FILES = 20  # differing files shown by diffoscope, at most
 DIFFOSCOPE_LINES = 200  # lines of diffoscope's output kept per file
 _TYPES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
 FIELDS = ("type", "mode", "owner", "size", "content", "mtime")
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # GPT's EFI system partition
 
 
 class NotReproducible(StageFailed):
@@ -201,7 +201,7 @@ def differences(first: dict[str, dict], second: dict[str, dict]) -> list[dict]:
 
 def _copy_esp(image: Path, target: Path) -> bool:
     """The EFI system partition's files, copied out with mtools (the kernel may lack vfat)."""
-    esp = [p for p in partitions(image) if p["type"] == ESP_TYPE]
+    esp = [p for p in partitions(image) if p["type"] == arch.ESP_PARTITION_TYPE]
     if not esp:
         return False
     target.mkdir()
@@ -247,12 +247,6 @@ def compare_trees(first: Path, second: Path, scratch: Path, tools: Path) -> dict
         "entries": len(trees[0]),
         "tree_differences": found,
     }
-
-
-def image_tree(image: Path, tools: Path) -> dict[str, dict]:
-    """The root file system's tree of a raw image (walk's entries), read without mounting it."""
-    with imagetree.extracted(image, tools) as root:
-        return dict(walk(root))
 
 
 # --------------------------------------------------------------------------

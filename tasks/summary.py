@@ -28,7 +28,7 @@ from doit.globals import Globals
 from doit.reporter import ConsoleReporter
 
 from tasks import registry, taskstate
-from tasks.model.matrix import Matrix
+from tasks.model.matrix import XFAIL_PREFIX, KnownFailure, Matrix
 from tasks.system import atomic
 
 STARTED = time.monotonic()  # dodo.py imports this module as the run starts
@@ -40,13 +40,9 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     SKIPPED = "skipped"
     EXPECTED_FAILURE = "expected failure"
-    UNEXPECTED_SUCCESS = "unexpected success"
+    UNEXPECTED_SUCCESS = KnownFailure.UNEXPECTED_SUCCESS
     INTERRUPTED = "interrupted"  # it was running when the run was stopped
     NOT_RUN = "not run"  # the run was stopped before it began
-
-    @property
-    def is_failure(self) -> bool:
-        return self is Outcome.FAILED
 
 
 @dataclass
@@ -133,8 +129,8 @@ class RunSummary(ConsoleReporter):
             # A base serves every cell of its release and architecture; its
             # column shows only in the rows of the cells this run is about.
             return [(cell, kind) for cell in self.bases.get(name, []) if cell in self.run_cells]
-        if kind.startswith("xfail-"):
-            last = kind.removeprefix("xfail-")
+        if kind.startswith(XFAIL_PREFIX):
+            last = kind.removeprefix(XFAIL_PREFIX)
             if last not in self.stages:
                 return []
             # A known failure's task runs the cell's stages up to that one.
@@ -145,7 +141,7 @@ class RunSummary(ConsoleReporter):
 
     def _set(self, task, outcome: Outcome, log: str | None = None, message: str | None = None) -> None:
         places = self._places(task.name)
-        if task.name.startswith("xfail-") and outcome in (Outcome.DONE, Outcome.UP_TO_DATE):
+        if task.name.startswith(XFAIL_PREFIX) and outcome in (Outcome.DONE, Outcome.UP_TO_DATE):
             self._set_known_failure(task, places, outcome)
             return
         for place in places:
@@ -157,13 +153,13 @@ class RunSummary(ConsoleReporter):
             record = json.loads(Path(task.targets[0]).read_text())
         except (OSError, ValueError, IndexError):
             record = {}
-        failed_at = record.get("failed_stage") if record.get("outcome") == "failed as expected" else None
+        failed_at = record.get("failed_stage") if record.get("outcome") == KnownFailure.FAILED_AS_EXPECTED else None
         seen_failure = False
         for cell, stage in places:
             if failed_at:
                 outcome = Outcome.EXPECTED_FAILURE if stage == failed_at else Outcome.SKIPPED if seen_failure else ran
                 seen_failure = seen_failure or stage == failed_at
-            elif record.get("outcome") == "unexpected success" and (cell, stage) == places[-1]:
+            elif record.get("outcome") == KnownFailure.UNEXPECTED_SUCCESS and (cell, stage) == places[-1]:
                 outcome = Outcome.UNEXPECTED_SUCCESS
             else:
                 outcome = ran

@@ -27,7 +27,9 @@ IMPORT_TASKS: dict[str, dict] = {}
 
 def _s3_object_size(account_id: str, bucket: str, key: str) -> int:
     backend = s3_backends[account_id]["aws"]
-    return backend.get_object(bucket, key).size
+    found = backend.get_object(bucket, key)
+    assert found is not None, f"s3://{bucket}/{key}"
+    return found.size
 
 
 def import_snapshot(self: EC2Response) -> ActionResult:
@@ -37,7 +39,7 @@ def import_snapshot(self: EC2Response) -> ActionResult:
     fmt = (container.get("Format") or "").upper()
     if fmt not in ("RAW", "VHD", "VMDK"):
         raise ValueError(f"ImportSnapshot: unsupported disk format {fmt!r}")
-    size = _s3_object_size(self.current_account, bucket, key)  # raises for a missing object
+    size = _s3_object_size(self.current_account, str(bucket), str(key))  # raises for a missing object
     volume = self.ec2_backend.create_volume(size=max(1, math.ceil(size / 2**30)), zone_name=f"{self.region}a")
     snapshot = self.ec2_backend.create_snapshot(volume.id, self._get_param("Description") or "imported")
     self.ec2_backend.delete_volume(volume.id)
@@ -94,7 +96,11 @@ def enable_image_deprecation(self: EC2Response) -> ActionResult:
 
 def install() -> None:
     """Teach moto's EC2 service these calls (idempotent)."""
-    EC2Response.import_snapshot = import_snapshot
-    EC2Response.describe_import_snapshot_tasks = describe_import_snapshot_tasks
-    EC2Response.register_image = register_image
-    EC2Response.enable_image_deprecation = enable_image_deprecation
+    # setattr: moto's class gains methods it does not declare, which mypy would refuse.
+    for name, method in (
+        ("import_snapshot", import_snapshot),
+        ("describe_import_snapshot_tasks", describe_import_snapshot_tasks),
+        ("register_image", register_image),
+        ("enable_image_deprecation", enable_image_deprecation),
+    ):
+        setattr(EC2Response, name, method)

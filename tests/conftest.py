@@ -71,6 +71,7 @@ FIXTURE_MATRIX = REPO / "tests" / "data" / "matrix.yaml"
 def benchmark():
     """tools/benchmark.py, a script rather than a module of the package."""
     spec = importlib.util.spec_from_file_location("benchmark", REPO / "tools" / "benchmark.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from tasks import reproduce
+from tasks.system import imagetree
 
 from . import imagefs
 
@@ -41,7 +42,8 @@ def packages(cell_dir: Path) -> list[str]:
 def files(cell_dir: Path) -> list[str]:
     """type, mode, owner and path of each file of the root file system."""
     image = cell_dir / "disk.raw"
-    tree = reproduce.image_tree(image, imagefs.tools_of(image))
+    with imagetree.extracted(image, imagefs.tools_of(image)) as root:
+        tree = dict(reproduce.walk(root))
     return sorted({_normal(f"{e['type']} {e['mode']} {e['owner']} {path}") for path, e in tree.items()})
 
 

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,7 +252,7 @@ class RecordingServer:
 
     def __init__(self, answer=None):
         self.requests: list[Recorded] = []
-        self.answer = answer or (lambda request, server: (200, {}, b"{}"))
+        self.answer: Callable[..., tuple] = answer or (lambda request, server: (200, {}, b"{}"))
         recorder = self
 
         class Handler(http.server.BaseHTTPRequestHandler):

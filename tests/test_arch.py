@@ -6,8 +6,8 @@ import pytest
 from tasks.model.arch import Accelerator, Arch, Firmware, Format, Milestone
 from tasks.model.layout import CellFiles
 from tasks.model.records import Manifest
-from tasks.model.settings import GceSettings
 from tasks.release.platforms import ec2, gce
+from tasks.release.platforms.gce import GceSettings
 from tasks.stages import fai, qemu
 
 
@@ -72,6 +72,8 @@ def test_the_config_space_gets_the_architecture_facts(test_matrix, tmp_path):
         "IMAGE_EFI_NAME": "aa64",
         "IMAGE_GRUB_EFI": "arm64-efi",
         "IMAGE_ROOT_PARTITION_TYPE": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+        "IMAGE_ESP_PARTITION_TYPE": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+        "IMAGE_BIOS_PARTITION_TYPE": "21686148-6449-6E6F-744E-656564454649",
     }
     assert fai.fai_arch_facts(test_matrix.cell("trixie-genericcloud-amd64"))["IMAGE_FIRMWARE"] == "bios uefi"
     assert CellFiles.of(tmp_path, test_matrix.cell("trixie-azure-amd64")).artifacts[-1].name == "image.vhd.tar.xz"

@@ -170,33 +170,49 @@ def stand_in_boots(monkeypatch, seconds: float) -> dict:
 
 @pytest.mark.skipif(cpu.cores() < 2, reason="needs a core held by another task and one free")
 def test_a_boot_that_waited_for_a_slot_starts_when_any_task_frees_one(tmp_path, test_matrix, monkeypatch):
+    """Told by events, not by the clock: the UEFI boot waits for the cores another task holds, and
+    starts as soon as that task frees them, while the BIOS boot still runs."""
     import threading
 
     cell, files = nocloud_amd64(tmp_path, test_matrix, b"\0" * 512)
     slots = tmp_path / "cpu"
-    started = stand_in_boots(monkeypatch, 3)
-    # Another task (a compression, say) holds every core but one, and frees them after a second.
-    held, release = threading.Event(), threading.Event()
+    events: list[tuple] = []
+    held, bios_started, uefi_started = threading.Event(), threading.Event(), threading.Event()
 
+    def stand_in(arch, image, log, settings, firmware, **kwargs):
+        events.append((firmware, "starts", settings.cpus))
+        if firmware == "bios":
+            bios_started.set()
+            events.append(("bios", "sees uefi start" if uefi_started.wait(60) else "ends alone"))
+        else:
+            uefi_started.set()
+        log.write_text("debian login: ")
+        return boottest.BootResult("passed", firmware, "tcg", "stand-in", settings.until, 1, vcpus=settings.cpus)
+
+    monkeypatch.setattr(boottest, "boot", stand_in)
+
+    # Another task (a compression, say) holds every core but one until the BIOS boot has started.
     def other_task():
         with cpu.slots(slots, want=cpu.cores() - 1):
             held.set()
-            release.wait()
+            bios_started.wait(60)
+            events.append(("other task", "frees its cores"))
 
     threading.Thread(target=other_task, daemon=True).start()
-    held.wait(5)
-    threading.Timer(1, release.set).start()
+    assert held.wait(60)
     boottest.boot_test(cell, files, FAST, slots)
 
-    assert list(started) == ["bios", "uefi"]
-    assert started["bios"] == (pytest.approx(0, abs=0.5), 1)
-    # The UEFI boot started when the other task's slots came free, not after the BIOS boot (3 s),
-    # with a second vCPU where a core was left over beside the BIOS boot.
-    assert 0.9 < started["uefi"][0] < 2.5
-    assert started["uefi"][1] == min(boottest.VCPUS_WHEN_FREE, cpu.cores() - 1)
+    # With a second vCPU for UEFI where a core was left over beside the BIOS boot.
+    uefi_vcpus = min(boottest.VCPUS_WHEN_FREE, cpu.cores() - 1)
+    assert events == [
+        ("bios", "starts", 1),
+        ("other task", "frees its cores"),
+        ("uefi", "starts", uefi_vcpus),
+        ("bios", "sees uefi start"),
+    ]
     record = json.loads(files.boot_result.read_text())
     assert record["side_by_side"] == 2
-    assert [b["vcpus"] for b in record["boots"]] == [1, started["uefi"][1]]
+    assert [b["vcpus"] for b in record["boots"]] == [1, uefi_vcpus]
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,21 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from tasks.builder import inputs, oci
+from tasks.commands import builder as builder_command
 
 from .conftest import needs_mounts
+
+
+def _member(archive: tarfile.TarFile, name: str | tarfile.TarInfo) -> IO[bytes]:
+    found = archive.extractfile(name)
+    assert found is not None, f"{name} is no file of the archive"
+    return found
+
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,12 +87,12 @@ def test_an_oci_archive_is_the_same_bytes_for_the_same_layer(tmp_path):
     assert digests[0] == digests[1]
     assert (tmp_path / "1.oci.tar").read_bytes() == (tmp_path / "2.oci.tar").read_bytes()
     with tarfile.open(tmp_path / "1.oci.tar") as archive:
-        index = json.load(archive.extractfile("index.json"))
+        index = json.load(_member(archive, "index.json"))
         manifest_member = "blobs/sha256/" + digests[0].removeprefix("sha256:")
-        manifest_bytes = archive.extractfile(manifest_member).read()
+        manifest_bytes = _member(archive, manifest_member).read()
         assert "sha256:" + hashlib.sha256(manifest_bytes).hexdigest() == digests[0]
         manifest = json.loads(manifest_bytes)
-        config = json.load(archive.extractfile("blobs/sha256/" + manifest["config"]["digest"][7:]))
+        config = json.load(_member(archive, "blobs/sha256/" + manifest["config"]["digest"][7:]))
     assert index["manifests"][0]["annotations"] == {oci.REF_NAME: "localhost/t:1"}
     assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(tar.read_bytes()).hexdigest()]
     assert config["config"]["Env"] == ["PATH=/bin"] and config["created"] == "2023-11-14T22:13:20Z"
@@ -107,12 +116,12 @@ def test_podman_loads_the_archive_by_its_name_and_digest(tmp_path):
 def test_a_copy_of_the_project_without_the_inputs_loads_and_says_what_is_missing(tmp_path):
     import dataclasses
 
-    from tasks import ci, graph
+    from tasks import ci
     from tasks.model import plan as plan_module
 
     plan = plan_module.from_options(REPO, {"workdir": str(tmp_path / "build")}.get)
     copy = dataclasses.replace(plan, root=tmp_path)  # dodo.py, tasks and the matrix only
-    task = graph.builder_task(copy)
+    task = builder_command.tasks(copy)
     action, args = task["actions"][0]
     message = action(*args).message  # doit's TaskFailed: the task fails with this one line
     assert message.startswith("the builder's inputs cannot be read: ") and "tools/packages" in message

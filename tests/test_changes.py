@@ -5,6 +5,8 @@ import io
 import json
 import tarfile
 
+from tasks import actions
+from tasks.commands import changes as changes_command
 from tasks.model import plan
 from tasks.stages import changes, manifest, provenance
 from tasks.stages import publish as publication
@@ -128,10 +130,9 @@ def test_a_downgrade_is_not_an_upgrade():
 
 
 def test_doit_changes_needs_two_images_and_names_a_missing_one(tmp_path):
-    from tasks import graph
 
     the_plan = plan.from_options(REPO, {"workdir": str(tmp_path), "storage": str(tmp_path / "public")}.get)
-    failure = graph.run_stage("changes", graph._changes, the_plan)
+    failure = actions.run_stage("changes", changes_command.show, the_plan)
     assert "doit changes needs two images" in str(failure)
     both = plan.from_options(
         REPO,
@@ -142,5 +143,5 @@ def test_doit_changes_needs_two_images_and_names_a_missing_one(tmp_path):
             "right": "bookworm-nocloud-amd64",
         }.get,
     )
-    failure = graph.run_stage("changes", graph._changes, both)
+    failure = actions.run_stage("changes", changes_command.show, both)
     assert "bookworm-nocloud-amd64@20261124-1200: published neither as a release nor as a daily" in str(failure)

@@ -139,7 +139,7 @@ with cpu.slots(__import__('pathlib').Path({str(tmp_path)!r}), want=3, total=4) a
         text=True,
     )
     try:
-        assert holder.stdout.readline().strip() == "3"
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "3"
         with cpu.slots(tmp_path, want=4, total=4) as got:
             assert got == 1, "one core left for us"
     finally:
@@ -177,7 +177,7 @@ with cpu.slots(__import__('pathlib').Path({str(tmp_path)!r}), want=2, total=2) a
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert holder.stdout.readline().strip() == "2"
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "2"
     started = time.monotonic()
     with cpu.slots(tmp_path, want=2, total=2) as got:
         assert got >= 1

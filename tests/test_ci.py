@@ -189,11 +189,11 @@ def test_known_failures_are_allowed_to_fail(tmp_path):
         ),
         (
             lambda d: d["ci"]["build_tags"].update(riscv64=["x"]),
-            "ci.build_tags.riscv64: unknown key (expected one of: amd64, arm64)",
+            "ci.build_tags.riscv64: unknown architecture 'riscv64' (expected one of: amd64, arm64)",
         ),
         (
             lambda d: d["ci"]["build_tags"].update(riscv64=["x"]),
-            "ci.build_tags.riscv64: unknown key (expected one of: amd64, arm64)",
+            "ci.build_tags.riscv64: unknown architecture 'riscv64' (expected one of: amd64, arm64)",
         ),
         (
             lambda d: d["ci"].update(tags=["ok", "bad;tag"]),

@@ -13,9 +13,9 @@ import yaml
 
 from tasks.model import plan as plan_module
 from tasks.model.records import Manifest
-from tasks.model.settings import Ec2Settings
-from tasks.release import cleanup
+from tasks.release import cleanup, platforms
 from tasks.release.platforms import ec2
+from tasks.release.platforms.ec2 import Ec2Settings
 from tasks.stages import manifest
 
 from . import servers
@@ -152,9 +152,9 @@ def test_retention_picks_versions_per_cell():
     # A version in two places; serials ordered as numbers (10 after 9), not as text.
     new, old1, old2 = "20261207-10", "20261207-9", "20261206-2300"
     items = [("a", new), ("a", old2), ("b", old2), ("a", old1), ("a", old1), ("a", "by-hand")]
-    old = cleanup.beyond(items, lambda i: i[0], lambda i: i[1], keep=1)
+    old = platforms.beyond(items, lambda i: i[0], lambda i: i[1], keep=1)
     assert sorted(old) == [("a", old2), ("a", old1), ("a", old1)], "what is not a version is never expired"
-    assert sorted(cleanup.beyond(items, lambda i: i[0], lambda i: i[1], keep=0)) == sorted(old)
+    assert sorted(platforms.beyond(items, lambda i: i[0], lambda i: i[1], keep=0)) == sorted(old)
 
 
 class FakeResourceManager:
@@ -186,7 +186,7 @@ class FakeResourceManager:
         if not children:
             return 404, {}, b'{"error": {"code": "ResourceNotFound"}}'
         skip = int(parse_qs(url.query).get("skip", ["0"])[0])
-        page = {"value": [self.resources[r] for r in children[skip : skip + 2]]}
+        page: dict[str, object] = {"value": [self.resources[r] for r in children[skip : skip + 2]]}
         if skip + 2 < len(children):
             page["nextLink"] = f"{server.url}{url.path}?{url.query.split('&skip=')[0]}&skip={skip + 2}"
         return 200, {}, json.dumps(page).encode()

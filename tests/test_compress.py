@@ -303,7 +303,12 @@ def test_qcow2_fills_the_xz_tail(test_matrix, tmp_path, sparse_disk, monkeypatch
     # Nothing split: the slow first segment leaves a tail.
     monkeypatch.setattr(compress, "xz", lambda level: compress.Squeezer((*SLOW, "first"), smallest=MIB, piece=64 * MIB))
     recorder: list[RecordingWorkers] = []
-    monkeypatch.setattr(compress, "Workers", lambda *a: recorder.append(RecordingWorkers(*a)) or recorder[-1])
+
+    def recording(*args):
+        recorder.append(RecordingWorkers(*args))
+        return recorder[-1]
+
+    monkeypatch.setattr(compress, "Workers", recording)
     monkeypatch.setattr(compress.cpu, "cores", lambda: 2)
     compress.compress(cell, files, CompressSettings(xz_level=0, xz_threads=0), tmp_path / "cpu")
     events = recorder[0].events
@@ -356,14 +361,18 @@ def test_failed_compression_leaves_no_artifact(test_matrix, tmp_path):
 
 def _anon_huge_kib(pid: int) -> int:
     rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    return int(re.search(r"^AnonHugePages:\s+(\d+) kB", rollup, re.M).group(1))
+    found = re.search(r"^AnonHugePages:\s+(\d+) kB", rollup, re.M)
+    assert found, rollup
+    return int(found.group(1))
 
 
 def test_xz_adds_huge_pages_to_the_callers_glibc_tunables(monkeypatch):
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.check=0")
-    assert compress.xz(9).environment()["GLIBC_TUNABLES"] == f"glibc.malloc.check=0:{compress.HUGE_PAGES}"
+    environment = compress.xz(9).environment()
+    assert environment and environment["GLIBC_TUNABLES"] == f"glibc.malloc.check=0:{compress.HUGE_PAGES}"
     monkeypatch.delenv("GLIBC_TUNABLES")
-    assert compress.xz(9).environment()["GLIBC_TUNABLES"] == compress.HUGE_PAGES
+    environment = compress.xz(9).environment()
+    assert environment and environment["GLIBC_TUNABLES"] == compress.HUGE_PAGES
     assert compress.gzip().environment() is None  # gzip's few KiB gain nothing: this process's environment
 
 
@@ -373,7 +382,7 @@ def test_xz_adds_huge_pages_to_the_callers_glibc_tunables(monkeypatch):
 )
 def test_xz_keeps_its_match_finder_on_huge_pages():
     chunks = [os.urandom(MIB), os.urandom(MIB)]
-    huge_kib = []
+    huge_kib: list[int] = []
     with compress.Workers(1) as pool:
 
         def feed() -> bytes | None:

@@ -1,5 +1,6 @@
 """The doit command line: listing tasks, and refusing a bad matrix before any task."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,10 +55,10 @@ def test_bad_option_gives_one_line(tmp_path):
 def test_misspelt_option_is_refused(tmp_path):
     result = doit("list", f"worddir={tmp_path}")
     assert result.returncode != 0 and result.stdout == ""
-    from tasks.model.plan import OPTIONS
+    from tasks.model.options import BY_NAME
 
     assert result.stderr.strip().splitlines() == [
-        f"error: command line: worddir: unknown option (expected one of: {', '.join(OPTIONS)})"
+        f"error: command line: worddir: unknown option (expected one of: {', '.join(BY_NAME)})"
     ]
 
 
@@ -93,6 +94,7 @@ def task_wait():
     )
     try:
         # The action's own line: doit's title of the task may come before it, or (Python 3.13) after it ends.
+        assert first.stdout is not None
         assert any("running" in line for line in first.stdout), "the first run's task started"
         second = doit("forget", f"workdir={workdir}")
         assert second.returncode == 2 and second.stdout == ""
@@ -179,3 +181,32 @@ def test_an_unknown_cell_in_verify_or_changes_is_one_line(tmp_path):
         assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
         failed = [line for line in result.stdout.splitlines() if " failed: " in line]
         assert len(failed) == 1 and "is no cell of matrix.yaml" in failed[0], result.stdout
+
+
+def _wrong_names() -> list[list[str]]:
+    """A wrong name for every command a user runs: doit's own, each stage's and on-demand task's, and each option."""
+    from tasks import commands, registry
+
+    stages = [[f"{stage.name}:nothing-at-all"] for stage in registry.stages()]
+    on_demand = [[f"{command.NAME}:nothing-at-all"] for command in commands.COMMANDS]
+    subcommands = [[command, "nothing-at-all"] for command in ("info", "list", "clean", "forget", "ignore")]
+    cells = [
+        ["verify", "image=bookworm-nothing-amd64", "key=k.asc"],
+        ["verify", "image=bookworm-nothing-amd64@20261207-1", "key=k.asc"],
+        ["changes", "left=nothing", "right=bookworm-nocloud-amd64"],
+        ["changes", "left=nothing@20261207-1", "right=bookworm-nocloud-amd64"],
+        ["compare", "left=nothing", "right=bookworm-nocloud-amd64"],
+        ["ci", "cells=nothing-*"],
+    ]
+    options = [["tier=nothing"], ["nothing=yes"], ["xz_level=nothing"], ["confirm=nothing"], ["builder=nothing:13"]]
+    return [*stages, *on_demand, *subcommands, *cells, *options]
+
+
+@pytest.mark.parametrize("args", _wrong_names(), ids=" ".join)
+def test_a_wrong_name_anywhere_is_one_line_and_no_traceback(tmp_path, args):
+    """Every user-facing command, given a name that does not exist, fails and says so in one line."""
+    result = doit(*args, f"workdir={tmp_path / 'w'}", f"storage={tmp_path / 's'}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output, output
+    said = [line for line in output.splitlines() if re.match(r"error: | *\S+ failed: |\S+: no image facts", line)]
+    assert len(said) == 1 and "nothing" in said[0], output

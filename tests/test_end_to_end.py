@@ -36,6 +36,13 @@ PUBLISHED = ("tar.xz", "qcow2", "json", "spdx.json", "cdx.json", "intoto.json", 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")]
 
 
+def _group(pattern: str, text: str) -> str:
+    """The first group of pattern's first match (a line per match: re.M); fails when nothing matches."""
+    found = re.search(pattern, text, re.M)
+    assert found, f"{pattern!r} not in the text"
+    return found.group(1)
+
+
 @pytest.fixture(scope="module")
 def runs(push_tier_runs):
     """The push tier's runs (tests/pushtier.py), shared with the builder image's tests."""
@@ -190,7 +197,7 @@ def test_what_every_image_installs_alike_comes_with_the_base(runs):
     image = build / "bookworm-nocloud-amd64" / "disk.raw"
     with imagefs.tree(image) as tree:
         states = (tree / "var/lib/apt/extended_states").read_text().split("\n\n")
-    auto = {re.search(r"^Package: (\S+)", stanza, re.M).group(1) for stanza in states if "Auto-Installed: 1" in stanza}
+    auto = {_group(r"^Package: (\S+)", stanza) for stanza in states if "Auto-Installed: 1" in stanza}
     assert {"udev", "kmod", "initramfs-tools", "linux-base"} <= auto
     assert not {"linux-image-amd64", "sudo", "grub-cloud-amd64"} & auto, "what the config space names is manual"
 
@@ -490,9 +497,9 @@ def test_broken_image_fails_with_the_right_verdict(runs, tmp_path, breakage, ver
 
 # ---------------------------------------------------------------------------
 # Debian's images, cell for cell: one build of every vendor (bookworm amd64),
-# and a trixie one, from the shared bases, checked against what
-# ../shared/reference/official-images.md states for each (the values are
-# written here from that reference, not read from the config space).
+# and a trixie one, from the shared bases, checked against what Debian's
+# official images hold for each (debian-cloud-images' config space; the values
+# are written here from it, not read from our own config space).
 
 VENDOR_CELLS = [
     "bookworm-generic-amd64",
@@ -654,7 +661,7 @@ def test_image_has_the_official_content(vendor_builds, cell):
             "consoleblank=0",
             *parameters,
         ]
-        assert re.search(r"set timeout_style=\w+\s+set timeout=(\d+)", grub).group(1) == str(timeout)
+        assert _group(r"set timeout_style=\w+\s+set timeout=(\d+)", grub) == str(timeout)
         assert (tree / "etc/grub.d/enable_cloud").exists(), "grub-cloud keeps the ESP up to date"
 
         assert os.readlink(tree / "etc/resolv.conf") == "/run/systemd/resolve/resolv.conf"

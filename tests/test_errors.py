@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import graph
+from tasks import actions
 from tasks.errors import StageFailed
 from tasks.release import instancetest
 from tasks.stages import fai, manifest
@@ -36,16 +36,16 @@ def test_a_stage_stopped_by_a_signal_ends_interrupted_whatever_its_cleanup_raise
         finally:
             raise StageFailed("could not detach /dev/loop7")  # a cleanup failure takes its place
 
-    assert isinstance(graph.run_stage("build:x", stopped_then_cleanup_failed), graph.StageFailure)
+    assert isinstance(actions.run_stage("build:x", stopped_then_cleanup_failed), actions.StageFailure)
     monkeypatch.setattr(proc, "_stop_signal", [])
     assert proc.note_stop(signal.SIGTERM) and not proc.note_stop(signal.SIGINT)  # the first one counts
     with pytest.raises(KeyboardInterrupt, match="build:x stopped"):
-        graph.run_stage("build:x", stopped_then_cleanup_failed)
+        actions.run_stage("build:x", stopped_then_cleanup_failed)
 
 
 def test_a_failed_command_names_itself_and_what_it_said(tmp_path):
-    failure = graph.run_stage("release:bookworm-genericcloud-amd64", seed_over_a_directory, tmp_path)
-    assert isinstance(failure, graph.StageFailure)
+    failure = actions.run_stage("release:bookworm-genericcloud-amd64", seed_over_a_directory, tmp_path)
+    assert isinstance(failure, actions.StageFailure)
     first, *rest = failure.message.splitlines()
     assert first.startswith("release:bookworm-genericcloud-amd64 failed: mkfs.vfat -n CIDATA -C ")
     assert "exited with status 1" in first
@@ -71,7 +71,8 @@ def test_a_command_failure_survives_the_trip_from_a_worker():
 def test_unreadable_package_list_names_the_file_and_line(nocloud):
     cell, files = nocloud
     files.packages.write_text("base-files\t12.4\tamd64\nbash 5.2 amd64\n")
-    failure = graph.run_stage(f"manifest:{cell.name}", manifest.write, cell, files)
+    failure = actions.run_stage(f"manifest:{cell.name}", manifest.write, cell, files)
+    assert failure is not None
     assert failure.message.startswith(
         f"manifest:{cell.name} failed: {files.packages}:2: expected "
         "name<TAB>version<TAB>architecture, got 'bash 5.2 amd64'"
@@ -85,7 +86,7 @@ def test_doit_shows_failures_in_one_message_and_tracebacks_for_bugs_only(tmp_pat
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from tasks import graph
+        from tasks import actions
         from tests.test_errors import seed_over_a_directory
 
         DOIT_CONFIG = {{"dep_file": {str(tmp_path / ".doit.db")!r}, "backend": "sqlite3", "verbosity": 2,
@@ -97,10 +98,10 @@ def test_doit_shows_failures_in_one_message_and_tracebacks_for_bugs_only(tmp_pat
         def task_seed():
             directory = Path({str(tmp_path)!r}) / "seed"
             directory.mkdir(exist_ok=True)
-            return {{"actions": [(graph.run_stage, ["release:x", seed_over_a_directory, directory])]}}
+            return {{"actions": [(actions.run_stage, ["release:x", seed_over_a_directory, directory])]}}
 
         def task_bug():
-            return {{"actions": [(graph.run_stage, ["bug:x", a_bug])]}}
+            return {{"actions": [(actions.run_stage, ["bug:x", a_bug])]}}
         """)
     )
     seed = subprocess.run(

@@ -50,14 +50,14 @@ def leftovers(workdir: Path) -> dict:
     }
 
 
-NOTHING = {"loop devices": [], "mounts": [], "processes": [], "partial files": [], "staging": []}
+NOTHING: dict[str, list] = {"loop devices": [], "mounts": [], "processes": [], "partial files": [], "staging": []}
 
 
 def test_failed_build_names_its_log_and_cleans_up(tmp_path, test_matrix):
     space = tmp_path / "fai_config"
     shutil.copytree(REPO / "fai_config", space, symlinks=True)
     hook = space / "hooks" / "partition.DEBIAN"
-    hook.write_text(hook.read_text().replace("type=21686148-6449-6E6F-744E-656564454649", "type=NOT-A-TYPE"))
+    hook.write_text(hook.read_text().replace("type=$IMAGE_BIOS_PARTITION_TYPE", "type=NOT-A-TYPE"))
     cell = test_matrix.cell("bookworm-nocloud-amd64")
     files = CellFiles.of(tmp_path / "build", cell)
 
@@ -126,6 +126,7 @@ def start_build(workdir: Path, jobs: int = 2) -> subprocess.Popen:
 def wait_for(child: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
     seen = []
     deadline = time.monotonic() + timeout
+    assert child.stdout is not None
     for line in child.stdout:
         seen.append(line)
         if text in line:

@@ -10,6 +10,7 @@ from doit.task import Stream
 from doit.tools import config_changed
 
 from tasks import graph, registry
+from tasks.model import options as option_table
 from tasks.model import plan
 from tasks.model.matrix import BuildSettings, MatrixError, Release
 from tasks.stages import base, boottest, compress, fai, faiconfig, manifest, sbom, stepcache
@@ -151,7 +152,7 @@ def test_builds_without_the_step_cache_are_not_stale(tmp_path):
 def run_task(task, monkeypatch, module, function: str) -> dict:
     """Run a task's actions as doit does, with module.function standing in for
     the stage: the keyword and positional arguments it was called with."""
-    called = {}
+    called: dict = {}
     monkeypatch.setattr(module, function, lambda *args, **kwargs: called.update(args=args, kwargs=kwargs))
     assert task.execute(Stream(0)) is None
     return called
@@ -340,9 +341,12 @@ def test_known_failures_join_the_groups_through_xfail_tasks(tmp_path, monkeypatc
         ("boottest", boottest, "boot_test"),
         ("manifest", manifest, "write"),
     ):
-        monkeypatch.setattr(
-            module, function, lambda cell, files, *args, name=name: (ran.append(name), written_to.add(files.dir))
-        )
+
+        def stand_in(cell, files, *args, name=name):
+            ran.append(name)
+            written_to.add(files.dir)
+
+        monkeypatch.setattr(module, function, stand_in)
     assert xfail.execute(Stream(0)) is None
     assert ran == ["build", "sbom", "compress", "boottest"]
     assert written_to == {cell_dir / "xfail-boottest"}
@@ -382,7 +386,7 @@ def test_actions_are_module_level_functions(tmp_path):
         ),
         (
             {"worddir": "/x"},
-            f"command line: worddir: unknown option (expected one of: {', '.join(plan.OPTIONS)})",
+            f"command line: worddir: unknown option (expected one of: {', '.join(option_table.BY_NAME)})",
         ),
     ],
 )
@@ -431,3 +435,13 @@ def test_a_class_the_config_space_does_not_know_is_refused(tmp_path):
     assert str(caught.value) == (
         f"{matrix_file}: vendors.ec2.fai_classes[1]: no file of the config space (fai_config/) belongs to class 'EC3'"
     )
+
+
+def test_each_on_demand_command_has_one_help_line(tmp_path):
+    """doit list shows the HELP its module declares, once: no second text in a docstring or a doc field."""
+    from tasks import commands
+
+    tasks = graph.load_tasks(make_plan(tmp_path))
+    for command in commands.COMMANDS:
+        assert tasks[command.NAME].doc == command.HELP, command.NAME
+    assert commands.WORKDIR_FREE == {"compare", "changes", "verify", "cleanup"}

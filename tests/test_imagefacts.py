@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import graph
+from tasks.commands import compare as compare_command
 from tasks.model import plan
 from tasks.stages import imagefacts
 
@@ -105,10 +105,10 @@ def test_doit_compare_takes_cells_and_files(tmp_path, capsys):
         "matrix": str(REPO / "tests" / "data" / "matrix.yaml"),
     }
     the_plan = plan.from_options(REPO, options.get, options)
-    assert graph.compare_reports(the_plan) is None
+    assert compare_command.compare_reports(the_plan) is None
     out = capsys.readouterr().out
     assert "1 differences" in out and 'hostname: "" != "changed"' in out
 
     options["right"] = "bookworm-ec2-amd64"  # a cell not built in this work directory
-    failure = graph.compare_reports(plan.from_options(REPO, options.get, options))
+    failure = compare_command.compare_reports(plan.from_options(REPO, options.get, options))
     assert "bookworm-ec2-amd64/facts.json: no image facts report" in str(failure)

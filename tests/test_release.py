@@ -28,10 +28,13 @@ from tasks import storage
 from tasks.errors import StageFailed
 from tasks.model.matrix import BootTestSettings, PublishSettings, ReleaseSettings
 from tasks.model.records import Manifest
-from tasks.model.settings import AzureSettings, Ec2Settings, GceSettings, NotifySettings
+from tasks.model.settings import NotifySettings
 from tasks.release import notify
 from tasks.release import step as release
 from tasks.release.platforms import azure, ec2, gce
+from tasks.release.platforms.azure import AzureSettings
+from tasks.release.platforms.ec2 import Ec2Settings
+from tasks.release.platforms.gce import GceSettings
 from tasks.stages import compress, manifest
 from tasks.system import signing
 
@@ -548,7 +551,7 @@ def test_azure_upload_writes_a_page_blob_and_asks_for_a_gallery_version_or_an_im
             container_url=f"{blob_server.url}/images",
             api_endpoint=management.url,
             **(
-                {
+                {  # type: ignore[arg-type]  # a mapping of mixed values, each of its field's type
                     "gallery": "debian",
                     "gallery_image": "debian-12",
                     "storage_account_id": account,
@@ -689,7 +692,7 @@ class FakeCompute:
                 family = wanted.split('"')[1]
                 matching = sorted(n for n, i in self.images.items() if i["family"] == family)
             start = int(query.get("pageToken", ["0"])[0])
-            page = {"items": [self.images[n] for n in matching[start : start + 2]]}
+            page: dict[str, object] = {"items": [self.images[n] for n in matching[start : start + 2]]}
             if start + 2 < len(matching):
                 page["nextPageToken"] = str(start + 2)
             return 200, {}, json.dumps(page).encode()

@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 from tasks import reproduce
+from tasks.model import arch
 from tasks.stages import diskassembly, identity
 from tasks.system.checksum import sha512_file
 
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 MIB = 1 << 20
 EPOCH = "1700000000"
 
@@ -21,7 +21,9 @@ def make_disk(path: Path, tree: Path, tools: Path, esp_file: bytes = b"shim") ->
     with open(path, "wb") as f:
         f.truncate(48 * MIB)
     layout = f"label: gpt\nlabel-id: {identity.identifier('t', '1', 'disk')}\n"
-    layout += f"p15 : start=2048, size=16384, type={ESP_TYPE}, uuid={identity.identifier('t', '1', 'esp')}\n"
+    layout += (
+        f"p15 : start=2048, size=16384, type={arch.ESP_PARTITION_TYPE}, uuid={identity.identifier('t', '1', 'esp')}\n"
+    )
     layout += (
         f"p1 : start=18432, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={identity.identifier('t', '1', 'r')}\n"
     )

@@ -57,12 +57,12 @@ def binaries_and_sources_of_spdx(path: Path) -> dict[tuple[str, str, str], set[t
     found: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
     for purl in purls.values():
         if purl.qualifiers.get("arch") != "source":
-            found[(purl.name, unquote(purl.version), purl.qualifiers["arch"])] = set()
+            found[(purl.name, unquote(purl.version or ""), purl.qualifiers["arch"])] = set()
     for relation in data["relationships"]:
         if relation["relationshipType"] == "GENERATES":
             source, binary = purls[relation["spdxElementId"]], purls[relation["relatedSpdxElement"]]
-            key = (binary.name, unquote(binary.version), binary.qualifiers["arch"])
-            found[key].add((source.name, unquote(source.version)))
+            key = (binary.name, unquote(binary.version or ""), binary.qualifiers["arch"])
+            found[key].add((source.name, unquote(source.version or "")))
     return found
 
 
@@ -77,8 +77,8 @@ def binaries_and_sources_of_cdx(path: Path) -> dict[tuple[str, str, str], set[tu
         if purl.qualifiers.get("arch") == "source":
             continue
         sources = [_deb(ref) for ref in depends[component["bom-ref"]] if _deb(ref).qualifiers.get("arch") == "source"]
-        key = (purl.name, unquote(purl.version), purl.qualifiers["arch"])
-        found[key] = {(source.name, unquote(source.version)) for source in sources}
+        key = (purl.name, unquote(purl.version or ""), purl.qualifiers["arch"])
+        found[key] = {(source.name, unquote(source.version or "")) for source in sources}
     return found
 
 

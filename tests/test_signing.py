@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from tasks import graph, published
+from tasks import actions, published
+from tasks.commands import verify as verify_command
 from tasks.model import plan
 from tasks.stages import publish as publication
 from tasks.storage import Location
@@ -29,7 +30,7 @@ def test_a_published_daily_is_signed_and_gpgv_accepts_it(nocloud, signing_env, t
     daily = tmp_path / "public" / DAILY
     keyring = tmp_path / "keyring.gpg"
     subprocess.run(["gpg", "--dearmor", "--output", str(keyring), str(signing_env.public)], check=True)
-    # What README.md tells a user to run.
+    # What docs/storage.md tells a user to run.
     good = subprocess.run(["gpgv", "--keyring", str(keyring), "SHA512SUMS.asc", "SHA512SUMS"], cwd=daily)
     assert good.returncode == 0
     assert receipt["signed_by"] == signing_env.fingerprint
@@ -118,6 +119,7 @@ def _published_anew(public, name, text):
     sums[name] = sha512_file(public / name)
     (public / "SHA512SUMS").write_text(format_sums(sums))
     with signing.configured_signer() as signer:
+        assert signer is not None
         (public / "SHA512SUMS.asc").write_bytes(signer.sign_detached((public / "SHA512SUMS").read_bytes()))
 
 
@@ -128,6 +130,7 @@ def _envelope_of_another_shape(public):
 def _statement_of_another_shape(public):
     with signing.configured_signer() as signer:
         statement = b'{"predicateType": "https://slsa.dev/provenance/v1", "subject": 7}'
+        assert signer is not None
         envelope = signer.sign_envelope(statement, "application/vnd.in-toto+json")
     _published_anew(public, f"{IMAGE}.intoto.json", json.dumps(envelope))
 
@@ -157,8 +160,8 @@ def test_doit_verify_says_what_is_wrong_in_one_line(nocloud, signing_env, tmp_pa
         "image": given,
         "key": str(signing_env.public),
     }
-    failure = graph.run_stage("verify", graph._verify, plan.from_options(REPO, options.get))
-    assert failure is not None and message in failure.message, failure.message
+    failure = actions.run_stage("verify", verify_command.check, plan.from_options(REPO, options.get))
+    assert failure is not None and message in failure.message, failure and failure.message
     assert "\n" not in failure.message.strip()
 
 
@@ -168,11 +171,11 @@ def test_doit_verify_refuses_an_unsigned_publication(nocloud, tmp_path, monkeypa
     cell, files = nocloud
     publish(cell, files, tmp_path / "public", tmp_path)
     options = {"storage": (tmp_path / "public").as_uri(), "workdir": str(tmp_path)}
-    failure = graph.run_stage("verify", graph._verify, plan.from_options(REPO, options.get))
+    failure = actions.run_stage("verify", verify_command.check, plan.from_options(REPO, options.get))
     assert "doit verify needs an image and a public key" in str(failure)
     key = make_key(tmp_path / "k")
     options.update(image="bookworm-nocloud-amd64", key=str(key.public))
-    failure = graph.run_stage("verify", graph._verify, plan.from_options(REPO, options.get))
+    failure = actions.run_stage("verify", verify_command.check, plan.from_options(REPO, options.get))
     assert f"{DAILY}/SHA512SUMS is not signed" in str(failure)
 
 

@@ -279,7 +279,12 @@ def test_the_key_reads_only_what_the_build_touched_since_the_base_was_unpacked(t
         (root / "etc/hosts").write_text("127.0.0.1 localhost image\n")  # a hook's edit after the unpacking
     read = []
     content = stepcache._content
-    monkeypatch.setattr(stepcache, "_content", lambda path, size=None: read.append(str(path)) or content(path, size))
+
+    def reading(path, size=None):
+        read.append(str(path))
+        return content(path, size)
+
+    monkeypatch.setattr(stepcache, "_content", reading)
     assert stepcache.begin(first_build, "packages", []) == "missing"
     assert read == [str(first / "etc/hosts")]
     (first / "boot").mkdir()

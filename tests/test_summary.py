@@ -28,7 +28,7 @@ def small_graph(tmp_path: Path) -> Path:
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from tasks import graph, summary
+        from tasks import actions, graph, summary
         from tasks.model import matrix
         from tasks.errors import StageFailed
         from tasks.model.matrix import KnownFailure
@@ -51,9 +51,9 @@ def small_graph(tmp_path: Path) -> Path:
                    "uptodate": [True]}}
 
         def task_build():
-            yield {{"name": "{GOOD}", "actions": [(graph.run_stage, ["build:{GOOD}", make, WORK / "good"])],
+            yield {{"name": "{GOOD}", "actions": [(actions.run_stage, ["build:{GOOD}", make, WORK / "good"])],
                    "file_dep": [str(WORK / "base")], "targets": [str(WORK / "good")]}}
-            yield {{"name": "{BAD}", "actions": [(graph.run_stage, ["build:{BAD}", fail, WORK / "bad.log"])],
+            yield {{"name": "{BAD}", "actions": [(actions.run_stage, ["build:{BAD}", fail, WORK / "bad.log"])],
                    "file_dep": [str(WORK / "base")]}}
 
         def task_publish():

@@ -77,6 +77,11 @@ class Machine:
         return self.kvm_cpu if accelerator == Accelerator.KVM else self.tcg_cpu
 
 
+# GPT partition types every architecture's disk shares (the root's is its own: ArchSpec).
+ESP_PARTITION_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # the EFI system partition
+BIOS_BOOT_PARTITION_TYPE = "21686148-6449-6E6F-744E-656564454649"  # where GRUB's BIOS core image lives
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     debian: str  # Debian's name: amd64
@@ -107,7 +112,7 @@ class ArchSpec:
 # Oracle): an Armv8.2 core without pointer authentication or SVE. Debian's kernels and
 # trixie's programs sign return addresses; on this CPU those instructions are NOPs, so
 # neither a TCG boot nor a foreign build pays for emulating a cipher on every call.
-# (README, "arm64 on an amd64 host": what it saved against max,pauth-impdef=on.)
+# (docs/config-space.md, "arm64 on an amd64 host": what it saved against max,pauth-impdef=on.)
 _ARM64_EMULATED_CPU = "neoverse-n1"
 
 

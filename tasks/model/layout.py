@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.model.arch import Format
-from tasks.model.matrix import Cell
+from tasks.model.matrix import XFAIL_PREFIX, Cell
 
 # The SBOM formats every image gets (tasks/stages/sbom.py): SPDX 2.3 and CycloneDX, as JSON.
 SBOM_FORMATS = ("spdx", "cdx")
@@ -151,13 +151,13 @@ class CellFiles:
 
     def xfail_record(self, stage: str) -> Path:
         """The outcome of xfail-<stage>:<cell>, a known-failing cell run up to stage."""
-        return self.dir / f"xfail-{stage}.json"
+        return self.dir / f"{XFAIL_PREFIX}{stage}.json"
 
     def xfail_files(self, stage: str) -> CellFiles:
         """Where xfail-<stage>:<cell> runs its stages: a directory of its own, so
         that it declares every file it writes without sharing a target with the
         cell's own tasks (which still fail when named)."""
-        return CellFiles(self.cell, self.dir / f"xfail-{stage}")
+        return CellFiles(self.cell, self.dir / f"{XFAIL_PREFIX}{stage}")
 
     @property
     def release_progress(self) -> Path:

@@ -8,24 +8,32 @@ as one line naming the file, the key path and what was expected, e.g.::
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from tasks.errors import StageFailed
 from tasks.model import settings
 from tasks.model.arch import Arch, Format, Milestone
-from tasks.model.settings import BootTestSettings, BuildSettings, CompressSettings, PublishSettings
+from tasks.model.settings import (
+    BootTestSettings,
+    BuildSettings,
+    CiSettings,
+    CompressSettings,
+    PublishSettings,
+    ReleaseSettings,
+)
 
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]*[MG]$")
 CLASS_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*$")
+NAME_PATTERN = settings.NAME
 
 
 class UnknownCell(StageFailed):
@@ -114,12 +122,20 @@ class Cell:
         return f"{self.release.name}-{self.arch.name}"
 
 
+# The tasks that run a known-failing cell's stages: xfail-<stage>:<cell> (tasks/graph.py).
+XFAIL_PREFIX = "xfail-"
+
+
 @dataclass(frozen=True)
 class KnownFailure:
     """Cells expected to fail (a shell-style pattern over cell names), and why."""
 
     cells: str
     reason: str
+
+    # What an xfail task's record says of the cell (tasks/graph.py writes it, tasks/summary.py reads it).
+    FAILED_AS_EXPECTED: ClassVar[str] = "failed as expected"
+    UNEXPECTED_SUCCESS: ClassVar[str] = "unexpected success"
 
     def matches(self, cell: Cell) -> bool:
         return fnmatch.fnmatchcase(cell.name, self.cells)
@@ -150,39 +166,6 @@ class Selector:
                 (self.architectures, cell.arch.name),
             )
         )
-
-
-@dataclass(frozen=True)
-class ReleaseSettings:
-    """The manual release step (tasks/release/step.py)."""
-
-    instance_test: tuple[str, ...] = ("generic", "genericcloud", "ec2")  # vendors whose cloud-init reads NoCloud
-    instance_test_timeout: int = 600  # seconds for SSH to answer
-    keep_releases: int = 3  # released versions kept per cell on each platform (doit cleanup)
-    # vendor -> its platform's settings (tasks/model/settings.py: Ec2Settings, ...)
-    platforms: dict[str, Any] = field(default_factory=dict)
-    notify: settings.NotifySettings = field(default_factory=settings.NotifySettings)
-
-
-@dataclass(frozen=True)
-class CiSettings:
-    """The GitLab CI pipeline (tasks/ci.py)."""
-
-    image: str = "$CI_REGISTRY_IMAGE/builder"  # the builder image's repository (tasks/builder)
-    tags: tuple[str, ...] = ()  # runners for jobs that do not build images
-    build_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per architecture; else tags
-    expire_images: str = "7 days"  # image data; records are kept for ever
-    push_tier: str = "push"
-    schedule_tier: str = "full"
-    # The release project (README.md, "Releases: the release project"): the build pipeline's release
-    # job triggers its pipeline; it releases builds of build_project only.
-    release_project: str = ""  # its path, group/name; none: the build pipeline has no release job
-    release_branch: str = "main"
-    build_project: str = ""  # the build project's path, whose protected refs' builds are released
-
-    def runner_tags(self, arch: str) -> tuple[str, ...]:
-        """The runners of the jobs that build and boot arch's images."""
-        return self.build_tags.get(arch, self.tags)
 
 
 @dataclass(frozen=True)
@@ -243,7 +226,7 @@ class Matrix:
 
 
 # libyaml's parser where PyYAML has it: every doit run reads the matrix.
-class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]  # a base chosen at run time
     """A YAML loader that refuses duplicate keys instead of keeping the last."""
 
 
@@ -344,7 +327,7 @@ class _Reader:
         """A settings section (tasks/model/settings.py): every key optional, defaults from the dataclass."""
         if value is None:
             return cls()
-        self.mapping(value, path, [f.name for f in settings.settings_of(cls)])
+        self.mapping(value, path, settings.keys(cls))
         return settings.parse(self, value, cls, path)
 
 
@@ -481,130 +464,37 @@ def parse(data: Any, display: str, path: Path | None = None) -> Matrix:
     return matrix
 
 
-EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+$")
-
-
 def _release_settings(r: _Reader, value: Any, vendors: dict) -> ReleaseSettings:
-    entry = r.mapping(
-        value or {}, "release", ["instance_test", "instance_test_timeout", "keep_releases", "platforms", "notify"]
-    )
-    defaults = ReleaseSettings()
-    vendor_name = lambda v, p: _known_name(r, v, p, "vendors", vendors)  # noqa: E731
-    instance_test = (
-        r.string_list(entry["instance_test"], "release.instance_test", vendor_name)
-        if entry.get("instance_test")
-        else tuple(v for v in defaults.instance_test if v in vendors)
-    )
+    entry = dict(r.mapping(value or {}, "release", [*settings.keys(ReleaseSettings), "platforms"]))
+    given_platforms = entry.pop("platforms", None) or {}
+    release = settings.parse(r, entry, ReleaseSettings, "release")
+    if "instance_test" in entry:
+        for index, vendor in enumerate(release.instance_test):
+            _known_name(r, vendor, f"release.instance_test[{index}]", "vendors", vendors)
+    else:  # the default's vendors this matrix has
+        release = dataclasses.replace(release, instance_test=tuple(v for v in release.instance_test if v in vendors))
+    sections = settings.platform_sections() if given_platforms else {}
     platforms = {}
-    for name, given in r.mapping(entry.get("platforms") or {}, "release.platforms", settings.PLATFORMS).items():
+    for name, given in r.mapping(given_platforms, "release.platforms", sections).items():
         p = f"release.platforms.{name}"
         if name not in vendors:
             raise r.fail(p, f"no vendor named {name!r} in this matrix")
-        section = settings.PLATFORMS[name]
-        given = r.mapping(
-            given, p, [f.name for f in settings.settings_of(section)], settings.required_settings(section)
-        )
+        section = sections[name]
+        given = r.mapping(given, p, settings.keys(section), settings.required_settings(section))
         platforms[name] = settings.parse(r, given, section, p)
-        for key, message in platforms[name].conflicts():
-            raise r.fail(f"{p}.{key}", message)
-    notify = r.mapping(entry.get("notify") or {}, "release.notify", ["to", "from", "smtp_host", "smtp_port", "webhook"])
-    to: tuple[str, ...] = ()
-    if notify.get("to"):
-        to = r.string_list(
-            notify["to"], "release.notify.to", lambda v, p: r.string(v, p, EMAIL_PATTERN, "an e-mail address")
-        )
-        if "from" not in notify:
-            raise r.fail("release.notify.from", "missing (the sender of the release mail)")
-    webhook_hint = " (a webhook URL that holds a secret goes in IMAGES_WEBHOOK_URL)"
-    defaults_notify = settings.NotifySettings()
-    notify_settings = settings.NotifySettings(
-        to=to,
-        sender=r.string(notify["from"], "release.notify.from", EMAIL_PATTERN, "an e-mail address")
-        if "from" in notify
-        else defaults_notify.sender,
-        smtp_host=r.string(notify["smtp_host"], "release.notify.smtp_host")
-        if "smtp_host" in notify
-        else defaults_notify.smtp_host,
-        smtp_port=r.integer(notify["smtp_port"], "release.notify.smtp_port", 1, 65535)
-        if "smtp_port" in notify
-        else defaults_notify.smtp_port,
-        webhook=settings.plain_url(webhook_hint).check(r, notify["webhook"], "release.notify.webhook")
-        if notify.get("webhook") is not None
-        else None,
-    )
-    return ReleaseSettings(
-        instance_test=instance_test,
-        instance_test_timeout=(
-            r.integer(entry["instance_test_timeout"], "release.instance_test_timeout", 30, 7200)
-            if "instance_test_timeout" in entry
-            else defaults.instance_test_timeout
-        ),
-        keep_releases=(
-            r.integer(entry["keep_releases"], "release.keep_releases", 1, 1000)
-            if "keep_releases" in entry
-            else defaults.keep_releases
-        ),
-        platforms=platforms,
-        notify=notify_settings,
-    )
-
-
-PROJECT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
-REF_PATTERN = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$")
-TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:/-][A-Za-z0-9 _.:/-]*$")
-# GitLab's artifacts:expire_in: "never", or amounts with units ("7 days", "1 week 2 days").
-DURATION_PATTERN = re.compile(
-    r"^(never|(\d+\s*(s|sec|secs?|seconds?|m|min|mins?|minutes?|h|hrs?|hours?|d|days?|w|wks?|weeks?|"
-    r"mo|months?|y|yrs?|years?)\s*)+)$"
-)
+    return dataclasses.replace(release, platforms=platforms)
 
 
 def _ci_settings(r: _Reader, value: Any, architectures: dict, tiers: dict) -> CiSettings:
-    if value is None:
-        value = {}
-    defaults = CiSettings()
-    entry = r.mapping(
-        value,
-        "ci",
-        ["image", "tags", "build_tags", "expire_images", "tiers", "release_project", "release_branch", "build_project"],
-    )
-    project = lambda key: (  # noqa: E731
-        r.string(entry[key], f"ci.{key}", PROJECT_PATTERN, "a GitLab project path (group/name)")
-        if entry.get(key)
-        else getattr(defaults, key)
-    )
-    tag_list = lambda v, p: r.string_list(  # noqa: E731
-        v, p, lambda t, q: r.string(t, q, TAG_PATTERN, "a runner tag (letters, digits, ' _.:/-')")
-    )
-    build_tags = r.mapping(entry.get("build_tags") or {}, "ci.build_tags", architectures)
-    chosen = r.mapping(entry.get("tiers") or {}, "ci.tiers", ["push", "schedule"])
-    for source, tier in chosen.items():
+    ci = r.settings(value, "ci", CiSettings)
+    for arch in ci.build_tags:
+        _known_name(r, arch, f"ci.build_tags.{arch}", "architectures", architectures)
+    for source, tier in ci.tiers.items():
+        if source not in ("push", "schedule"):
+            raise r.fail(f"ci.tiers.{source}", "unknown key (expected one of: push, schedule)")
         if tier not in tiers:
             raise r.fail(f"ci.tiers.{source}", f"no tier named {_describe(tier)} (expected one of: {', '.join(tiers)})")
-    return CiSettings(
-        image=r.string(entry["image"], "ci.image") if "image" in entry else defaults.image,
-        tags=tag_list(entry["tags"], "ci.tags") if "tags" in entry else defaults.tags,
-        build_tags={arch: tag_list(tags, f"ci.build_tags.{arch}") for arch, tags in build_tags.items()},
-        expire_images=(
-            r.string(
-                entry["expire_images"],
-                "ci.expire_images",
-                DURATION_PATTERN,
-                "a GitLab duration such as '7 days' or 'never'",
-            )
-            if "expire_images" in entry
-            else defaults.expire_images
-        ),
-        push_tier=chosen.get("push", defaults.push_tier),
-        schedule_tier=chosen.get("schedule", defaults.schedule_tier),
-        release_project=project("release_project"),
-        release_branch=(
-            r.string(entry["release_branch"], "ci.release_branch", REF_PATTERN, "a branch name")
-            if "release_branch" in entry
-            else defaults.release_branch
-        ),
-        build_project=project("build_project"),
-    )
+    return ci
 
 
 def _one_of(r: _Reader, choices: Iterable[str], value: Any, path: str) -> str:

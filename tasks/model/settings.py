@@ -2,9 +2,9 @@
 setting is declared once, with its default, what it accepts and what it means.
 
 Parsing (tasks/model/matrix.py) checks a section against its fields, the
-error messages say what a field accepts, and README.md's settings table is
-made from the same declarations (`python -m tasks.model.settings`; a test
-keeps the README in step). matrix.yaml states only what differs from these
+error messages say what a field accepts, and docs/matrix.md's settings table
+is made from the same declarations (`python -m tasks.model.settings`; a test
+keeps the page in step). matrix.yaml states only what differs from these
 defaults.
 """
 
@@ -27,12 +27,13 @@ class Reader(Protocol):
     def integer(self, value: Any, path: str, low: int, high: int) -> int: ...
     def number(self, value: Any, path: str, low: float, high: float) -> float: ...
     def choice(self, value: Any, path: str, choices: Iterable[str]) -> str: ...
+    def mapping(self, value: Any, path: str, allowed: Iterable[str], required: Iterable[str] = ()) -> dict: ...
     def string_list(self, value: Any, path: str, item: Callable[[Any, str], str]) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
 class Check:
-    """What a setting accepts: in words (for the README and errors) and as a check."""
+    """What a setting accepts: in words (for the docs and errors) and as a check."""
 
     accepts: str
     check: Callable[[Reader, Any, str], Any]
@@ -55,16 +56,29 @@ def text() -> Check:
     return Check("text", lambda r, v, p: r.string(v, p))
 
 
-def names(pattern: re.Pattern, what: str) -> Check:
-    """A non-empty list of names, none twice."""
-    return Check(
-        f"a list of {what}s", lambda r, v, p: r.string_list(v, p, lambda item, q: r.string(item, q, pattern, what))
-    )
+def names(pattern: re.Pattern, one: str, many: str, empty: bool = False) -> Check:
+    """A list of names, none twice, empty only where allowed; one: an item in words, for errors; many: the
+    items, for the docs."""
+
+    def check(r: Reader, value: Any, path: str) -> tuple[str, ...]:
+        if empty and value == []:
+            return ()
+        return r.string_list(value, path, lambda item, q: r.string(item, q, pattern, one))
+
+    return Check(f"a list of {many}" + (", or `[]`" if empty else ""), check)
 
 
 URL = re.compile(r"^https?://\S+$")
-REGION = re.compile(r"^(all|[a-z]{2}(-[a-z]+)+-\d+)$")
-AZURE_REGION = re.compile(r"^[a-z][a-z0-9]+$")
+NAME = re.compile(r"^[a-z][a-z0-9]*$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+PROJECT = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
+BRANCH = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$")
+RUNNER_TAG = re.compile(r"^[A-Za-z0-9_.:/-][A-Za-z0-9 _.:/-]*$")
+# GitLab's artifacts:expire_in: "never", or amounts with units ("7 days", "1 week 2 days").
+DURATION = re.compile(
+    r"^(never|(\d+\s*(s|sec|secs?|seconds?|m|min|mins?|minutes?|h|hrs?|hours?|d|days?|w|wks?|weeks?|"
+    r"mo|months?|y|yrs?|years?)\s*)+)$"
+)
 PATH_PREFIX = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 HOSTNAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -102,9 +116,41 @@ def plain_url(hint: str = "") -> Check:
     return Check("an http(s) URL without credentials", check)
 
 
-def setting(default: Any, meaning: str, accepts: Check) -> Any:
-    """A dataclass field that is a setting of matrix.yaml."""
-    return field(default=default, metadata={"meaning": meaning, "accepts": accepts})
+def setting(default: Any, meaning: str, accepts: Check, key: str = "") -> Any:
+    """A dataclass field that is a setting of matrix.yaml (key: its name there, when not the field's)."""
+    metadata = {"meaning": meaning, "accepts": accepts, "key": key}
+    if isinstance(default, dict):  # a mutable default: each section gets its own copy
+        return field(default_factory=lambda: dict(default), metadata={**metadata, "default": default})
+    return field(default=default, metadata=metadata)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """A setting's default; dataclasses.MISSING when it is required."""
+    return f.metadata.get("default", f.default)
+
+
+def subsection(section: type) -> Any:
+    """A dataclass field that is a section of its own under this one (release.notify)."""
+    return field(default_factory=section, metadata={"section": section})
+
+
+def optional(check: Check) -> Check:
+    """A setting that may be left empty (`webhook:`, `release_project: ""`): as it is given."""
+    return Check(check.accepts, lambda r, v, p: v if v in (None, "") else check.check(r, v, p))
+
+
+def pattern(regex: re.Pattern, what: str) -> Check:
+    return Check(what, lambda r, v, p: r.string(v, p, regex, what))
+
+
+def mapping_of(item: Check, what: str) -> Check:
+    """A mapping from names (checked by whoever knows them) to values that item accepts."""
+
+    def check(r: Reader, value: Any, path: str) -> dict:
+        given = r.mapping(value or {}, path, list(value or {}))
+        return {name: item.check(r, v, f"{path}.{name}") for name, v in given.items()}
+
+    return Check(f"a mapping of {what}", check)
 
 
 def required(meaning: str, accepts: Check) -> Any:
@@ -115,7 +161,9 @@ def required(meaning: str, accepts: Check) -> Any:
 @dataclass(frozen=True)
 class BuildSettings:
     mirror: str = setting(
-        "http://deb.debian.org/debian", "the Debian mirror builds install from (http: see README)", url()
+        "http://deb.debian.org/debian",
+        "the Debian mirror builds install from (http: see docs/config-space.md, Deviations)",
+        url(),
     )
     security_mirror: str = setting("http://deb.debian.org/debian-security", "the security mirror builds use", url())
     image_mirror: str = setting(
@@ -172,105 +220,124 @@ class PlatformSettings:
         return []
 
 
-# Each cloud platform's account, under release.platforms.<vendor>
-# (tasks/release/platforms/). Credentials never: they come from the environment.
+def platform_sections() -> dict[str, type]:
+    """Each cloud platform's account settings (release.platforms.<vendor>), as its module declares them.
 
+    The model imports the release's platforms here only, when a matrix names one
+    or the table is made: each platform is one module (tasks/release/platforms/).
+    """
+    from tasks.release import platforms
 
-@dataclass(frozen=True)
-class Ec2Settings(PlatformSettings):
-    region: str = required("the AWS region the AMI is registered in (imported there, copied from there)", text())
-    bucket: str = required("the S3 bucket the disk is imported from", text())
-    prefix: str = setting("", "a key prefix in the bucket", text())
-    regions: tuple[str, ...] = setting(
-        (), "more regions the AMI is copied to; `[all]`: every region the account has enabled", names(REGION, "region")
-    )
-    public: bool = setting(False, "make the AMIs and their snapshots public", boolean())
-    deprecate_after_days: int = setting(
-        0, "days after which EC2 marks the AMIs deprecated (hidden from searches); 0: never", whole(0, 3650)
-    )
-    ssm_prefix: str = setting(
-        "",
-        "SSM parameters under this path name the newest AMI per release, vendor and arch, and each version's "
-        "(`<prefix>/<release>/<vendor>/<arch>/latest`); none when empty",
-        path_prefix(),
-    )
-    import_timeout: float = setting(3600, "seconds the snapshot import may take", number(0, 86400))
-    copy_timeout: float = setting(3600, "seconds a copy to another region may take", number(0, 86400))
-
-    def conflicts(self) -> list[tuple[str, str]]:
-        if "all" in self.regions and len(self.regions) > 1:
-            return [("regions", "`all` stands alone: every enabled region")]
-        return []
-
-
-@dataclass(frozen=True)
-class AzureSettings(PlatformSettings):
-    subscription: str = required("the Azure subscription", text())
-    resource_group: str = required("the resource group the image goes to", text())
-    location: str = required("the Azure region", text())
-    container_url: str = required("the blob container the VHD is uploaded to", plain_url())
-    gallery: str = setting(
-        "", "the Compute Gallery an image version goes to (how Debian publishes); none when empty", text()
-    )
-    gallery_image: str = setting(
-        "", "the gallery's image definition (an -<arch> suffix is added); needed with a gallery", text()
-    )
-    storage_account_id: str = setting(
-        "", "the resource id of the storage account holding container_url; needed with a gallery", text()
-    )
-    target_regions: tuple[str, ...] = setting(
-        (), "regions the gallery version is replicated to, besides location", names(AZURE_REGION, "region")
-    )
-    managed_image: bool = setting(True, "also make a managed image (the way before galleries)", boolean())
-    api_endpoint: str = setting("https://management.azure.com", "Azure Resource Manager", plain_url())
-
-    def conflicts(self) -> list[tuple[str, str]]:
-        found = []
-        if self.gallery:
-            found += [
-                (key, f"needed with gallery {self.gallery!r}")
-                for key in ("gallery_image", "storage_account_id")
-                if not getattr(self, key)
-            ]
-        elif not self.managed_image:
-            found.append(("managed_image", "false without a gallery makes no image at all"))
-        return found
-
-
-@dataclass(frozen=True)
-class GceSettings(PlatformSettings):
-    project: str = required("the Google Cloud project", text())
-    bucket: str = required("the Cloud Storage bucket the disk is imported from", text())
-    family: str = setting("", "the image family (an -<arch> suffix is added); none when empty", text())
-    deprecate_previous: bool = setting(
-        True, "mark the family's previous image DEPRECATED, pointing to the new one", boolean()
-    )
-    api_endpoint: str = setting("https://compute.googleapis.com", "the Compute Engine API", plain_url())
-    storage_endpoint: str = setting("https://storage.googleapis.com", "the Cloud Storage API", plain_url())
-    timeout: float = setting(1800, "seconds the image creation may take", number(0, 86400))
-    poll_seconds: float = setting(10, "seconds between two looks at the creation", number(0, 86400))
-
-
-PLATFORMS: dict[str, type] = {"ec2": Ec2Settings, "azure": AzureSettings, "gce": GceSettings}
+    return {name: platform.settings for name, platform in platforms.registered().items()}
 
 
 @dataclass(frozen=True)
 class NotifySettings:
     """release.notify: who hears of a release (tasks/release/notify.py)."""
 
-    to: tuple[str, ...] = ()  # e-mail addresses; none: no mail
-    sender: str = ""  # matrix.yaml's `from`
-    smtp_host: str = "localhost"
-    smtp_port: int = 25
-    webhook: str | None = None  # IMAGES_WEBHOOK_URL wins (a URL holding a secret)
+    to: tuple[str, ...] = setting(
+        (),
+        "the addresses the release mail goes to; none: no mail",
+        names(EMAIL, "an e-mail address", "e-mail addresses"),
+    )
+    sender: str = setting(
+        "", "the release mail's sender; needed with `to`", pattern(EMAIL, "an e-mail address"), "from"
+    )
+    smtp_host: str = setting("localhost", "the mail server the release mail goes through", text())
+    smtp_port: int = setting(25, "its port", whole(1, 65535))
+    webhook: str | None = setting(
+        None,
+        "a URL the release is posted to as JSON (one holding a secret goes in IMAGES_WEBHOOK_URL, which wins)",
+        optional(plain_url(" (a webhook URL that holds a secret goes in IMAGES_WEBHOOK_URL)")),
+    )
+
+    def conflicts(self) -> list[tuple[str, str]]:
+        return [("from", "missing (the sender of the release mail)")] if self.to and not self.sender else []
 
 
-# The sections whose every key is a plain setting, as matrix.yaml names them.
+@dataclass(frozen=True)
+class ReleaseSettings:
+    """release: the manual release step (tasks/release/step.py)."""
+
+    instance_test: tuple[str, ...] = setting(
+        ("generic", "genericcloud", "ec2"),
+        "vendors whose images are booted with a NoCloud seed and logged in to over SSH before release "
+        "(tasks/release/instancetest.py): their cloud-init reads NoCloud and they have an SSH server, which "
+        "gce (its guest agent needs Google's metadata server) and nocloud lack; by default, those of the matrix",
+        names(NAME, "a vendor", "vendors", empty=True),
+    )
+    instance_test_timeout: int = setting(600, "seconds the instance test waits for SSH to answer", whole(30, 7200))
+    keep_releases: int = setting(
+        3, "released versions kept per cell on each platform; older ones go with `doit cleanup`", whole(1, 1000)
+    )
+    # vendor -> its platform's settings: a section per platform (platform_sections), read by the matrix
+    platforms: dict[str, Any] = field(default_factory=dict)
+    notify: NotifySettings = subsection(NotifySettings)
+
+
+@dataclass(frozen=True)
+class CiSettings:
+    """ci: the GitLab CI pipeline (tasks/ci.py)."""
+
+    image: str = setting("$CI_REGISTRY_IMAGE/builder", "the builder image's repository (tasks/builder)", text())
+    tags: tuple[str, ...] = setting(
+        (),
+        "runner tags of the jobs that build no image",
+        names(RUNNER_TAG, "a runner tag (letters, digits, ' _.:/-')", "runner tags"),
+    )
+    build_tags: dict[str, tuple[str, ...]] = setting(
+        {},
+        "runner tags of the jobs that build and boot an architecture's images, per architecture; else `tags`",
+        mapping_of(
+            names(RUNNER_TAG, "a runner tag (letters, digits, ' _.:/-')", "runner tags"), "architectures to runner tags"
+        ),
+    )
+    expire_images: str = setting(
+        "7 days",
+        "how long GitLab keeps image data (records are kept for ever)",
+        pattern(DURATION, "a GitLab duration such as '7 days' or 'never'"),
+    )
+    tiers: dict[str, str] = setting(
+        {},
+        "the tier of each pipeline source, `push` and `schedule`; else the tiers of those names, push and full",
+        mapping_of(text(), "pipeline sources to tiers"),
+    )
+    release_project: str = setting(
+        "",
+        "the release project's path (`group/name`), whose pipeline the build pipeline's release job triggers; "
+        "none: no release job",
+        optional(pattern(PROJECT, "a GitLab project path (group/name)")),
+    )
+    release_branch: str = setting(
+        "main", "the release project's branch the trigger runs", pattern(BRANCH, "a branch name")
+    )
+    build_project: str = setting(
+        "",
+        "the build project's path, whose protected refs' builds alone the release project releases",
+        optional(pattern(PROJECT, "a GitLab project path (group/name)")),
+    )
+
+    @property
+    def push_tier(self) -> str:
+        return self.tiers.get("push", "push")
+
+    @property
+    def schedule_tier(self) -> str:
+        return self.tiers.get("schedule", "full")
+
+    def runner_tags(self, arch: str) -> tuple[str, ...]:
+        """The runners of the jobs that build and boot arch's images."""
+        return self.build_tags.get(arch, self.tags)
+
+
+# The sections of settings, as matrix.yaml names them.
 SECTIONS: dict[str, type] = {
     "build": BuildSettings,
     "compress": CompressSettings,
     "boot_test": BootTestSettings,
     "publish": PublishSettings,
+    "release": ReleaseSettings,
+    "ci": CiSettings,
 }
 
 
@@ -278,33 +345,70 @@ def settings_of(section: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(section) if "accepts" in f.metadata]
 
 
+def subsections_of(section: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(section) if "section" in f.metadata]
+
+
+def key_of(f: dataclasses.Field) -> str:
+    """The setting's name in matrix.yaml."""
+    return f.metadata.get("key") or f.name
+
+
+def keys(section: type) -> list[str]:
+    """Every key the section takes in matrix.yaml."""
+    return [key_of(f) for f in (*settings_of(section), *subsections_of(section))]
+
+
 def required_settings(section: type) -> list[str]:
-    return [f.name for f in settings_of(section) if f.default is dataclasses.MISSING]
+    return [key_of(f) for f in settings_of(section) if default_of(f) is dataclasses.MISSING]
 
 
 def parse(r: Reader, value: dict, section: type, path: str) -> Any:
-    """A section from its (already key-checked) mapping; defaults from the dataclass."""
-    known = {f.name: f for f in settings_of(section)}
-    return section(
-        **{key: known[key].metadata["accepts"].check(r, item, f"{path}.{key}") for key, item in value.items()}
-    )
+    """A section from its (already key-checked) mapping; defaults from the dataclass, then its conflicts."""
+    known = {key_of(f): f for f in settings_of(section)}
+    parts = {f.name: f.metadata["section"] for f in subsections_of(section)}
+    values = {}
+    for key, item in value.items():
+        if key in parts:
+            sub = f"{path}.{key}"
+            given = r.mapping(item or {}, sub, keys(parts[key]), required_settings(parts[key]))
+            values[key] = parse(r, given, parts[key], sub)
+        else:
+            values[known[key].name] = known[key].metadata["accepts"].check(r, item, f"{path}.{key}")
+    made = section(**values)
+    for key, message in getattr(made, "conflicts", list)():
+        raise r.fail(f"{path}.{key}", message)
+    return made
+
+
+def _rows(name: str, section: type) -> list[str]:
+    rows = []
+    for f in settings_of(section):
+        value = default_of(f)
+        default = (
+            "(required)"
+            if value is dataclasses.MISSING
+            else "(none)"
+            if value in ("", (), {}, None)
+            else f"`[{', '.join(value)}]`"
+            if isinstance(value, tuple)
+            else f"`{str(value).lower()}`"
+            if isinstance(value, bool)
+            else f"`{value}`"
+        )
+        accepts, meaning = f.metadata["accepts"].accepts, f.metadata["meaning"]
+        rows.append(f"| `{name}.{key_of(f)}` | {default} | {accepts} | {meaning} |")
+    for f in subsections_of(section):
+        rows += _rows(f"{name}.{f.name}", f.metadata["section"])
+    return rows
 
 
 def table() -> str:
-    """README.md's table of these settings, in Markdown."""
+    """docs/matrix.md's table of these settings, in Markdown."""
     lines = ["| setting | default | accepts | meaning |", "|---|---|---|---|"]
-    sections = [*SECTIONS.items(), *((f"release.platforms.{name}", cls) for name, cls in PLATFORMS.items())]
+    sections = [*SECTIONS.items(), *((f"release.platforms.{name}", cls) for name, cls in platform_sections().items())]
     for name, section in sections:
-        for f in settings_of(section):
-            default = (
-                "(required)"
-                if f.default is dataclasses.MISSING
-                else "(none)"
-                if f.default in ("", ())
-                else f"`{f.default}`"
-            )
-            accepts, meaning = f.metadata["accepts"].accepts, f.metadata["meaning"]
-            lines.append(f"| `{name}.{f.name}` | {default} | {accepts} | {meaning} |")
+        lines += _rows(name, section)
     return "\n".join(lines) + "\n"
 
 

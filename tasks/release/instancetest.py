@@ -11,11 +11,9 @@ one from meta-data, that the root file system grew to the disk, that apt
 points at the image's release, and that systemd is running (or degraded,
 with the failed units listed). qemu is stopped on every path.
 
-Only images with cloud-init can be tested this way (release.instance_test:
-generic, genericcloud, ec2): cloud-init finds the NoCloud seed by its label.
-gce has no cloud-init (Google's guest agent takes users and keys from a
-metadata server qemu does not have) and nocloud no SSH server; their boot
-test's login prompt is what is checked of them.
+Only images with cloud-init and an SSH server can be tested this way: the
+vendors of release.instance_test (tasks/model/settings.py says which and why).
+cloud-init finds the NoCloud seed by its label.
 """
 
 from __future__ import annotations
@@ -187,7 +185,7 @@ def checks(guest: Guest, cell: Cell, hostname: str, disk_bytes: int) -> list[Che
 
 def console_failure(text: bytes) -> str | None:
     """The boot test's verdict on what the console shows so far (a panic, no root device...), if any."""
-    return next((verdict for verdict, pattern in boottest.FAILURES if pattern.search(text)), None)
+    return next((v.name for v in boottest.FAILURES if v.console and v.console.search(text)), None)
 
 
 def _console(path: Path, offset: int) -> bytes:

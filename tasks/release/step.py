@@ -2,10 +2,10 @@
 
 In order, stopping at the first failure:
 
-1. the instance test, for images whose cloud-init reads NoCloud
-   (release.instance_test: generic, genericcloud) — tasks/release/instancetest.py;
+1. the instance test, for the vendors of release.instance_test —
+   tasks/release/instancetest.py;
 2. the upload to the cell's platform, when release.platforms has an entry
-   for its vendor (ec2, azure, gce) — tasks/release/platforms/;
+   for its vendor — tasks/release/platforms/;
 3. publication in storage under <release>/<version>/ with its SHA512SUMS,
    signed (a release without a signing key is refused before anything
    runs), then <release>/latest — only after the instance test passed;
@@ -81,12 +81,14 @@ def release(
         made = progress.done("platform", platform_config)
         parts = progress.part("platform", platform_config)
         # Imported here: every doit run loads this module; the clouds' clients only a release needs.
-        from tasks.release.platforms import UPLOADERS
+        from tasks.release import platforms as platform_modules
 
         if made:
             print(f"{cell.vendor.name}: uploaded before for this image: {made}")
         else:
-            made = UPLOADERS[cell.vendor.name](cell, files, manifest, platform_settings, parts)
+            made = platform_modules.registered()[cell.vendor.name].upload(
+                cell, files, manifest, platform_settings, parts
+            )
             print(f"{cell.vendor.name}: {made}")
             progress.record("platform", platform_config, made)
         platforms.append(made)

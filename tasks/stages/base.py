@@ -203,7 +203,9 @@ def build(
     from tasks.system import aptcache  # an HTTP server: imported by the builds only, not by the task graph
 
     if os.geteuid() != 0:
-        raise BaseFailed("making a base system needs root (in a container, rootful podman's will do: README.md)")
+        raise BaseFailed(
+            "making a base system needs root (in a container, rootful podman's will do: docs/gitlab-ci.md)"
+        )
     if not shutil.which("debootstrap"):
         raise BaseFailed("debootstrap not found: install the Debian package debootstrap")
     binfmt.ensure(arch)

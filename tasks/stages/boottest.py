@@ -32,21 +32,48 @@ from tasks.progress import StageProgress
 from tasks.stages import accel, qemu
 from tasks.system import atomic, cpu, proc
 
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a boot ended: its name in records, what it means, and the console text that shows it."""
+
+    name: str
+    meaning: str
+    console: re.Pattern | None = None  # None: not read from the console
+
+
+PASSED = Verdict("passed", "the boot reached its milestone")
+TIMEOUT = Verdict("timeout", "did not reach {until} within the timeout")
+QEMU_EXITED = Verdict("qemu-exited", "qemu exited before the boot finished")
 # Checked in this order: the first that matches names the cause. "Unable to
 # mount root" comes with a kernel panic, but the root device is the cause.
-FAILURES = [
-    (
+FAILURES = (
+    Verdict(
         "root-device-not-found",
+        "the initramfs could not find the root device",
         re.compile(
             rb"Gave up waiting for root (file system )?device|ALERT!\s+\S+ does not exist"
             rb"|VFS: Unable to mount root fs|Cannot open root device"
         ),
     ),
     # The initramfs mounted the root file system but found no init there.
-    ("init-not-found", re.compile(rb"Target filesystem doesn't have requested \S+init")),
-    ("kernel-panic", re.compile(rb"Kernel panic - not syncing")),
-    ("emergency-mode", re.compile(rb"You are in (emergency|rescue) mode|Entering (emergency|rescue) mode")),
-]
+    Verdict(
+        "init-not-found",
+        "the root file system has no init",
+        re.compile(rb"Target filesystem doesn't have requested \S+init"),
+    ),
+    Verdict("kernel-panic", "the kernel panicked", re.compile(rb"Kernel panic - not syncing")),
+    Verdict(
+        "emergency-mode",
+        "systemd entered emergency mode",
+        re.compile(rb"You are in (emergency|rescue) mode|Entering (emergency|rescue) mode"),
+    ),
+)
+# Verdicts that are not the image's: KVM failed (the boot starts again under
+# TCG), or another firmware's boot already failed the stage.
+KVM_FAILED = Verdict("kvm-failed", "KVM failed; the boot starts again under TCG")
+CANCELLED = Verdict("cancelled", "another boot of the image failed first")
+VERDICTS = {v.name: v for v in (PASSED, TIMEOUT, QEMU_EXITED, *FAILURES, KVM_FAILED, CANCELLED)}
 # Where a boot's time goes (the milestones a boot test may wait for,
 # tasks/model/arch.Milestone, are among them): the firmware hands over to GRUB, GRUB to the
 # kernel, the kernel to the initramfs, the initramfs to systemd on the root
@@ -70,10 +97,6 @@ _OVERLAP = 512
 # How often the console, the clock and the other boots are looked at.
 _POLL_SECONDS = 0.25
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
-# Verdicts that are not the image's: KVM failed (the boot starts again under
-# TCG), or another firmware's boot already failed the stage.
-KVM_FAILED = "kvm-failed"
-CANCELLED = "cancelled"
 
 
 class BootTestFailed(StageFailed):
@@ -82,7 +105,7 @@ class BootTestFailed(StageFailed):
 
 @dataclass
 class BootResult:
-    verdict: str  # "passed" or the cause of failure
+    verdict: str  # a Verdict's name: passed, or the cause of failure
     firmware: str  # bios or uefi
     accelerator: str
     accelerator_reason: str
@@ -96,7 +119,7 @@ class BootResult:
 
     @property
     def passed(self) -> bool:
-        return self.verdict == "passed"
+        return self.verdict == PASSED.name
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -135,7 +158,7 @@ def boot(
     verdicts = verdicts or accel.Verdicts(None)
     choice = qemu.choose_accelerator(arch, firmware, settings.accelerator, verdicts)
     result = _boot_once(arch, firmware, image, log, settings, choice, label, cancel)
-    if result.verdict == KVM_FAILED:
+    if result.verdict == KVM_FAILED.name:
         failure = result.accelerator_reason
         qemu.record_kvm_verdict(arch, firmware, verdicts, works=False, reason=failure)
         if not choice.fallback:
@@ -168,7 +191,7 @@ def _boot_once(
             shutil.copyfile(template, uefi_vars)
         cmd = qemu.boot_command(arch, firmware, image, choice.name, settings.memory, settings.cpus, uefi_vars)
         result = BootResult(
-            "timeout", firmware, choice.name, choice.reason, settings.until, 0.0, command=cmd, vcpus=settings.cpus
+            TIMEOUT.name, firmware, choice.name, choice.reason, settings.until, 0.0, command=cmd, vcpus=settings.cpus
         )
         return _watch(cmd, log, settings, result, choice, label, cancel, append)
 
@@ -206,7 +229,7 @@ def _watch(
                     if elapsed >= settings.timeout:
                         break
                     if cancel is not None and cancel.is_set():
-                        result.verdict = CANCELLED
+                        result.verdict = CANCELLED.name
                         break
                     window, exited = b"", False
                     if selector.select(timeout=_POLL_SECONDS):
@@ -223,10 +246,10 @@ def _watch(
                             window, bool(console), elapsed, now - last_output, "kernel" in result.milestones, exited
                         )
                         if failure:
-                            result.verdict, result.accelerator_reason = KVM_FAILED, failure
+                            result.verdict, result.accelerator_reason = KVM_FAILED.name, failure
                             break
                     if exited:
-                        result.verdict = _verdict(console) or "qemu-exited"
+                        result.verdict = _verdict(console) or QEMU_EXITED.name
                         break
                     if window and not menu_passed and "kernel" not in result.milestones and GRUB_MENU.search(window):
                         menu_passed = _send(child, b"\r")
@@ -239,7 +262,7 @@ def _watch(
                             result.verdict = failure
                             break
                         if settings.until in result.milestones:
-                            result.verdict = "passed"
+                            result.verdict = PASSED.name
                             break
                     progress.update(completed=elapsed, status=_status(result))
         finally:
@@ -263,10 +286,7 @@ def _send(child: subprocess.Popen, keys: bytes) -> bool:
 
 
 def _verdict(console: bytes | bytearray) -> str | None:
-    for name, pattern in FAILURES:
-        if pattern.search(console):
-            return name
-    return None
+    return next((v.name for v in FAILURES if v.console and v.console.search(console)), None)
 
 
 def _status(result: BootResult) -> str:
@@ -281,16 +301,10 @@ def console_tail(log: Path, lines: int = 20) -> list[str]:
 
 
 def explain(result: BootResult, log: Path) -> str:
-    reasons = {
-        "timeout": f"did not reach {result.until} within the timeout",
-        "qemu-exited": "qemu exited before the boot finished",
-        "kernel-panic": "the kernel panicked",
-        "root-device-not-found": "the initramfs could not find the root device",
-        "init-not-found": "the root file system has no init",
-        "emergency-mode": "systemd entered emergency mode",
-    }
+    known = VERDICTS.get(result.verdict)
+    reason = known.meaning.format(until=result.until) if known else result.verdict
     lines = [
-        f"boot test failed through {result.firmware}: {reasons.get(result.verdict, result.verdict)} "
+        f"boot test failed through {result.firmware}: {reason} "
         f"({result.accelerator}, {result.seconds:.0f} s); console log: {log}",
         "last console lines:",
         *(f"  {line}" for line in console_tail(log)),
@@ -314,7 +328,7 @@ def boot_test(
     failed = next((r for r in results if not r.passed), None)
     record = BootRecord(
         cell=cell.name,
-        verdict=failed.verdict if failed else "passed",
+        verdict=failed.verdict if failed else PASSED.name,
         passed=failed is None,
         side_by_side=side_by_side,
         boots=[r.to_json() for r in results],
@@ -424,7 +438,7 @@ def _boot_each(
             except BaseException:
                 cancel.set()  # an interruption or an error: stop every boot now
                 raise
-        decided = [r for r in results if r is not None and r.verdict != CANCELLED]
+        decided = [r for r in results if r is not None and r.verdict != CANCELLED.name]
         for result in decided:
             # The log is complete whatever the verdict: it is the evidence.
             atomic.commit(partials[result.firmware], files.boot_log(result.firmware))

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.errors import StageFailed
+from tasks.model import arch
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import BuildSettings, Cell
 from tasks.model.records import BuildInfo
@@ -142,6 +143,8 @@ def fai_arch_facts(cell: Cell) -> dict[str, str]:
         "IMAGE_EFI_NAME": spec.efi_name,
         "IMAGE_GRUB_EFI": spec.grub_efi,
         "IMAGE_ROOT_PARTITION_TYPE": spec.root_partition_type,
+        "IMAGE_ESP_PARTITION_TYPE": arch.ESP_PARTITION_TYPE,
+        "IMAGE_BIOS_PARTITION_TYPE": arch.BIOS_BOOT_PARTITION_TYPE,
     }
 
 
@@ -163,7 +166,7 @@ def build_config(cell: Cell, settings: BuildSettings) -> dict:
 
 
 def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: BuildInputs) -> dict[str, str]:
-    """The variables our config space reads (README.md lists them), and what the build takes of ours
+    """The variables our config space reads (docs/config-space.md lists them), and what the build takes of ours
     (tasks/system/hostenv.py: never a credential)."""
     env = hostenv.passed()
     env.update(
@@ -215,14 +218,14 @@ def fai_environment(cell: Cell, settings: BuildSettings, staging: Path, inputs: 
 
 def check_host() -> None:
     if os.geteuid() != 0:
-        raise BuildFailed("building an image needs root (in a container, rootful podman's will do: README.md)")
+        raise BuildFailed("building an image needs root (in a container, rootful podman's will do: docs/gitlab-ci.md)")
     for tool, package in (
         ("fai", "fai-client"),
         ("unshare", "util-linux"),
         ("apt-get", "apt"),
     ):
         if not shutil.which(tool):
-            raise BuildFailed(f"{tool} not found: install the Debian package {package} (README.md, set-up)")
+            raise BuildFailed(f"{tool} not found: install the Debian package {package} (tools/packages names them)")
 
 
 def build(cell: Cell, files: CellFiles, settings: BuildSettings, inputs: BuildInputs) -> None:

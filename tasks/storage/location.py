@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from tasks.storage.backend import Backend, RetryPolicy
 
+DEFAULT_RETRY = RetryPolicy()  # frozen: one instance serves every call
+
 SCHEMES = ("file", "http", "https", "s3")
 REDACTED = "<redacted>"
 
@@ -83,7 +85,7 @@ class Location:
     def local_root(self) -> Path | None:
         return Path(urlsplit(self.url).path) if self.scheme == "file" else None
 
-    def open(self, retry: RetryPolicy = RetryPolicy()) -> Backend:
+    def open(self, retry: RetryPolicy = DEFAULT_RETRY) -> Backend:
         parts = urlsplit(self.url)
         if self.scheme == "file":
             from tasks.storage.local import LocalBackend

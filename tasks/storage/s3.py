@@ -22,8 +22,8 @@ from __future__ import annotations
 import posixpath
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import boto3
 import botocore.config
@@ -192,7 +192,10 @@ class S3Backend(Backend):
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
             self._call(
-                f"DELETE {path}", self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                f"DELETE {path}",
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": batch, "Quiet": True},
             )
 
     def list_dirs(self, path: str) -> list[str]:
@@ -294,9 +297,7 @@ class S3Backend(Backend):
                 print(f"{self.name}: took over a storage lock not renewed for {self.lease_seconds:.0f} s", flush=True)
                 return self._held_lock(key, holder, made["ETag"])
             if not announced:
-                current = self._call(
-                    "GET .lock", self.client.get_object, Bucket=self.bucket, Key=key, missing_ok=True
-                )
+                current = self._call("GET .lock", self.client.get_object, Bucket=self.bucket, Key=key, missing_ok=True)
                 wait_announced(self.name, Holder.describe(current["Body"].read() if current else None))
                 announced = True
             time.sleep(random.uniform(0.1, 0.4))
@@ -323,10 +324,16 @@ class S3Backend(Backend):
 
         def release() -> None:
             try:
-                self._call("DELETE .lock", self.client.delete_object, Bucket=self.bucket, Key=key, IfMatch=held[0],
-                           conditional=True, missing_ok=True)
+                self._call(
+                    "DELETE .lock",
+                    self.client.delete_object,
+                    Bucket=self.bucket,
+                    Key=key,
+                    IfMatch=held[0],
+                    conditional=True,
+                    missing_ok=True,
+                )
             except _ConditionFailed:
                 pass  # taken over meanwhile: it is another writer's now
 
         return Lease(self.name, renew, release, self.lease_seconds)
-

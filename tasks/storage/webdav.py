@@ -19,8 +19,8 @@ import posixpath
 import random
 import time
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
@@ -74,9 +74,7 @@ class WebDavBackend(Backend):
         return session
 
     def _url(self, path: str, query: bool = True) -> str:
-        return urlunsplit(
-            (self._scheme, self._netloc, self._root + quote(path), self._query if query else "", "")
-        )
+        return urlunsplit((self._scheme, self._netloc, self._root + quote(path), self._query if query else "", ""))
 
     def _request(
         self, method: str, path: str, ok: tuple[int, ...], session: requests.Session | None = None, **kwargs
@@ -90,8 +88,10 @@ class WebDavBackend(Backend):
             return response
         reason = f"{what}: HTTP {response.status_code} {response.reason}"
         if response.status_code in (401, 403):
-            raise PublishFailed(f"{self.name} refused the credentials ({reason}); set IMAGES_STORAGE_USER and "
-                                f"IMAGES_STORAGE_PASSWORD, or ~/.netrc")
+            raise PublishFailed(
+                f"{self.name} refused the credentials ({reason}); set IMAGES_STORAGE_USER and "
+                f"IMAGES_STORAGE_PASSWORD, or ~/.netrc"
+            )
         if response.status_code == 507:
             raise PublishFailed(f"{self.name} is out of space ({reason})")
         if response.status_code >= 500 or response.status_code == 408:

@@ -14,7 +14,7 @@ it first is taken as done when it is.
 Inside a container neither can be done, nor the host's entries seen: there
 the builder runs a tiny program of the architecture (PROBES) and relies on
 the host's registration when it runs; the host must have registered qemu with
-the F flag (README.md, the runner section).
+the F flag (docs/gitlab-ci.md, "Build runners without privileges").
 """
 
 from __future__ import annotations

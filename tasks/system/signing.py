@@ -12,7 +12,7 @@ another fingerprint is one clear error. Signing runs GnuPG in a home of its
 own (created and removed here, agent included), so the user's keyrings play
 no part. The provenance's DSSE envelope is signed through securesystemslib's
 GPGSigner with the same key; both verify with a public key alone (`doit
-verify`, or gpgv as README.md shows).
+verify`, or gpgv as docs/storage.md shows).
 """
 
 from __future__ import annotations

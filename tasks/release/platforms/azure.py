@@ -22,8 +22,12 @@ recording server.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -32,10 +36,11 @@ from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
 from tasks.model.records import Manifest
-from tasks.model.settings import AzureSettings
+from tasks.model.settings import PlatformSettings, boolean, names, plain_url, required, setting, text
 from tasks.model.version import NotAVersion, Version
 from tasks.progress import StageProgress
 from tasks.release.journal import Part, scratch
+from tasks.release.platforms import Expired, Platform, beyond
 from tasks.stages import diskimage
 from tasks.stages.compress import MIB, qemu_img_convert
 
@@ -43,6 +48,41 @@ BLOB_API = "2021-08-06"
 COMPUTE_API = "2023-09-01"
 GALLERY_API = "2023-07-03"
 PAGE = 4 * MIB  # the largest Put Page
+AZURE_REGION = re.compile(r"^[a-z][a-z0-9]+$")
+
+
+@dataclass(frozen=True)
+class AzureSettings(PlatformSettings):
+    subscription: str = required("the Azure subscription", text())
+    resource_group: str = required("the resource group the image goes to", text())
+    location: str = required("the Azure region", text())
+    container_url: str = required("the blob container the VHD is uploaded to", plain_url())
+    gallery: str = setting(
+        "", "the Compute Gallery an image version goes to (how Debian publishes); none when empty", text()
+    )
+    gallery_image: str = setting(
+        "", "the gallery's image definition (an -<arch> suffix is added); needed with a gallery", text()
+    )
+    storage_account_id: str = setting(
+        "", "the resource id of the storage account holding container_url; needed with a gallery", text()
+    )
+    target_regions: tuple[str, ...] = setting(
+        (), "regions the gallery version is replicated to, besides location", names(AZURE_REGION, "region", "regions")
+    )
+    managed_image: bool = setting(True, "also make a managed image (the way before galleries)", boolean())
+    api_endpoint: str = setting("https://management.azure.com", "Azure Resource Manager", plain_url())
+
+    def conflicts(self) -> list[tuple[str, str]]:
+        found = []
+        if self.gallery:
+            found += [
+                (key, f"needed with gallery {self.gallery!r}")
+                for key in ("gallery_image", "storage_account_id")
+                if not getattr(self, key)
+            ]
+        elif not self.managed_image:
+            found.append(("managed_image", "false without a gallery makes no image at all"))
+        return found
 
 
 class AzureFailed(StageFailed):
@@ -52,7 +92,7 @@ class AzureFailed(StageFailed):
 def env_value(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        raise AzureFailed(f"{name} is not set (README.md, release: Azure)")
+        raise AzureFailed(f"{name} is not set (docs/gitlab-ci.md, Platforms)")
     return value
 
 
@@ -272,7 +312,7 @@ def upload(
     if not journal.recall("blob"):
         upload_vhd(cell, files, manifest, blob_url, sas)
         journal.remember("blob", blob_url)
-    made: dict = {"platform": "azure", "blob": blob_url}
+    made: dict = {"platform": Azure.name, "blob": blob_url}
     if settings.gallery:
         made["gallery_image_version"] = journal.recall("gallery_image_version")
         if not made["gallery_image_version"]:
@@ -287,3 +327,59 @@ def upload(
             made["image"] = put_resource(url, body, token, "creating the image").get("id", url.split("?")[0])
             journal.remember("image", made["image"])
     return made
+
+
+def _tag(resource: dict, key: str) -> str:
+    return (resource.get("tags") or {}).get(f"debian-{key}", "")
+
+
+def expired(settings: AzureSettings, keep: int, architectures: Iterable[str] = ()) -> list[Expired]:
+    """The gallery image versions and managed images a release made (tagged debian-cell) beyond the
+    newest `keep` of their cell, with the VHD blobs they were made from."""
+    manager = ResourceManager(settings, env_value("AZURE_ACCESS_TOKEN"))
+    sas = env_value("AZURE_STORAGE_SAS")
+    found = []
+
+    def remove(resource_id: str, api: str, blob: str) -> None:
+        manager.delete(resource_id, api)
+        delete_blob(blob, sas)  # the VHD a version or image was made from
+
+    if settings.gallery:
+        for arch in architectures:
+            versions = [v for v in manager.list(gallery_versions_path(settings, arch), GALLERY_API) if _tag(v, "cell")]
+            for version in beyond(versions, lambda v: _tag(v, "cell"), lambda v: _tag(v, "version"), keep):
+                blob = version["properties"]["storageProfile"]["osDiskImage"]["source"]["uri"]
+                found.append(
+                    Expired(
+                        Azure.name,
+                        f"gallery {settings.gallery}",
+                        _tag(version, "cell"),
+                        _tag(version, "version"),
+                        f"{settings.gallery_image}-{arch}/{version['name']}",
+                        (blob,),
+                        functools.partial(remove, version["id"], GALLERY_API, blob),
+                    )
+                )
+    if settings.managed_image:
+        images = [i for i in manager.list(images_path(settings), COMPUTE_API) if _tag(i, "cell")]
+        for image in beyond(images, lambda i: _tag(i, "cell"), lambda i: _tag(i, "version"), keep):
+            blob = image["properties"]["storageProfile"]["osDisk"]["blobUri"]
+            found.append(
+                Expired(
+                    Azure.name,
+                    settings.resource_group,
+                    _tag(image, "cell"),
+                    _tag(image, "version"),
+                    image["name"],
+                    (blob,),
+                    functools.partial(remove, image["id"], COMPUTE_API, blob),
+                )
+            )
+    return found
+
+
+class Azure(Platform):
+    name = "azure"
+    settings = AzureSettings
+    upload = staticmethod(upload)
+    expired = staticmethod(expired)

@@ -19,26 +19,55 @@ come from its usual places (AWS_* variables, ~/.aws).
 from __future__ import annotations
 
 import contextlib
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-import boto3
-import boto3.exceptions
-import botocore.exceptions
 
 from tasks.errors import StageFailed
 from tasks.model.arch import Firmware
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
 from tasks.model.records import Manifest
-from tasks.model.settings import Ec2Settings
+from tasks.model.settings import PlatformSettings, boolean, names, number, path_prefix, required, setting, text, whole
 from tasks.progress import StageProgress
 from tasks.release.journal import Part, scratch
+from tasks.release.platforms import Expired, Platform, beyond
 from tasks.stages import diskimage
 from tasks.stages.compress import qemu_img_convert
 
 ROOT_DEVICE = "/dev/xvda"
+REGION = re.compile(r"^(all|[a-z]{2}(-[a-z]+)+-\d+)$")
+
+
+@dataclass(frozen=True)
+class Ec2Settings(PlatformSettings):
+    region: str = required("the AWS region the AMI is registered in (imported there, copied from there)", text())
+    bucket: str = required("the S3 bucket the disk is imported from", text())
+    prefix: str = setting("", "a key prefix in the bucket", text())
+    regions: tuple[str, ...] = setting(
+        (),
+        "more regions the AMI is copied to; `[all]`: every region the account has enabled",
+        names(REGION, "region", "regions"),
+    )
+    public: bool = setting(False, "make the AMIs and their snapshots public", boolean())
+    deprecate_after_days: int = setting(
+        0, "days after which EC2 marks the AMIs deprecated (hidden from searches); 0: never", whole(0, 3650)
+    )
+    ssm_prefix: str = setting(
+        "",
+        "SSM parameters under this path name the newest AMI per release, vendor and arch, and each version's "
+        "(`<prefix>/<release>/<vendor>/<arch>/latest`); none when empty",
+        path_prefix(),
+    )
+    import_timeout: float = setting(3600, "seconds the snapshot import may take", number(0, 86400))
+    copy_timeout: float = setting(3600, "seconds a copy to another region may take", number(0, 86400))
+
+    def conflicts(self) -> list[tuple[str, str]]:
+        if "all" in self.regions and len(self.regions) > 1:
+            return [("regions", "`all` stands alone: every enabled region")]
+        return []
 
 
 class Ec2Failed(StageFailed):
@@ -48,6 +77,9 @@ class Ec2Failed(StageFailed):
 @contextlib.contextmanager
 def aws_errors(what: str) -> Iterator[None]:
     """AWS's errors as one line saying what was being done (boto3 retries transient ones itself)."""
+    import boto3.exceptions  # AWS's client: only when a release or cleanup calls it
+    import botocore.exceptions
+
     try:
         yield
     except botocore.exceptions.NoCredentialsError:
@@ -121,6 +153,8 @@ def tags_of(cell: Cell, manifest: Manifest) -> list[dict]:
 
 
 def client(service: str, region: str):
+    import boto3
+
     return boto3.client(service, region_name=region)
 
 
@@ -237,6 +271,8 @@ def parameter_names(cell: Cell, version: str, prefix: str) -> tuple[str, str]:
 
 
 def _version_of(ec2, ami: str) -> str | None:
+    import botocore.exceptions
+
     try:
         [image] = ec2.describe_images(ImageIds=[ami])["Images"]
     except (botocore.exceptions.ClientError, ValueError):
@@ -264,6 +300,7 @@ def point_parameters(ec2, ssm, region: str, cell: Cell, version: str, ami: str, 
 def upload(
     cell: Cell, files: CellFiles, manifest: Manifest, settings: Ec2Settings, journal: Part | None = None
 ) -> dict:
+    """The AMI in the home region, then copied to the others; what was made in each."""
     journal = journal or scratch()
     home, name = settings.region, manifest.name
     tags = tags_of(cell, manifest)
@@ -300,7 +337,7 @@ def upload(
                 ec2, client("ssm", region), region, cell, manifest.version, made["ami"], settings.ssm_prefix
             )
     return {
-        "platform": "ec2",
+        "platform": Ec2.name,
         "region": home,
         "ami": regions[home]["ami"],
         "snapshot": regions[home]["snapshot"],
@@ -309,3 +346,41 @@ def upload(
         "deprecate_at": deprecate_at or None,
         "ssm_parameters": parameters,
     }
+
+
+def _tag(image: dict, key: str) -> str:
+    return next((t["Value"] for t in image.get("Tags", []) if t["Key"] == TAG_PREFIX + key), "")
+
+
+def expired(settings: Ec2Settings, keep: int, architectures: Iterable[str] = ()) -> list[Expired]:
+    """The AMIs a release made (tagged debian:cell) beyond the newest `keep` of their cell, in every
+    region, with their snapshots (deregistering an AMI leaves its snapshot behind)."""
+    found = []
+    with aws_errors("listing the released AMIs"):
+        home = client("ec2", settings.region)
+        for region in target_regions(home, settings):
+            ec2 = home if region == settings.region else client("ec2", region)
+            images = ec2.describe_images(
+                Owners=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_PREFIX + "cell"]}]
+            )["Images"]
+            for image in beyond(images, lambda i: _tag(i, "cell"), lambda i: _tag(i, "version"), keep):
+                ami = image["ImageId"]
+                snapshots = tuple(m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if "Ebs" in m)
+
+                def remove(ec2=ec2, ami=ami, snapshots=snapshots, region=region):
+                    with aws_errors(f"deleting {ami} in {region}"):
+                        ec2.deregister_image(ImageId=ami)
+                        for snapshot in snapshots:  # deregistering leaves them
+                            ec2.delete_snapshot(SnapshotId=snapshot)
+
+                found.append(
+                    Expired(Ec2.name, region, _tag(image, "cell"), _tag(image, "version"), ami, snapshots, remove)
+                )
+    return found
+
+
+class Ec2(Platform):
+    name = "ec2"
+    settings = Ec2Settings
+    upload = staticmethod(upload)
+    expired = staticmethod(expired)

@@ -16,9 +16,12 @@ tested as built and answered by a local recording server.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import requests
 
@@ -26,13 +29,28 @@ from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
 from tasks.model.records import Manifest
-from tasks.model.settings import GceSettings
+from tasks.model.settings import PlatformSettings, boolean, number, plain_url, required, setting, text
 from tasks.model.version import Version
 from tasks.progress import StageProgress
 from tasks.release.journal import Part, scratch
+from tasks.release.platforms import Expired, Platform, beyond
 
 GUEST_FEATURES = ["UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC", "SEV_CAPABLE"]
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class GceSettings(PlatformSettings):
+    project: str = required("the Google Cloud project", text())
+    bucket: str = required("the Cloud Storage bucket the disk is imported from", text())
+    family: str = setting("", "the image family (an -<arch> suffix is added); none when empty", text())
+    deprecate_previous: bool = setting(
+        True, "mark the family's previous image DEPRECATED, pointing to the new one", boolean()
+    )
+    api_endpoint: str = setting("https://compute.googleapis.com", "the Compute Engine API", plain_url())
+    storage_endpoint: str = setting("https://storage.googleapis.com", "the Cloud Storage API", plain_url())
+    timeout: float = setting(1800, "seconds the image creation may take", number(0, 86400))
+    poll_seconds: float = setting(10, "seconds between two looks at the creation", number(0, 86400))
 
 
 class GceFailed(StageFailed):
@@ -138,7 +156,7 @@ class Compute:
 def token() -> str:
     value = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN")
     if not value:
-        raise GceFailed("GOOGLE_OAUTH_ACCESS_TOKEN is not set (README.md, release: GCE)")
+        raise GceFailed("GOOGLE_OAUTH_ACCESS_TOKEN is not set (docs/gitlab-ci.md, Platforms)")
     return value
 
 
@@ -206,10 +224,35 @@ def upload(
         deprecate_older(compute, family, made, manifest.version) if family and settings.deprecate_previous else []
     )
     return {
-        "platform": "gce",
+        "platform": Gce.name,
         "project": settings.project,
         "image": name,
         "family": family,
         "object": f"gs://{settings.bucket}/{object_name}",
         "deprecated": deprecated,
     }
+
+
+def expired(settings: GceSettings, keep: int, architectures: Iterable[str] = ()) -> list[Expired]:
+    """The images a release made (labelled debian-cell) beyond the newest `keep` of their cell."""
+    compute = Compute(settings, token())
+    images = compute.images("labels.debian-cell:*")
+    old = beyond(images, lambda i: i["labels"]["debian-cell"], lambda i: i["labels"].get("debian-version", ""), keep)
+    return [
+        Expired(
+            Gce.name,
+            settings.project,
+            i["labels"]["debian-cell"],
+            i["labels"].get("debian-version", ""),
+            i["name"],
+            remove=functools.partial(compute.delete, i["name"]),
+        )
+        for i in old
+    ]
+
+
+class Gce(Platform):
+    name = "gce"
+    settings = GceSettings
+    upload = staticmethod(upload)
+    expired = staticmethod(expired)
