@@ -2,10 +2,21 @@
 
 GitLab itself cannot run here. This server answers as GitLab documents
 (api/pipelines.md, api/jobs.md, api/branches.md, api/tags.md,
-api/job_artifacts.md): a pipeline, its jobs (paginated with X-Next-Page),
-a branch's or tag's protection, a job's artifacts archive (a zip whose paths
-are the build checkout's), 401 without an accepted PRIVATE-TOKEN or JOB-TOKEN,
-404 for what does not exist or has expired. It records the requests it got.
+api/job_artifacts.md, ci/jobs/ci_job_token.md) and as its source behaves:
+
+- a pipeline; its trigger jobs (bridges) with their downstream pipelines; its
+  jobs, paginated with X-Next-Page, a retried job's last attempt only unless
+  include_retried=true; a branch's or tag's protection;
+- a job's artifacts archive (a zip whose paths are the build checkout's), sent
+  by a redirect to a second server on another address and port, the object
+  storage, as GitLab may redirect a download to object storage or a CDN;
+- the projects are private: without a token, or with a job token on an
+  endpoint that does not take one (a pipeline, a branch), GitLab answers as to
+  anyone, 404; a PRIVATE-TOKEN it does not know is 401; a job token is taken
+  only for the jobs and artifacts endpoints;
+- 404 for what does not exist or has expired.
+
+It records the requests it got, and the object storage the headers it got.
 """
 
 from __future__ import annotations
@@ -36,20 +47,31 @@ def zip_directory(root: Path, paths: list[Path]) -> bytes:
 @dataclass
 class Project:
     path: str
-    pipelines: dict[int, dict] = field(default_factory=dict)  # id -> {ref, sha, tag, status}
+    id: int = 1
+    pipelines: dict[int, dict] = field(default_factory=dict)  # id -> {ref, sha, tag, status, source}
     branches: dict[str, bool] = field(default_factory=dict)  # name -> protected
     tags: dict[str, bool] = field(default_factory=dict)
-    jobs: dict[int, list[dict]] = field(default_factory=dict)  # pipeline id -> jobs
+    jobs: dict[int, list[dict]] = field(default_factory=dict)  # pipeline id -> jobs ("retried": an earlier try)
+    children: dict[int, int] = field(default_factory=dict)  # pipeline id -> the child pipeline its trigger job made
     artifacts: dict[int, bytes | None] = field(default_factory=dict)  # job id -> zip; None: expired
 
 
+# The endpoints that take a job token, of those the release reads (ci/jobs/ci_job_token.md).
+JOB_TOKEN_ENDPOINTS = ("jobs", "artifacts")
+
+
 class GitLabApi:
-    def __init__(self, tokens: tuple[str, ...] = ("build-token",), per_page_limit: int = 100):
+    def __init__(
+        self, tokens: tuple[str, ...] = ("build-token",), per_page_limit: int = 100, job_tokens: tuple[str, ...] = ()
+    ):
         self.projects: dict[str, Project] = {}
         self.tokens = tokens
+        self.job_tokens = job_tokens
         self.per_page_limit = per_page_limit
         self.requests: list[tuple[str, str]] = []  # (path, auth header name)
         self.port = servers.free_port()
+        # The object storage artifact downloads are redirected to: another address, another port.
+        self.object_storage = servers.RecordingServer(self._stored, host="127.0.0.2")
         api = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -71,11 +93,22 @@ class GitLabApi:
     def start(self) -> GitLabApi:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         servers.wait_for_port(self.port)
+        self.object_storage.start()
         return self
 
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.object_storage.stop()
+
+    def _stored(self, request, server) -> tuple[int, dict, bytes]:
+        """The object storage: an artifacts archive by the signed path the redirect named."""
+        path, _, query = request.path.partition("?")
+        project, job = path.removeprefix("/artifacts/").split("/")
+        archive = self.projects[unquote(project)].artifacts.get(int(job))
+        if query != "X-Amz-Signature=signed" or archive is None:
+            return 403, {}, b"AccessDenied"
+        return 200, {"Content-Type": "application/zip"}, archive
 
     # ------------------------------------------------------------------
     def _send(self, handler, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
@@ -94,20 +127,40 @@ class GitLabApi:
         url = urlsplit(handler.path)
         auth = next((h for h in ("PRIVATE-TOKEN", "JOB-TOKEN") if handler.headers.get(h)), "")
         self.requests.append((url.path, auth))
-        if not auth or handler.headers[auth] not in self.tokens:
-            return self._json(handler, 401, {"message": "401 Unauthorized"})
         parts = url.path.removeprefix("/api/v4/").split("/")
+        endpoint = parts[-1] if parts[-1] in JOB_TOKEN_ENDPOINTS else ""
+        if auth == "PRIVATE-TOKEN" and handler.headers[auth] not in self.tokens:
+            return self._json(handler, 401, {"message": "401 Unauthorized"})
+        if auth == "JOB-TOKEN" and endpoint and handler.headers[auth] not in self.job_tokens:
+            return self._json(handler, 401, {"message": "401 Unauthorized"})
+        anonymous = not auth or (auth == "JOB-TOKEN" and not endpoint)  # a job token elsewhere: as anyone
         if len(parts) < 3 or parts[0] != "projects":
             return self._json(handler, 404, {"message": "404 Not Found"})
         project = self.projects.get(unquote(parts[1]))
-        if project is None:
+        if project is None or anonymous:  # private projects do not exist for anyone
             return self._json(handler, 404, {"message": "404 Project Not Found"})
         rest = parts[2:]
         query = parse_qs(url.query)
         if rest[0] == "pipelines" and len(rest) == 2 and int(rest[1]) in project.pipelines:
             return self._json(handler, 200, {"id": int(rest[1]), **project.pipelines[int(rest[1])]})
+        if rest[0] == "pipelines" and len(rest) == 3 and rest[2] == "bridges" and int(rest[1]) in project.pipelines:
+            child = project.children.get(int(rest[1]))
+            bridges = [
+                {
+                    "id": 900 + int(rest[1]),
+                    "name": "images",
+                    "pipeline": {"id": int(rest[1]), "project_id": project.id},
+                    "downstream_pipeline": {"id": child, "project_id": project.id} if child else None,
+                }
+            ]
+            return self._json(handler, 200, bridges)
         if rest[0] == "pipelines" and len(rest) == 3 and rest[2] == "jobs" and int(rest[1]) in project.jobs:
-            jobs = project.jobs[int(rest[1])]
+            retried = query.get("include_retried", ["false"])[0] == "true"
+            jobs = [
+                {k: v for k, v in job.items() if k != "retried"}
+                for job in project.jobs[int(rest[1])]
+                if retried or not job.get("retried")
+            ]
             per_page = min(int(query.get("per_page", ["20"])[0]), self.per_page_limit)
             page = int(query.get("page", ["1"])[0])
             chunk = jobs[(page - 1) * per_page : page * per_page]
@@ -119,7 +172,7 @@ class GitLabApi:
             if name in known:
                 return self._json(handler, 200, {"name": name, "protected": known[name]})
         if rest[0] == "jobs" and len(rest) == 3 and rest[2] == "artifacts":
-            archive = project.artifacts.get(int(rest[1]))
-            if archive is not None:
-                return self._send(handler, 200, archive, "application/zip")
+            if project.artifacts.get(int(rest[1])) is not None:
+                where = f"{self.object_storage.url}/artifacts/{parts[1]}/{rest[1]}?X-Amz-Signature=signed"
+                return self._send(handler, 302, b"", "text/plain", {"Location": where})
         return self._json(handler, 404, {"message": "404 Not Found"})

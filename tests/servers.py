@@ -248,9 +248,10 @@ class Recorded:
 class RecordingServer:
     """An HTTP server that records every request and answers through `answer`,
     a function (request, server) -> (status, headers, body); for the cloud APIs
-    that have no local emulator, and for webhooks."""
+    that have no local emulator, and for webhooks. host: the loopback address it listens on
+    (127.0.0.2: another origin than 127.0.0.1's servers, for redirects)."""
 
-    def __init__(self, answer=None):
+    def __init__(self, answer=None, host: str = "127.0.0.1"):
         self.requests: list[Recorded] = []
         self.answer: Callable[..., tuple] = answer or (lambda request, server: (200, {}, b"{}"))
         recorder = self
@@ -283,12 +284,13 @@ class RecordingServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = host
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://{self.host}:{self.server.server_address[1]}"
 
     def start(self) -> RecordingServer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

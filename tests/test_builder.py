@@ -176,25 +176,35 @@ def test_the_generated_pipeline_runs_in_the_builder_and_builds_what_the_host_bui
     api = GitLabApi().start()
     try:
         build = api.project("cloud-team/images")
-        build.pipelines[1] = {"ref": "main", "sha": "c" * 40, "tag": False, "status": "success"}
+        # The project's pipeline (1) and the child pipeline its trigger job made (2), which holds the jobs.
+        build.pipelines[1] = {"ref": "main", "sha": "c" * 40, "tag": False, "status": "success", "source": "push"}
+        build.pipelines[2] = {**build.pipelines[1], "source": "parent_pipeline"}
+        build.children[1] = 2
         build.branches["main"] = True
-        build.jobs[1] = []
+        build.jobs[2] = []
         for job_id, job in enumerate(("image:bookworm-nocloud-amd64", "keep:bookworm-nocloud-amd64"), 10):
-            build.jobs[1].append({"id": job_id, "name": job, "status": "success", "artifacts_expire_at": None})
+            build.jobs[2].append({"id": job_id, "name": job, "status": "success", "artifacts_expire_at": None})
             build.artifacts[job_id] = zip_directory(artifacts(job), [artifacts(job) / "build"])
-        releaser = project_with(tmp_path, (REPO / ci.RELEASE_PROJECT_PIPELINE).read_text(), "release-project")
-        (releaser / "matrix.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        # The release project's pipeline with the trigger's inputs (gitlab-ci-local takes them through an include).
+        inputs = {
+            "build_project": "cloud-team/images",
+            "pipeline_id": "1",
+            "ref": "main",
+            "commit": "c" * 40,
+            "cells": "bookworm-nocloud-amd64",
+            "version": "20261207-1",
+            "builder": "",
+        }
+        include = {"include": [{"local": str(ci.RELEASE_PROJECT_PIPELINE), "inputs": inputs}]}
+        releaser = project_with(tmp_path, yaml.safe_dump(include, sort_keys=False), "release-project")
+        released_matrix = copy.deepcopy(data)
+        released_matrix["ci"]["gitlab_url"] = api.url.removesuffix("/api/v4")
+        (releaser / "matrix.yaml").write_text(yaml.safe_dump(released_matrix, sort_keys=False))
         released = tmp_path / "released"
         variables = {
             "CI_PIPELINE_SOURCE": "pipeline",
             "CI_API_V4_URL": api.url,
             gitlab.API_TOKEN_ENV: "build-token",
-            release_project.PROJECT: "cloud-team/images",
-            release_project.PIPELINE: "1",
-            release_project.REF: "main",
-            release_project.COMMIT: "c" * 40,
-            release_project.CELLS: "bookworm-nocloud-amd64",
-            release_project.VERSION: "20261207-1",
             release_project.STORAGE_ENV: released.as_uri(),
             release_project.PUBLIC_KEY_ENV: str(build_key.public),
             **release_key.environment(),  # the release signs with its own key

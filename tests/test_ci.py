@@ -1,7 +1,9 @@
 """The generated GitLab CI pipeline: its jobs, rules, artifacts and validity."""
 
 import copy
+import fnmatch
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,17 @@ REPO = Path(__file__).resolve().parent.parent
 # The unit tests' own matrix (tests/data/matrix.yaml), not the project's.
 FIXTURE_MATRIX = REPO / "tests" / "data" / "matrix.yaml"
 GOOD = yaml.safe_load((FIXTURE_MATRIX).read_text())
+
+
+# What GitLab sets in the generate job, which the release trigger names literally.
+BUILD_IDENTITY = {"CI_PROJECT_PATH": "cloud-team/images", "CI_PIPELINE_ID": "4710", "CI_COMMIT_REF_NAME": "main"}
+BUILD_IDENTITY["CI_COMMIT_SHA"] = "c" * 40
+
+
+@pytest.fixture(autouse=True)
+def in_a_gitlab_job(monkeypatch):
+    for name, value in BUILD_IDENTITY.items():
+        monkeypatch.setenv(name, value)
 
 
 def make_plan(tmp_path, data=None, **options):
@@ -46,12 +59,12 @@ def test_push_builds_the_push_tier(tmp_path):
 
 def test_only_pipelines_of_protected_refs_can_release(tmp_path):
     for protected, expected in (("true", ["release:bookworm"]), ("false", []), ("", [])):
-        doc = ci.pipeline(make_plan(tmp_path, protected=protected), "push")
+        doc = ci.pipeline(make_plan(tmp_path, protected=protected, builder=PINNED), "push")
         assert jobs(doc, "release:") == expected
 
 
 def test_schedule_builds_everything_and_uploads(tmp_path, test_matrix):
-    doc = ci.pipeline(make_plan(tmp_path, protected="true"), "schedule")
+    doc = ci.pipeline(make_plan(tmp_path, protected="true", builder=PINNED), "schedule")
     assert jobs(doc, "image:") == sorted(f"image:{c.name}" for c in test_matrix.cells)
     assert len(jobs(doc, "base:")) == 6
     assert jobs(doc, "upload:") == ["upload:bookworm", "upload:sid", "upload:trixie"]
@@ -90,7 +103,7 @@ def test_every_job_runs_in_the_builder_image_pinned_by_digest_and_sets_up_nothin
     assert names and not [name for name in names if "image" in doc[name]], "no job names an image of its own"
     scripts = "\n".join(line for name in names for line in doc[name].get("script", []))
     assert "setup-host" not in scripts and ".venv" not in scripts and "apt-get" not in scripts
-    assert doc["release:bookworm"]["variables"]["IMAGES_BUILDER"] == PINNED
+    assert doc["release:bookworm"]["trigger"]["inputs"]["builder"] == PINNED
 
 
 def test_without_a_pinned_builder_the_jobs_name_it_by_the_digest_of_its_inputs(tmp_path):
@@ -131,27 +144,109 @@ def test_artifacts_follow_the_storage_policy(tmp_path):
     assert keep["when"] == "always"
 
 
-def test_release_triggers_the_release_project_with_what_identifies_the_build_and_no_secret(tmp_path):
+def test_release_triggers_the_release_project_with_inputs_that_identify_the_build_and_no_secret(tmp_path):
     from tasks.release import project
 
-    doc = ci.pipeline(make_plan(tmp_path, protected="true", version="20261127-3"), "schedule")
+    doc = ci.pipeline(make_plan(tmp_path, protected="true", builder=PINNED, version="20261127-3"), "schedule")
     release = doc["release:bookworm"]
     assert release["stage"] == "release"
     assert release["rules"] == [{"if": '$CI_COMMIT_REF_PROTECTED == "true"', "when": "manual", "allow_failure": True}]
+    inputs = release["trigger"].pop("inputs")
     assert release["trigger"] == {"project": "cloud-team/images-release", "branch": "main", "strategy": "depend"}
     assert "script" not in release and "tags" not in release, "a trigger job runs nothing itself"
+    assert "variables" not in release, "inputs, not pipeline variables"
     assert release["inherit"] == {"variables": False}, "the build pipeline's own variables stay here"
-    assert set(release["variables"]) == {*project.TRIGGER_VARIABLES, project.BUILDER}
-    assert release["variables"][project.BUILDER] == ci.builder_image(make_plan(tmp_path)), "the release runs in it too"
-    cells = release["variables"][project.CELLS].split()
+    assert set(inputs) == {i.name for i in project.INPUTS}
+    # Literal values: inputs are interpolated downstream, where $CI_PIPELINE_ID would be the release project's.
+    assert not any("$" in value for value in inputs.values()), inputs
+    assert (inputs["build_project"], inputs["pipeline_id"], inputs["ref"]) == ("cloud-team/images", "4710", "main")
+    assert inputs["builder"] == PINNED, "the release runs in it too"
+    cells = inputs["cells"].split()
     assert all(c.startswith("bookworm-") for c in cells) and len(set(cells)) == len(cells) == 12
-    assert release["variables"][project.PIPELINE] == "$CI_PIPELINE_ID"
-    assert release["variables"][project.VERSION] == "20261127-3"
+    assert inputs["version"] == "20261127-3"
     assert [n["job"] for n in release["needs"]] == [f"keep:{c}" for c in cells]
     # No secret: nothing but CI's own identifiers and the cells (the release project holds the credentials).
     text = yaml.safe_dump(release)
     for secret in ("KEY", "TOKEN", "PASSWORD", "SECRET", "AWS_", "AZURE_", "GOOGLE_"):
         assert secret not in text
+    for i in project.INPUTS:  # what the release project's spec:inputs will accept
+        assert re.fullmatch(i.pattern, inputs[i.name]), i.name
+
+
+def test_before_gitlab_17_11_the_trigger_passes_variables(tmp_path):
+    from tasks.release import project
+
+    data = copy.deepcopy(GOOD)
+    data["ci"]["trigger_inputs"] = False
+    release = ci.pipeline(make_plan(tmp_path, data, protected="true", builder=PINNED), "push")["release:bookworm"]
+    assert "inputs" not in release["trigger"]
+    assert set(release["variables"]) == {i.variable for i in project.INPUTS}
+    assert release["variables"][project.PIPELINE] == "4710"
+    pipeline = ci.release_project_pipeline(make_plan(tmp_path, data))
+    assert len(pipeline) == 1 and pipeline[0]["default"]["image"] == "$IMAGES_BUILDER", "no spec:inputs header"
+
+
+def test_the_release_trigger_is_written_in_a_gitlab_job_only(tmp_path, monkeypatch):
+    with pytest.raises(ci.CiFailed, match="pinned by digest: give builder="):
+        ci.pipeline(make_plan(tmp_path, protected="true"), "push")
+    monkeypatch.delenv("CI_PIPELINE_ID")
+    with pytest.raises(ci.CiFailed, match="names this pipeline by CI_PIPELINE_ID, which are not set"):
+        ci.pipeline(make_plan(tmp_path, protected="true", builder=PINNED), "push")
+
+
+# Which environment each job of a protected ref's pipeline names: the table of which secret it may see.
+EXPECTED_ENVIRONMENTS = {"base": None, "image": None, "keep": "secrets/seal", "upload": "secrets/dailies"}
+
+
+@pytest.mark.parametrize("protected", ["true", "false"])
+def test_secrets_reach_only_the_jobs_that_use_them_on_runners_of_their_own(tmp_path, protected):
+    doc = ci.pipeline(make_plan(tmp_path, protected=protected, builder=PINNED), "schedule")
+    for name, job in doc.items():
+        kind = name.partition(":")[0]
+        if kind not in EXPECTED_ENVIRONMENTS:
+            continue
+        expected = EXPECTED_ENVIRONMENTS[kind] if protected == "true" else None
+        assert (job.get("environment") or {}).get("name") == expected, name
+        if expected:
+            assert job["environment"] == {"name": expected, "action": "prepare"}, "no deployment recorded"
+            assert job["tags"] == GOOD["ci"]["secret_tags"], f"{name}: runners for protected refs only"
+        else:
+            assert not set(job["tags"]) & set(GOOD["ci"]["secret_tags"]), name
+    # Each secret's scope reaches exactly the jobs the table names.
+    scopes = {secret.scope for secret in ci.SECRETS if secret.project == "build"}
+    for scope in scopes:
+        seeing = {
+            name.partition(":")[0]
+            for name, job in doc.items()
+            if isinstance(job, dict) and fnmatch.fnmatchcase((job.get("environment") or {}).get("name", ""), scope)
+        }
+        assert seeing <= {"keep", "upload"} and (seeing or protected == "false"), (scope, seeing)
+
+
+def test_the_written_pipeline_says_who_sees_which_secret(tmp_path):
+    target = tmp_path / "pipeline.yml"
+    ci.write(make_plan(tmp_path, protected="true", builder=PINNED), target)
+    said = [line for line in target.read_text().splitlines() if line.startswith("# Secrets")]
+    assert said == [
+        '# Secrets (docs/gitlab-ci.md, "Which job sees which secret"): keep: jobs see environment secrets/seal, '
+        "upload: jobs see environment secrets/dailies, on runners tagged protected-docker; base: and image: jobs "
+        "see none."
+    ]
+
+
+def test_the_release_project_job_alone_sees_the_release_secrets(tmp_path):
+    header, pipeline = ci.release_project_pipeline(make_plan(tmp_path))
+    assert pipeline["release"]["environment"] == {"name": ci.RELEASE, "action": "prepare"}
+    assert all(secret.scope == ci.RELEASE for secret in ci.SECRETS if secret.project == "release")
+    assert set(header["spec"]["inputs"]) == {
+        "build_project",
+        "pipeline_id",
+        "ref",
+        "commit",
+        "cells",
+        "version",
+        "builder",
+    }
 
 
 def test_keep_seals_each_cell(tmp_path):
@@ -207,7 +302,7 @@ def test_known_failures_are_allowed_to_fail(tmp_path):
         (
             lambda d: d["ci"].update(runner="x"),
             "ci.runner: unknown key (expected one of: image, tags, build_tags, expire_images, tiers, "
-            "release_project, release_branch, build_project)",
+            "release_project, release_branch, build_project, secret_tags, gitlab_url, trigger_inputs)",
         ),
         (
             lambda d: d["ci"].update(release_project="just-a-name"),
@@ -306,11 +401,19 @@ def listed_jobs(result) -> list[str]:
 
 
 @needs_gitlab_ci_local
-@pytest.mark.parametrize("source", ["push", "schedule"])
-def test_generated_pipeline_passes_gitlab_schema(tmp_path, source):
+@pytest.mark.parametrize("source, trigger_inputs", [("push", True), ("schedule", True), ("push", False)])
+def test_generated_pipeline_passes_gitlab_schema(tmp_path, source, trigger_inputs):
+    data = copy.deepcopy(GOOD)
+    data["ci"]["trigger_inputs"] = trigger_inputs
     target = tmp_path / "pipeline.yml"
-    ci.write(make_plan(tmp_path, source=source, version="20261125-1", protected="true"), target)
-    project = project_with(tmp_path, target.read_text())
+    ci.write(make_plan(tmp_path, data, source=source, version="20261125-1", protected="true", builder=PINNED), target)
+    document = yaml.safe_load(target.read_text())
+    # gitlab-ci-local 4.60's schema predates trigger:inputs (GitLab 17.11): it checks the rest of the job; the
+    # inputs are checked against the release project's spec (test_release_triggers_the_release_project...).
+    for name in jobs(document, "release:"):
+        assert ("inputs" in document[name]["trigger"]) == trigger_inputs
+        document[name]["trigger"].pop("inputs", None)
+    project = project_with(tmp_path, yaml.safe_dump(document, sort_keys=False))
     result = gitlab_ci_local(project, "--list")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "json schema validated" in result.stdout + result.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks import ci
 from tasks.model import options, settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -16,6 +17,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 GENERATED = [
     ("docs/matrix.md", "settings table", "tasks.model.settings", settings.table),
     ("docs/graph.md", "options table", "tasks.model.options", options.table),
+    ("docs/gitlab-ci.md", "secrets table", "tasks.ci", ci.secrets_table),
 ]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)

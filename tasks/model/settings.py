@@ -317,6 +317,30 @@ class CiSettings:
         optional(pattern(PROJECT, "a GitLab project path (group/name)")),
     )
 
+    secret_tags: tuple[str, ...] = setting(
+        (),
+        "runner tags of the jobs that hold a secret (keep: and upload: in pipelines of protected refs): runners "
+        "registered for protected refs only; none: `tags`",
+        names(RUNNER_TAG, "a runner tag (letters, digits, ' _.:/-')", "runner tags"),
+    )
+    gitlab_url: str = setting(
+        "",
+        "the GitLab both projects live on (`https://salsa.debian.org`): the release job asks its API, never the "
+        "one a variable names; needed with release_project",
+        optional(plain_url()),
+    )
+    trigger_inputs: bool = setting(
+        True,
+        "the release trigger passes `trigger:inputs` to the release project's `spec:inputs` (GitLab 17.11 and "
+        "later); `false`: pipeline variables, for older GitLab",
+        boolean(),
+    )
+
+    def conflicts(self) -> list[tuple[str, str]]:
+        if self.release_project and not self.gitlab_url:
+            return [("gitlab_url", "needed with release_project: the GitLab whose API the release job asks")]
+        return []
+
     @property
     def push_tier(self) -> str:
         return self.tiers.get("push", "push")

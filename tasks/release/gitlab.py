@@ -19,9 +19,9 @@ from urllib.parse import quote
 import requests
 
 from tasks.errors import StageFailed
+from tasks.system import http
 
 API_TOKEN_ENV = "IMAGES_BUILD_API_TOKEN"  # a build project access token (read_api), the release project's variable
-JOB_TOKEN_ENV = "CI_JOB_TOKEN"
 
 
 class GitLabRefused(StageFailed):
@@ -31,22 +31,22 @@ class GitLabRefused(StageFailed):
 class GitLab:
     def __init__(self, api_url: str, headers: dict[str, str], timeout: float = 60):
         self.api_url = api_url.rstrip("/")
-        self.session = requests.Session()
+        self.session = http.Session()  # the token stays with GitLab when a download redirects
         self.session.headers.update(headers)
         self.timeout = timeout
 
     @classmethod
-    def from_environment(cls, env) -> GitLab:
-        api_url = env.get("CI_API_V4_URL")
-        if not api_url:
-            raise GitLabRefused("CI_API_V4_URL is not set: the release runs as a GitLab CI job of the release project")
+    def from_environment(cls, api_url: str, env) -> GitLab:
+        """api_url: the one matrix.yaml names (tasks/release/project.py); the token: the release project's variable.
+
+        Not the job token: GitLab takes it on a short list of endpoints only, and a pipeline
+        itself or a single branch is not on it (the admission needs both)."""
         if env.get(API_TOKEN_ENV):
             return cls(api_url, {"PRIVATE-TOKEN": env[API_TOKEN_ENV]})
-        if env.get(JOB_TOKEN_ENV):
-            return cls(api_url, {"JOB-TOKEN": env[JOB_TOKEN_ENV]})
         raise GitLabRefused(
             f"no token to read the build project with: set {API_TOKEN_ENV} (a project access token of the build "
-            f"project with read_api) in the release project's CI/CD variables"
+            f"project, role Reporter, scope read_api) in the release project's CI/CD variables; GitLab's job token "
+            f"cannot read a pipeline"
         )
 
     def _get(self, path: str, what: str, **kwargs) -> requests.Response:
@@ -58,7 +58,7 @@ class GitLab:
         if answer.status_code in (401, 403):
             raise GitLabRefused(
                 f"{what}: GitLab refused the token (HTTP {answer.status_code}): {API_TOKEN_ENV} needs read_api on "
-                f"the build project, or the build project must allow this project's job token"
+                f"the build project, and must not have expired"
             )
         if answer.status_code >= 400 and answer.status_code != 404:
             raise GitLabRefused(f"{what}: HTTP {answer.status_code} {answer.text[:200]}")
@@ -81,6 +81,22 @@ class GitLab:
             f"/projects/{self.project_path(project)}/repository/{kind}/{quote(ref, safe='')}", f"{kind[:-1]} {ref}"
         )
         return answer.status_code == 200 and answer.json().get("protected") is True
+
+    def child_pipeline(self, project: str, pipeline_id: str) -> str:
+        """The pipeline the build pipeline's trigger job generated (the images, one job per cell)."""
+        what = f"the child pipeline of pipeline {pipeline_id} of {project}"
+        answer = self._get(f"/projects/{self.project_path(project)}/pipelines/{pipeline_id}/bridges", what)
+        if answer.status_code == 404:
+            raise GitLabRefused(f"{what}: no such pipeline (or the token may not read it)")
+        children = [
+            bridge["downstream_pipeline"]
+            for bridge in answer.json()
+            if (bridge.get("downstream_pipeline") or {}).get("project_id")
+            == (bridge.get("pipeline") or {}).get("project_id")
+        ]
+        if len(children) != 1:
+            raise GitLabRefused(f"{what}: expected one child pipeline, found {len(children)}")
+        return str(children[0]["id"])
 
     def jobs(self, project: str, pipeline_id: str) -> list[dict]:
         """Every job of the pipeline (all pages)."""

@@ -38,6 +38,7 @@ from tasks.storage.backend import (
     Transient,
     wait_announced,
 )
+from tasks.system import http
 
 TIMEOUT = (10, 300)  # connect, read
 _DAV = "{DAV:}"
@@ -66,7 +67,7 @@ class WebDavBackend(Backend):
 
     @staticmethod
     def _new_session() -> requests.Session:
-        session = requests.Session()
+        session = http.Session()  # the credentials stay with the storage when it redirects
         session.headers["User-Agent"] = "debian-image-matrix"
         user, password = os.environ.get("IMAGES_STORAGE_USER"), os.environ.get("IMAGES_STORAGE_PASSWORD")
         if user:

@@ -30,8 +30,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from tasks.errors import StageFailed
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell
@@ -43,6 +41,7 @@ from tasks.release.journal import Part, scratch
 from tasks.release.platforms import Expired, Platform, beyond
 from tasks.stages import diskimage
 from tasks.stages.compress import MIB, qemu_img_convert
+from tasks.system import http
 
 BLOB_API = "2021-08-06"
 COMPUTE_API = "2023-09-01"
@@ -119,7 +118,7 @@ def upload_page_blob(vhd: Path, blob_url: str, sas: str, label: str) -> None:
     size = vhd.stat().st_size
     if size % 512:
         raise AzureFailed(f"{vhd} is not a whole number of 512-byte pages")
-    session = requests.Session()
+    session = http.Session()
     session.headers["x-ms-version"] = BLOB_API
     created = session.put(
         f"{blob_url}?{sas}",
@@ -232,7 +231,7 @@ def gallery_request(cell: Cell, manifest: Manifest, settings: AzureSettings, blo
 def _wait(status_url: str | None, headers: dict, what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while status_url:
-        status = requests.get(status_url, headers=headers, timeout=60).json()
+        status = http.request("GET", status_url, headers=headers, timeout=60).json()
         if status.get("status") == "Succeeded":
             return
         if status.get("status") in ("Failed", "Canceled"):
@@ -253,7 +252,7 @@ class ResourceManager:
         found: list[dict] = []
         url: str | None = f"{self.endpoint}{path}?api-version={api}"
         while url:
-            answer = requests.get(url, headers=self.headers, timeout=60)
+            answer = http.request("GET", url, headers=self.headers, timeout=60)
             if answer.status_code == 404:
                 return found  # no such gallery image definition (yet)
             if answer.status_code != 200:
@@ -264,14 +263,16 @@ class ResourceManager:
         return found
 
     def delete(self, resource_id: str, api: str, timeout: float = 1800) -> None:
-        answer = requests.delete(f"{self.endpoint}{resource_id}?api-version={api}", headers=self.headers, timeout=60)
+        answer = http.request(
+            "DELETE", f"{self.endpoint}{resource_id}?api-version={api}", headers=self.headers, timeout=60
+        )
         if answer.status_code not in (200, 202, 204, 404):
             raise AzureFailed(f"deleting {resource_id}: HTTP {answer.status_code} {answer.text[:300]}")
         _wait(answer.headers.get("Azure-AsyncOperation"), self.headers, f"deleting {resource_id}", timeout)
 
 
 def delete_blob(blob_url: str, sas: str) -> None:
-    answer = requests.delete(f"{blob_url}?{sas}", headers={"x-ms-version": BLOB_API}, timeout=60)
+    answer = http.request("DELETE", f"{blob_url}?{sas}", headers={"x-ms-version": BLOB_API}, timeout=60)
     if answer.status_code not in (202, 404):  # 404: gone already (a version and an image share a blob)
         raise AzureFailed(f"deleting {blob_url}: HTTP {answer.status_code} {answer.text[:300]}")
 
@@ -279,7 +280,7 @@ def delete_blob(blob_url: str, sas: str) -> None:
 def put_resource(url: str, body: dict, token: str, what: str, timeout: float = 1800) -> dict:
     """PUT a Resource Manager resource (idempotent) and wait for its asynchronous operation."""
     headers = {"Authorization": f"Bearer {token}"}
-    answer = requests.put(url, json=body, headers=headers, timeout=60)
+    answer = http.request("PUT", url, json=body, headers=headers, timeout=60)
     if answer.status_code not in (200, 201):
         raise AzureFailed(f"{what}: HTTP {answer.status_code} {answer.text[:300]}")
     _wait(answer.headers.get("Azure-AsyncOperation"), headers, what, timeout)

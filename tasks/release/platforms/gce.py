@@ -34,6 +34,7 @@ from tasks.model.version import Version
 from tasks.progress import StageProgress
 from tasks.release.journal import Part, scratch
 from tasks.release.platforms import Expired, Platform, beyond
+from tasks.system import http
 
 GUEST_FEATURES = ["UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC", "SEV_CAPABLE"]
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -93,7 +94,7 @@ def _check(answer: requests.Response, what: str) -> dict:
 
 def _call(method: str, url: str, what: str, **kwargs) -> requests.Response:
     try:
-        return requests.request(method, url, **kwargs)
+        return http.request(method, url, **kwargs)  # the bearer token stays with Google on a redirect
     except requests.RequestException as error:
         raise GceFailed(f"{what}: {error}") from None
 
