@@ -12,7 +12,8 @@ The package shows the design:
                each needs (qemu, the in-build image checks and facts, the FAI
                config space, the build's identity, the changes between versions,
                the initramfs's members, the cell's slow steps kept for its next build,
-               the disk assembled from the tree, what a base's images share)
+               the disk assembled from the tree, what a base's images share,
+               the storage's simplestreams catalogue)
     release/   the manual release step: instance test, cloud platforms (one
                module and class each: settings, upload, cleanup; every region,
                deprecation, resumable through its journal), notify;

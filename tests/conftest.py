@@ -271,3 +271,30 @@ def push_tier_runs(tmp_path_factory):
     from . import pushtier
 
     return pushtier.make_runs(tmp_path_factory.mktemp("e2e", numbered=True), make_key)
+
+
+@pytest.fixture(scope="module")
+def moto():
+    """moto's AWS emulator on a real socket, one per test module."""
+    from . import servers
+
+    server = servers.Moto().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["file", "webdav", "s3"])
+def store(request, tmp_path, moto, monkeypatch):
+    """Each storage in turn (tests/stores.py): a directory, WebDAV on nginx, S3 on moto."""
+    import uuid
+
+    from . import servers, stores
+
+    if request.param == "file":
+        yield stores.local_store(tmp_path)
+    elif request.param == "webdav":
+        nginx = servers.Nginx(tmp_path / "nginx").start()
+        yield stores.dav_store(nginx)
+        nginx.stop()
+    else:
+        yield stores.s3_store(moto, monkeypatch, bucket=f"images-{uuid.uuid4().hex[:12]}")

@@ -13,7 +13,8 @@ api/job_artifacts.md, ci/jobs/ci_job_token.md) and as its source behaves:
 - the projects are private: without a token, or with a job token on an
   endpoint that does not take one (a pipeline, a branch), GitLab answers as to
   anyone, 404; a PRIVATE-TOKEN it does not know is 401; a job token is taken
-  only for the jobs and artifacts endpoints;
+  only for the jobs and artifacts endpoints, and there refused with 403 unless
+  the project's job token allowlist holds the caller's project;
 - 404 for what does not exist or has expired.
 
 It records the requests it got, and the object storage the headers it got.
@@ -67,6 +68,7 @@ class GitLabApi:
         self.projects: dict[str, Project] = {}
         self.tokens = tokens
         self.job_tokens = job_tokens
+        self.job_token_allowed = False  # the build project's allowlist names the caller's project
         self.per_page_limit = per_page_limit
         self.requests: list[tuple[str, str]] = []  # (path, auth header name)
         self.port = servers.free_port()
@@ -133,6 +135,9 @@ class GitLabApi:
             return self._json(handler, 401, {"message": "401 Unauthorized"})
         if auth == "JOB-TOKEN" and endpoint and handler.headers[auth] not in self.job_tokens:
             return self._json(handler, 401, {"message": "401 Unauthorized"})
+        if auth == "JOB-TOKEN" and endpoint and not self.job_token_allowed:
+            message = "Authentication by CI/CD job token not allowed from release project to build project."
+            return self._json(handler, 403, {"message": f"403 Forbidden - {message}"})
         anonymous = not auth or (auth == "JOB-TOKEN" and not endpoint)  # a job token elsewhere: as anyone
         if len(parts) < 3 or parts[0] != "projects":
             return self._json(handler, 404, {"message": "404 Not Found"})

@@ -283,7 +283,7 @@ def test_published_files_and_sha512sums(runs):
     base = runs[0]
     directory = base / "storage" / "bookworm" / "daily" / VERSION
     assert (base / "storage" / "bookworm" / "daily" / "latest").read_text() == f"{VERSION}\n"
-    expected = {"SHA512SUMS", "SHA512SUMS.asc"}
+    expected = {"SHA512SUMS", "SHA512SUMS.asc", "SHA256SUMS", "index.html"}
     for cell in CELLS:
         vendor = cell.split("-")[1]
         expected |= {f"debian-12-{vendor}-amd64-{VERSION}.{ext}" for ext in PUBLISHED}
@@ -292,7 +292,12 @@ def test_published_files_and_sha512sums(runs):
         ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=directory, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert check.stdout.count(": OK") == len(expected) - 2
+    assert check.stdout.count(": OK") == len(expected) - 4
+    # The image files' SHA-256, for the catalogue (tasks/stages/catalogue.py): tar.xz and qcow2 of each cell.
+    sha256 = subprocess.run(
+        ["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=directory, capture_output=True, text=True
+    )
+    assert sha256.returncode == 0 and sha256.stdout.count(": OK") == 2 * len(CELLS), sha256.stdout + sha256.stderr
     # The first version of each cell: nothing to compare with.
     for cell in CELLS:
         vendor = cell.split("-")[1]

@@ -444,4 +444,4 @@ def test_each_on_demand_command_has_one_help_line(tmp_path):
     tasks = graph.load_tasks(make_plan(tmp_path))
     for command in commands.COMMANDS:
         assert tasks[command.NAME].doc == command.HELP, command.NAME
-    assert commands.WORKDIR_FREE == {"compare", "changes", "verify", "cleanup"}
+    assert commands.WORKDIR_FREE == {"compare", "changes", "verify", "cleanup", "catalogue", "images"}

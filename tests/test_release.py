@@ -122,6 +122,8 @@ def test_release_publishes_a_version_directory_then_latest_and_notifies(
         assert {p.name for p in published.iterdir()} == {
             "SHA512SUMS",
             "SHA512SUMS.asc",
+            "SHA256SUMS",
+            "index.html",
             *(f"{image}.{suffix}" for suffix in suffixes),
         }
         check = subprocess.run(

@@ -208,7 +208,10 @@ def test_the_job_token_cannot_admit_a_build_and_is_never_sent(test_matrix, tmp_p
     pipeline = f"{api.url}/projects/{BUILD.replace('/', '%2F')}/pipelines/{PARENT}"
     assert requests.get(pipeline, headers={"JOB-TOKEN": "job-token"}, timeout=10).status_code == 404
     assert requests.get(pipeline, timeout=10).status_code == 404, "no token: a private project is not there"
-    assert requests.get(f"{pipeline}/jobs", headers={"JOB-TOKEN": "job-token"}, timeout=10).status_code == 404
+    jobs = pipeline.replace(str(PARENT), str(PIPELINE)) + "/jobs"
+    assert requests.get(jobs, headers={"JOB-TOKEN": "job-token"}, timeout=10).status_code == 403, "not allowlisted"
+    api.job_token_allowed = True
+    assert requests.get(jobs, headers={"JOB-TOKEN": "job-token"}, timeout=10).status_code == 200, "where it is taken"
     assert requests.get(pipeline, headers={"PRIVATE-TOKEN": "wrong"}, timeout=10).status_code == 401
 
 

@@ -10,10 +10,8 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
 from tasks import published
@@ -27,112 +25,10 @@ from tasks.system.checksum import parse_sums
 
 from . import servers
 from .conftest import REPO, fake_outputs, needs_mounts
+from .stores import dav_store
 
 FAST = PublishSettings(keep_dailies=14, retries=3, retry_delay=0.01)
 pytestmark = pytest.mark.skipif(not servers.have_nginx(), reason="nginx with WebDAV is installed by tools/setup-host")
-
-
-class Store:
-    """A storage backend under test, and an independent way to look inside it (and to damage it)."""
-
-    def __init__(self, location, listing, reading, writing):
-        self.location, self.listing, self.reading, self.writing = location, listing, reading, writing
-
-    def files(self, directory: str) -> set[str]:
-        return set(self.listing(directory))
-
-    def read(self, path: str) -> bytes | None:
-        return self.reading(path)
-
-    def write(self, path: str, data: bytes) -> None:
-        """Change what storage holds behind the publisher's back."""
-        self.writing(path, data)
-
-    def sums(self, directory: str) -> dict[str, str]:
-        return parse_sums((self.read(f"{directory}/SHA512SUMS") or b"").decode())
-
-
-@pytest.fixture(scope="module")
-def moto():
-    server = servers.Moto().start()
-    yield server
-    server.stop()
-
-
-def local_store(tmp_path):
-    root = tmp_path / "public"
-
-    def listing(directory):
-        d = root / directory
-        return [p.name for p in d.iterdir() if p.is_file()] if d.is_dir() else []
-
-    return Store(
-        Location(root.as_uri()),
-        listing,
-        lambda p: (root / p).read_bytes() if (root / p).is_file() else None,
-        writer(root),
-    )
-
-
-def writer(root):
-    def write(path, data):
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_bytes(data)
-
-    return write
-
-
-def dav_store(nginx, under: str = ""):
-    root = nginx.root / "images" / under
-
-    def listing(directory):
-        d = root / directory
-        return [p.name for p in d.iterdir() if p.is_file()] if d.is_dir() else []
-
-    return Store(
-        Location(f"{nginx.url}/{under}".rstrip("/")),
-        listing,
-        lambda p: (root / p).read_bytes() if (root / p).is_file() else None,
-        writer(root),
-    )
-
-
-def s3_store(moto, monkeypatch, bucket="images"):
-    for key, value in moto.env().items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3")
-    client.create_bucket(Bucket=bucket)
-
-    def listing(directory):
-        found = client.list_objects_v2(Bucket=bucket, Prefix=f"debian/{directory}/")
-        return [
-            o["Key"].rsplit("/", 1)[1]
-            for o in found.get("Contents", [])
-            if "/" not in o["Key"][len(f"debian/{directory}/") :]
-        ]
-
-    def reading(path):
-        try:
-            return client.get_object(Bucket=bucket, Key=f"debian/{path}")["Body"].read()
-        except client.exceptions.NoSuchKey:
-            return None
-
-    def writing(path, data):
-        client.put_object(Bucket=bucket, Key=f"debian/{path}", Body=data)  # as any client writes: S3 keeps its CRC32
-
-    return Store(Location(f"s3://{bucket}/debian"), listing, reading, writing)
-
-
-@pytest.fixture(params=["file", "webdav", "s3"])
-def store(request, tmp_path, moto, monkeypatch):
-    if request.param == "file":
-        yield local_store(tmp_path)
-    elif request.param == "webdav":
-        nginx = servers.Nginx(tmp_path / "nginx").start()
-        yield dav_store(nginx)
-        nginx.stop()
-    else:
-        yield s3_store(moto, monkeypatch, bucket=f"images-{uuid.uuid4().hex[:12]}")
 
 
 def publish(cell, files, store, tmp_path, settings=FAST):
@@ -153,11 +49,21 @@ def test_publish_layout_checksums_and_latest(nocloud, store, tmp_path):
     cell, files = nocloud
     receipt = publish(cell, files, store, tmp_path)
     # Unsigned: no key is configured here (tests/test_signing.py signs).
-    assert store.files(DAILY) == {"SHA512SUMS", *(f"{IMAGE}.{suffix}" for suffix in SUFFIXES)}
+    assert store.files(DAILY) == {
+        "SHA512SUMS",
+        "SHA256SUMS",
+        "index.html",  # the version's page of the web index (tasks/stages/webindex.py)
+        *(f"{IMAGE}.{suffix}" for suffix in SUFFIXES),
+    }
     sums = store.sums(DAILY)
     assert set(sums) == {f"{IMAGE}.{suffix}" for suffix in SUFFIXES}
     for name, digest in sums.items():
         assert sha512(store.read(f"{DAILY}/{name}")) == digest
+    # The image files' SHA-256 too, for the catalogue's consumers (tasks/stages/catalogue.py).
+    sha256s = parse_sums(store.read(f"{DAILY}/SHA256SUMS").decode())
+    images = [n for n in sums if publication.is_image(n)]
+    assert sha256s == {n: hashlib.sha256(store.read(f"{DAILY}/{n}")).hexdigest() for n in images}
+    assert set(sha256s) == {f"{IMAGE}.tar.xz", f"{IMAGE}.qcow2"}
     assert store.read(f"{DAILY}/{IMAGE}.json") == files.manifest.read_bytes()
     assert store.read("bookworm/daily/latest") == b"20261125-1200\n"
     assert receipt == atomic.read_json(files.published) and receipt["directory"] == DAILY

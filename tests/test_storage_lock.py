@@ -21,18 +21,12 @@ from tasks.storage.backend import Holder
 
 from . import servers
 from .conftest import fake_outputs
-from .test_storage import FAST, dav_store, local_store, s3_store
+from .stores import dav_store, local_store, s3_store
+from .test_storage import FAST
 
 ROUNDS = 20
 CELLS = ("bookworm-nocloud-amd64", "bookworm-genericcloud-amd64")
 pytestmark = pytest.mark.skipif(not servers.have_nginx(), reason="nginx with WebDAV is installed by tools/setup-host")
-
-
-@pytest.fixture(scope="module")
-def moto():
-    server = servers.Moto().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["file", "webdav", "s3"])

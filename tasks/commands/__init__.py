@@ -15,10 +15,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import ModuleType
 
-from tasks.commands import builder, changes, ci, cleanup, compare, release_ci, reproduce, verify
+from tasks.commands import builder, catalogue, changes, ci, cleanup, compare, images, release_ci, reproduce, verify
 from tasks.model.plan import Plan
 
-COMMANDS: tuple[ModuleType, ...] = (ci, release_ci, builder, compare, changes, verify, cleanup, reproduce)
+COMMANDS: tuple[ModuleType, ...] = (
+    ci,
+    release_ci,
+    builder,
+    compare,
+    changes,
+    verify,
+    cleanup,
+    reproduce,
+    catalogue,
+    images,
+)
 WORKDIR_FREE = frozenset(command.NAME for command in COMMANDS if command.WORKDIR_FREE)
 
 

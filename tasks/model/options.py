@@ -117,9 +117,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "cells",
-        'for `doit ci`: cell patterns to build instead of a tier (`"trixie-*-arm64 sid-ec2-*"`)',
+        'for `doit ci`: cell patterns to build instead of a tier (`"trixie-*-arm64 sid-ec2-*"`); '
+        "for `doit images`: the cells to list",
         settings.text(),
-        default_words="the source's tier",
+        default_words="`doit ci`: the source's tier; `doit images`: every cell",
     ),
     Option(
         "protected",

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from tasks.model.plan import Plan
 from tasks.release import platforms
 from tasks.release.platforms import Expired
-from tasks.stages import publish
+from tasks.stages import catalogue, publish
 from tasks.storage.backend import RetryPolicy
+from tasks.system import signing
 
 
 def _platforms(plan: Plan) -> list[Expired]:
@@ -43,9 +44,10 @@ def _storage(plan: Plan) -> list[Expired]:
 
     def remove(release: str, version: str) -> None:
         # Under the lock, and only if a publication since the listing has not made it `latest`.
-        with backend.locked(f"cleanup of the {release} dailies"):
+        with signing.configured_signer() as signer, backend.locked(f"cleanup of the {release} dailies"):
             if version in publish.expired_dailies(backend, release, keep):
                 publish.delete_daily(backend, release, version)
+                catalogue.write(backend, signer)  # the daily leaves the catalogue with its files
 
     for release in plan.matrix.releases:
         for version in publish.expired_dailies(backend, release, keep):

@@ -30,6 +30,7 @@ from tasks.model.matrix import BootTestSettings, Cell, PublishSettings, ReleaseS
 from tasks.model.records import Manifest, ReleaseRecord
 from tasks.release import instancetest, notify
 from tasks.release.journal import Journal
+from tasks.stages import catalogue
 from tasks.stages import publish as publication
 from tasks.storage.backend import RetryPolicy
 from tasks.system import atomic, signing
@@ -102,6 +103,7 @@ def release(
             backend, directory, publication.cell_uploads(files, manifest), signer
         )
         publication.point_latest(backend, cell.release.name, version)
+        catalogue.write(backend, signer, changed=(directory,))
 
     message = {
         "release": cell.release.name,

@@ -26,6 +26,8 @@ with a warning, a release refuses.
   the storage's own lock (Backend.locked), whatever machine or work
   directory the other writers run in: the cells of a version share its
   SHA512SUMS, and the versions of a release its `latest`.
+- **Listed for tools**: the storage's simplestreams catalogue
+  (tasks/stages/catalogue.py) is written again, from what it holds, last.
 - **Versions in their order** (tasks/model/version.py): `latest` names the
   newest, the previous version is the newest older one, and older dailies
   beyond publish.keep_dailies are deleted, never the version just published
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.errors import StageFailed
+from tasks.model.arch import Format
 from tasks.model.layout import CellFiles
 from tasks.model.matrix import Cell, PublishSettings
 from tasks.model.records import Manifest, PublishReceipt, RecordError
@@ -48,9 +51,11 @@ from tasks.stages import changes, provenance
 from tasks.stages.manifest import public_name
 from tasks.storage import Backend, Location, RetryPolicy
 from tasks.system import atomic, signing
-from tasks.system.checksum import format_sums, parse_sums, sha512_file
+from tasks.system.checksum import format_sums, parse_sums, sha256_file, sha512_file
 
 SUMS = "SHA512SUMS"
+# The image files' SHA-256, which simplestreams' consumers (LXD, Incus) check: the catalogue reads it.
+SHA256_SUMS = "SHA256SUMS"
 LATEST = "latest"
 
 
@@ -71,6 +76,11 @@ def version_of(manifest: Manifest, source: Path) -> Version:
             f"{source}: version: {error}; give the image one with doit version=YYYYMMDD-N (the manifest is made "
             "again, the image is not)"
         ) from None
+
+
+def is_image(name: str) -> bool:
+    """An image file, by its public name's format."""
+    return any(name.endswith("." + fmt.value) for fmt in Format)
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,12 @@ def publish_directory(
         backend.put_verified(upload.source, path, upload.sha512, f"upload {upload.name}")
     merged = {n: d for n, d in listed.items() if n not in replaced}
     merged.update(entries)
+    sha256_path = posixpath.join(directory, SHA256_SUMS)
+    sha256s = {
+        n: d for n, d in parse_sums(backend.read(sha256_path) or "").items() if n in merged and n not in replaced
+    }
+    sha256s.update({u.name: sha256_file(u.source) for u in uploads if is_image(u.name)})
+    backend.put_text_atomically(sha256_path, format_sums(sha256s))
     sums = format_sums(merged)
     backend.put_text_atomically(sums_path, sums)  # after the files it lists
     signature_path = sums_path + signing.SIGNATURE_SUFFIX
@@ -221,6 +237,9 @@ def publish(cell: Cell, files: CellFiles, location: Location, settings: PublishS
         entries = publish_directory(backend, directory, uploads, signer)
         point_latest(backend, f"{release}/daily", version)
         pruned = prune_dailies(backend, release, settings.keep_dailies, published=str(version))
+        from tasks.stages import catalogue  # it reads this module's layout
+
+        catalogue.write(backend, signer, changed=(directory,))  # what the storage now holds, for tools and people
     if pruned:
         print(f"deleted older dailies of {release}: {', '.join(pruned)}")
     receipt = PublishReceipt(

@@ -102,6 +102,13 @@ class Signer:
             raise SigningError(f"signing with {self.fingerprint} failed: {result.stderr.decode(errors='replace')}")
         return result.stdout
 
+    def clearsign(self, data: bytes) -> bytes:
+        """data with its signature around it, as gpg --clearsign writes it (simplestreams' .sjson)."""
+        result = _gpg(self.home, "--local-user", self.fingerprint + "!", "--clearsign", "--output", "-", data=data)
+        if result.returncode != 0:
+            raise SigningError(f"signing with {self.fingerprint} failed: {result.stderr.decode(errors='replace')}")
+        return result.stdout
+
     def sign_envelope(self, payload: bytes, payload_type: str) -> dict:
         from securesystemslib.dsse import Envelope
         from securesystemslib.signer import GPGSigner

@@ -1,0 +1,26 @@
+"""`doit catalogue`: the storage's simplestreams catalogue, written again from what it holds
+(tasks/stages/catalogue.py)."""
+
+from __future__ import annotations
+
+from tasks.actions import on_demand, run_stage
+from tasks.model.plan import Plan
+from tasks.stages import catalogue
+from tasks.storage import RetryPolicy
+from tasks.system import signing
+
+NAME = "catalogue"
+HELP = "write the storage's simplestreams catalogue (streams/v1/) again from what it holds"
+WORKDIR_FREE = True
+
+
+def run(plan: Plan) -> None:
+    publish = plan.matrix.publish
+    backend = plan.storage.open(RetryPolicy(publish.retries, publish.retry_delay))
+    with signing.configured_signer() as signer, backend.locked("writing the catalogue"):
+        listed = catalogue.write(backend, signer, anew=True)  # the storage alone: nothing from a catalogue
+    print(f"{plan.storage.url}/{catalogue.INDEX}: {len(listed)} image versions")
+
+
+def tasks(plan: Plan) -> dict:
+    return on_demand((run_stage, [NAME, run, plan]))
