@@ -22,7 +22,7 @@ from tasks.model.version import NotAVersion, Version
 from tasks.stages import changes, provenance
 from tasks.stages.manifest import public_name
 from tasks.stages.publish import LATEST, PROVENANCE_SUFFIX, SUMS, daily_dir, release_dir
-from tasks.storage import Backend, RetryPolicy
+from tasks.storage import Backend
 from tasks.system import signing
 from tasks.system.checksum import parse_sums
 
@@ -71,7 +71,7 @@ def find(plan: Plan, given: str) -> Published:
             Version.parse(version)
         except NotAVersion as error:
             raise NotPublished(f"{given}: {error}") from None
-    backend = plan.storage.open(RetryPolicy(plan.matrix.publish.retries, plan.matrix.publish.retry_delay))
+    backend = plan.open_storage()
     release = cell.release.name
     if not version:
         version = (backend.read(f"{release}/daily/{LATEST}") or "").strip()

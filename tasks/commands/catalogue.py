@@ -6,7 +6,6 @@ from __future__ import annotations
 from tasks.actions import on_demand, run_stage
 from tasks.model.plan import Plan
 from tasks.stages import catalogue
-from tasks.storage import RetryPolicy
 from tasks.system import signing
 
 NAME = "catalogue"
@@ -15,8 +14,7 @@ WORKDIR_FREE = True
 
 
 def run(plan: Plan) -> None:
-    publish = plan.matrix.publish
-    backend = plan.storage.open(RetryPolicy(publish.retries, publish.retry_delay))
+    backend = plan.open_storage()
     with signing.configured_signer() as signer, backend.locked("writing the catalogue"):
         listed = catalogue.write(backend, signer, anew=True)  # the storage alone: nothing from a catalogue
     print(f"{plan.storage.url}/{catalogue.INDEX}: {len(listed)} image versions")

@@ -8,7 +8,6 @@ from tasks.actions import on_demand, run_stage
 from tasks.errors import StageFailed
 from tasks.model.plan import Plan
 from tasks.stages import catalogue
-from tasks.storage import RetryPolicy
 
 NAME = "images"
 HELP = "list the images a storage holds, from its catalogue (cells=<patterns> to choose)"
@@ -16,8 +15,7 @@ WORKDIR_FREE = True
 
 
 def show(plan: Plan) -> None:
-    publish = plan.matrix.publish
-    backend = plan.storage.open(RetryPolicy(publish.retries, publish.retry_delay))
+    backend = plan.open_storage()
     streams = catalogue.read(backend)
     if streams is None:
         raise StageFailed(f"{plan.storage.url} has no catalogue ({catalogue.INDEX}): `doit catalogue` writes one")

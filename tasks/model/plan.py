@@ -16,7 +16,7 @@ from tasks.model import matrix as matrix_module
 from tasks.model import options
 from tasks.model.matrix import Cell, Matrix, MatrixError
 from tasks.model.version import Version
-from tasks.storage import Location
+from tasks.storage import Backend, Location, RetryPolicy
 
 PINNED_IMAGE = options.PINNED_IMAGE
 DEFAULT_WORKDIR = options.BY_NAME["workdir"].default
@@ -44,6 +44,10 @@ class Plan:
     @property
     def tier_cells(self) -> list[Cell]:
         return self.matrix.tier(self.tier)
+
+    def open_storage(self) -> Backend:
+        """The storage's backend, retrying as publish.retries and publish.retry_delay say."""
+        return self.storage.open(RetryPolicy(self.matrix.publish.retries, self.matrix.publish.retry_delay))
 
     @property
     def kvm_verdicts(self) -> Path:

@@ -24,7 +24,6 @@ from tasks.model.plan import Plan
 from tasks.release import platforms
 from tasks.release.platforms import Expired
 from tasks.stages import catalogue, publish
-from tasks.storage.backend import RetryPolicy
 from tasks.system import signing
 
 
@@ -38,7 +37,7 @@ def _platforms(plan: Plan) -> list[Expired]:
 
 
 def _storage(plan: Plan) -> list[Expired]:
-    backend = plan.storage.open(RetryPolicy(plan.matrix.publish.retries, plan.matrix.publish.retry_delay))
+    backend = plan.open_storage()
     keep = plan.matrix.publish.keep_dailies
     found = []
 
