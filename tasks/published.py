@@ -21,7 +21,7 @@ from tasks.model.records import Manifest
 from tasks.model.version import NotAVersion, Version
 from tasks.stages import changes, provenance
 from tasks.stages.manifest import public_name
-from tasks.stages.publish import LATEST, PROVENANCE_SUFFIX, SUMS, daily_dir, release_dir
+from tasks.stages.publish import LATEST, MANIFEST_SUFFIX, PROVENANCE_SUFFIX, SUMS, daily_dir, release_dir
 from tasks.storage import Backend
 from tasks.system import signing
 from tasks.system.checksum import parse_sums
@@ -55,7 +55,7 @@ class Published:
             raise NotPublished(f"{self.backend.name}: {self.path(name)}: not JSON ({error})") from None
 
     def manifest(self) -> dict:
-        name = public_name(self.image_name, "json")
+        name = public_name(self.image_name, MANIFEST_SUFFIX)
         found = self.read_json(name)
         if not isinstance(found, dict) or not isinstance(found.get("packages"), list) or "name" not in found:
             raise NotPublished(f"{self.backend.name}: {self.path(name)}: not an image manifest")
@@ -78,7 +78,7 @@ def find(plan: Plan, given: str) -> Published:
         if not version:
             raise NotPublished(f"{cell_name}: no daily of {release} in {plan.storage.url}")
     for directory in (release_dir(release, version), daily_dir(release, version)):
-        manifest = posixpath.join(directory, public_name(cell.image_name(version), "json"))
+        manifest = posixpath.join(directory, public_name(cell.image_name(version), MANIFEST_SUFFIX))
         if backend.stat(manifest) is not None:
             return Published(backend, cell.name, version, directory, cell.image_name(version))
     raise NotPublished(f"{cell_name}@{version}: published neither as a release nor as a daily in {plan.storage.url}")

@@ -14,6 +14,14 @@ MIRROR = "http://deb.debian.org/debian"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
+def host_release() -> str:
+    """This host's Debian codename (bookworm, trixie), or "" when it does not say."""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip('"')
+    return ""
+
+
 def _run(cmd: list[str]) -> object:
     return subprocess.run(cmd, check=True, capture_output=True)
 

@@ -45,12 +45,15 @@ def wait_for_port(port: int, timeout: float = 10) -> None:
 
 @dataclass
 class Nginx:
-    """nginx serving `root` over WebDAV; `credentials` turns on Basic auth; `locking`, WebDAV's LOCK."""
+    """nginx serving `root` over WebDAV; `credentials` turns on Basic auth; `locking`, WebDAV's LOCK;
+    `tls` (a certificate and its key), the same over HTTPS too, at https_url."""
 
     directory: Path
     credentials: tuple[str, str] | None = None
     locking: bool = True
+    tls: tuple[Path, Path] | None = None
     port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
     @property
@@ -60,6 +63,10 @@ class Nginx:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/images"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}/images"
 
     def start(self) -> Nginx:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -73,6 +80,12 @@ class Nginx:
         lock_zone = "dav_ext_lock_zone zone=images:1m timeout=60s;" if self.locking else ""
         lock = "dav_ext_lock zone=images;" if self.locking else ""
         methods = "PROPFIND OPTIONS LOCK UNLOCK" if self.locking else "PROPFIND OPTIONS"
+        tls = (
+            f"listen 127.0.0.1:{self.tls_port} ssl; ssl_protocols TLSv1.2 TLSv1.3; "
+            f"ssl_certificate {self.tls[0]}; ssl_certificate_key {self.tls[1]};"
+            if self.tls
+            else ""
+        )
         (self.directory / "nginx.conf").write_text(f"""
 load_module {NGINX_DAV_EXT};
 user root;
@@ -87,6 +100,7 @@ http {{
     {lock_zone}
     server {{
         listen 127.0.0.1:{self.port};
+        {tls}
         root {self.root};
         location /images/ {{
             {auth}
@@ -103,6 +117,8 @@ http {{
             ["nginx", "-c", str(self.directory / "nginx.conf"), "-p", str(self.directory)], stderr=subprocess.PIPE
         )
         wait_for_port(self.port)
+        if self.tls:
+            wait_for_port(self.tls_port)
         return self
 
     def stop(self) -> None:

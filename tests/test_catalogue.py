@@ -5,14 +5,20 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
+import tarfile
+from datetime import datetime
 
 import pytest
+import yaml
 
 from tasks.model.matrix import PublishSettings
-from tasks.stages import catalogue, manifest
+from tasks.model.records import Manifest
+from tasks.stages import catalogue, incus, manifest
+from tasks.stages import publish as publication
 from tasks.storage import RetryPolicy
 from tasks.system import signing
 
@@ -24,6 +30,9 @@ from .test_storage import FAST, publish
 pytestmark = pytest.mark.skipif(not servers.have_nginx(), reason="nginx with WebDAV is installed by tools/setup-host")
 PRODUCT = "org.debian.cloud:12:nocloud:amd64"
 DAILIES = "streams/v1/org.debian.cloud:daily:download.json"
+
+
+VM_ITEMS = ("incus.tar.xz", "lxd.tar.xz", "disk-kvm.img")
 
 
 def published(test_matrix, store, tmp_path, cells=("bookworm-nocloud-amd64",), versions=("20261125-1",), settings=FAST):
@@ -56,7 +65,7 @@ def test_publication_lists_each_image_as_the_storage_holds_it(test_matrix, store
         "version": "12",
     }
     items = product["versions"]["20261125-1"]["items"]
-    assert set(items) == {"disk1.img", "tar.xz"}, "qcow2 as disk1.img, as tools filter for"
+    assert set(items) == {"disk1.img", "tar.xz", *VM_ITEMS}, "qcow2 as disk1.img, as tools filter for"
     sums = store.sums("bookworm/daily/20261125-1")
     for item in items.values():
         name = item["path"].rsplit("/", 1)[1]
@@ -65,6 +74,73 @@ def test_publication_lists_each_image_as_the_storage_holds_it(test_matrix, store
         assert item["sha512"] == sums[name] and item["size"] == len(data)
         assert item["sha256"] == hashlib.sha256(data).hexdigest(), "from SHA256SUMS, which publication writes"
     assert store.read("streams/v1/index.sjson") is None, "no key: no signed catalogue"
+
+
+def test_a_qcow2_image_is_also_an_incus_and_lxd_vm_image(test_matrix, store, tmp_path):
+    """Its metadata tarball beside it, listed under the ftypes Incus and LXD look for, with the fingerprint
+    they check (SHA-256 of the tarball then the disk), which `doit catalogue` finds again in the storage."""
+    published(test_matrix, store, tmp_path, ("bookworm-nocloud-amd64", "bookworm-ec2-amd64"))
+    directory = "bookworm/daily/20261125-1"
+    image = "debian-12-nocloud-amd64-20261125-1"
+    items = products(store)[PRODUCT]["versions"]["20261125-1"]["items"]
+    tarball, disk = store.read(f"{directory}/{image}.incus.tar.xz"), store.read(f"{directory}/{image}.qcow2")
+    for ftype in ("incus.tar.xz", "lxd.tar.xz"):
+        item = items[ftype]
+        assert (item["ftype"], item["path"], item["size"]) == (ftype, f"{directory}/{image}.incus.tar.xz", len(tarball))
+        assert item["sha256"] == hashlib.sha256(tarball).hexdigest()
+        assert item["combined_disk-kvm-img_sha256"] == hashlib.sha256(tarball + disk).hexdigest()
+    assert items["disk-kvm.img"] == {**items["disk1.img"], "ftype": "disk-kvm.img"}, "the qcow2 is the VM's disk"
+    assert "debian-12-ec2-amd64-20261125-1.incus.tar.xz" not in store.sums(directory), "no qcow2, no VM"
+    assert not any(
+        ftype in VM_ITEMS
+        for ftype in products(store)["org.debian.cloud:12:ec2:amd64"]["versions"]["20261125-1"]["items"]
+    )
+
+    with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:xz") as tar:
+        assert tar.getnames() == ["metadata.yaml"]
+        member = tar.getmember("metadata.yaml")
+        document = yaml.safe_load(tar.extractfile(member).read())  # type: ignore[union-attr]  # a file member
+    started = json.loads(store.read(f"{directory}/{image}.json"))["build"]["started"]
+    assert document["architecture"] == "x86_64", "the kernel's name, as Incus reads it"
+    assert document["creation_date"] == member.mtime == int(datetime.fromisoformat(started).timestamp())
+    assert {k: document["properties"][k] for k in ("os", "release", "variant", "architecture", "serial")} == {
+        "os": "Debian",
+        "release": "bookworm",
+        "variant": "nocloud",
+        "architecture": "amd64",
+        "serial": "20261125-1",
+    }
+
+    for path in ("streams/v1/index.json", DAILIES):  # a storage whose catalogue was lost
+        store.write(path, b"")
+    backend = store.location.open(RetryPolicy(2, 0.01))
+    with backend.locked("test"):
+        catalogue.write(backend, anew=True)
+    assert products(store)[PRODUCT]["versions"]["20261125-1"]["items"] == items, "the fingerprint is in the storage"
+
+
+def test_the_metadata_tarball_is_the_same_bytes_for_the_same_image(test_matrix, tmp_path):
+    cell = test_matrix.cell("bookworm-genericcloud-arm64")
+    files = fake_outputs(tmp_path / "cell", cell, version="20261125-1")
+    manifest.write(cell, files)
+    record = Manifest.read(files.manifest)
+    first, second = tmp_path / "first.tar.xz", tmp_path / "second.tar.xz"
+    incus.write_tarball(first, cell, record)
+    incus.write_tarball(second, cell, record)
+    assert first.read_bytes() == second.read_bytes()
+    with tarfile.open(first) as tar:
+        member = tar.getmember("metadata.yaml")
+        assert (member.uid, member.gid, member.uname, member.mode) == (0, 0, "root", 0o644)
+        assert yaml.safe_load(tar.extractfile(member).read())["architecture"] == "aarch64"  # type: ignore[union-attr]  # a file member
+
+
+def test_only_image_formats_are_images():
+    assert publication.is_image("debian-12-nocloud-amd64-20261125-1.tar.xz")
+    assert publication.is_image("debian-12-azure-amd64-20261125-1.vhd.tar.xz")
+    tarball = "debian-12-nocloud-amd64-20261125-1.incus.tar.xz"
+    assert not publication.is_image(tarball), "ends in .tar.xz, but is the VM's metadata"
+    assert publication.has_sha256(tarball) and not publication.has_sha256("debian-12-nocloud-amd64-20261125-1.json")
+    assert not publication.is_image("notes.tar.xz"), "not a public name"
 
 
 def test_the_storage_wins_over_what_was_listed(test_matrix, store, tmp_path):
@@ -135,7 +211,7 @@ def test_canonicals_client_finds_and_mirrors_the_image_from_nginx(test_matrix, t
             "sstream-query", "--json", streams, "release=bookworm", "arch=amd64", "version_name=20261125-1"
         )
         assert older.returncode == 0, older.stderr
-        assert {f["ftype"] for f in json.loads(older.stdout)} == {"disk1.img", "tar.xz"}
+        assert {f["ftype"] for f in json.loads(older.stdout)} == {"disk1.img", "tar.xz", *VM_ITEMS}
         assert found["item_url"] == f"{nginx.url}/bookworm/daily/20261126-1/{name}"
 
         mirror = tmp_path / "mirror"
@@ -173,10 +249,10 @@ def test_doit_catalogue_and_doit_images(test_matrix, tmp_path):
     listed = doit("images", "cells=bookworm-nocloud-*", *common)
     assert listed.returncode == 0, listed.stderr
     # doit's own line for the task may come before or after the table: read the table's lines alone.
-    header = ["release", "vendor", "arch", "stream", "version", "formats", "signed"]
+    header = ["release", "vendor", "arch", "stream", "version", "formats", "incus/lxd", "signed"]
     assert " ".join(header) in " ".join(listed.stdout.split()), listed.stdout
     rows = [line.split() for line in listed.stdout.splitlines() if line.startswith("bookworm ")]
-    assert rows == [["bookworm", "nocloud", "amd64", "daily", "20261125-1", "disk1.img", "tar.xz", "no"]]
+    assert rows == [["bookworm", "nocloud", "amd64", "daily", "20261125-1", "disk1.img", "tar.xz", "vm", "no"]]
 
 
 def test_a_damaged_catalogue_is_one_line_and_the_next_writing_mends_it(test_matrix, tmp_path):
@@ -240,7 +316,8 @@ def test_the_web_index_is_clicked_through_in_a_real_browser(test_matrix, tmp_pat
         sums = store.sums("bookworm/daily/20261125-1")
         for name in ("debian-12-nocloud-amd64-20261125-1", "debian-12-genericcloud-amd64-20261125-1"):
             assert name in page and sums[f"{name}.qcow2"] in page, "each image with its SHA-512"
-        for label in ("SBOM (SPDX)", "SBOM (CycloneDX)", "changes", "provenance", "manifest", ".qcow2", ".tar.xz"):
+        labels = ("SBOM (SPDX)", "SBOM (CycloneDX)", "changes", "provenance", "manifest", ".qcow2", ".tar.xz")
+        for label in (*labels, "Incus/LXD metadata"):
             assert label in page, label
         assert "SHA512SUMS.asc" in page, "signed, with its signature"
         chromium.screenshot(tmp_path / "version-page.png")

@@ -30,9 +30,10 @@ from tasks.system.checksum import sha512_file
 from . import imagefs, servers
 from .pushtier import CANARIES, CELLS, FAILING, KEY, REPO, STAGES, VERSION, WATCHES, doit, executed, up_to_date
 from .test_sbom import check_sboms
+from .test_storage import SUFFIXES
 
 # What each cell publishes besides SHA512SUMS (tasks/stages/publish.py).
-PUBLISHED = ("tar.xz", "qcow2", "json", "spdx.json", "cdx.json", "intoto.json", "changes.json", "changes.txt")
+PUBLISHED = SUFFIXES
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root")]
 
 
@@ -283,7 +284,8 @@ def test_published_files_and_sha512sums(runs):
     base = runs[0]
     directory = base / "storage" / "bookworm" / "daily" / VERSION
     assert (base / "storage" / "bookworm" / "daily" / "latest").read_text() == f"{VERSION}\n"
-    expected = {"SHA512SUMS", "SHA512SUMS.asc", "SHA256SUMS", "index.html"}
+    unlisted = {"SHA512SUMS", "SHA512SUMS.asc", "SHA256SUMS", "FINGERPRINTS", "index.html"}
+    expected = set(unlisted)
     for cell in CELLS:
         vendor = cell.split("-")[1]
         expected |= {f"debian-12-{vendor}-amd64-{VERSION}.{ext}" for ext in PUBLISHED}
@@ -292,12 +294,26 @@ def test_published_files_and_sha512sums(runs):
         ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=directory, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert check.stdout.count(": OK") == len(expected) - 4
-    # The image files' SHA-256, for the catalogue (tasks/stages/catalogue.py): tar.xz and qcow2 of each cell.
+    assert check.stdout.count(": OK") == len(expected) - len(unlisted)
+    # The SHA-256 of what the catalogue lists (tasks/stages/catalogue.py): tar.xz, qcow2, Incus metadata.
     sha256 = subprocess.run(
         ["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=directory, capture_output=True, text=True
     )
-    assert sha256.returncode == 0 and sha256.stdout.count(": OK") == 2 * len(CELLS), sha256.stdout + sha256.stderr
+    assert sha256.returncode == 0 and sha256.stdout.count(": OK") == 3 * len(CELLS), sha256.stdout + sha256.stderr
+    # Each Incus/LXD VM image's fingerprint: its metadata tarball, then its qcow2.
+    fingerprints = (directory / "FINGERPRINTS").read_text().splitlines()
+    assert len(fingerprints) == len(CELLS)
+    for line in fingerprints:
+        fingerprint, tarball = line.split("  ")
+        both = subprocess.run(
+            f"cat {tarball} {tarball.removesuffix('.incus.tar.xz')}.qcow2 | sha256sum",
+            shell=True,
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert both.stdout.split()[0] == fingerprint
     # The first version of each cell: nothing to compare with.
     for cell in CELLS:
         vendor = cell.split("-")[1]

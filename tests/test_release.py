@@ -40,6 +40,7 @@ from tasks.system import signing
 
 from . import servers
 from .conftest import KeyFiles, fake_outputs
+from .test_storage import SUFFIXES
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = "20261125-1200"
@@ -118,18 +119,18 @@ def test_release_publishes_a_version_directory_then_latest_and_notifies(
         root = nginx.root / "images" / "bookworm"
         published = root / VERSION
         image = f"debian-12-nocloud-amd64-{VERSION}"
-        suffixes = ("tar.xz", "qcow2", "json", "spdx.json", "cdx.json", "intoto.json", "changes.json", "changes.txt")
         assert {p.name for p in published.iterdir()} == {
             "SHA512SUMS",
             "SHA512SUMS.asc",
             "SHA256SUMS",
+            "FINGERPRINTS",
             "index.html",
-            *(f"{image}.{suffix}" for suffix in suffixes),
+            *(f"{image}.{suffix}" for suffix in SUFFIXES),
         }
         check = subprocess.run(
             ["sha512sum", "--check", "--strict", "SHA512SUMS"], cwd=published, capture_output=True, text=True
         )
-        assert check.returncode == 0 and check.stdout.count(": OK") == len(suffixes), check.stdout + check.stderr
+        assert check.returncode == 0 and check.stdout.count(": OK") == len(SUFFIXES), check.stdout + check.stderr
         # Signed with the release key; a user checks it with gpgv and the public key.
         with signing.public_keyring(release_key.public) as keyring:
             assert signing.verify_detached(keyring, published / "SHA512SUMS.asc", published / "SHA512SUMS") is None

@@ -37,19 +37,12 @@ pytestmark = [
 ]
 
 
-def host_release() -> str:
-    for line in Path("/etc/os-release").read_text().splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            return line.split("=", 1)[1].strip('"')
-    return ""
-
-
 @pytest.fixture
 def plain_system(tmp_path):
     """A plain Debian system of the other release, imported into podman."""
-    release = RELEASES.get(host_release())
+    release = RELEASES.get(plainsystem.host_release())
     if release is None:
-        pytest.skip(f"this host runs {host_release() or 'an unknown release'}, not Debian 12 or 13")
+        pytest.skip(f"this host runs {plainsystem.host_release() or 'an unknown release'}, not Debian 12 or 13")
     name = f"localhost/plain-{release}:{tmp_path.name[-12:].lower()}"
     # A system thrown away after the test: dpkg need not sync each file setup-host's apt writes.
     plainsystem.make(release, tmp_path / "root", name, unsafe_io=True)

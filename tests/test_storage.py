@@ -41,8 +41,18 @@ def sha512(data: bytes) -> str:
 
 IMAGE = "debian-12-nocloud-amd64-20261125-1200"
 DAILY = "bookworm/daily/20261125-1200"
-# What a cell publishes: image files, manifest, SBOMs, provenance, changes.
-SUFFIXES = ("tar.xz", "qcow2", "json", "spdx.json", "cdx.json", "intoto.json", "changes.json", "changes.txt")
+# What a cell publishes: image files, manifest, SBOMs, provenance, changes, a qcow2's Incus metadata.
+SUFFIXES = (
+    "tar.xz",
+    "qcow2",
+    "json",
+    "spdx.json",
+    "cdx.json",
+    "intoto.json",
+    "changes.json",
+    "changes.txt",
+    "incus.tar.xz",
+)
 
 
 def test_publish_layout_checksums_and_latest(nocloud, store, tmp_path):
@@ -52,6 +62,7 @@ def test_publish_layout_checksums_and_latest(nocloud, store, tmp_path):
     assert store.files(DAILY) == {
         "SHA512SUMS",
         "SHA256SUMS",
+        "FINGERPRINTS",  # the Incus VM image's (tasks/stages/incus.py)
         "index.html",  # the version's page of the web index (tasks/stages/webindex.py)
         *(f"{IMAGE}.{suffix}" for suffix in SUFFIXES),
     }
@@ -61,9 +72,12 @@ def test_publish_layout_checksums_and_latest(nocloud, store, tmp_path):
         assert sha512(store.read(f"{DAILY}/{name}")) == digest
     # The image files' SHA-256 too, for the catalogue's consumers (tasks/stages/catalogue.py).
     sha256s = parse_sums(store.read(f"{DAILY}/SHA256SUMS").decode())
-    images = [n for n in sums if publication.is_image(n)]
-    assert sha256s == {n: hashlib.sha256(store.read(f"{DAILY}/{n}")).hexdigest() for n in images}
-    assert set(sha256s) == {f"{IMAGE}.tar.xz", f"{IMAGE}.qcow2"}
+    items = [n for n in sums if publication.has_sha256(n)]
+    assert sha256s == {n: hashlib.sha256(store.read(f"{DAILY}/{n}")).hexdigest() for n in items}
+    assert set(sha256s) == {f"{IMAGE}.tar.xz", f"{IMAGE}.qcow2", f"{IMAGE}.incus.tar.xz"}
+    vm = store.read(f"{DAILY}/{IMAGE}.incus.tar.xz") + store.read(f"{DAILY}/{IMAGE}.qcow2")
+    fingerprints = parse_sums(store.read(f"{DAILY}/FINGERPRINTS").decode())
+    assert fingerprints == {f"{IMAGE}.incus.tar.xz": hashlib.sha256(vm).hexdigest()}, "cat tarball disk | sha256sum"
     assert store.read(f"{DAILY}/{IMAGE}.json") == files.manifest.read_bytes()
     assert store.read("bookworm/daily/latest") == b"20261125-1200\n"
     assert receipt == atomic.read_json(files.published) and receipt["directory"] == DAILY

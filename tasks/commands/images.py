@@ -22,9 +22,18 @@ def show(plan: Plan) -> None:
     patterns = (plan.cells or "*").replace(",", " ").split()
     chosen = [i for i in catalogue.images(streams) if any(fnmatch.fnmatchcase(i.cell, p) for p in patterns)]
     chosen.sort(key=lambda i: (i.release, i.vendor, i.arch, i.stream, i.version))
-    rows = [("release", "vendor", "arch", "stream", "version", "formats", "signed")]
+    rows = [("release", "vendor", "arch", "stream", "version", "formats", "incus/lxd", "signed")]
     rows += [
-        (i.release, i.vendor, i.arch, i.stream, i.version, " ".join(i.formats), "yes" if i.signed else "no")
+        (
+            i.release,
+            i.vendor,
+            i.arch,
+            i.stream,
+            i.version,
+            " ".join(i.formats),
+            "vm" if i.vm else "-",
+            "yes" if i.signed else "no",
+        )
         for i in chosen
     ]
     widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]))]

@@ -135,6 +135,11 @@ class CellFiles:
         return self.dir / f"changes.{fmt}"
 
     @property
+    def incus_metadata(self) -> Path:
+        """The metadata tarball that makes the qcow2 an Incus or LXD VM image (tasks/stages/incus.py)."""
+        return self.dir / "incus.tar.xz"
+
+    @property
     def reproducibility(self) -> Path:
         """The report of `doit reproduce:<cell>`: a second build compared with the first."""
         return self.dir / "reproducibility.json"

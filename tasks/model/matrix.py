@@ -113,7 +113,7 @@ class Cell:
         )
 
     def image_name(self, version: str) -> str:
-        """The public name, as Debian's cloud images are named."""
+        """The public name, as Debian's cloud images are named (read back by IMAGE_NAME)."""
         return f"debian-{self.release.version}-{self.vendor.name}-{self.arch.name}-{version}"
 
     @property
@@ -124,6 +124,12 @@ class Cell:
 
 # The tasks that run a known-failing cell's stages: xfail-<stage>:<cell> (tasks/graph.py).
 XFAIL_PREFIX = "xfail-"
+
+# Cell.image_name's parts, read back from a published file's name.
+IMAGE_NAME = re.compile(
+    r"debian-(?P<release_version>[a-z0-9.]+)-(?P<vendor>[a-z][a-z0-9]*)-(?P<arch>[a-z][a-z0-9]*)"
+    r"-(?P<version>[0-9]{8}-[0-9]+)"
+)
 
 
 @dataclass(frozen=True)

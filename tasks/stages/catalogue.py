@@ -9,9 +9,12 @@ A product is a release, vendor and architecture (org.debian.cloud:12:genericclou
 the fields simplestreams' consumers filter on (os, release, release_codename, release_title,
 arch, version); its versions are the image versions; its items are the image files published,
 one per format (qcow2 as `disk1.img`, as Ubuntu's are), each with its path from the storage's
-root, its size, its SHA-512 and its SHA-256 (SHA256SUMS), which the tools check on download. With
-a signing key, each file is written signed too, as `.sjson` (gpg --clearsign), the index.sjson
-naming the signed products; sstream-query and sstream-mirror check them with --keyring.
+root, its size, its SHA-512 and its SHA-256 (SHA256SUMS), which the tools check on download; a
+qcow2 is also an Incus/LXD VM image, its metadata tarball the `incus.tar.xz` and `lxd.tar.xz` items
+with its fingerprint (FINGERPRINTS) and the qcow2 the `disk-kvm.img` item (tasks/stages/incus.py),
+and each product has the aliases those clients name images by. With a signing key, each file is
+written signed too, as `.sjson` (gpg --clearsign), the index.sjson naming the signed products;
+sstream-query and sstream-mirror check them with --keyring.
 
 The storage wins: the catalogue is made from what the storage holds, never kept beside it. A
 version is listed once its SHA512SUMS is there (publication writes it after the files it lists),
@@ -27,14 +30,14 @@ from __future__ import annotations
 
 import json
 import posixpath
-import re
 from dataclasses import dataclass
 from email.utils import formatdate
 
 from tasks.errors import StageFailed
 from tasks.model.arch import Format
+from tasks.model.matrix import IMAGE_NAME
 from tasks.model.version import ordered
-from tasks.stages import publish
+from tasks.stages import incus, publish
 from tasks.storage import Backend
 from tasks.system.checksum import parse_sums
 from tasks.system.signing import SIGNATURE_SUFFIX, Signer
@@ -54,21 +57,7 @@ FTYPES = {
     Format.VHD_TAR_XZ: "vhd.tar.xz",
     Format.TAR_GZ: "tar.gz",
 }
-# A published image file: debian-<release version>-<vendor>-<arch>-<version>.<format> (tasks/model/matrix.py).
-_IMAGE = re.compile(
-    r"debian-(?P<release_version>[a-z0-9.]+)-(?P<vendor>[a-z][a-z0-9]*)-(?P<arch>[a-z][a-z0-9]*)"
-    r"-(?P<version>[0-9]{8}-[0-9]+)\.(?P<format>" + "|".join(re.escape(f.value) for f in FTYPES) + r")"
-)
-
-
-# Any published file: debian-<release version>-<vendor>-<arch>-<version>.<what it is>.
-_PUBLIC = re.compile(r"(?P<name>debian-[a-z0-9.]+-[a-z][a-z0-9]*-[a-z][a-z0-9]*-[0-9]{8}-[0-9]+)\.(?P<suffix>.+)")
-
-
-def public_name_parts(name: str) -> tuple[str, str] | None:
-    """A published file's image name and what it is (tar.xz, spdx.json, ...); None for other files."""
-    found = _PUBLIC.fullmatch(name)
-    return (found["name"], found["suffix"]) if found else None
+_FTYPE_OF = {fmt.value: ftype for fmt, ftype in FTYPES.items()}
 
 
 def content_id(stream: str) -> str:
@@ -92,8 +81,9 @@ class Image:
     vendor: str
     arch: str
     version: str
-    formats: tuple[str, ...]
+    formats: tuple[str, ...]  # the image formats' ftypes
     signed: bool
+    vm: bool  # with the items an Incus or LXD VM is launched from
 
     @property
     def cell(self) -> str:
@@ -157,14 +147,23 @@ def _add_version(
         return None  # not (yet) a whole version
     sha256s = parse_sums(backend.read(posixpath.join(directory, publish.SHA256_SUMS)) or "")
     signed = backend.stat(posixpath.join(directory, publish.SUMS + SIGNATURE_SUFFIX)) is not None
+    held: dict[str, dict] = {}  # file name -> its item, of the files listed and still held
+    entries: dict[str, dict] = {}  # image name -> its version's entry, for the images held
     for name, sha512 in sorted(listed.items()):
-        found = _IMAGE.fullmatch(name)
-        if not found or found["version"] != version:
+        parts = publish.public_name_parts(name)
+        found = IMAGE_NAME.fullmatch(parts[0]) if parts else None
+        if not parts or not found or found["version"] != version:
             continue
+        if parts[1] not in _FTYPE_OF and parts[1] != incus.SUFFIX:
+            continue  # not an item: a manifest, an SBOM, ...
         path = posixpath.join(directory, name)
         size = known.get((path, sha512)) or backend.stat(path)
         if size is None:
             continue  # listed, but no longer held: the storage wins
+        sha256 = {"sha256": sha256s[name]} if name in sha256s else {}  # versions published before it have none
+        held[name] = {"path": path, "size": size, "sha512": sha512, **sha256}
+        if parts[1] not in _FTYPE_OF:
+            continue  # a VM's metadata: listed with its disk, below
         number = found["release_version"]
         product = products.setdefault(
             product_name(number, found["vendor"], found["arch"]),
@@ -176,22 +175,32 @@ def _add_version(
                 "version": number,
                 "arch": found["arch"],
                 "vendor": found["vendor"],
+                "variant": found["vendor"],  # what Incus and LXD name it
+                "aliases": incus.aliases(stream == DAILY, number, release, found["vendor"]),
                 "versions": {},
             },
         )
-        entry = product["versions"].setdefault(
-            version,
-            {"label": stream, "pubname": name.removesuffix("." + found["format"]), "signed": signed, "items": {}},
+        entry = entries[parts[0]] = product["versions"].setdefault(
+            version, {"label": stream, "pubname": parts[0], "signed": signed, "items": {}}
         )
-        ftype = FTYPES[Format(found["format"])]
-        entry["items"][ftype] = {
-            "ftype": ftype,
-            "path": path,
-            "size": size,
-            "sha512": sha512,
-            **({"sha256": sha256s[name]} if name in sha256s else {}),  # versions published before it have none
-        }
+        ftype = _FTYPE_OF[parts[1]]
+        entry["items"][ftype] = {"ftype": ftype, **held[name]}
+    _add_vm_items(entries, held, parse_sums(backend.read(posixpath.join(directory, incus.FINGERPRINTS)) or ""))
     return VersionDir(release, stream, version, directory, listed, signed)
+
+
+def _add_vm_items(entries: dict[str, dict], held: dict[str, dict], fingerprints: dict[str, str]) -> None:
+    """Each image's Incus/LXD VM items (tasks/stages/incus.py): its metadata tarball under the ftypes
+    the clients look for, with the fingerprint publication recorded, and its qcow2 as the disk; none
+    without all three."""
+    for image_name, entry in entries.items():
+        tarball, disk = (held.get(f"{image_name}.{suffix}") for suffix in (incus.SUFFIX, incus.DISK_FORMAT.value))
+        fingerprint = fingerprints.get(f"{image_name}.{incus.SUFFIX}")
+        if tarball is None or disk is None or fingerprint is None:
+            continue
+        for ftype in incus.METADATA_FTYPES:
+            entry["items"][ftype] = {"ftype": ftype, **tarball, incus.FINGERPRINT_FIELD: fingerprint}
+        entry["items"][incus.DISK_FTYPE] = {"ftype": incus.DISK_FTYPE, **disk}
 
 
 def documents(streams: dict[str, dict], updated: str, signed: bool = False) -> dict[str, dict]:
@@ -253,7 +262,16 @@ def write(
 
 def images(streams: dict[str, dict]) -> list[Image]:
     return [
-        Image(stream, p["release"], p["vendor"], p["arch"], version, tuple(sorted(v["items"])), v["signed"])
+        Image(
+            stream,
+            p["release"],
+            p["vendor"],
+            p["arch"],
+            version,
+            tuple(sorted(ftype for ftype in v["items"] if ftype in FTYPES.values())),
+            v["signed"],
+            incus.DISK_FTYPE in v["items"],
+        )
         for stream, products in streams.items()
         for p in products.values()
         for version, v in p["versions"].items()

@@ -8,11 +8,14 @@ Layout, as on cloud.debian.org::
     <release>/latest                      the newest release version
 
 Each cell publishes its image files, its manifest, its SBOMs, its provenance
-(a DSSE envelope) and what changed since its previous version (changes.json,
-changes.txt). Each version directory has a SHA512SUMS listing them all and,
-when a signing key is configured (tasks/system/signing.py), its detached signature
-SHA512SUMS.asc, written after it; a daily without a key is published unsigned
-with a warning, a release refuses.
+(a DSSE envelope), what changed since its previous version (changes.json,
+changes.txt) and, beside a qcow2, its Incus/LXD metadata tarball
+(tasks/stages/incus.py). Each version directory has a SHA512SUMS listing them
+all and, when a signing key is configured (tasks/system/signing.py), its
+detached signature SHA512SUMS.asc, written after it; a daily without a key is
+published unsigned with a warning, a release refuses. Beside them, for the
+catalogue's consumers: SHA256SUMS (the images and the metadata tarballs) and
+FINGERPRINTS (each Incus/LXD image's).
 
 - **Nothing is taken on trust.** Every file is compared with what storage
   holds under its name (Backend.holds: read back, or by the checksum S3
@@ -38,16 +41,17 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.errors import StageFailed
 from tasks.model.arch import Format
 from tasks.model.layout import CellFiles
-from tasks.model.matrix import Cell, PublishSettings
+from tasks.model.matrix import IMAGE_NAME, Cell, PublishSettings
 from tasks.model.records import Manifest, PublishReceipt, RecordError
 from tasks.model.version import NotAVersion, Version, newest, ordered
-from tasks.stages import changes, provenance
+from tasks.stages import changes, incus, provenance
 from tasks.stages.manifest import public_name
 from tasks.storage import Backend, Location, RetryPolicy
 from tasks.system import atomic, signing
@@ -78,9 +82,27 @@ def version_of(manifest: Manifest, source: Path) -> Version:
         ) from None
 
 
+# Any published file: <image name>.<what it is>.
+_PUBLIC = re.compile(rf"(?P<name>{IMAGE_NAME.pattern})\.(?P<suffix>.+)")
+_FORMATS = frozenset(fmt.value for fmt in Format)
+
+
+def public_name_parts(name: str) -> tuple[str, str] | None:
+    """A published file's image name and what it is (tar.xz, spdx.json, ...); None for other files."""
+    found = _PUBLIC.fullmatch(name)
+    return (found["name"], found["suffix"]) if found else None
+
+
 def is_image(name: str) -> bool:
-    """An image file, by its public name's format."""
-    return any(name.endswith("." + fmt.value) for fmt in Format)
+    """An image file: a public name whose suffix is a format (not debian-...-1.incus.tar.xz)."""
+    parts = public_name_parts(name)
+    return parts is not None and parts[1] in _FORMATS
+
+
+def has_sha256(name: str) -> bool:
+    """A file SHA256SUMS lists: what the catalogue's consumers download and check by SHA-256."""
+    parts = public_name_parts(name)
+    return parts is not None and (parts[1] in _FORMATS or parts[1] == incus.SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -112,12 +134,19 @@ def publish_directory(
         backend.put_verified(upload.source, path, upload.sha512, f"upload {upload.name}")
     merged = {n: d for n, d in listed.items() if n not in replaced}
     merged.update(entries)
-    sha256_path = posixpath.join(directory, SHA256_SUMS)
-    sha256s = {
-        n: d for n, d in parse_sums(backend.read(sha256_path) or "").items() if n in merged and n not in replaced
-    }
-    sha256s.update({u.name: sha256_file(u.source) for u in uploads if is_image(u.name)})
-    backend.put_text_atomically(sha256_path, format_sums(sha256s))
+    kept = set(merged) - replaced
+    _merge_sums(
+        backend,
+        posixpath.join(directory, SHA256_SUMS),
+        kept,
+        {u.name: sha256_file(u.source) for u in uploads if has_sha256(u.name)},
+    )
+    _merge_sums(
+        backend,
+        posixpath.join(directory, incus.FINGERPRINTS),
+        kept,
+        incus.fingerprints({u.name: u.source for u in uploads}),
+    )
     sums = format_sums(merged)
     backend.put_text_atomically(sums_path, sums)  # after the files it lists
     signature_path = sums_path + signing.SIGNATURE_SUFFIX
@@ -127,6 +156,16 @@ def publish_directory(
         # A signature of an older SHA512SUMS would fail anyone who checks it.
         backend.remove(signature_path)
     return entries
+
+
+def _merge_sums(backend: Backend, path: str, kept: set[str], new: dict[str, str]) -> None:
+    """Write a sums file listing new, and what it listed of the files kept; none when it lists nothing."""
+    sums = {n: d for n, d in parse_sums(backend.read(path) or "").items() if n in kept}
+    sums.update(new)
+    if sums:
+        backend.put_text_atomically(path, format_sums(sums))
+    else:
+        backend.remove(path)
 
 
 def current_latest(backend: Backend, parent: str) -> str:
@@ -165,6 +204,7 @@ def prune_dailies(backend: Backend, release: str, keep: int, published: str | No
 
 # What a cell publishes besides its image files, manifest and SBOMs (made when it
 # is published): the public name's suffix of each.
+MANIFEST_SUFFIX = "json"
 PROVENANCE_SUFFIX = "intoto.json"
 CHANGES_SUFFIX = {fmt: f"changes.{fmt}" for fmt in ("json", "txt")}
 
@@ -174,11 +214,13 @@ def cell_uploads(files: CellFiles, manifest: Manifest) -> list[Upload]:
     manifest, the SBOMs, the provenance envelope and the changes."""
     uploads = [Upload(files.artifact(a["format"]), a["name"], a["sha512"]) for a in manifest.artifacts]
     uploads += [Upload(files.sbom(s["format"]), s["name"], s["sha512"]) for s in manifest.sboms]
-    made = [
-        (files.manifest, "json"),
+    made: list[tuple[Path, str]] = [
+        (files.manifest, MANIFEST_SUFFIX),
         (files.provenance_envelope, PROVENANCE_SUFFIX),
         *((files.changes(fmt), suffix) for fmt, suffix in CHANGES_SUFFIX.items()),
     ]
+    if incus.applies(files.cell):
+        made.append((files.incus_metadata, incus.SUFFIX))
     uploads += [Upload(path, public_name(manifest.name, suffix), sha512_file(path)) for path, suffix in made]
     return uploads
 
@@ -187,7 +229,7 @@ def previous_version(backend: Backend, parent: str, cell: Cell, version: Version
     """The newest version before `version` under parent that holds this cell: its manifest."""
     older = [v for v in ordered(backend.dirs(parent)) if Version.parse(v) < version]
     for candidate in reversed(older):
-        path = posixpath.join(parent, candidate, public_name(cell.image_name(candidate), "json"))
+        path = posixpath.join(parent, candidate, public_name(cell.image_name(candidate), MANIFEST_SUFFIX))
         text = backend.read(path)
         if not text:
             continue
@@ -204,8 +246,10 @@ def previous_version(backend: Backend, parent: str, cell: Cell, version: Version
 
 def prepare(cell: Cell, files: CellFiles, manifest: Manifest, backend: Backend, parent: str, signer) -> None:
     """Make what a publication adds: the changes since the cell's previous version
-    under parent, and the provenance statement in a DSSE envelope (signed when
-    there is a signer)."""
+    under parent, the provenance statement in a DSSE envelope (signed when
+    there is a signer), and a qcow2's Incus metadata (tasks/stages/incus.py)."""
+    if incus.applies(cell):
+        incus.write_tarball(files.incus_metadata, cell, manifest)
     new = changes.ImagePackages.of(manifest.name, manifest.version, manifest.packages, files.dpkg_status)
     previous = previous_version(backend, parent, cell, version_of(manifest, files.manifest))
     old = changes.ImagePackages.of(previous[1]["name"], previous[0], previous[1]["packages"]) if previous else None

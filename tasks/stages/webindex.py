@@ -21,19 +21,20 @@ from dataclasses import dataclass, field
 
 import jinja2
 
-from tasks.stages import publish
-from tasks.stages.catalogue import DAILY, VersionDir, public_name_parts
+from tasks.stages import incus, publish, sbom
+from tasks.stages.catalogue import DAILY, VersionDir
 from tasks.system.signing import SIGNATURE_SUFFIX
 
 PAGE = "index.html"
 # What each published file is, by the end of its public name (tasks/stages/publish.py): its label on the page.
 COMPANIONS = {
-    "json": "manifest",
-    "spdx.json": "SBOM (SPDX)",
-    "cdx.json": "SBOM (CycloneDX)",
-    "intoto.json": "provenance",
-    "changes.txt": "changes",
-    "changes.json": "changes (JSON)",
+    publish.MANIFEST_SUFFIX: "manifest",
+    sbom.PUBLIC_SUFFIX["spdx"]: "SBOM (SPDX)",
+    sbom.PUBLIC_SUFFIX["cdx"]: "SBOM (CycloneDX)",
+    publish.PROVENANCE_SUFFIX: "provenance",
+    publish.CHANGES_SUFFIX["txt"]: "changes",
+    publish.CHANGES_SUFFIX["json"]: "changes (JSON)",
+    incus.SUFFIX: "Incus/LXD metadata",
 }
 _ENVIRONMENT = jinja2.Environment(
     loader=jinja2.PackageLoader("tasks.stages", "templates"),
@@ -59,7 +60,7 @@ def _date(version: str) -> str:
 def _images(found: VersionDir, sizes: dict[str, int]) -> list[Image]:
     images: dict[str, Image] = {}
     for name, digest in sorted(found.files.items()):
-        parts = public_name_parts(name)
+        parts = publish.public_name_parts(name)
         if parts is None:
             continue
         image_name, suffix = parts
