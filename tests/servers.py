@@ -126,10 +126,11 @@ http {{
             self.process.terminate()
             self.process.wait(timeout=10)
 
-    def requests(self, method: str) -> int:
-        """How many requests of a method nginx has served."""
+    def requests(self, method: str | None = None) -> int:
+        """How many requests of a method (of any, without one) nginx has served."""
         log = self.directory / "access.log"
-        return sum(f'"{method} ' in line for line in log.read_text().splitlines()) if log.exists() else 0
+        lines = log.read_text().splitlines() if log.exists() else []
+        return sum(method is None or f'"{method} ' in line for line in lines)
 
 
 class Moto:

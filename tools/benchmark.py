@@ -40,6 +40,13 @@ Sections (all by default):
                dependencies and an up-to-date check, an empty action), so
                the figure shows what the graph's own code adds to doit's.
 
+  catalogue    the storage's catalogue and web index written again over nginx's
+               WebDAV, for storages of 30 and 120 daily versions of the push
+               tier's cells (small stand-in files laid out by publication's own
+               writer): as a publication writes it (the sizes of files the
+               catalogue already lists taken from it, its own version's page only)
+               against `doit catalogue` (every size asked, every page): seconds
+               and requests of each, and the ratio.
   builder      the builder image (tasks/builder): made from nothing (a package
                cache of its own), made again from that package cache (its
                archive removed), and `doit builder` once it is there; then a
@@ -72,6 +79,8 @@ the others are measured, and the run ends with what failed (exit status 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import resource
@@ -93,7 +102,7 @@ from tasks.model.layout import CellFiles  # noqa: E402
 from tasks.model.matrix import Cell  # noqa: E402
 from tasks.stages import compress as compression  # noqa: E402
 from tasks.stages import incus, stepcache  # noqa: E402
-from tasks.system.checksum import sha256_file  # noqa: E402
+from tasks.system.checksum import sha256_file, sha512_file  # noqa: E402
 from tests import imagelists  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
@@ -704,6 +713,45 @@ def builder(base: Path) -> None:
             subprocess.run(["podman", "rmi", "--force", tag], capture_output=True)
 
 
+def catalogue_writes(cells: list[Cell], base: Path) -> None:
+    from tasks.stages import catalogue, publish
+    from tasks.storage import Location, RetryPolicy
+    from tests import servers
+
+    print("\n== the catalogue written again over WebDAV: as a publication does, and as doit catalogue does")
+    for versions in (30, 120):
+        nginx = servers.Nginx(base / f"catalogue-{versions}", locking=True).start()
+        try:
+            local = Location((nginx.root / "images").as_uri()).open()
+            for n in range(versions):
+                version = f"2026{1 + n // 28:02d}{1 + n % 28:02d}-1"
+                uploads = []
+                for cell in cells:
+                    for suffix in (*cell.vendor.formats, *(["incus.tar.xz"] if incus.applies(cell) else []), "json"):
+                        source = base / "catalogue-files" / f"{cell.image_name(version)}.{suffix}"
+                        source.parent.mkdir(parents=True, exist_ok=True)
+                        source.write_text(f"stand-in {source.name}\n")
+                        uploads.append(publish.Upload(source, source.name, sha512_file(source)))
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    publish.publish_directory(local, publish.daily_dir(cells[0].release.name, version), uploads)
+            dav = Location(nginx.url).open(RetryPolicy(2, 0.1))
+            newest = publish.daily_dir(cells[0].release.name, version)
+            figures = {}
+            for name, anew, changed in (("doit catalogue", True, ()), ("a publication", False, (newest,))):
+                before, start = nginx.requests(), time.monotonic()
+                with dav.locked("benchmark"):
+                    catalogue.write(dav, anew=anew, changed=changed)
+                figures[name] = (time.monotonic() - start, nginx.requests() - before)
+            (anew_s, anew_r), (pub_s, pub_r) = figures["doit catalogue"], figures["a publication"]
+            print(
+                f"  {versions} versions x {len(cells)} cells: a publication's {pub_s:.2f} s, {pub_r} requests; "
+                f"doit catalogue's {anew_s:.2f} s, {anew_r} requests ({anew_s / pub_s:.1f}x the time)"
+            )
+        finally:
+            nginx.stop()
+    shutil.rmtree(base / "catalogue-files", ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
@@ -711,7 +759,18 @@ def main() -> None:
     parser.add_argument(
         "sections",
         nargs="*",
-        default=["stages", "compression", "boottest", "rebuild", "arm64", "push", "noop", "edit", "builder"],
+        default=[
+            "stages",
+            "compression",
+            "boottest",
+            "rebuild",
+            "arm64",
+            "push",
+            "noop",
+            "edit",
+            "catalogue",
+            "builder",
+        ],
     )
     parser.add_argument("--cell", default="bookworm-nocloud-amd64")
     parser.add_argument("--rebuild-cells", nargs="+", help="default: the push tier's cells")
@@ -764,6 +823,8 @@ def main() -> None:
             attempt("the no-op run", partial(noop, args.full_workdir, base, options))
         if "edit" in args.sections:
             attempt("the cost of one vendor's edit", partial(edit_cost, base, options))
+        if "catalogue" in args.sections:
+            attempt("the catalogue", partial(catalogue_writes, matrix.tier("push"), base))
         if "builder" in args.sections:
             attempt("the builder image", partial(builder, base))
     finally:
