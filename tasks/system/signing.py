@@ -94,20 +94,18 @@ class Signer:
     home: Path
     fingerprint: str
 
-    def sign_detached(self, data: bytes) -> bytes:
-        result = _gpg(
-            self.home, "--local-user", self.fingerprint + "!", "--armor", "--detach-sign", "--output", "-", data=data
-        )
+    def _sign(self, data: bytes, *how: str) -> bytes:
+        result = _gpg(self.home, "--local-user", self.fingerprint + "!", *how, "--output", "-", data=data)
         if result.returncode != 0:
             raise SigningError(f"signing with {self.fingerprint} failed: {result.stderr.decode(errors='replace')}")
         return result.stdout
 
+    def sign_detached(self, data: bytes) -> bytes:
+        return self._sign(data, "--armor", "--detach-sign")
+
     def clearsign(self, data: bytes) -> bytes:
         """data with its signature around it, as gpg --clearsign writes it (simplestreams' .sjson)."""
-        result = _gpg(self.home, "--local-user", self.fingerprint + "!", "--clearsign", "--output", "-", data=data)
-        if result.returncode != 0:
-            raise SigningError(f"signing with {self.fingerprint} failed: {result.stderr.decode(errors='replace')}")
-        return result.stdout
+        return self._sign(data, "--clearsign")
 
     def sign_envelope(self, payload: bytes, payload_type: str) -> dict:
         from securesystemslib.dsse import Envelope
