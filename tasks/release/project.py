@@ -80,6 +80,7 @@ INPUTS = (
         "the builder image the build ran in, pinned by digest",
     ),
 )
+BY_NAME = {i.name: i for i in INPUTS}
 # The fallback's pipeline variables, by name (tasks/ci.py writes them; tests set them).
 PROJECT, PIPELINE, REF, COMMIT, CELLS, VERSION, BUILDER = (i.variable for i in INPUTS)
 TRIGGER_VARIABLES = (PROJECT, PIPELINE, REF, COMMIT, CELLS, VERSION)
@@ -107,9 +108,13 @@ class Trigger:
     @classmethod
     def from_inputs(cls, given: Mapping[str, str], source: str) -> Trigger:
         """The trigger from its values by input name; source: what gave them, for the errors."""
+
+        def called(i: Input) -> str:  # as the trigger named it
+            return i.name if source == "inputs" else i.variable
+
         missing = [i for i in INPUTS if not given.get(i.name) and i.name != "builder"]
         if missing:
-            names = ", ".join(i.name if source == "inputs" else i.variable for i in missing)
+            names = ", ".join(called(i) for i in missing)
             raise ReleaseRefused(
                 f"the trigger passed no {names}: the release project is run by a build pipeline's "
                 f"release job, not by hand"
@@ -117,13 +122,11 @@ class Trigger:
         for i in INPUTS:
             value = given.get(i.name) or ""
             if value and not re.fullmatch(i.pattern, value):
-                name = i.name if source == "inputs" else i.variable
-                raise ReleaseRefused(f"refused: the trigger's {name} is not {i.description}: {value!r}")
+                raise ReleaseRefused(f"refused: the trigger's {called(i)} is not {i.description}: {value!r}")
         try:
             Version.parse(given["version"])
         except NotAVersion as error:
-            name = "version" if source == "inputs" else VERSION
-            raise ReleaseRefused(f"refused: the trigger's {name}: {error}") from None
+            raise ReleaseRefused(f"refused: the trigger's {called(BY_NAME['version'])}: {error}") from None
         return cls(
             given["build_project"],
             given["pipeline_id"],
