@@ -3,6 +3,8 @@ WebDAV (real nginx) and S3 (moto's emulator). The `store` fixture (conftest.py) 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import boto3
 
 from tasks.storage import Location
@@ -29,42 +31,27 @@ class Store:
         return parse_sums((self.read(f"{directory}/SHA512SUMS") or b"").decode())
 
 
-def local_store(tmp_path):
-    root = tmp_path / "public"
+def _directory_store(location: Location, root: Path) -> Store:
+    """A storage that is a directory on this machine (itself, or served by nginx), looked into directly."""
 
     def listing(directory):
         d = root / directory
         return [p.name for p in d.iterdir() if p.is_file()] if d.is_dir() else []
 
-    return Store(
-        Location(root.as_uri()),
-        listing,
-        lambda p: (root / p).read_bytes() if (root / p).is_file() else None,
-        writer(root),
-    )
-
-
-def writer(root):
-    def write(path, data):
+    def writing(path, data):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(data)
 
-    return write
+    return Store(location, listing, lambda p: (root / p).read_bytes() if (root / p).is_file() else None, writing)
+
+
+def local_store(tmp_path):
+    root = tmp_path / "public"
+    return _directory_store(Location(root.as_uri()), root)
 
 
 def dav_store(nginx, under: str = ""):
-    root = nginx.root / "images" / under
-
-    def listing(directory):
-        d = root / directory
-        return [p.name for p in d.iterdir() if p.is_file()] if d.is_dir() else []
-
-    return Store(
-        Location(f"{nginx.url}/{under}".rstrip("/")),
-        listing,
-        lambda p: (root / p).read_bytes() if (root / p).is_file() else None,
-        writer(root),
-    )
+    return _directory_store(Location(f"{nginx.url}/{under}".rstrip("/")), nginx.root / "images" / under)
 
 
 def s3_store(moto, monkeypatch, bucket="images"):
